@@ -1,0 +1,5 @@
+import sys
+
+from tagseg.cli import main
+
+sys.exit(main())

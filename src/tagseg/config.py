@@ -1,0 +1,216 @@
+"""Experiment configuration: dataclasses with defaults, YAML files, ``key=value`` overrides.
+
+A config is resolved as: dataclass defaults <- shipped/explicit YAML <- command-line overrides.
+Shipped experiments live in ``tagseg/configs/<name>.yaml`` and are referred to by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from tagseg.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Where images and labels come from.
+
+    dataset: 'voc' (PASCAL VOC 2012 layout), 'folder' (images + labels CSV) or 'synthetic'
+    (generated demo data, written to ``root``).
+    """
+
+    dataset: str = "voc"
+    root: str = ""
+    train_split: str = "train_aug"
+    pseudo_split: str = "train_aug"  # images to make pseudo-masks for (and score)
+    val_split: str = "val"
+    label_source: str = "auto"  # voc: 'cls_labels' (cls_labels.npy), 'masks', or 'auto'
+    mask_dir: str = "auto"  # voc: 'SegmentationClassAug', 'SegmentationClass' or 'auto'
+    image_size: int = 384  # training input S (square); multiple of 32 when L_ET is on
+    num_workers: int = 2
+    max_images: int = 0  # >0: use only the first N ids of each split (quick runs)
+    synthetic_train: int = 320
+    synthetic_val: int = 80
+    synthetic_size: int = 160
+    synthetic_seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Patch encoder (timm) + HV-BiLSTM + softmax patch classifier (METHODS.md §1)."""
+
+    encoder: str = "vit_base_patch16_384"
+    weights: Optional[str] = None  # local .pth/.safetensors/.npz, or 'lite' (tagseg[lite])
+    pretrained: bool = False  # timm hub weights (needs internet)
+    use_lstm: bool = True
+    lstm_hidden: int = 192  # per direction; output is 4*hidden (rows + columns, both ways)
+    dropout: float = 0.2  # on the grid before the LSTMs and before the classifier
+    classifier_init_std: float = 0.05
+
+
+@dataclass
+class MethodConfig:
+    """Pooling and losses (METHODS.md §1). TKP-PCL = topk + PCE (+ ET); ViT-PCM = max + ET."""
+
+    pooling: str = "topk"  # avg | max | topk
+    topk: int = 6
+    pce_weight: float = 0.01  # λ; 0 disables PCE
+    pce_threshold: float = 0.85  # τ_h
+    pce_num_low: int = 1  # size of the low-confidence set (1 = argmin)
+    et_weight: float = 1.0  # 0 disables L_ET (no second view, no mosaic pass)
+    et_crop_prob: float = 0.3
+    et_crop_size: int = 128  # pixels of the S×S view A; multiple of the patch size
+    l2_weight: float = 0.01
+
+
+@dataclass
+class AugmentConfig:
+    """Photometric and geometric training augmentation (METHODS.md §1, "Schedule")."""
+
+    contrast: tuple[float, float] = (0.5, 2.0)
+    saturation: tuple[float, float] = (0.5, 1.5)
+    hue: float = 0.1
+    grayscale_prob: float = 0.1
+    hflip_prob: float = 0.5
+    vflip_prob: float = 0.5
+    transpose_prob: float = 0.5
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation schedule: Adam, warm-up with the backbone frozen, then the last blocks."""
+
+    epochs: int = 50
+    warmup_epochs: int = 2
+    warmup_lr: float = 1e-3
+    lr: float = 1e-4
+    unfreeze_blocks: int = 5  # last N encoder blocks (+ final norm) trained after warm-up; -1 = all
+    batch_size: int = 16
+    weight_decay: float = 0.0
+    amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    grad_clip: float = 0.0
+    log_every: int = 10  # steps between TensorBoard scalar writes
+    keep_checkpoints: int = 2
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class PseudoConfig:
+    """Pseudo-mask generation (METHODS.md §1, "Pseudo-masks")."""
+
+    image_size: int = 960  # inference input (square) at scale 1.0
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    flip: bool = False  # average with the horizontally flipped image
+    save_probs: bool = False  # also write merged class probabilities (.npz, float16)
+    batch_size: int = 1
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+
+
+def shipped_configs() -> list[str]:
+    """Names of the experiment configs shipped with the package."""
+    files = resources.files("tagseg") / "configs"
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+def _config_source(name_or_path: str) -> str:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        return path.read_text()
+    ref = resources.files("tagseg") / "configs" / f"{name_or_path}.yaml"
+    if not ref.is_file():
+        raise ConfigError(f"unknown config {name_or_path!r}; shipped configs: {', '.join(shipped_configs())}")
+    return ref.read_text()
+
+
+def load_config(name_or_path: str | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Resolve defaults <- YAML (a shipped name or a path) <- ``key=value`` overrides.
+
+    Unknown keys and values of the wrong type raise ConfigError naming the key.
+    """
+    schema = OmegaConf.structured(ExperimentConfig)
+    try:
+        merged = schema
+        if name_or_path:
+            merged = OmegaConf.merge(merged, OmegaConf.create(_config_source(name_or_path)))
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form key=value")
+        if overrides:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        cfg: ExperimentConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from exc
+    validate_config(cfg)
+    return cfg
+
+
+def config_to_yaml(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML text (saved beside every run's outputs)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_from_yaml(text: str) -> ExperimentConfig:
+    """Inverse of :func:`config_to_yaml`."""
+    merged = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), OmegaConf.create(text))
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def to_dict(cfg: Any) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def validate_config(cfg: ExperimentConfig) -> None:
+    """Reject contradictory or out-of-range settings at start-up, naming the key."""
+    m, d, t = cfg.method, cfg.data, cfg.train
+    if m.pooling not in ("avg", "max", "topk"):
+        raise ConfigError(f"method.pooling={m.pooling!r}: choose avg, max or topk")
+    if m.topk < 1:
+        raise ConfigError(f"method.topk={m.topk}: must be >= 1")
+    if not 0.0 <= m.pce_threshold < 1.0:
+        raise ConfigError(f"method.pce_threshold={m.pce_threshold}: must be in [0, 1)")
+    if m.pce_num_low < 1:
+        raise ConfigError(f"method.pce_num_low={m.pce_num_low}: must be >= 1")
+    for key in ("pce_weight", "et_weight", "l2_weight"):
+        if getattr(m, key) < 0:
+            raise ConfigError(f"method.{key}={getattr(m, key)}: must be >= 0")
+    if d.dataset not in ("voc", "folder", "synthetic"):
+        raise ConfigError(f"data.dataset={d.dataset!r}: choose voc, folder or synthetic")
+    if d.image_size % 16:
+        raise ConfigError(f"data.image_size={d.image_size}: must be a multiple of 16 (the patch size)")
+    if m.et_weight > 0:
+        if d.image_size % 32:
+            raise ConfigError(f"data.image_size={d.image_size}: L_ET needs a multiple of 32 "
+                              "(view B is S/2 and must stay on the patch grid)")
+        if m.et_crop_size % 16 or not 16 <= m.et_crop_size <= d.image_size:
+            raise ConfigError(f"method.et_crop_size={m.et_crop_size}: must be a multiple of 16 "
+                              f"between 16 and data.image_size={d.image_size}")
+        if not 0.0 <= m.et_crop_prob <= 1.0:
+            raise ConfigError(f"method.et_crop_prob={m.et_crop_prob}: must be in [0, 1]")
+    if t.epochs < 1 or t.warmup_epochs < 0 or t.warmup_epochs > t.epochs:
+        raise ConfigError(f"train.epochs={t.epochs}, train.warmup_epochs={t.warmup_epochs}: "
+                          "need epochs >= 1 and 0 <= warmup_epochs <= epochs")
+    if t.batch_size < 1:
+        raise ConfigError(f"train.batch_size={t.batch_size}: must be >= 1")
+    if cfg.pseudo.image_size % 16:
+        raise ConfigError(f"pseudo.image_size={cfg.pseudo.image_size}: must be a multiple of 16")
+    if not cfg.pseudo.scales or any(s <= 0 for s in cfg.pseudo.scales):
+        raise ConfigError(f"pseudo.scales={cfg.pseudo.scales}: need positive scales")

@@ -1,0 +1,29 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def find_voc_subset() -> Path | None:
+    """The real VOC 2012 developer subset, if present (TAGSEG_VOC_ROOT or ../shared/data/voc12-subset)."""
+    env = os.environ.get("TAGSEG_VOC_ROOT")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO_ROOT.parent / "shared" / "data" / "voc12-subset")
+    for c in candidates:
+        if (c / "JPEGImages").is_dir():
+            return c
+    return None
+
+
+@pytest.fixture
+def voc_root() -> Path:
+    root = find_voc_subset()
+    if root is None:
+        pytest.skip("VOC 2012 subset not found (set TAGSEG_VOC_ROOT)")
+    return root

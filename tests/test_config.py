@@ -1,0 +1,44 @@
+"""Config loading, overrides and validation."""
+
+import pytest
+
+from tagseg.config import config_from_yaml, config_to_yaml, load_config, shipped_configs
+from tagseg.errors import ConfigError
+
+
+def test_shipped_configs_load():
+    names = shipped_configs()
+    for required in ("tkpcl_voc", "vitpcm_voc", "avgpool_voc", "demo"):
+        assert required in names
+    tk, pcm, avg = load_config("tkpcl_voc"), load_config("vitpcm_voc"), load_config("avgpool_voc")
+    assert (tk.method.pooling, tk.method.topk, tk.method.pce_weight, tk.method.et_weight) == ("topk", 6, 0.01, 1.0)
+    assert (pcm.method.pooling, pcm.method.pce_weight, pcm.method.et_weight) == ("max", 0.0, 1.0)
+    assert (avg.method.pooling, avg.method.pce_weight, avg.method.et_weight) == ("avg", 0.0, 0.0)
+    assert tk.pseudo.image_size == 960 and tk.data.image_size == 384
+
+
+def test_overrides_and_roundtrip():
+    cfg = load_config("tkpcl_voc", ["method.topk=3", "train.epochs=2", "pseudo.scales=[1.0,0.5]"])
+    assert cfg.method.topk == 3 and cfg.train.epochs == 2 and cfg.pseudo.scales == [1.0, 0.5]
+    again = config_from_yaml(config_to_yaml(cfg))
+    assert again == cfg
+
+
+@pytest.mark.parametrize("override,match", [
+    ("method.bogus=1", "bogus"),
+    ("method.pooling=median", "pooling"),
+    ("method.topk=0", "topk"),
+    ("data.image_size=200", "image_size"),
+    ("train.epochs=abc", "epochs"),
+    ("method.et_crop_size=24", "et_crop_size"),
+    ("train.warmup_epochs=99", "warmup_epochs"),
+    ("nokeyvalue", "key=value"),
+])
+def test_invalid_configs_are_rejected(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("tkpcl_voc", [override])
+
+
+def test_unknown_config_name():
+    with pytest.raises(ConfigError, match="shipped configs"):
+        load_config("nope")
