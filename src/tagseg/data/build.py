@@ -1,0 +1,29 @@
+"""Build a dataset index from the ``data`` config section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tagseg.config import DataConfig
+from tagseg.data.folder import read_folder
+from tagseg.data.records import DatasetIndex
+from tagseg.data.voc import read_voc
+from tagseg.errors import ConfigError
+
+
+def build_index(cfg: DataConfig, split: str) -> DatasetIndex:
+    """The records of ``split``. For 'synthetic', the demo data is generated into ``cfg.root`` first
+    (once; later calls reuse it)."""
+    if not cfg.root:
+        raise ConfigError("data.root is empty: set it to the dataset folder (e.g. data.root=/path/to/VOC2012)")
+    if cfg.dataset == "voc":
+        return read_voc(cfg.root, split, cfg.label_source, cfg.mask_dir, cfg.max_images)
+    if cfg.dataset == "folder":
+        return read_folder(cfg.root, split, cfg.max_images)
+    if cfg.dataset == "synthetic":
+        from tagseg.data.synthetic import generate_dataset
+
+        generate_dataset(Path(cfg.root), num_train=cfg.synthetic_train, num_val=cfg.synthetic_val,
+                         size=cfg.synthetic_size, seed=cfg.synthetic_seed)
+        return read_folder(cfg.root, split, cfg.max_images)
+    raise ConfigError(f"data.dataset={cfg.dataset!r}: choose voc, folder or synthetic")

@@ -1,0 +1,106 @@
+"""Torch datasets: augmented training views (A and, for L_ET, B) and plain inference images.
+
+Augmentation randomness is drawn from a generator seeded by (seed, epoch, index), so a
+sample's views do not depend on worker count, order or resumption.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from torch.utils.data import Dataset
+
+from tagseg.config import AugmentConfig
+from tagseg.data.records import DatasetIndex
+from tagseg.methods.equivariance import apply_flips, view_b_image
+from tagseg.utils.io import read_image
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float (3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255.0)
+
+
+def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(C, H, W) -> (C, size, size), bilinear with antialiasing."""
+    return F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+def colour_jitter(x: torch.Tensor, aug: AugmentConfig, rng: np.random.Generator) -> torch.Tensor:
+    """Contrast, saturation, hue jitter and random grayscale on (3, H, W) in [0, 1]."""
+    x = TF.adjust_contrast(x, float(rng.uniform(*aug.contrast)))
+    x = TF.adjust_saturation(x, float(rng.uniform(*aug.saturation)))
+    if aug.hue > 0:
+        x = TF.adjust_hue(x, float(rng.uniform(-aug.hue, aug.hue)))
+    if rng.random() < aug.grayscale_prob:
+        x = TF.rgb_to_grayscale(x, num_output_channels=3)
+    return x.clamp(0.0, 1.0).contiguous()
+
+
+def random_flips(aug: AugmentConfig, rng: np.random.Generator) -> list[float]:
+    return [float(rng.random() < aug.hflip_prob), float(rng.random() < aug.vflip_prob),
+            float(rng.random() < aug.transpose_prob)]
+
+
+class TrainingViews(Dataset):
+    """Items: image (3,S,S) view A, labels (K,), geom_a (7,); with ET also view_b (3,S/2,S/2), geom_b (7,)."""
+
+    def __init__(self, index: DatasetIndex, image_size: int, augment: AugmentConfig, seed: int = 0,
+                 equivariance: bool = False, crop_prob: float = 0.3, crop_size: int = 128,
+                 patch_size: int = 16) -> None:
+        self.index = index.require_nonempty()
+        self.size = image_size
+        self.aug = augment
+        self.seed = seed
+        self.equivariance = equivariance
+        self.crop_prob = crop_prob
+        self.crop_size = crop_size
+        self.patch = patch_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        rec = self.index.records[i]
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        base = resize_square(image_to_tensor(read_image(rec.image_path)), self.size)
+        flips_a = random_flips(self.aug, rng)
+        geom_a = torch.tensor(flips_a + [0.0, 0.0, 0.0, 0.0])
+        item = {
+            "image": apply_flips(colour_jitter(base.clone(), self.aug, rng), *(v > 0.5 for v in flips_a)),
+            "labels": torch.from_numpy(rec.labels),
+            "geom_a": geom_a,
+            "index": i,
+        }
+        if self.equivariance:
+            flips_b = random_flips(self.aug, rng)
+            crop = [0.0, 0.0, 0.0, 0.0]
+            if rng.random() < self.crop_prob:
+                cells = (self.size - self.crop_size) // self.patch + 1
+                crop = [1.0, float(self.patch * rng.integers(cells)), float(self.patch * rng.integers(cells)),
+                        float(self.crop_size)]
+            geom_b = torch.tensor(flips_b + crop)
+            item["view_b"] = view_b_image(colour_jitter(base.clone(), self.aug, rng), geom_b, self.size // 2)
+            item["geom_b"] = geom_b
+        return item
+
+
+class InferenceImages(Dataset):
+    """Items: image uint8 (H, W, 3) as a tensor, labels (K,), id, index."""
+
+    def __init__(self, index: DatasetIndex) -> None:
+        self.index = index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        rec = self.index.records[i]
+        return {"image": torch.from_numpy(read_image(rec.image_path)), "labels": torch.from_numpy(rec.labels),
+                "id": rec.id, "index": i}
