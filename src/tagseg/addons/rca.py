@@ -1,0 +1,414 @@
+"""Regional semantic contrast and aggregation (RCA), an add-on for the CAM family.
+
+Pieces (§4 of the method specification):
+
+* :func:`region_embeddings` - one embedding per (image, present class): the masked
+  average of the features over ``M = 1[P > mean(P)]``.
+* :class:`RegionMemoryBank` - per class a bank of region embeddings, one slot per
+  image region, updated with momentum when the same image's region is seen again.
+* :func:`region_mixup_loss` - InfoNCE of mixed regions against the bank (L_RM).
+* :func:`kmeans` and :class:`RCAAggregation` - per-class prototypes Q from the bank,
+  ``S = softmax(F Q^T)``, ``F' = S Q``, ``F^ = [F, F']`` and a second CAM head on F^.
+* :func:`rca_total_loss` - ``L_CE(GAP(O)) + 0.4 L_CE(GAP(P)) + 0.01 L_RM`` (contrast
+  off before ``contrast_start_epoch``).
+
+Index convention: RCA works with *channel* indices of the score maps. With
+foreground-only maps (``has_background=False``, C = K-1) channel c is class c+1;
+with maps including background (C = K) channel c is class c.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tagseg.errors import ConfigError, TagsegError
+
+
+@dataclass(frozen=True)
+class RCAConfig:
+    """RCA hyper-parameters (defaults from §4; ``mixup_alpha`` is the Beta(a, a) parameter).
+
+    ``contrast_start_epoch`` is 0-based: the default 1 switches L_RM off in the first epoch.
+    """
+
+    capacity: int = 500
+    momentum: float = 0.99
+    score_threshold: float = 0.7
+    temperature: float = 0.07
+    mixup_alpha: float = 8.0
+    prototypes_per_class: int = 10
+    kmeans_iters: int = 50
+    aux_weight: float = 0.4
+    contrast_weight: float = 0.01
+    contrast_start_epoch: int = 1
+
+    def __post_init__(self) -> None:
+        if self.capacity <= 0:
+            raise ConfigError(f"RCA memory capacity must be positive, got {self.capacity}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"RCA momentum must lie in [0, 1), got {self.momentum}")
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ConfigError(f"RCA score_threshold must lie in [0, 1], got {self.score_threshold}")
+        if not self.temperature > 0:
+            raise ConfigError(f"RCA temperature must be > 0, got {self.temperature}")
+        if not self.mixup_alpha > 0:
+            raise ConfigError(f"RCA mixup_alpha must be > 0, got {self.mixup_alpha}")
+        if self.prototypes_per_class <= 0:
+            raise ConfigError(f"RCA prototypes_per_class must be positive, got {self.prototypes_per_class}")
+        if self.kmeans_iters <= 0:
+            raise ConfigError(f"RCA kmeans_iters must be positive, got {self.kmeans_iters}")
+        if self.aux_weight < 0 or self.contrast_weight < 0:
+            raise ConfigError(
+                f"RCA weights must be >= 0, got aux_weight={self.aux_weight}, "
+                f"contrast_weight={self.contrast_weight}"
+            )
+        if self.contrast_start_epoch < 0:
+            raise ConfigError(f"RCA contrast_start_epoch must be >= 0, got {self.contrast_start_epoch}")
+
+
+def _channel_targets(maps: Tensor, labels: Tensor, has_background: bool) -> Tensor:
+    if maps.dim() != 4:
+        raise TagsegError(f"score maps must be (B, C, h, w), got shape {tuple(maps.shape)}")
+    if labels.dim() != 2 or labels.shape[0] != maps.shape[0]:
+        raise TagsegError(f"labels must be (B, K) with B={maps.shape[0]}, got shape {tuple(labels.shape)}")
+    targets = labels if has_background else labels[:, 1:]
+    if targets.shape[1] != maps.shape[1]:
+        kind = "K maps including background" if has_background else "K-1 foreground maps"
+        raise TagsegError(
+            f"score maps have {maps.shape[1]} channels but labels have K={labels.shape[1]} ({kind} expected)"
+        )
+    return targets
+
+
+@dataclass(frozen=True)
+class RegionBatch:
+    """Region embeddings of a batch: ``embeddings`` (N, D), ``channels`` (N,), ``batch_index`` (N,)."""
+
+    embeddings: Tensor
+    channels: Tensor
+    batch_index: Tensor
+
+
+def region_masks(cams: Tensor) -> Tensor:
+    """M = 1[P > mean(P)] per image and channel, (B, C, h, w) float; an empty mask becomes all ones."""
+    mask = (cams > cams.mean(dim=(2, 3), keepdim=True)).to(cams.dtype)
+    empty = mask.sum(dim=(2, 3), keepdim=True) == 0
+    return torch.where(empty, torch.ones_like(mask), mask).detach()
+
+
+def region_embeddings(features: Tensor, cams: Tensor, labels: Tensor, *, has_background: bool = False) -> RegionBatch:
+    """Masked average of ``features`` (B, D, h, w) over each present class's region of ``cams`` (B, C, h, w).
+
+    Rows are ordered by image, then channel. Gradient flows into ``features`` (the masks are constants).
+    """
+    targets = _channel_targets(cams, labels, has_background)
+    if features.dim() != 4 or features.shape[0] != cams.shape[0] or features.shape[2:] != cams.shape[2:]:
+        raise TagsegError(
+            f"features {tuple(features.shape)} and CAMs {tuple(cams.shape)} must share batch and spatial size"
+        )
+    mask = region_masks(cams).to(features.dtype)
+    pooled = torch.einsum("bdhw,bchw->bcd", features, mask) / mask.sum(dim=(2, 3))[:, :, None]
+    batch_index, channels = (targets > 0).nonzero(as_tuple=True)
+    return RegionBatch(pooled[batch_index, channels], channels, batch_index)
+
+
+class RegionMemoryBank(nn.Module):
+    """Per-class banks of region embeddings, stored in buffers (saved with ``state_dict``).
+
+    One slot per (class, image id). ``update`` writes a region only when its score
+    exceeds ``score_threshold``: if the bank already holds that image's region it is
+    updated in place, ``m <- momentum * m + (1 - momentum) * f``; otherwise the region
+    is appended, and when the class already holds ``capacity`` regions the oldest
+    *inserted* one is evicted (FIFO; momentum updates do not refresh a slot's age).
+    Image ids are non-negative integers (e.g. dataset indices). Stored values are detached.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        dim: int,
+        capacity: int = 500,
+        momentum: float = 0.99,
+        score_threshold: float = 0.7,
+    ) -> None:
+        super().__init__()
+        if num_classes <= 0 or dim <= 0:
+            raise ConfigError(f"RegionMemoryBank needs num_classes > 0 and dim > 0, got {num_classes}, {dim}")
+        RCAConfig(capacity=capacity, momentum=momentum, score_threshold=score_threshold)  # validates
+        self.num_classes = num_classes
+        self.dim = dim
+        self.capacity = capacity
+        self.momentum = momentum
+        self.score_threshold = score_threshold
+        self.register_buffer("memory", torch.zeros(num_classes, capacity, dim))
+        self.register_buffer("keys", torch.full((num_classes, capacity), -1, dtype=torch.long))
+        self.register_buffer("sizes", torch.zeros(num_classes, dtype=torch.long))
+        self.register_buffer("heads", torch.zeros(num_classes, dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, embeddings: Tensor, channels: Tensor, image_ids: Tensor, scores: Tensor) -> int:
+        """Add / momentum-update regions (N, D) of ``channels`` (N,) from ``image_ids`` (N,) with ``scores`` (N,).
+
+        Returns the number of regions written (appended or updated).
+        """
+        n = embeddings.shape[0]
+        if embeddings.dim() != 2 or embeddings.shape[1] != self.dim:
+            raise TagsegError(f"memory bank expects (N, {self.dim}) embeddings, got {tuple(embeddings.shape)}")
+        if not (channels.shape[0] == image_ids.shape[0] == scores.shape[0] == n):
+            raise TagsegError(
+                f"memory bank update: {n} embeddings but {channels.shape[0]} channels, "
+                f"{image_ids.shape[0]} image ids, {scores.shape[0]} scores"
+            )
+        written = 0
+        emb = embeddings.detach().to(self.memory.dtype)
+        for f, c, key, s in zip(emb, channels.tolist(), image_ids.tolist(), scores.tolist()):
+            if not 0 <= c < self.num_classes:
+                raise TagsegError(f"memory bank has {self.num_classes} classes, got channel {c}")
+            if key < 0:
+                raise TagsegError(f"image ids must be non-negative integers, got {key}")
+            if not s > self.score_threshold:
+                continue
+            size = int(self.sizes[c])
+            hit = (self.keys[c, :size] == key).nonzero(as_tuple=True)[0]
+            if hit.numel() > 0:
+                slot = int(hit[0])
+                self.memory[c, slot] = self.momentum * self.memory[c, slot] + (1.0 - self.momentum) * f
+            else:
+                slot = int(self.heads[c])
+                self.memory[c, slot] = f
+                self.keys[c, slot] = key
+                self.heads[c] = (slot + 1) % self.capacity
+                self.sizes[c] = min(size + 1, self.capacity)
+            written += 1
+        return written
+
+    def entries(self, channel: int) -> Tensor:
+        """The stored regions of one class, (size_c, D), in slot order."""
+        return self.memory[channel, : int(self.sizes[channel])]
+
+    def all_entries(self) -> tuple[Tensor, Tensor]:
+        """All stored regions (M, D) and their channels (M,)."""
+        valid = torch.arange(self.capacity, device=self.sizes.device)[None, :] < self.sizes[:, None]
+        channels = torch.arange(self.num_classes, device=self.sizes.device)[:, None].expand_as(valid)
+        return self.memory[valid], channels[valid]
+
+
+def region_nce(queries: Tensor, classes: Tensor, memory: Tensor, memory_classes: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """InfoNCE of queries (N, D) against a memory (M, D) under cosine similarity / temperature.
+
+    For query q of class l: mean over the memory entries m+ of class l of
+    ``-log(exp(s(q, m+)) / (exp(s(q, m+)) + sum_{m- not of class l} exp(s(q, m-))))``.
+    The memory is used under stop-gradient. Returns per-query losses (N,) and a (N,)
+    bool mask of queries that have at least one positive (others are 0).
+    """
+    if not temperature > 0:
+        raise ConfigError(f"region_nce temperature must be > 0, got {temperature}")
+    q = F.normalize(queries, dim=1, eps=1e-12)
+    mem = F.normalize(memory.detach().to(q.dtype), dim=1, eps=1e-12)
+    sims = q @ mem.t() / temperature  # (N, M)
+    pos = classes[:, None] == memory_classes[None, :]
+    neg_lse = torch.logsumexp(sims.masked_fill(pos, float("-inf")), dim=1, keepdim=True)
+    terms = torch.logaddexp(sims, neg_lse) - sims
+    n_pos = pos.sum(dim=1)
+    losses = (terms * pos).sum(dim=1) / n_pos.clamp_min(1)
+    return losses, n_pos > 0
+
+
+def sample_mixup_weights(n: int, alpha: float = 8.0) -> Tensor:
+    """omega ~ Beta(alpha, alpha), (n,) (uses torch's global random state)."""
+    return torch.distributions.Beta(float(alpha), float(alpha)).sample((n,))
+
+
+def region_mixup_loss(
+    regions: RegionBatch,
+    bank: RegionMemoryBank,
+    temperature: float = 0.07,
+    omega: Tensor | None = None,
+    alpha: float = 8.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """L_RM = mean over regions of omega * NCE(f^, l) + (1 - omega) * NCE(f^, l-).
+
+    f^ = omega f_l + (1 - omega) f_l- mixes each region with a random region of another
+    class: from the batch when one exists whose class has entries in the bank, else a
+    random bank entry of another class, else no mixing (omega = 1). Regions whose own
+    class has no entry in the bank are skipped; 0 when none remains. ``omega`` (N,)
+    defaults to Beta(alpha, alpha) draws; ``generator`` drives the partner choice.
+    """
+    emb, cls = regions.embeddings, regions.channels
+    n = emb.shape[0]
+    memory, mem_cls = bank.all_entries()
+    if n == 0 or memory.shape[0] == 0:
+        return emb.sum() * 0.0
+    if omega is None:
+        omega = sample_mixup_weights(n, alpha)
+    omega = omega.to(emb.device, emb.dtype)
+    if omega.shape != (n,):
+        raise TagsegError(f"omega must have shape ({n},), got {tuple(omega.shape)}")
+    in_bank = torch.zeros(bank.num_classes, dtype=torch.bool, device=cls.device)
+    in_bank[mem_cls.to(cls.device)] = True
+
+    partners, partner_cls, weights = [], [], []
+    for i in range(n):
+        li = int(cls[i])
+        batch_cand = ((cls != li) & in_bank[cls]).nonzero(as_tuple=True)[0]
+        mem_cand = (mem_cls != li).nonzero(as_tuple=True)[0]
+        if batch_cand.numel() > 0:
+            j = batch_cand[torch.randint(batch_cand.numel(), (1,), generator=generator).item()]
+            partners.append(emb[j])
+            partner_cls.append(int(cls[j]))
+            weights.append(omega[i])
+        elif mem_cand.numel() > 0:
+            j = mem_cand[torch.randint(mem_cand.numel(), (1,), generator=generator).item()]
+            partners.append(memory[j].detach().to(emb.dtype))
+            partner_cls.append(int(mem_cls[j]))
+            weights.append(omega[i])
+        else:
+            partners.append(torch.zeros_like(emb[i]))
+            partner_cls.append(li)
+            weights.append(torch.ones((), dtype=emb.dtype, device=emb.device))
+    w = torch.stack(weights)
+    mixed = w[:, None] * emb + (1.0 - w[:, None]) * torch.stack(partners)
+    own, own_ok = region_nce(mixed, cls, memory, mem_cls, temperature)
+    other_cls = torch.tensor(partner_cls, dtype=cls.dtype, device=cls.device)
+    other, _ = region_nce(mixed, other_cls, memory, mem_cls, temperature)
+    per_region = w * own + (1.0 - w) * other
+    if not own_ok.any():
+        return emb.sum() * 0.0
+    return per_region[own_ok].mean()
+
+
+@torch.no_grad()
+def kmeans(x: Tensor, k: int, iters: int = 50, seed: int = 0) -> Tensor:
+    """Euclidean k-means with k-means++ initialisation seeded by ``seed`` -> centres (min(k, N), D).
+
+    With N <= k every point is its own centre. An emptied cluster keeps its previous centre.
+    Deterministic for a given input and seed.
+    """
+    if x.dim() != 2:
+        raise TagsegError(f"kmeans expects (N, D) points, got shape {tuple(x.shape)}")
+    if k <= 0 or iters <= 0:
+        raise ConfigError(f"kmeans needs k > 0 and iters > 0, got k={k}, iters={iters}")
+    n = x.shape[0]
+    if n <= k:
+        return x.clone()
+    pts = x.double()
+    gen = torch.Generator().manual_seed(seed)
+    first = int(torch.randint(n, (1,), generator=gen))
+    centres = [pts[first]]
+    closest = ((pts - pts[first]) ** 2).sum(1)
+    for _ in range(1, k):
+        total = closest.sum()
+        if total > 0:
+            idx = int(torch.multinomial((closest / total).cpu(), 1, generator=gen))
+        else:  # all remaining points coincide with a centre
+            idx = int(torch.randint(n, (1,), generator=gen))
+        centres.append(pts[idx])
+        closest = torch.minimum(closest, ((pts - pts[idx]) ** 2).sum(1))
+    c = torch.stack(centres)
+    assign = None
+    for _ in range(iters):
+        new_assign = torch.cdist(pts, c).argmin(dim=1)
+        if assign is not None and torch.equal(new_assign, assign):
+            break
+        assign = new_assign
+        counts = torch.bincount(assign, minlength=k).to(pts.dtype)
+        sums = torch.zeros_like(c).index_add_(0, assign, pts)
+        nonempty = counts > 0
+        c[nonempty] = sums[nonempty] / counts[nonempty, None]
+    return c.to(x.dtype)
+
+
+class RCAAggregation(nn.Module):
+    """Prototype aggregation and the second CAM head.
+
+    Buffers ``prototypes`` (C*Kp, D) and ``prototype_valid`` (C*Kp,) are saved with the
+    model, so inference needs no memory bank. ``forward(features (B, D, h, w))`` returns
+    the second CAM P (B, C, h, w) computed by a 1x1 conv on F^ = [F, S Q], with
+    S = softmax(F Q^T) over the valid prototypes (dot product, row-wise). With no valid
+    prototype (before the first k-means) F' is zero.
+    """
+
+    def __init__(self, in_dim: int, num_channels: int, prototypes_per_class: int = 10) -> None:
+        super().__init__()
+        if in_dim <= 0 or num_channels <= 0 or prototypes_per_class <= 0:
+            raise ConfigError(
+                "RCAAggregation needs positive sizes, got "
+                f"in_dim={in_dim}, num_channels={num_channels}, prototypes_per_class={prototypes_per_class}"
+            )
+        self.in_dim = in_dim
+        self.num_channels = num_channels
+        self.prototypes_per_class = prototypes_per_class
+        self.register_buffer("prototypes", torch.zeros(num_channels * prototypes_per_class, in_dim))
+        self.register_buffer("prototype_valid", torch.zeros(num_channels * prototypes_per_class, dtype=torch.bool))
+        self.head = nn.Conv2d(2 * in_dim, num_channels, kernel_size=1, bias=False)
+
+    @torch.no_grad()
+    def update_prototypes(self, bank: RegionMemoryBank, iters: int = 50, seed: int = 0) -> None:
+        """Run k-means (Kp per class, seed ``seed + channel``) on every class bank and store the centres."""
+        if bank.num_classes != self.num_channels or bank.dim != self.in_dim:
+            raise TagsegError(
+                f"bank ({bank.num_classes} classes, dim {bank.dim}) does not match the aggregation "
+                f"({self.num_channels} channels, dim {self.in_dim})"
+            )
+        kp = self.prototypes_per_class
+        self.prototypes.zero_()
+        self.prototype_valid.zero_()
+        for c in range(self.num_channels):
+            entries = bank.entries(c)
+            if entries.shape[0] == 0:
+                continue
+            centres = kmeans(entries, kp, iters=iters, seed=seed + c)
+            self.prototypes[c * kp : c * kp + centres.shape[0]] = centres.to(self.prototypes.dtype)
+            self.prototype_valid[c * kp : c * kp + centres.shape[0]] = True
+
+    def aggregate(self, features: Tensor) -> Tensor:
+        """F^ = [F, S Q] (B, 2D, h, w) for features (B, D, h, w)."""
+        if features.dim() != 4 or features.shape[1] != self.in_dim:
+            raise TagsegError(f"RCAAggregation expects (B, {self.in_dim}, h, w) features, got {tuple(features.shape)}")
+        b, d, h, w = features.shape
+        if not bool(self.prototype_valid.any()):
+            return torch.cat([features, torch.zeros_like(features)], dim=1)
+        q = self.prototypes[self.prototype_valid].to(features.dtype)  # (P, D)
+        flat = features.flatten(2).transpose(1, 2)  # (B, n, D)
+        s = torch.softmax(flat @ q.t(), dim=-1)
+        agg = (s @ q).transpose(1, 2).reshape(b, d, h, w)
+        return torch.cat([features, agg], dim=1)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.head(self.aggregate(features))
+
+
+def gap_multilabel_loss(cam: Tensor, labels: Tensor, *, has_background: bool = False) -> Tensor:
+    """Multi-label soft-margin (BCE with logits) of GAP(cam) (B, C) against the labels (mean)."""
+    targets = _channel_targets(cam, labels, has_background).to(cam.dtype)
+    return F.binary_cross_entropy_with_logits(cam.mean(dim=(2, 3)), targets)
+
+
+def rca_total_loss(
+    cam_o: Tensor,
+    cam_p: Tensor,
+    labels: Tensor,
+    rm_loss: Tensor | None,
+    epoch: int,
+    cfg: RCAConfig = RCAConfig(),
+    *,
+    has_background: bool = False,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """L = L_CE(GAP(O)) + aux_weight * L_CE(GAP(P)) + contrast_weight * L_RM.
+
+    L_RM is left out while ``epoch < contrast_start_epoch`` (0-based) or when ``rm_loss``
+    is None. Returns the scalar and detached parts ``ce_o``, ``ce_p``, ``rm``, ``total``.
+    """
+    ce_o = gap_multilabel_loss(cam_o, labels, has_background=has_background)
+    ce_p = gap_multilabel_loss(cam_p, labels, has_background=has_background)
+    total = ce_o + cfg.aux_weight * ce_p
+    use_rm = rm_loss is not None and epoch >= cfg.contrast_start_epoch
+    if use_rm:
+        total = total + cfg.contrast_weight * rm_loss
+    rm_part = rm_loss.detach() if use_rm else torch.zeros((), dtype=total.dtype, device=total.device)
+    return total, {"ce_o": ce_o.detach(), "ce_p": ce_p.detach(), "rm": rm_part, "total": total.detach()}
