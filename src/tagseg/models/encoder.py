@@ -1,0 +1,94 @@
+"""Patch encoder: any timm ViT, or a timm CNN cut at stride 16 (METHODS.md §1, "Network").
+
+Input: images (B, 3, H, W) in [0, 1] (the encoder applies its own mean/std normalisation).
+Output: a patch grid (B, D, H/16, W/16). For ViTs the grid is the final-norm output with the
+prefix tokens ([cls], registers) dropped, and the position embeddings are resampled (bicubic)
+whenever the token grid differs from the pretraining grid. For CNNs the grid is the last
+feature map at reduction 16; later stages are removed.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from tagseg.errors import ConfigError
+
+PATCH_STRIDE = 16
+
+
+def _create_backbone(name: str, weights: str | None, pretrained: bool, image_size: int) -> nn.Module:
+    from tagseg.models.weights import build_timm_model
+
+    try:  # ViT-style models: resample position embeddings for any input size at run time
+        return build_timm_model(name, weights=weights, pretrained=pretrained, num_classes=0,
+                                img_size=image_size, dynamic_img_size=True)
+    except TypeError:
+        return build_timm_model(name, weights=weights, pretrained=pretrained, num_classes=0)
+
+
+class PatchEncoder(nn.Module):
+    """A timm backbone that returns a stride-16 patch grid (B, D, h, w)."""
+
+    def __init__(self, name: str, weights: str | None = None, pretrained: bool = False,
+                 image_size: int = 384) -> None:
+        super().__init__()
+        self.name = name
+        self.backbone = _create_backbone(name, weights, pretrained, image_size)
+        self.is_vit = hasattr(self.backbone, "patch_embed") and hasattr(self.backbone, "blocks")
+        if self.is_vit:
+            patch = self.backbone.patch_embed.patch_size
+            patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+            if patch != PATCH_STRIDE:
+                raise ConfigError(f"encoder {name} has patch size {patch}; tagseg needs 16")
+            self.feature_index = len(self.backbone.blocks) - 1
+            self.backbone.prune_intermediate_layers([self.feature_index], prune_norm=False, prune_head=True)
+            self.out_channels = self.backbone.embed_dim
+        else:
+            info = self.backbone.feature_info
+            stride16 = [i for i, f in enumerate(info) if f["reduction"] == PATCH_STRIDE]
+            if not stride16:
+                raise ConfigError(f"encoder {name} has no feature map at stride 16 "
+                                  f"(reductions: {[f['reduction'] for f in info]})")
+            self.feature_index = stride16[-1]
+            self.out_channels = info[self.feature_index]["num_chs"]
+            self.backbone.prune_intermediate_layers([self.feature_index], prune_norm=True, prune_head=True)
+        mean, std = self._normalization(weights)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def _normalization(self, weights: str | None) -> tuple[Sequence[float], Sequence[float]]:
+        if weights == "lite":
+            from tagseg.models.lite import lite_normalization
+
+            return lite_normalization(self.name)
+        cfg = getattr(self.backbone, "pretrained_cfg", {}) or {}
+        return cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) in [0, 1], H and W multiples of 16 -> (B, D, H/16, W/16)."""
+        if images.shape[-1] % PATCH_STRIDE or images.shape[-2] % PATCH_STRIDE:
+            raise ValueError(f"input size {tuple(images.shape[-2:])} is not a multiple of 16")
+        x = (images - self.mean) / self.std
+        kwargs = {"norm": True} if self.is_vit else {}
+        return self.backbone.forward_intermediates(x, indices=[self.feature_index],
+                                                   intermediates_only=True, **kwargs)[0]
+
+    def block_groups(self) -> list[nn.Module]:
+        """Encoder blocks in input-to-output order (the unit of progressive unfreezing)."""
+        b = self.backbone
+        if hasattr(b, "blocks"):
+            return list(b.blocks)
+        if hasattr(b, "stages"):
+            return list(b.stages)
+        layers = [getattr(b, f"layer{i}") for i in range(1, 5) if isinstance(getattr(b, f"layer{i}", None), nn.Module)]
+        if layers:
+            return layers
+        return [b]
+
+    def final_norm(self) -> list[nn.Module]:
+        """Modules after the last block that shape the output (ViT final norm)."""
+        norm = getattr(self.backbone, "norm", None) if self.is_vit else None
+        return [norm] if isinstance(norm, nn.Module) else []

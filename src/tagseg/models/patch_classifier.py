@@ -1,0 +1,65 @@
+"""The patch-classifier network of ViT-PCM / TKP-PCL (METHODS.md §1).
+
+encoder (B, D, h, w) -> HV-BiLSTM (B, h, w, 4·hidden) = features f -> dropout -> linear
+(no bias, N(0, 0.05²) init) -> logits A (B, h, w, K); Z = softmax over K per patch.
+Pooling and losses live in ``tagseg.methods``; this module only computes patch scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tagseg.config import ModelConfig
+from tagseg.models.encoder import PatchEncoder
+from tagseg.models.hv_bilstm import HVBiLSTM
+
+
+@dataclass
+class PatchOutput:
+    """logits (B, h, w, K); features (B, h, w, F): the patch features f used by PCE."""
+
+    logits: torch.Tensor
+    features: torch.Tensor
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """Z: softmax over classes, float32, (B, h, w, K)."""
+        return self.logits.float().softmax(dim=-1)
+
+
+class PatchClassifierNet(nn.Module):
+    def __init__(self, encoder: PatchEncoder, num_classes: int, use_lstm: bool = True,
+                 lstm_hidden: int = 192, dropout: float = 0.2, init_std: float = 0.05) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.num_classes = num_classes
+        if use_lstm:
+            self.conditioning: nn.Module = HVBiLSTM(encoder.out_channels, lstm_hidden, dropout)
+            feat_dim = self.conditioning.out_dim
+        else:
+            self.conditioning = nn.Identity()
+            feat_dim = encoder.out_channels
+        self.classifier_dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(feat_dim, num_classes, bias=False)
+        nn.init.normal_(self.classifier.weight, mean=0.0, std=init_std)
+
+    def forward(self, images: torch.Tensor) -> PatchOutput:
+        """images (B, 3, H, W) in [0, 1] -> PatchOutput with an (H/16)×(W/16) grid."""
+        grid = self.encoder(images).permute(0, 2, 3, 1)  # (B, h, w, D)
+        features = self.conditioning(grid)
+        logits = self.classifier(self.classifier_dropout(features))
+        return PatchOutput(logits=logits, features=features)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Everything but the encoder (trained from the first epoch)."""
+        return [p for n, p in self.named_parameters() if not n.startswith("encoder.")]
+
+
+def build_patch_classifier(cfg: ModelConfig, num_classes: int, image_size: int) -> PatchClassifierNet:
+    """Build the network from its config section."""
+    encoder = PatchEncoder(cfg.encoder, weights=cfg.weights, pretrained=cfg.pretrained, image_size=image_size)
+    return PatchClassifierNet(encoder, num_classes, use_lstm=cfg.use_lstm, lstm_hidden=cfg.lstm_hidden,
+                              dropout=cfg.dropout, init_std=cfg.classifier_init_std)
