@@ -141,12 +141,17 @@ def _config_source(name_or_path: str) -> str:
     return ref.read_text()
 
 
-def load_config(name_or_path: str | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+def load_config(name_or_path: str | None = None, overrides: Sequence[str] = (),
+                schema_class: type = None, validate: Any = None) -> Any:
     """Resolve defaults <- YAML (a shipped name or a path) <- ``key=value`` overrides.
 
-    Unknown keys and values of the wrong type raise ConfigError naming the key.
+    schema_class: the dataclass to resolve into (default :class:`ExperimentConfig`, validated by
+    :func:`validate_config`; other schemas pass their own ``validate``). Unknown keys and values
+    of the wrong type raise ConfigError naming the key.
     """
-    schema = OmegaConf.structured(ExperimentConfig)
+    if schema_class is None:
+        schema_class, validate = ExperimentConfig, validate_config
+    schema = OmegaConf.structured(schema_class)
     try:
         merged = schema
         if name_or_path:
@@ -156,21 +161,22 @@ def load_config(name_or_path: str | None = None, overrides: Sequence[str] = ()) 
                 raise ConfigError(f"override {item!r} is not of the form key=value")
         if overrides:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-        cfg: ExperimentConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+        cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"invalid configuration: {exc}") from exc
-    validate_config(cfg)
+    if validate is not None:
+        validate(cfg)
     return cfg
 
 
-def config_to_yaml(cfg: ExperimentConfig) -> str:
-    """The resolved config as YAML text (saved beside every run's outputs)."""
+def config_to_yaml(cfg: Any) -> str:
+    """The resolved config (any config dataclass) as YAML text (saved beside every run's outputs)."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def config_from_yaml(text: str) -> ExperimentConfig:
-    """Inverse of :func:`config_to_yaml`."""
-    merged = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), OmegaConf.create(text))
+def config_from_yaml(text: str, schema_class: type = None) -> Any:
+    """Inverse of :func:`config_to_yaml` (default schema: :class:`ExperimentConfig`)."""
+    merged = OmegaConf.merge(OmegaConf.structured(schema_class or ExperimentConfig), OmegaConf.create(text))
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 

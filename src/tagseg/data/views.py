@@ -25,6 +25,8 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
 
 def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
     """(C, H, W) -> (C, size, size), bilinear with antialiasing."""
+    if x.shape[-2:] == (size, size):
+        return x
     return F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
 
 
