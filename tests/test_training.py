@@ -67,9 +67,11 @@ def test_warmup_freezes_the_encoder(tmp_path):
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
     make_voc(tmp_path / "voc", n=4)
     cfg = tiny_config(tmp_path / "voc")
-    import tagseg.training.trainer as trainer_module
+    import dataclasses
 
-    real = trainer_module.patch_classifier_loss
+    from tagseg import families
+
+    real = families.get_family("patch").loss
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -79,7 +81,7 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
             loss = loss * float("nan")
         return loss, parts
 
-    monkeypatch.setattr(trainer_module, "patch_classifier_loss", flaky)
+    monkeypatch.setitem(families.FAMILIES, "patch", dataclasses.replace(families.FAMILIES["patch"], loss=flaky))
     with pytest.raises(TrainingError, match="non-finite loss at epoch 2, step 1"):
         Trainer(cfg, tmp_path / "run", show_progress=False).fit()
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["epoch_0001"]

@@ -90,19 +90,19 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
 
     from tagseg.data.build import build_index
     from tagseg.pseudo.generate import generate_pseudo_masks
-    from tagseg.pseudo.inference import load_patch_classifier
+    from tagseg.pseudo.inference import load_trained_model
     from tagseg.training.distributed import DistInfo, resolve_device
 
     run = Path(args.run)
     cfg = _resolve_run_config(run, args.overrides)
     device = resolve_device(cfg.device, DistInfo())
-    model, _, _ = load_patch_classifier(run / "model.safetensors", device)
+    model, _, info = load_trained_model(run / "model.safetensors", device)
     split = args.split or cfg.data.pseudo_split
     out = Path(args.out or run / "pseudo" / split)
     index = build_index(cfg.data, split)
     with torch.no_grad():
         stats = generate_pseudo_masks(model, index, out, cfg.pseudo, device, shard=args.shard,
-                                      overwrite=args.overwrite)
+                                      overwrite=args.overwrite, family=info["family"])
     print(f"pseudo-masks: {stats.written} written, {stats.skipped} already done, "
           f"{stats.seconds:.1f}s -> {out / 'masks'}")
     return 0

@@ -43,8 +43,12 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Patch encoder (timm) + HV-BiLSTM + softmax patch classifier (METHODS.md §1)."""
+    """Patch encoder (timm) + HV-BiLSTM + softmax patch classifier (METHODS.md §1).
 
+    family: which kind of network ('patch' = the patch-classifier family; see tagseg.families).
+    """
+
+    family: str = "patch"
     encoder: str = "vit_base_patch16_384"
     weights: Optional[str] = None  # local .pth/.safetensors/.npz, or 'lite' (tagseg[lite])
     pretrained: bool = False  # timm hub weights (needs internet)
@@ -186,6 +190,9 @@ def to_dict(cfg: Any) -> dict:
 
 def validate_config(cfg: ExperimentConfig) -> None:
     """Reject contradictory or out-of-range settings at start-up, naming the key."""
+    from tagseg.families import get_family
+
+    get_family(cfg.model.family)  # ConfigError naming the known families
     m, d, t = cfg.method, cfg.data, cfg.train
     if m.pooling not in ("avg", "max", "topk"):
         raise ConfigError(f"method.pooling={m.pooling!r}: choose avg, max or topk")

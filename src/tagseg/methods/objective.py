@@ -8,15 +8,17 @@ no-gradient pass over view A.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
-from tagseg.config import MethodConfig
+from tagseg.config import ExperimentConfig, MethodConfig, PseudoConfig
+from tagseg.families import Family, register_family
 from tagseg.methods.equivariance import build_mosaic, equivariance_loss, equivariance_target
 from tagseg.methods.losses import l2_penalty, multilabel_ce
 from tagseg.methods.pce import patch_contrastive_error
 from tagseg.methods.pooling import pool_patch_scores
-from tagseg.models.patch_classifier import PatchClassifierNet
+from tagseg.models.patch_classifier import PatchClassifierNet, build_patch_classifier
 
 PATCH = 16
 
@@ -33,12 +35,15 @@ def eval_mode_probs(core: PatchClassifierNet, images: torch.Tensor) -> torch.Ten
 
 
 def patch_classifier_loss(model: nn.Module, core: PatchClassifierNet, batch: dict,
-                          cfg: MethodConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                          cfg: MethodConfig | ExperimentConfig, epoch: int = 0
+                          ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total loss and its detached parts for one batch.
 
     model: the network to differentiate through (``core`` or its DDP wrapper); batch: the
     collated items of :class:`tagseg.data.views.TrainingViews` on the right device.
     """
+    if isinstance(cfg, ExperimentConfig):
+        cfg = cfg.method
     images, labels = batch["image"], batch["labels"].float()
     b = images.shape[0]
     use_et = cfg.et_weight > 0
@@ -66,3 +71,16 @@ def patch_classifier_loss(model: nn.Module, core: PatchClassifierNet, batch: dic
     if "et" in parts:
         total = total + cfg.et_weight * parts["et"]
     return total, {k: v.detach() for k, v in parts.items()}
+
+
+def _build(cfg: ExperimentConfig, num_classes: int) -> PatchClassifierNet:
+    return build_patch_classifier(cfg.model, num_classes, cfg.data.image_size)
+
+
+def _merged_probs(core: PatchClassifierNet, image: torch.Tensor, labels: np.ndarray, cfg: PseudoConfig) -> torch.Tensor:
+    from tagseg.pseudo.inference import patch_merged_probabilities
+
+    return patch_merged_probabilities(core, image, labels, cfg)
+
+
+register_family(Family("patch", "tagseg.patch_classifier/1", _build, patch_classifier_loss, _merged_probs))

@@ -15,16 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from tagseg.config import PseudoConfig
 from tagseg.data.records import DatasetIndex, ImageRecord
 from tagseg.data.views import image_to_tensor
 from tagseg.errors import DataError
-from tagseg.methods.label_merge import label_merge
-from tagseg.models.patch_classifier import PatchClassifierNet
-from tagseg.pseudo.inference import patch_probs
+from tagseg.families import get_family
 from tagseg.utils.io import atomic_path, read_image, save_mask_png
 
 
@@ -35,15 +33,12 @@ class PseudoStats:
     seconds: float = 0.0
 
 
-def merged_probabilities(model: PatchClassifierNet, image: np.ndarray, labels: np.ndarray, cfg: PseudoConfig,
-                         device: torch.device | str = "cpu") -> torch.Tensor:
-    """image uint8 (H, W, 3), labels (K,) -> merged class probabilities (K, H, W), float32 on CPU."""
+def merged_probabilities(model: nn.Module, image: np.ndarray, labels: np.ndarray, cfg: PseudoConfig,
+                         device: torch.device | str = "cpu", family: str = "patch") -> torch.Tensor:
+    """image uint8 (H, W, 3), labels (K,) -> label-restricted class probabilities (K, H, W), float32
+    on CPU, computed by the model family's own rule (patch classifier: label merge of Z)."""
     x = image_to_tensor(image).to(device)
-    z = patch_probs(model, x, cfg.image_size, cfg.scales, cfg.flip)  # (K, h, w)
-    t = torch.as_tensor(labels, device=z.device)[None]
-    merged = label_merge(z[None], t)[0]
-    h, w = image.shape[:2]
-    return F.interpolate(merged[None], size=(h, w), mode="bilinear", align_corners=False)[0].float().cpu()
+    return get_family(family).merged_probs(model, x, labels, cfg).float().cpu()
 
 
 def shard_records(records: list[ImageRecord], shard: tuple[int, int]) -> list[ImageRecord]:
@@ -67,9 +62,9 @@ def save_probs_npz(path: Path, probs: torch.Tensor, labels: np.ndarray) -> None:
 
 
 @torch.no_grad()
-def generate_pseudo_masks(model: PatchClassifierNet, index: DatasetIndex, out_dir: str | Path, cfg: PseudoConfig,
+def generate_pseudo_masks(model: nn.Module, index: DatasetIndex, out_dir: str | Path, cfg: PseudoConfig,
                           device: torch.device | str = "cpu", shard: tuple[int, int] = (0, 1),
-                          overwrite: bool = False, progress: bool = True) -> PseudoStats:
+                          overwrite: bool = False, progress: bool = True, family: str = "patch") -> PseudoStats:
     """Write pseudo-masks for the images of ``index`` (this shard) into ``out_dir``."""
     out_dir = Path(out_dir)
     records = shard_records(index.require_nonempty().records, shard)
@@ -81,7 +76,7 @@ def generate_pseudo_masks(model: PatchClassifierNet, index: DatasetIndex, out_di
             stats.skipped += 1
             continue
         image = read_image(rec.image_path)
-        probs = merged_probabilities(model, image, rec.labels, cfg, device)
+        probs = merged_probabilities(model, image, rec.labels, cfg, device, family)
         mask = probs.argmax(0).numpy().astype(np.uint8)
         if cfg.save_probs:
             save_probs_npz(out_dir / "probs" / f"{rec.id}.npz", probs, rec.labels)

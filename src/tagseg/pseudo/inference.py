@@ -1,4 +1,4 @@
-"""Patch probabilities of a trained patch classifier on one image (flip / multi-scale averaging)."""
+"""Loading trained models, and the patch classifier's class probabilities for one image."""
 
 from __future__ import annotations
 
@@ -8,29 +8,41 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from tagseg.config import ExperimentConfig, config_from_yaml
+from tagseg.config import ExperimentConfig, PseudoConfig, config_from_yaml
 from tagseg.errors import TagsegError
-from tagseg.models.patch_classifier import PatchClassifierNet, build_patch_classifier
+from tagseg.models.patch_classifier import PatchClassifierNet
 from tagseg.training.checkpoint import read_model_file
+
+
+def load_trained_model(path: str | Path, device: torch.device | str = "cpu"
+                       ) -> tuple[torch.nn.Module, ExperimentConfig, dict]:
+    """Rebuild a trained network of any family from ``model.safetensors`` (weights + metadata),
+    in eval mode. Returns (model, its training config, info with 'class_names' and 'palette')."""
+    import json
+
+    from tagseg.families import family_for_format
+
+    weights, meta = read_model_file(Path(path))
+    family = family_for_format(meta.get("format"))
+    cfg = config_from_yaml(meta["config"])
+    info = {"class_names": json.loads(meta["class_names"]), "palette": json.loads(meta["palette"]),
+            "family": family.name}
+    cfg.model.weights, cfg.model.pretrained = None, False  # the file holds every weight
+    model = family.build(cfg, len(info["class_names"]))
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise TagsegError(f"{path}: weights do not match the model its metadata describes: {exc}") from exc
+    return model.to(device).eval(), cfg, info
 
 
 def load_patch_classifier(path: str | Path, device: torch.device | str = "cpu"
                           ) -> tuple[PatchClassifierNet, ExperimentConfig, dict]:
-    """Rebuild a trained network from ``model.safetensors`` (weights + metadata) in eval mode.
-
-    Returns (model, its training config, metadata with 'class_names' and 'palette').
-    """
-    import json
-
-    weights, meta = read_model_file(Path(path))
-    if meta.get("format") != "tagseg.patch_classifier/1":
-        raise TagsegError(f"{path} is not a tagseg patch-classifier model (format={meta.get('format')!r})")
-    cfg = config_from_yaml(meta["config"])
-    info = {"class_names": json.loads(meta["class_names"]), "palette": json.loads(meta["palette"])}
-    cfg.model.weights, cfg.model.pretrained = None, False  # the file holds every weight
-    model = build_patch_classifier(cfg.model, len(info["class_names"]), cfg.data.image_size)
-    model.load_state_dict(weights)
-    return model.to(device).eval(), cfg, info
+    """:func:`load_trained_model` for a file that must hold a patch classifier."""
+    model, cfg, info = load_trained_model(path, device)
+    if not isinstance(model, PatchClassifierNet):
+        raise TagsegError(f"{path} holds a {info['family']!r} model, not a patch classifier")
+    return model, cfg, info
 
 
 def _size(base: int, scale: float) -> int:
@@ -58,3 +70,16 @@ def patch_probs(model: PatchClassifierNet, image: torch.Tensor, size: int, scale
         acc = z if acc is None else acc + z
         n += batch.shape[0]
     return acc / n
+
+
+@torch.no_grad()
+def patch_merged_probabilities(model: PatchClassifierNet, image: torch.Tensor, labels, cfg: PseudoConfig
+                               ) -> torch.Tensor:
+    """image float (3, H, W) in [0, 1], labels (K,) -> label-merged probabilities (K, H, W):
+    Z at ``cfg.image_size`` (flip / multi-scale averaged), label merge, bilinear upsampling."""
+    from tagseg.methods.label_merge import label_merge
+
+    z = patch_probs(model, image, cfg.image_size, cfg.scales, cfg.flip)  # (K, h, w)
+    t = torch.as_tensor(labels, device=z.device)[None]
+    merged = label_merge(z[None], t)[0]
+    return F.interpolate(merged[None], size=image.shape[-2:], mode="bilinear", align_corners=False)[0].float()

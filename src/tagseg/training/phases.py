@@ -1,5 +1,8 @@
 """Warm-up then fine-tuning (METHODS.md §1, "Schedule").
 
+Works with any model that has an ``encoder`` exposing ``block_groups()`` and ``final_norm()``
+(see :class:`tagseg.models.encoder.PatchEncoder`).
+
 Warm-up epochs: the encoder is frozen (eval mode, no gradient), head at ``warmup_lr``.
 Afterwards: the last ``unfreeze_blocks`` encoder blocks and the final norm train too, all at
 ``lr``. The learning rate is a pure function of the epoch, so resuming needs no scheduler state.
@@ -12,7 +15,6 @@ from dataclasses import dataclass
 from torch import nn
 
 from tagseg.config import TrainConfig
-from tagseg.models.patch_classifier import PatchClassifierNet
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,7 @@ def phase_for_epoch(cfg: TrainConfig, epoch: int) -> Phase:
     return Phase("finetune", cfg.lr, cfg.unfreeze_blocks != 0)
 
 
-def trainable_encoder_modules(model: PatchClassifierNet, unfreeze_blocks: int) -> list[nn.Module]:
+def trainable_encoder_modules(model: nn.Module, unfreeze_blocks: int) -> list[nn.Module]:
     """The encoder modules trained after warm-up: the whole encoder (-1) or the last N blocks + norm."""
     if unfreeze_blocks < 0:
         return [model.encoder]
@@ -37,7 +39,7 @@ def trainable_encoder_modules(model: PatchClassifierNet, unfreeze_blocks: int) -
     return model.encoder.block_groups()[-unfreeze_blocks:] + model.encoder.final_norm()
 
 
-def apply_phase(model: PatchClassifierNet, cfg: TrainConfig, phase: Phase) -> list[nn.Module]:
+def apply_phase(model: nn.Module, cfg: TrainConfig, phase: Phase) -> list[nn.Module]:
     """Set requires_grad for ``phase``; return the encoder modules that stay frozen (keep them in eval mode)."""
     for p in model.encoder.parameters():
         p.requires_grad_(False)

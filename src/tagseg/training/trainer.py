@@ -25,8 +25,7 @@ from tagseg.config import ExperimentConfig, config_to_yaml, to_dict
 from tagseg.data.build import build_index
 from tagseg.data.views import TrainingViews
 from tagseg.errors import TrainingError
-from tagseg.methods.objective import patch_classifier_loss
-from tagseg.models.patch_classifier import PatchClassifierNet, build_patch_classifier
+from tagseg.families import get_family
 from tagseg.training import distributed as D
 from tagseg.training.checkpoint import (
     list_checkpoints, load_checkpoint, rng_state, save_checkpoint, save_final_model, set_rng_state,
@@ -42,8 +41,15 @@ def seed_everything(seed: int) -> None:
 
 
 def model_metadata(cfg: ExperimentConfig, class_names: tuple[str, ...], palette: list[int]) -> dict:
-    return {"format": "tagseg.patch_classifier/1", "class_names": list(class_names), "palette": palette,
+    return {"format": get_family(cfg.model.family).format, "class_names": list(class_names), "palette": palette,
             "config": config_to_yaml(cfg)}
+
+
+def _call_hook(core: torch.nn.Module, name: str, epoch: int) -> None:
+    """Optional per-epoch hooks of a model family (e.g. RCA's k-means at the end of an epoch)."""
+    hook = getattr(core, name, None)
+    if callable(hook):
+        hook(epoch)
 
 
 def _truncate_history(path: Path, epochs_done: int) -> None:
@@ -87,7 +93,8 @@ class Trainer:
         dataset = TrainingViews(index, cfg.data.image_size, cfg.train.augment, seed=cfg.seed,
                                 equivariance=cfg.method.et_weight > 0, crop_prob=cfg.method.et_crop_prob,
                                 crop_size=cfg.method.et_crop_size)
-        core = build_patch_classifier(cfg.model, index.num_classes, cfg.data.image_size).to(device)
+        family = get_family(cfg.model.family)
+        core = family.build(cfg, index.num_classes).to(device)
         head, enc = core.head_parameters(), list(core.encoder.parameters())
         optimizer = torch.optim.Adam([{"params": head, "name": "head"}, {"params": enc, "name": "encoder"}],
                                      lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -140,6 +147,7 @@ class Trainer:
             core.train()
             for m in frozen:
                 m.eval()
+            _call_hook(core, "on_epoch_start", epoch)
             sums: dict[str, float] = {}
             n_batches, t0 = 0, time.time()
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs} [{phase.name}]", unit="batch",
@@ -148,7 +156,7 @@ class Trainer:
                 batch = _to_device(batch, device)
                 amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
                 with amp:
-                    loss, parts = patch_classifier_loss(model, core, batch, cfg.method)
+                    loss, parts = family.loss(model, core, batch, cfg, epoch)
                 if not D.all_true(bool(torch.isfinite(loss)), info, device):
                     detail = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
                     raise TrainingError(f"non-finite loss at epoch {epoch + 1}, step {n_batches + 1} ({detail}); "
@@ -168,6 +176,7 @@ class Trainer:
                     if writer is not None and global_step % max(1, cfg.train.log_every) == 0:
                         for k, v in parts.items():
                             writer.add_scalar(f"train_step/{k}", float(v), global_step)
+            _call_hook(core, "on_epoch_end", epoch)
             means = {k: v / max(1, n_batches) for k, v in sums.items()}
             means = dict(zip(means, D.mean_over_ranks(torch.tensor(list(means.values()), device=device), info).tolist())) \
                 if means else means
