@@ -134,6 +134,29 @@ def test_bank_state_dict_round_trip():
     assert fresh.entries(0).shape[0] == 2
 
 
+def test_bank_release_and_loading_released_or_full_states():
+    bank = RegionMemoryBank(num_classes=3, dim=4, capacity=5)
+    bank.update(torch.ones(2, 4), torch.tensor([0, 2]), torch.tensor([7, 8]), torch.ones(2))
+    full = {k: v.clone() for k, v in bank.state_dict().items()}
+    bank.release()
+    assert bank.released and bank.memory.shape == (3, 0, 4) and bank.keys.shape == (3, 0)
+    assert int(bank.sizes.sum()) == 0 and bank.all_entries()[0].shape == (0, 4)
+    released = bank.state_dict()
+    # a full-size bank loading a released state becomes released (no storage kept for inference)
+    other = RegionMemoryBank(num_classes=3, dim=4, capacity=5)
+    other.load_state_dict(released)
+    assert other.released
+    # a released bank loading a full state gets its storage and entries back
+    other.load_state_dict(full)
+    assert not other.released and other.entries(2).tolist() == [[1.0] * 4] and other.keys[2, 0] == 8
+    # a wrong capacity is an error, not a silent reshape
+    with pytest.raises(RuntimeError, match="capacity 4"):
+        RegionMemoryBank(num_classes=3, dim=4, capacity=4).load_state_dict(full)
+    # updating a released bank starts it again, empty
+    bank.update(torch.zeros(1, 4), torch.tensor([1]), torch.tensor([3]), torch.ones(1))
+    assert not bank.released and bank.memory.shape == (3, 5, 4) and bank.sizes.tolist() == [0, 1, 0]
+
+
 def test_bank_rejects_bad_update():
     bank = RegionMemoryBank(num_classes=2, dim=3)
     with pytest.raises(TagsegError):

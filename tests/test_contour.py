@@ -445,3 +445,16 @@ def test_real_masks_fast_path_and_self_score(voc_root):
     assert res["num_images"] == len(ids) and res["mean_F"] == 1.0
     # a 12-pixel horizontal shift (beyond r = 5) keeps horizontal edges near, loses vertical ones
     assert 0.0 < shifted_acc.result()["mean_F"] < 1.0
+
+
+def test_predicted_255_counts_as_background_for_boundaries():
+    from tagseg.evaluation.contour import ContourFAccumulator
+
+    gt = np.zeros((20, 20), dtype=np.uint8)
+    gt[5:15, 5:15] = 1
+    with_255 = gt.copy()
+    with_255[0:3, 0:3] = 255
+    a, b = ContourFAccumulator(2), ContourFAccumulator(2)
+    a.update(with_255, gt)
+    b.update(gt, gt)
+    assert a.result()["mean_F"] == b.result()["mean_F"] == 1.0

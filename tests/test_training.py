@@ -103,3 +103,28 @@ def test_torchrun_two_processes(tmp_path):
     assert (out / "model.safetensors").is_file()
     assert [p.name for p in list_checkpoints(out)] == ["epoch_0001"]
     assert len((out / "history.jsonl").read_text().splitlines()) == 1  # rank 0 writes once
+
+
+def test_frozen_encoder_reuse_gives_the_same_target():
+    """With the encoder frozen (warm-up), the L_ET target from the reused training-pass grid equals
+    the one from a separate eval-mode pass."""
+    from tagseg.methods.objective import eval_mode_probs
+    from tagseg.models.patch_classifier import build_patch_classifier
+    from tagseg.config import ModelConfig
+    from tagseg.training.phases import Phase, apply_phase
+
+    torch.manual_seed(0)
+    core = build_patch_classifier(ModelConfig(encoder="test_resnet", lstm_hidden=8), 4, 64)
+    frozen = apply_phase(core, load_config("tkpcl_voc").train, Phase("warmup", 1e-3, False))
+    core.train()
+    for m in frozen:
+        m.eval()
+    assert core.encoder_is_frozen()
+    images = torch.rand(3, 3, 64, 64)
+    out = core(images)
+    reused = eval_mode_probs(core, images, out.grid)
+    separate = eval_mode_probs(core, images)
+    assert torch.allclose(reused, separate, atol=1e-6)
+    assert core.training  # mode restored
+    core.encoder.train()  # an encoder in train mode (BN statistics) is not reused
+    assert not core.encoder_is_frozen()

@@ -63,4 +63,5 @@ def family_for_format(fmt: str | None) -> Family:
 
 def _load_builtin() -> None:
     """Import the modules that register the built-in families (kept lazy to avoid cycles)."""
+    import tagseg.methods.cam_objective  # noqa: F401  (registers 'cam')
     import tagseg.methods.objective  # noqa: F401  (registers 'patch')

@@ -163,6 +163,8 @@ class RegionMemoryBank(nn.Module):
                 f"memory bank update: {n} embeddings but {channels.shape[0]} channels, "
                 f"{image_ids.shape[0]} image ids, {scores.shape[0]} scores"
             )
+        if self.released:
+            self._allocate(self.capacity)
         written = 0
         emb = embeddings.detach().to(self.memory.dtype)
         for f, c, key, s in zip(emb, channels.tolist(), image_ids.tolist(), scores.tolist()):
@@ -186,13 +188,49 @@ class RegionMemoryBank(nn.Module):
             written += 1
         return written
 
+    @property
+    def released(self) -> bool:
+        """True after :meth:`release`: the bank holds no storage (an update starts it again, empty)."""
+        return self.memory.shape[1] == 0
+
+    def _allocate(self, slots: int) -> None:
+        """Replace the storage by ``slots`` empty slots per class (sizes and heads reset)."""
+        dev = self.sizes.device
+        self.memory = torch.zeros(self.num_classes, slots, self.dim, dtype=self.memory.dtype, device=dev)
+        self.keys = torch.full((self.num_classes, slots), -1, dtype=torch.long, device=dev)
+        self.sizes.zero_()
+        self.heads.zero_()
+
+    @torch.no_grad()
+    def release(self) -> None:
+        """Free the stored regions once training is over (inference needs only the prototypes).
+
+        The buffers shrink to zero slots, so a state dict saved afterwards carries no regions.
+        """
+        self._allocate(0)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        """Loading a released bank (zero slots) releases this one; a full bank loads into full storage."""
+        incoming = state_dict.get(prefix + "memory")
+        if incoming is not None and incoming.dim() == 3:
+            slots = incoming.shape[1]
+            if slots not in (0, self.capacity):
+                error_msgs.append(f"{prefix}memory: {slots} slots per class in the state dict, "
+                                  f"the bank has capacity {self.capacity}")
+                return
+            if self.memory.shape[1] != slots:
+                self._allocate(slots)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
     def entries(self, channel: int) -> Tensor:
         """The stored regions of one class, (size_c, D), in slot order."""
         return self.memory[channel, : int(self.sizes[channel])]
 
     def all_entries(self) -> tuple[Tensor, Tensor]:
         """All stored regions (M, D) and their channels (M,)."""
-        valid = torch.arange(self.capacity, device=self.sizes.device)[None, :] < self.sizes[:, None]
+        valid = torch.arange(self.memory.shape[1], device=self.sizes.device)[None, :] < self.sizes[:, None]
         channels = torch.arange(self.num_classes, device=self.sizes.device)[:, None].expand_as(valid)
         return self.memory[valid], channels[valid]
 

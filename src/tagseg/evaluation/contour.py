@@ -245,7 +245,8 @@ class ContourFAccumulator:
         """Add one image.
 
         Args:
-            pred: integer (H, W) predicted labels in 0..K-1.
+            pred: integer (H, W) predicted labels in 0..K-1, or 255 ("no decision", treated as
+                background like ground-truth 255; mIoU counts it as an error).
             gt: integer (H, W) ground-truth labels in 0..K-1 or 255 (treated as background).
             name: image id used in error messages.
         """
@@ -284,6 +285,8 @@ class ContourFAccumulator:
                 raise DataError(f"{label}{where} must hold integer labels, got dtype {arr.dtype}")
         if pred.shape != gt.shape:
             raise DataError(f"prediction shape {pred.shape} != ground truth shape {gt.shape}{where}")
+        pred = pred.astype(np.int64)
+        pred = np.where(pred == IGNORE_INDEX, 0, pred)  # "no decision" draws no class boundary
         if pred.size:
             bad_pred = (pred < 0) | (pred >= self.num_classes)
             if bad_pred.any():

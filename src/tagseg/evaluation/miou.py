@@ -88,4 +88,8 @@ def format_table(summary: dict, title: str = "") -> str:
     lines.append(f"{'mIoU':<16}{100 * summary['miou']:>8.1f}   ({len(summary['miou_classes'])} classes; "
                  f"{summary['miou_convention']})")
     lines.append(f"{'pixel acc.':<16}{100 * summary['pixel_accuracy']:>8.1f}")
+    if summary.get("contour_f") is not None:
+        lines.append(f"{'contour F':<16}{100 * summary['contour_f']:>8.1f}   (boundary F-measure, mean over "
+                     f"foreground classes that occur)")
+        lines.append(f"{'J&F':<16}{100 * summary['j_and_f']:>8.1f}   ((mIoU + contour F) / 2)")
     return "\n".join(lines)

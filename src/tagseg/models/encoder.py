@@ -5,6 +5,10 @@ Output: a patch grid (B, D, H/16, W/16). For ViTs the grid is the final-norm out
 prefix tokens ([cls], registers) dropped, and the position embeddings are resampled (bicubic)
 whenever the token grid differs from the pretraining grid. For CNNs the grid is the last
 feature map at reduction 16; later stages are removed.
+
+With ``output_stride`` given (16 or 8), a CNN is instead built with timm's ``output_stride``
+argument: its last stages are dilated and the grid is the deepest feature map, at that stride.
+At 16, a CNN without that argument, or a ViT, falls back to the plain grid above; 8 needs it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,20 @@ from tagseg.errors import ConfigError
 PATCH_STRIDE = 16
 
 
+def _create_dilated(name: str, weights: str | None, pretrained: bool, output_stride: int) -> nn.Module | None:
+    """A CNN with its last stages dilated to ``output_stride``; None if timm's builder lacks the argument."""
+    from tagseg.models.weights import build_timm_model
+
+    try:
+        return build_timm_model(name, weights=weights, pretrained=pretrained, num_classes=0,
+                                output_stride=output_stride)
+    except TypeError:
+        if output_stride != PATCH_STRIDE:
+            raise ConfigError(f"encoder {name} has no dilated variant (timm output_stride={output_stride}); "
+                              "use a CNN such as a ResNet or an EfficientNet, or output stride 16") from None
+        return None
+
+
 def _create_backbone(name: str, weights: str | None, pretrained: bool, image_size: int) -> nn.Module:
     from tagseg.models.weights import build_timm_model
 
@@ -30,14 +48,41 @@ def _create_backbone(name: str, weights: str | None, pretrained: bool, image_siz
 
 
 class PatchEncoder(nn.Module):
-    """A timm backbone that returns a stride-16 patch grid (B, D, h, w)."""
+    """A timm backbone that returns a stride-16 patch grid (B, D, h, w).
+
+    ``output_stride`` (16 or 8): a dilated CNN whose deepest map is the grid, (B, D, H/s, W/s);
+    ``self.dilated`` says whether that happened (see the module docstring).
+    """
 
     def __init__(self, name: str, weights: str | None = None, pretrained: bool = False,
-                 image_size: int = 384) -> None:
+                 image_size: int = 384, output_stride: int | None = None) -> None:
         super().__init__()
+        if output_stride not in (None, 8, PATCH_STRIDE):
+            raise ConfigError(f"output stride {output_stride}: choose 16 or 8")
         self.name = name
-        self.backbone = _create_backbone(name, weights, pretrained, image_size)
-        self.is_vit = hasattr(self.backbone, "patch_embed") and hasattr(self.backbone, "blocks")
+        self.output_stride = output_stride or PATCH_STRIDE
+        dilated = _create_dilated(name, weights, pretrained, output_stride) if output_stride else None
+        self.dilated = dilated is not None
+        if self.dilated:
+            self.backbone = dilated
+            info = self.backbone.feature_info
+            self.feature_index = len(info) - 1
+            if info[self.feature_index]["reduction"] != output_stride:
+                raise ConfigError(f"encoder {name}: deepest feature map has stride "
+                                  f"{info[self.feature_index]['reduction']}, not {output_stride}")
+            self.out_channels = info[self.feature_index]["num_chs"]
+            self.backbone.prune_intermediate_layers([self.feature_index], prune_norm=True, prune_head=True)
+            self.is_vit = False
+        else:
+            self.backbone = _create_backbone(name, weights, pretrained, image_size)
+            self.is_vit = hasattr(self.backbone, "patch_embed") and hasattr(self.backbone, "blocks")
+            self._select_grid(name)
+        mean, std = self._normalization(weights)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def _select_grid(self, name: str) -> None:
+        """The stride-16 grid of a ViT (final-norm tokens) or of a CNN (later stages removed)."""
         if self.is_vit:
             patch = self.backbone.patch_embed.patch_size
             patch = patch[0] if isinstance(patch, (tuple, list)) else patch
@@ -55,9 +100,6 @@ class PatchEncoder(nn.Module):
             self.feature_index = stride16[-1]
             self.out_channels = info[self.feature_index]["num_chs"]
             self.backbone.prune_intermediate_layers([self.feature_index], prune_norm=True, prune_head=True)
-        mean, std = self._normalization(weights)
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def _normalization(self, weights: str | None) -> tuple[Sequence[float], Sequence[float]]:
         if weights == "lite":
@@ -68,7 +110,7 @@ class PatchEncoder(nn.Module):
         return cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, H, W) in [0, 1], H and W multiples of 16 -> (B, D, H/16, W/16)."""
+        """images (B, 3, H, W) in [0, 1], H and W multiples of 16 -> (B, D, H/s, W/s), s = output stride."""
         if images.shape[-1] % PATCH_STRIDE or images.shape[-2] % PATCH_STRIDE:
             raise ValueError(f"input size {tuple(images.shape[-2:])} is not a multiple of 16")
         x = (images - self.mean) / self.std

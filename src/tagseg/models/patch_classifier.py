@@ -8,6 +8,7 @@ Pooling and losses live in ``tagseg.methods``; this module only computes patch s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -19,10 +20,12 @@ from tagseg.models.hv_bilstm import HVBiLSTM
 
 @dataclass
 class PatchOutput:
-    """logits (B, h, w, K); features (B, h, w, F): the patch features f used by PCE."""
+    """logits (B, h, w, K); features (B, h, w, F): the patch features f used by PCE;
+    grid (B, h, w, D): the encoder output the head ran on."""
 
     logits: torch.Tensor
     features: torch.Tensor
+    grid: Optional[torch.Tensor] = None
 
     @property
     def probs(self) -> torch.Tensor:
@@ -48,10 +51,19 @@ class PatchClassifierNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> PatchOutput:
         """images (B, 3, H, W) in [0, 1] -> PatchOutput with an (H/16)×(W/16) grid."""
-        grid = self.encoder(images).permute(0, 2, 3, 1)  # (B, h, w, D)
+        return self.head(self.encoder(images).permute(0, 2, 3, 1))
+
+    def head(self, grid: torch.Tensor) -> PatchOutput:
+        """Everything after the encoder: grid (B, h, w, D) -> PatchOutput."""
         features = self.conditioning(grid)
         logits = self.classifier(self.classifier_dropout(features))
-        return PatchOutput(logits=logits, features=features)
+        return PatchOutput(logits=logits, features=features, grid=grid)
+
+    def encoder_is_frozen(self) -> bool:
+        """True when the encoder neither trains nor changes between train and eval mode
+        (no trainable parameter, every leaf module in eval mode), so its output can be reused."""
+        return not any(p.requires_grad for p in self.encoder.parameters()) and \
+            not any(m.training for m in self.encoder.modules() if next(m.children(), None) is None)
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Everything but the encoder (trained from the first epoch)."""

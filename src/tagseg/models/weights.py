@@ -265,7 +265,18 @@ def build_timm_model(
         raise ConfigError(f"unknown timm model name: {name!r}")
     if weights is not None and timm_kwargs.get("features_only"):
         return _build_feature_model(name, weights, timm_kwargs)
-    model = timm.create_model(name, pretrained=pretrained, **timm_kwargs)
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **timm_kwargs)
+    except TypeError:
+        raise  # a keyword this architecture does not take; callers may retry without it
+    except Exception as exc:  # noqa: BLE001 - network / hub errors come in many types
+        if not pretrained:
+            raise
+        raise TagsegError(
+            f"could not fetch timm's pretrained weights for {name!r} ({type(exc).__name__}: {exc}). "
+            "Without internet access, give a local file with model.weights=PATH "
+            "(.pth/.safetensors/.npz) or train from scratch with model.pretrained=false"
+        ) from exc
     if weights is not None:
         load_local_weights(model, name, weights)
     return model

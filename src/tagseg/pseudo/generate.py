@@ -1,17 +1,23 @@
-"""Pseudo-masks (METHODS.md §1, "Pseudo-masks"): patch probabilities -> label merge ->
-bilinear upsampling to the image size -> argmax, written as palette PNGs.
+"""Pseudo-masks (METHODS.md §1, "Pseudo-masks"): class probabilities restricted to the image's
+labels -> bilinear upsampling to the image size -> argmax, written as palette PNGs; optionally
+refined by a dense CRF (METHODS.md §5).
 
-Writes ``<out>/masks/<id>.png`` (and ``<out>/probs/<id>.npz`` with float16 merged
-probabilities of the present classes when asked). Files are written atomically; images whose
-outputs exist are skipped, so an interrupted run resumes. ``shard=(i, n)`` processes every
-n-th image starting at i, so several processes or machines can split a dataset.
+Writes ``<out>/masks/<id>.png``; with ``cfg.crf`` also ``<out>/crf/masks/<id>.png`` (refined);
+with ``cfg.save_probs`` also ``<out>/probs/<id>.npz`` (float16 probabilities of the present
+classes). Files are written atomically; images whose outputs exist are skipped, so an
+interrupted run resumes. ``shard=(i, n)`` processes every n-th image starting at i, so several
+processes or machines can split a dataset; ``workers`` splits this shard over CPU processes.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -21,7 +27,7 @@ from tqdm import tqdm
 from tagseg.config import PseudoConfig
 from tagseg.data.records import DatasetIndex, ImageRecord
 from tagseg.data.views import image_to_tensor
-from tagseg.errors import DataError
+from tagseg.errors import ConfigError, DataError
 from tagseg.families import get_family
 from tagseg.utils.io import atomic_path, read_image, save_mask_png
 
@@ -41,6 +47,16 @@ def merged_probabilities(model: nn.Module, image: np.ndarray, labels: np.ndarray
     return get_family(family).merged_probs(model, x, labels, cfg).float().cpu()
 
 
+def refine_with_crf(image: np.ndarray, probs: torch.Tensor, cfg: PseudoConfig,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+    """Dense-CRF refinement of (K, H, W) probabilities on the present classes (METHODS.md §5)."""
+    from tagseg.pseudo.crf import CRF_PRESETS, dense_crf
+
+    probs = probs / probs.sum(0, keepdim=True).clamp_min(1e-12)  # exact normalisation after upsampling
+    dev = device if cfg.crf == "torch" else None
+    return torch.as_tensor(dense_crf(image, probs, CRF_PRESETS[cfg.crf_preset], backend=cfg.crf, device=dev))
+
+
 def shard_records(records: list[ImageRecord], shard: tuple[int, int]) -> list[ImageRecord]:
     i, n = shard
     if n < 1 or not 0 <= i < n:
@@ -48,10 +64,13 @@ def shard_records(records: list[ImageRecord], shard: tuple[int, int]) -> list[Im
     return records[i::n]
 
 
-def _done(out_dir: Path, rec_id: str, save_probs: bool) -> bool:
-    if not (out_dir / "masks" / f"{rec_id}.png").is_file():
-        return False
-    return not save_probs or (out_dir / "probs" / f"{rec_id}.npz").is_file()
+def _done(out_dir: Path, rec_id: str, cfg: PseudoConfig) -> bool:
+    needed = [out_dir / "masks" / f"{rec_id}.png"]
+    if cfg.crf != "none":
+        needed.append(out_dir / "crf" / "masks" / f"{rec_id}.png")
+    if cfg.save_probs:
+        needed.append(out_dir / "probs" / f"{rec_id}.npz")
+    return all(p.is_file() for p in needed)
 
 
 def save_probs_npz(path: Path, probs: torch.Tensor, labels: np.ndarray) -> None:
@@ -61,27 +80,81 @@ def save_probs_npz(path: Path, probs: torch.Tensor, labels: np.ndarray) -> None:
             np.savez_compressed(fh, probs=probs[classes].numpy().astype(np.float16), classes=classes)
 
 
+def process_record(model: nn.Module, rec: ImageRecord, out_dir: Path, cfg: PseudoConfig, palette: list[int],
+                   device: torch.device | str = "cpu", family: str = "patch") -> None:
+    """Write the outputs of one image (masks, and CRF masks / probabilities when configured)."""
+    image = read_image(rec.image_path)
+    probs = merged_probabilities(model, image, rec.labels, cfg, device, family)
+    if cfg.save_probs:
+        save_probs_npz(out_dir / "probs" / f"{rec.id}.npz", probs, rec.labels)
+    if cfg.crf != "none":
+        refined = refine_with_crf(image, probs, cfg, device)
+        save_mask_png(out_dir / "crf" / "masks" / f"{rec.id}.png", refined.argmax(0).cpu().numpy().astype(np.uint8),
+                      palette)
+    save_mask_png(out_dir / "masks" / f"{rec.id}.png", probs.argmax(0).numpy().astype(np.uint8), palette)
+
+
 @torch.no_grad()
 def generate_pseudo_masks(model: nn.Module, index: DatasetIndex, out_dir: str | Path, cfg: PseudoConfig,
                           device: torch.device | str = "cpu", shard: tuple[int, int] = (0, 1),
-                          overwrite: bool = False, progress: bool = True, family: str = "patch") -> PseudoStats:
-    """Write pseudo-masks for the images of ``index`` (this shard) into ``out_dir``."""
+                          overwrite: bool = False, progress: bool = True, family: str = "patch",
+                          workers: int = 1, model_path: Optional[Path] = None) -> PseudoStats:
+    """Write pseudo-masks for the images of ``index`` (this shard) into ``out_dir``.
+
+    workers > 1 runs that many CPU processes, each loading the model from ``model_path``.
+    """
     out_dir = Path(out_dir)
     records = shard_records(index.require_nonempty().records, shard)
-    stats = PseudoStats()
+    todo = [r for r in records if overwrite or not _done(out_dir, r.id, cfg)]
+    stats = PseudoStats(skipped=len(records) - len(todo))
     t0 = time.time()
-    bar = tqdm(records, desc="pseudo-masks", unit="img", disable=not progress, dynamic_ncols=True)
-    for rec in bar:
-        if not overwrite and _done(out_dir, rec.id, cfg.save_probs):
-            stats.skipped += 1
-            continue
-        image = read_image(rec.image_path)
-        probs = merged_probabilities(model, image, rec.labels, cfg, device, family)
-        mask = probs.argmax(0).numpy().astype(np.uint8)
-        if cfg.save_probs:
-            save_probs_npz(out_dir / "probs" / f"{rec.id}.npz", probs, rec.labels)
-        save_mask_png(out_dir / "masks" / f"{rec.id}.png", mask, index.palette)
-        stats.written += 1
-        bar.set_postfix(img_per_s=f"{stats.written / max(1e-9, time.time() - t0):.2f}")
+    bar = tqdm(total=len(todo), desc="pseudo-masks", unit="img", disable=not progress, dynamic_ncols=True)
+    if workers > 1 and todo:
+        if model_path is None:
+            raise ConfigError("parallel pseudo-mask generation needs the model file (model_path)")
+        if torch.device(device).type != "cpu":
+            raise ConfigError("--workers runs CPU processes; on a GPU split the set with --shard instead")
+        for n in _run_pool(todo, out_dir, cfg, index.palette, model_path, family, workers):
+            stats.written += n
+            bar.update(n)
+            bar.set_postfix(img_per_s=f"{stats.written / max(1e-9, time.time() - t0):.2f}")
+    else:
+        for rec in todo:
+            process_record(model, rec, out_dir, cfg, index.palette, device, family)
+            stats.written += 1
+            bar.update(1)
+            bar.set_postfix(img_per_s=f"{stats.written / max(1e-9, time.time() - t0):.2f}")
+    bar.close()
     stats.seconds = time.time() - t0
     return stats
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(model_path: str, threads: int) -> None:
+    from tagseg.pseudo.inference import load_trained_model
+
+    torch.set_num_threads(threads)
+    _WORKER["model"] = load_trained_model(model_path, "cpu")[0]
+
+
+def _work(chunk: list[ImageRecord], out_dir: Path, cfg: PseudoConfig, palette: list[int], family: str) -> int:
+    with torch.no_grad():
+        for rec in chunk:
+            process_record(_WORKER["model"], rec, out_dir, cfg, palette, "cpu", family)
+    return len(chunk)
+
+
+def _run_pool(todo: list[ImageRecord], out_dir: Path, cfg: PseudoConfig, palette: list[int], model_path: Path,
+              family: str, workers: int):
+    """Yield the number of images finished per completed chunk."""
+    threads = max(1, (os.cpu_count() or workers) // workers)
+    chunk = max(1, min(16, len(todo) // (4 * workers)))
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(str(model_path), threads)) as pool:
+        futures = [pool.submit(_work, todo[i:i + chunk], out_dir, cfg, palette, family)
+                   for i in range(0, len(todo), chunk)]
+        for fut in as_completed(futures):
+            yield fut.result()

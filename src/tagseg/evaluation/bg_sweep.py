@@ -1,0 +1,139 @@
+"""Background-threshold sweep for CAM pseudo-masks (METHODS.md §2: "background = constant
+threshold (default 0.25, sweepable)").
+
+The CAMs of every image are computed once (at ``pseudo.image_size`` / ``scales`` / ``flip``);
+each threshold then only changes the argmax, so scoring many thresholds costs one network pass per
+image. The threshold with the highest mIoU is reported as the best one, labelled as chosen on the
+ground truth: it is an upper bound for that model, not a number obtained without masks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tagseg.config import PseudoConfig
+from tagseg.data.records import DatasetIndex
+from tagseg.data.views import image_to_tensor
+from tagseg.errors import ConfigError, DataError, TagsegError
+from tagseg.evaluation.contour import ContourFAccumulator, j_and_f
+from tagseg.evaluation.miou import ConfusionMatrix
+from tagseg.utils.io import read_image, read_mask, write_json
+
+BEST_LABEL = "best threshold chosen on the ground truth"
+
+
+def check_thresholds(thresholds: Sequence[float]) -> list[float]:
+    """Sorted distinct thresholds, each in [0, 1]; ConfigError otherwise."""
+    values = sorted({float(t) for t in thresholds})
+    if not values:
+        raise ConfigError("background sweep: give at least one threshold")
+    bad = [t for t in values if not 0.0 <= t <= 1.0]
+    if bad:
+        raise ConfigError(f"background sweep: thresholds must be in [0, 1], got {bad}")
+    return values
+
+
+@torch.no_grad()
+def sweep_background_thresholds(model: torch.nn.Module, index: DatasetIndex, cfg: PseudoConfig,
+                                thresholds: Sequence[float], device: torch.device | str = "cpu",
+                                contour: bool = True, progress: bool = True) -> dict:
+    """Score CAM pseudo-masks of ``index`` (which needs ground-truth masks) for every threshold.
+
+    model: a CAM-family network (:class:`tagseg.models.cam_net.CAMNet`) in eval mode.
+    Returns {'thresholds', 'results': [{'threshold', 'miou', 'pixel_accuracy', 'contour_f',
+    'j_and_f', 'iou'}], 'best': the result with the highest mIoU plus 'label', 'dataset',
+    'images', 'miou_convention'}.
+    """
+    from tagseg.methods.cam_objective import cam_pseudo_mask, normalised_cams_for_image
+    from tagseg.models.cam_net import CAMNet
+
+    if not isinstance(model, CAMNet):
+        raise TagsegError(f"the background-threshold sweep needs a CAM-family model, got {type(model).__name__}")
+    values = check_thresholds(thresholds)
+    if not index.has_masks:
+        missing = [r.id for r in index.records if r.mask_path is None][:5]
+        raise DataError(f"dataset {index.name} has images without ground-truth masks (e.g. {missing})")
+    k = index.num_classes
+    cms = [ConfusionMatrix(k) for _ in values]
+    boundaries = [ContourFAccumulator(k, class_names=list(index.class_names)) for _ in values] if contour else []
+    for rec in tqdm(index.require_nonempty().records, desc="bg sweep", unit="img", disable=not progress,
+                    leave=False):
+        image = image_to_tensor(read_image(rec.image_path)).to(device)
+        fg = normalised_cams_for_image(model, image, rec.labels, cfg).float().cpu()
+        gt = read_mask(rec.mask_path, k)
+        if gt.shape != tuple(fg.shape[-2:]):
+            raise DataError(f"mask of {rec.id} is {gt.shape}, image is {tuple(fg.shape[-2:])}")
+        for i, thr in enumerate(values):
+            pred = cam_pseudo_mask(fg, thr).numpy().astype(np.uint8)
+            cms[i].update(pred, gt, name=rec.id)
+            if contour:
+                boundaries[i].update(pred, gt, name=rec.id)
+    results = []
+    for i, thr in enumerate(values):
+        s = cms[i].summary(index.class_names)
+        row = {"threshold": thr, "miou": s["miou"], "pixel_accuracy": s["pixel_accuracy"], "iou": s["iou"],
+               "contour_f": None, "j_and_f": None}
+        if contour:
+            row["contour_f"] = boundaries[i].result()["mean_F"]
+            if row["contour_f"] is not None:
+                row["j_and_f"] = j_and_f(row["miou"], row["contour_f"])
+        results.append(row)
+    best = max(results, key=lambda r: (r["miou"], -r["threshold"]))  # ties: the lower threshold
+    return {"thresholds": values, "results": results, "best": {**best, "label": BEST_LABEL},
+            "dataset": index.name, "images": len(index), "miou_convention": cms[0].summary(index.class_names)[
+                "miou_convention"], "pseudo": {"image_size": cfg.image_size, "scales": list(cfg.scales),
+                                               "flip": cfg.flip}}
+
+
+def format_sweep_table(result: dict) -> str:
+    """A plain-text table of a sweep: one row per threshold, the best one marked."""
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f}"
+
+    lines = [f"background threshold sweep on {result['dataset']} ({result['images']} images)",
+             f"{'threshold':>10}{'mIoU':>8}{'contour F':>11}{'J&F':>8}{'pixel acc.':>12}"]
+    best = result["best"]["threshold"]
+    for r in result["results"]:
+        mark = "  <- best" if r["threshold"] == best else ""
+        lines.append(f"{r['threshold']:>10.3g}{pct(r['miou']):>8}{pct(r['contour_f']):>11}{pct(r['j_and_f']):>8}"
+                     f"{pct(r['pixel_accuracy']):>12}{mark}")
+    lines.append(f"best: {best:g} (mIoU {pct(result['best']['miou'])}), {BEST_LABEL}")
+    return "\n".join(lines)
+
+
+def sweep_bg_cli(run_dir: Path, split: str | None, thresholds: list[float], overrides: Sequence[str] = (),
+                 out: Path | None = None) -> dict:
+    """Sweep the background threshold of the CAM model in ``run_dir`` on ``split`` (default:
+    data.pseudo_split of the run); print the table and write it as JSON (default
+    ``<run>/bg_sweep_<split>.json``). ``overrides``: key=value settings on top of the run's config
+    (e.g. pseudo.scales). Returns the sweep result."""
+    from tagseg.config import load_config
+    from tagseg.data.build import build_index
+    from tagseg.pseudo.inference import load_trained_model
+    from tagseg.training.distributed import DistInfo, resolve_device
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise TagsegError(f"{run_dir} is not a tagseg run folder (no config.yaml)")
+    values = check_thresholds(thresholds)
+    cfg = load_config(str(run_dir / "config.yaml"), overrides)
+    device = resolve_device(cfg.device, DistInfo())
+    model, _, info = load_trained_model(run_dir / "model.safetensors", device)
+    if info["family"] != "cam":
+        raise TagsegError(f"{run_dir} holds a {info['family']!r} model; the background-threshold sweep is for "
+                          "the CAM family (model.family=cam)")
+    split = split or cfg.data.pseudo_split
+    index = build_index(cfg.data, split)
+    result = sweep_background_thresholds(model, index, cfg.pseudo, values, device)
+    result["split"] = split
+    result["run"] = str(run_dir)
+    print(format_sweep_table(result))
+    path = Path(out) if out else run_dir / f"bg_sweep_{split}.json"
+    write_json(path, result)
+    print(f"sweep -> {path}")
+    return result

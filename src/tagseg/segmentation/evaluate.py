@@ -1,0 +1,80 @@
+"""Score a segmentation network on a split with ground truth: mIoU, contour F and J&F."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from tqdm import tqdm
+
+from tagseg.data.records import DatasetIndex
+from tagseg.errors import DataError, TagsegError
+from tagseg.evaluation.contour import ContourFAccumulator, j_and_f
+from tagseg.evaluation.miou import ConfusionMatrix, iou_from_matrix
+from tagseg.segmentation.config import SegInferenceConfig
+from tagseg.segmentation.inference import predict_mask
+from tagseg.segmentation.models import SegmentationNet
+from tagseg.utils.io import read_image, read_mask, save_mask_png
+
+
+def check_class_names(model_names: Sequence[str], data_names: Sequence[str], model_desc: str, data_desc: str) -> None:
+    """Raise TagsegError when a model's class list differs from a dataset's, naming both."""
+    model_names, data_names = list(model_names), list(data_names)
+    if model_names == data_names:
+        return
+    if len(model_names) != len(data_names):
+        detail = f"{len(model_names)} classes vs {len(data_names)}"
+    else:
+        i = next(i for i, (a, b) in enumerate(zip(model_names, data_names)) if a != b)
+        detail = f"class {i} is {model_names[i]!r} in the model but {data_names[i]!r} in the dataset"
+    raise TagsegError(f"class-set mismatch: {model_desc} was trained on {model_names[:6]}"
+                      f"{'...' if len(model_names) > 6 else ''} but {data_desc} has {data_names[:6]}"
+                      f"{'...' if len(data_names) > 6 else ''} ({detail})")
+
+
+@torch.no_grad()
+def evaluate_segmenter(model: SegmentationNet, index: DatasetIndex, inference: SegInferenceConfig,
+                       device: torch.device | str = "cpu", progress: bool = True,
+                       save_dir: Optional[Path] = None, palette: Optional[Sequence[int]] = None) -> dict:
+    """Predict every image of ``index`` (which must have masks) and score it.
+
+    Returns :func:`tagseg.evaluation.miou.summarize`'s dict plus ``images``, ``dataset``,
+    ``per_image`` (mIoU, worst first), ``contour_f`` (mean F over foreground classes),
+    ``contour`` (per-class P/R/F and conventions), ``j_and_f`` and ``inference`` (settings used).
+    ``save_dir``: also write the predicted masks there as ``<id>.png``.
+    """
+    index.require_nonempty()
+    if not index.has_masks:
+        missing = [r.id for r in index.records if r.mask_path is None][:5]
+        raise DataError(f"dataset {index.name} has images without ground-truth masks (e.g. {missing})")
+    k = index.num_classes
+    cm = ConfusionMatrix(k)
+    contour = ContourFAccumulator(k, class_names=index.class_names)
+    per_image = []
+    for rec in tqdm(index.records, desc="evaluating", unit="img", disable=not progress, leave=False):
+        image = read_image(rec.image_path)
+        gt = read_mask(rec.mask_path, k)
+        if gt.shape != image.shape[:2]:
+            raise DataError(f"mask {rec.mask_path} is {gt.shape[1]}×{gt.shape[0]} px but image "
+                            f"{rec.image_path} is {image.shape[1]}×{image.shape[0]} px")
+        pred = predict_mask(model, image, inference, device)
+        if save_dir is not None:
+            save_mask_png(Path(save_dir) / f"{rec.id}.png", pred, palette or index.palette)
+        m = cm.update(pred, gt, name=rec.id)
+        contour.update(pred, gt, name=rec.id)
+        iou = iou_from_matrix(m)
+        per_image.append({"id": rec.id, "miou": float(iou[iou == iou].mean()) if (iou == iou).any() else None})
+    summary = cm.summary(index.class_names)
+    contour_result = contour.result()
+    summary["images"] = len(index)
+    summary["dataset"] = index.name
+    summary["per_image"] = sorted(per_image, key=lambda r: (r["miou"] is None, r["miou"] or 0.0))
+    summary["contour_f"] = contour_result["mean_F"]
+    summary["contour"] = contour_result
+    summary["j_and_f"] = (j_and_f(summary["miou"], contour_result["mean_F"])
+                          if contour_result["mean_F"] is not None and summary["miou"] == summary["miou"] else None)
+    summary["inference"] = {"scales": list(inference.scales), "flip": inference.flip, "crf": inference.crf,
+                            "crf_preset": inference.crf_preset}
+    return summary
+

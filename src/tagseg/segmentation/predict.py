@@ -1,0 +1,195 @@
+"""``tagseg predict``: masks and colour overlays for any images with a trained segmentation model.
+
+Inputs are image files and/or folders (their images, not recursive). For each image the
+outputs are ``<out>/masks/<name>.png`` (palette PNG of class indices, palette from the model
+file) and ``<out>/overlays/<name>.png`` (the photo with every non-background class tinted in
+its palette colour). Images that cannot be read are skipped and reported at the end together
+with empty or missing inputs; ``<out>/predictions.json`` lists what was written and what failed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from tagseg.data.classes import IGNORE_INDEX, VOC_CLASSES
+from tagseg.errors import DataError, TagsegError
+from tagseg.segmentation.config import SegInferenceConfig, validate_inference
+from tagseg.segmentation.evaluate import check_class_names
+from tagseg.segmentation.inference import load_segmenter, predict_mask
+from tagseg.segmentation.models import SegmentationNet
+from tagseg.utils.io import atomic_path, read_image, save_mask_png, write_json
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+OVERLAY_ALPHA = 0.5
+
+
+@dataclass
+class PredictReport:
+    """Outcome of a prediction run: masks written and (input, reason) pairs that failed."""
+
+    written: list[Path] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"written": [str(p) for p in self.written],
+                "failures": [{"input": i, "error": e} for i, e in self.failures],
+                "seconds": round(self.seconds, 2)}
+
+
+def collect_images(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Expand files and folders into a list of image files (folders: files with an image suffix,
+    sorted, not recursive). Returns (files, problems) where problems are missing paths and
+    folders without images."""
+    files: list[Path] = []
+    problems: list[tuple[str, str]] = []
+    seen: set[Path] = set()
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                problems.append((str(path), f"folder contains no images (looked for {', '.join(IMAGE_SUFFIXES)})"))
+        elif path.is_file():
+            found = [path]
+        else:
+            problems.append((str(path), "no such file or folder"))
+            continue
+        for p in found:
+            key = p.resolve()
+            if key not in seen:
+                seen.add(key)
+                files.append(p)
+    return files, problems
+
+
+def output_names(files: Sequence[Path]) -> list[str]:
+    """A distinct output name per file: its stem, or ``<stem>_<suffix>`` (then ``_2``, ...) on clashes."""
+    names: list[str] = []
+    used: set[str] = set()
+    for p in files:
+        name = p.stem
+        if name in used:
+            name = f"{p.stem}_{p.suffix.lstrip('.').lower()}"
+        base, n = name, 2
+        while name in used:
+            name, n = f"{base}_{n}", n + 1
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def colour_overlay(image: np.ndarray, mask: np.ndarray, palette: Sequence[int], alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """image uint8 (H, W, 3), mask uint8 (H, W) -> uint8 (H, W, 3): classes other than background
+    (0) and ignore (255) blended with their palette colour at ``alpha``."""
+    table = np.zeros((256, 3), dtype=np.float32)
+    pal = np.asarray(list(palette)[: 256 * 3], dtype=np.float32).reshape(-1, 3)
+    table[: len(pal)] = pal
+    colours = table[mask]
+    tint = ((mask != 0) & (mask != IGNORE_INDEX))[..., None]
+    out = np.where(tint, (1 - alpha) * image.astype(np.float32) + alpha * colours, image.astype(np.float32))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def read_class_list(spec: str) -> tuple[tuple[str, ...], str]:
+    """Class names to check a model against: 'voc', a classes file (one name per line, background
+    first) or a folder holding ``classes.txt``. Returns (names, description)."""
+    from tagseg.data.folder import read_class_names
+
+    if spec.lower() == "voc":
+        return VOC_CLASSES, "PASCAL VOC"
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "classes.txt"
+    return read_class_names(path), str(path)
+
+
+def resolve_model_path(spec: str | Path) -> Path:
+    """A model file, or a run folder holding ``model.safetensors``."""
+    path = Path(spec)
+    if path.is_dir():
+        if (path / "model.safetensors").is_file():
+            return path / "model.safetensors"
+        if (path / "state.pt").is_file():
+            raise TagsegError(f"{path} is a training checkpoint, which holds no class names or palette; "
+                              "use the run's model.safetensors (written when training finishes)")
+        raise TagsegError(f"no model.safetensors in {path}")
+    if not path.is_file():
+        raise TagsegError(f"model file not found: {path}")
+    return path
+
+
+def predict_images(model: SegmentationNet, files: Sequence[Path], out_dir: Path, inference: SegInferenceConfig,
+                   palette: Sequence[int], device: torch.device | str = "cpu", progress: bool = True) -> PredictReport:
+    """Write a mask and an overlay for every file; unreadable images become failures."""
+    report = PredictReport()
+    t0 = time.time()
+    for path, name in tqdm(list(zip(files, output_names(files))), desc="predicting", unit="img",
+                           disable=not progress, leave=False):
+        try:
+            image = read_image(path)
+        except DataError as exc:
+            report.failures.append((str(path), str(exc)))
+            continue
+        mask = predict_mask(model, image, inference, device)
+        mask_path = out_dir / "masks" / f"{name}.png"
+        save_mask_png(mask_path, mask, palette)
+        with atomic_path(out_dir / "overlays" / f"{name}.png") as tmp:
+            Image.fromarray(colour_overlay(image, mask, palette)).save(tmp, format="PNG")
+        report.written.append(mask_path)
+    report.seconds = time.time() - t0
+    return report
+
+
+def run_predict(inputs: Sequence[str | Path], model_spec: str | Path, out_dir: str | Path,
+                scales: Optional[Sequence[float]] = None, flip: Optional[bool] = None, crf: Optional[str] = None,
+                classes: Optional[str] = None, device: str = "auto", progress: bool = True) -> PredictReport:
+    """Load the model, check its class set (when ``classes`` is given), predict every image.
+
+    Inference settings default to those stored in the model file; ``scales``, ``flip`` and ``crf``
+    override them. Missing inputs, folders without images and undecodable images are recorded
+    in the report (and in ``<out>/predictions.json``); the other images are still processed.
+    Raises DataError when no input yields any image.
+    """
+    from tagseg.training.distributed import DistInfo, resolve_device
+
+    model_path = resolve_model_path(model_spec)
+    dev = resolve_device(device, DistInfo())
+    model, cfg, info = load_segmenter(model_path, dev)
+    if classes is not None:
+        names, desc = read_class_list(classes)
+        check_class_names(info["class_names"], names, f"model {model_path}", desc)
+    inference = cfg.inference
+    if scales is not None:
+        inference = replace(inference, scales=list(scales))
+    if flip is not None:
+        inference = replace(inference, flip=flip)
+    if crf is not None:
+        inference = replace(inference, crf=crf)
+    validate_inference(inference)
+    if inference.crf != "none":  # fail once, before any image, when the CRF module is unusable
+        try:
+            import tagseg.pseudo.crf  # noqa: F401
+        except ImportError as exc:
+            raise TagsegError(f"crf={inference.crf!r} needs tagseg.pseudo.crf, which cannot be imported: {exc}") from exc
+    files, problems = collect_images(inputs)
+    if not files:
+        detail = "; ".join(f"{i}: {e}" for i, e in problems) or "no inputs given"
+        raise DataError(f"no images to predict ({detail})")
+    out = Path(out_dir)
+    with torch.no_grad():
+        report = predict_images(model, files, out, inference, info["palette"], dev, progress)
+    report.failures = problems + report.failures
+    write_json(out / "predictions.json", {"model": str(model_path), "class_names": info["class_names"],
+                                          "inference": {"scales": list(inference.scales), "flip": inference.flip,
+                                                        "crf": inference.crf},
+                                          **report.to_json()})
+    return report
