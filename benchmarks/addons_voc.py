@@ -1,0 +1,245 @@
+"""Add-ons (PPC, HFPL, RCA) on the CAM family and on TKP-PCL, on real VOC images.
+
+Backbone: ImageNet-pretrained EfficientNet-Lite0 (``model.encoder=tf_efficientnet_lite0
+model.weights=lite``). Each variant is trained on the first ``--max-images`` images of the VOC
+subset's ``train_aug`` list (image-level labels only) and its pseudo-masks for those same images
+are scored against the ground-truth masks: mIoU, contour F and J&F (METHODS.md §6), mean ± std
+over seeds. Variants:
+
+    cam              CAM baseline (GAP + soft-margin loss), lite0 dilated to stride 16
+    cam+ppc          + pixel-to-prototype contrast
+    cam+isl          + importance sampling loss
+    cam+isl+fsl      + importance sampling + feature similarity loss
+    cam+rca          + regional contrast and aggregation (pseudo-masks from the aggregation head)
+    tkpcl            TKP-PCL (top-K + PCE + L_ET), lite0 cut at stride 16
+    tkpcl+ppc / tkpcl+isl / tkpcl+rca   the add-ons that apply to the patch family
+
+Schedule (sized for about an hour on 2 CPU cores with the defaults): ``--epochs`` epochs, the
+first with the backbone frozen (lr 1e-3), then the last ``--unfreeze`` block groups of the
+backbone at lr 1e-4. The backbone must train for PPC and RCA's contrast to matter on the CAM
+family: their gradients reach the CAM head only through the backbone features. CAM
+pseudo-masks use the default background threshold 0.25; the best threshold of a sweep is also
+reported, labelled as chosen on the ground truth. Every run's metrics are cached as JSON under
+--work, so an interrupted benchmark resumes (a half-trained run resumes from its checkpoint).
+
+    python benchmarks/addons_voc.py --voc ../shared/data/voc12-subset
+    # a quick trial of the whole pipeline
+    python benchmarks/addons_voc.py --voc ../shared/data/voc12-subset --max-images 8 --seeds 0 \\
+        --epochs 1 --size 64 --infer-size 64 --batch 4 --variants cam cam+rca tkpcl+isl --work /tmp/addons_trial
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tagseg.config import load_config
+from tagseg.data.build import build_index
+from tagseg.data.views import image_to_tensor
+from tagseg.evaluation.contour import ContourFAccumulator, j_and_f
+from tagseg.evaluation.miou import ConfusionMatrix
+from tagseg.families import get_family
+from tagseg.methods.cam_objective import cam_pseudo_mask, normalised_cams_for_image
+from tagseg.pseudo.inference import load_trained_model
+from tagseg.training.trainer import Trainer
+from tagseg.utils.io import read_image, read_mask, write_json
+
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "cam": ("cam_voc", []),
+    "cam+ppc": ("cam_voc", ["addons.ppc.enabled=true"]),
+    "cam+isl": ("cam_voc", ["addons.hfpl.isl=true"]),
+    "cam+isl+fsl": ("cam_voc", ["addons.hfpl.isl=true", "addons.hfpl.fsl=true"]),
+    "cam+rca": ("cam_voc", ["addons.rca.enabled=true"]),
+    "tkpcl": ("tkpcl_voc", []),
+    "tkpcl+ppc": ("tkpcl_voc", ["addons.ppc.enabled=true"]),
+    "tkpcl+isl": ("tkpcl_voc", ["addons.hfpl.isl=true"]),
+    "tkpcl+rca": ("tkpcl_voc", ["addons.rca.enabled=true"]),
+}
+LABELS = {
+    "cam": "CAM baseline", "cam+ppc": "CAM + PPC", "cam+isl": "CAM + ISL", "cam+isl+fsl": "CAM + ISL + FSL",
+    "cam+rca": "CAM + RCA", "tkpcl": "TKP-PCL", "tkpcl+ppc": "TKP-PCL + PPC", "tkpcl+isl": "TKP-PCL + ISL",
+    "tkpcl+rca": "TKP-PCL + RCA (contrast)",
+}
+BG_DEFAULT = 0.25
+BG_SWEEP = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
+
+
+def base_overrides(args: argparse.Namespace) -> list[str]:
+    return [
+        f"data.root={args.voc}", "data.dataset=voc", "data.train_split=train_aug", "data.pseudo_split=train_aug",
+        f"data.image_size={args.size}", f"data.num_workers={args.workers}", f"data.max_images={args.max_images}",
+        "model.encoder=tf_efficientnet_lite0", "model.weights=lite", "model.pretrained=false",
+        f"train.epochs={args.epochs}", f"train.warmup_epochs={min(1, args.epochs)}", "train.warmup_lr=1e-3",
+        "train.lr=1e-4", f"train.unfreeze_blocks={args.unfreeze}", f"train.batch_size={args.batch}",
+        f"pseudo.image_size={args.infer_size}", "pseudo.scales=[1.0]", f"pseudo.flip={str(args.flip).lower()}",
+        f"pseudo.bg_threshold={BG_DEFAULT}",
+    ]
+
+
+def family_overrides(config: str, args: argparse.Namespace) -> list[str]:
+    if config == "tkpcl_voc":
+        return [f"method.et_crop_size={max(16, args.size // 3 // 16 * 16)}"]
+    return []
+
+
+class Scores:
+    """mIoU + contour F of one way of making masks, accumulated over images."""
+
+    def __init__(self, num_classes: int, contour: bool = True) -> None:
+        self.cm = ConfusionMatrix(num_classes)
+        self.contour = ContourFAccumulator(num_classes) if contour else None
+
+    def update(self, pred: np.ndarray, gt: np.ndarray, name: str) -> None:
+        self.cm.update(pred, gt, name)
+        if self.contour is not None:
+            self.contour.update(pred, gt, name)
+
+    def result(self, class_names) -> dict:
+        s = self.cm.summary(class_names)
+        out = {"miou": s["miou"], "iou": s["iou"]}
+        if self.contour is not None:
+            f = self.contour.result()["mean_F"]
+            out.update(contour_f=f, j_and_f=j_and_f(s["miou"], f) if f is not None else None)
+        return out
+
+
+@torch.no_grad()
+def score_run(model_path: Path, args: argparse.Namespace) -> dict:
+    """Pseudo-mask scores on the training images (and the CAM background sweep)."""
+    model, cfg, info = load_trained_model(model_path)
+    cfg.data.max_images = args.max_images
+    index = build_index(cfg.data, "train_aug")
+    k = index.num_classes
+    main = Scores(k)
+    sweep = {thr: Scores(k, contour=False) for thr in BG_SWEEP} if info["family"] == "cam" else {}
+    family = get_family(info["family"])
+    for rec in index.records:
+        image = image_to_tensor(read_image(rec.image_path))
+        gt = read_mask(rec.mask_path, k)
+        if info["family"] == "cam":
+            fg = normalised_cams_for_image(model, image, rec.labels, cfg.pseudo)
+            main.update(cam_pseudo_mask(fg, BG_DEFAULT).numpy().astype(np.uint8), gt, rec.id)
+            for thr, acc in sweep.items():
+                acc.update(cam_pseudo_mask(fg, thr).numpy().astype(np.uint8), gt, rec.id)
+        else:
+            probs = family.merged_probs(model, image, rec.labels, cfg.pseudo)
+            main.update(probs.argmax(0).numpy().astype(np.uint8), gt, rec.id)
+    out = {"train_aug": main.result(index.class_names), "images": len(index)}
+    if sweep:
+        rows = {thr: acc.result(index.class_names)["miou"] for thr, acc in sweep.items()}
+        best = max(rows, key=lambda t: (rows[t], -t))
+        out["bg_sweep"] = {"miou": {str(t): v for t, v in rows.items()}, "best_threshold": best,
+                           "best_miou": rows[best], "label": "best threshold chosen on the ground truth"}
+    return out
+
+
+def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
+    """Train (unless cached) and score one variant at one seed; returns its record."""
+    run_dir = args.work / f"{name}-seed{seed}"
+    result_path = run_dir / "addons.json"
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    config, overrides = VARIANTS[name]
+    cfg = load_config(config, [*base_overrides(args), *family_overrides(config, args), *overrides,
+                               f"seed={seed}", f"name={name}"])
+    t0 = time.time()
+    model_path = Trainer(cfg, run_dir, resume=True, show_progress=False).fit()
+    t_train = time.time() - t0
+    metrics = score_run(model_path, args)
+    record = {"name": name, "seed": seed, "config": config, "overrides": overrides,
+              "train_seconds": round(t_train, 1), "score_seconds": round(time.time() - t0 - t_train, 1),
+              "metrics": metrics}
+    write_json(result_path, record)
+    return record
+
+
+def fmt(values: list[float | None]) -> str:
+    vals = [100 * v for v in values if v is not None]
+    if not vals:
+        return "-"
+    if len(vals) == 1:
+        return f"{vals[0]:.1f}"
+    return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}"
+
+
+def table(rows: list[tuple[str, list[dict]]]) -> str:
+    head = ("| variant | seeds | mIoU | contour F | J&F | mIoU, best bg threshold (chosen on the GT) |\n"
+            "|---|---|---|---|---|---|")
+    lines = [head]
+    for label, recs in rows:
+        m = [r["metrics"]["train_aug"] for r in recs]
+        sweep = [r["metrics"].get("bg_sweep") for r in recs]
+        best = "-" if sweep[0] is None else fmt([s["best_miou"] for s in sweep]) + " (thr " + ", ".join(
+            f"{s['best_threshold']:g}" for s in sweep) + ")"
+        lines.append(f"| {label} | {len(recs)} | {fmt([x['miou'] for x in m])} | {fmt([x['contour_f'] for x in m])} "
+                     f"| {fmt([x['j_and_f'] for x in m])} | {best} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--voc", type=Path, default=Path("../shared/data/voc12-subset"))
+    p.add_argument("--work", type=Path, default=Path("runs/addons_voc"))
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/addons_voc.md"))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=3, help="the first one with the backbone frozen")
+    p.add_argument("--unfreeze", type=int, default=2, help="backbone block groups trained after the first epoch")
+    p.add_argument("--size", type=int, default=160, help="training input size (px; multiple of 32)")
+    p.add_argument("--infer-size", type=int, default=256, help="pseudo-mask inference size (px)")
+    p.add_argument("--flip", action="store_true", help="average pseudo-mask inference with the flipped image")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
+    p.add_argument("--max-images", type=int, default=400, help="first N train_aug images (0 = all 1000)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    records: dict[str, list[dict]] = {}
+    for name in args.variants:
+        for seed in args.seeds:
+            rec = run_one(name, seed, args)
+            records.setdefault(name, []).append(rec)
+            m = rec["metrics"]["train_aug"]
+            extra = ""
+            if "bg_sweep" in rec["metrics"]:
+                s = rec["metrics"]["bg_sweep"]
+                extra = f"  best-bg({s['best_threshold']:g}, GT-chosen) mIoU={100 * s['best_miou']:.1f}"
+            print(f"{name:<12} seed {seed}: mIoU={100 * m['miou']:.1f} F={100 * (m['contour_f'] or 0):.1f} "
+                  f"J&F={100 * (m['j_and_f'] or 0):.1f}{extra}  ({rec['train_seconds']}s train, "
+                  f"{rec['score_seconds']}s score)", flush=True)
+    elapsed = time.time() - t0
+    main_table = table([(LABELS[n], records[n]) for n in args.variants])
+    print(main_table)
+    all_recs = [r for rs in records.values() for r in rs]
+    run_s = sum(r["train_seconds"] + r["score_seconds"] for r in all_recs)
+    cmd = "python benchmarks/addons_voc.py " + " ".join(sys.argv[1:]) if argv is None else " ".join(argv)
+    hardware = (f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+                f"{torch.get_num_threads()} threads")
+    report = {"command": cmd, "seconds_this_invocation": round(elapsed), "seconds_all_runs": round(run_s),
+              "hardware": hardware, "runs": {n: [r["metrics"] for r in rs] for n, rs in records.items()}}
+    args.work.mkdir(parents=True, exist_ok=True)
+    write_json(args.work / "summary.json", report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        f"# Add-ons on VOC ({records[args.variants[0]][0]['metrics']['images']} train_aug images, "
+        f"pseudo-masks scored on the same images)\n\n"
+        f"Command: `{cmd}`\n\nHardware: {hardware}; {round(run_s)} s summed over the runs.\n\n"
+        f"Backbone: EfficientNet-Lite0 (ImageNet), {args.epochs} epochs (1 frozen, then the last "
+        f"{args.unfreeze} block groups), {args.size} px training, {args.infer_size} px inference"
+        f"{' + flip' if args.flip else ''}. CAM masks at background threshold {BG_DEFAULT}; mean ± sample std "
+        f"over seeds {args.seeds}.\n\n{main_table}\n")
+    print(f"total {elapsed:.0f}s this invocation; {run_s:.0f}s summed over all runs -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

