@@ -72,7 +72,7 @@ class HFPLConfig:
             raise ConfigError(f"HFPL window must be > 0 or None, got {self.window}")
 
 
-def _channel_targets(maps: Tensor, labels: Tensor, has_background: bool) -> Tensor:
+def channel_targets(maps: Tensor, labels: Tensor, has_background: bool) -> Tensor:
     """(B, C) targets matching the map channels; checks the shapes."""
     if maps.dim() != 4:
         raise TagsegError(f"score maps must be (B, C, h, w), got shape {tuple(maps.shape)}")
@@ -126,7 +126,7 @@ def importance_sampling_loss(
     image and channel, ``n_samples`` positions are drawn ~ b / sum(b). The BCE clamps
     b to [1e-7, 1 - 1e-7]. Returns a scalar.
     """
-    targets = _channel_targets(scores, labels, has_background)
+    targets = channel_targets(scores, labels, has_background)
     b = (torch.sigmoid(scores) if from_logits else scores) + SAMPLING_EPS
     sampled = importance_sample(b, n_samples, generator)
     return _bce(sampled, targets[:, :, None].expand_as(sampled)).mean()
@@ -148,7 +148,7 @@ def importance_pooling(
 
 def gap_bce_loss(scores: Tensor, labels: Tensor, *, has_background: bool = False, from_logits: bool = True) -> Tensor:
     """BCE of the global average pooled maps against the labels, mean over batch and channels."""
-    targets = _channel_targets(scores, labels, has_background)
+    targets = channel_targets(scores, labels, has_background)
     pooled = scores.mean(dim=(2, 3))
     if from_logits:
         return F.binary_cross_entropy_with_logits(pooled, targets)
@@ -177,7 +177,7 @@ def hfpl_classification_loss(
 
 def fsl_normalised_maps(scores: Tensor, labels: Tensor, *, has_background: bool = False) -> Tensor:
     """r = ReLU(scores) / spatial max (guarded by 1e-5), absent classes zeroed; (B, C, h, w)."""
-    targets = _channel_targets(scores, labels, has_background)
+    targets = channel_targets(scores, labels, has_background)
     r = F.relu(scores)
     r = r / r.flatten(2).amax(dim=2).clamp_min(1e-5)[:, :, None, None]
     return r * (targets > 0)[:, :, None, None].to(r.dtype)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tagseg.errors import ConfigError, TagsegError
+from tagseg.addons.hfpl import channel_targets
 
 
 @dataclass(frozen=True)
@@ -70,20 +71,6 @@ class RCAConfig:
             raise ConfigError(f"RCA contrast_start_epoch must be >= 0, got {self.contrast_start_epoch}")
 
 
-def _channel_targets(maps: Tensor, labels: Tensor, has_background: bool) -> Tensor:
-    if maps.dim() != 4:
-        raise TagsegError(f"score maps must be (B, C, h, w), got shape {tuple(maps.shape)}")
-    if labels.dim() != 2 or labels.shape[0] != maps.shape[0]:
-        raise TagsegError(f"labels must be (B, K) with B={maps.shape[0]}, got shape {tuple(labels.shape)}")
-    targets = labels if has_background else labels[:, 1:]
-    if targets.shape[1] != maps.shape[1]:
-        kind = "K maps including background" if has_background else "K-1 foreground maps"
-        raise TagsegError(
-            f"score maps have {maps.shape[1]} channels but labels have K={labels.shape[1]} ({kind} expected)"
-        )
-    return targets
-
-
 @dataclass(frozen=True)
 class RegionBatch:
     """Region embeddings of a batch: ``embeddings`` (N, D), ``channels`` (N,), ``batch_index`` (N,)."""
@@ -105,7 +92,7 @@ def region_embeddings(features: Tensor, cams: Tensor, labels: Tensor, *, has_bac
 
     Rows are ordered by image, then channel. Gradient flows into ``features`` (the masks are constants).
     """
-    targets = _channel_targets(cams, labels, has_background)
+    targets = channel_targets(cams, labels, has_background)
     if features.dim() != 4 or features.shape[0] != cams.shape[0] or features.shape[2:] != cams.shape[2:]:
         raise TagsegError(
             f"features {tuple(features.shape)} and CAMs {tuple(cams.shape)} must share batch and spatial size"
@@ -423,7 +410,7 @@ class RCAAggregation(nn.Module):
 
 def gap_multilabel_loss(cam: Tensor, labels: Tensor, *, has_background: bool = False) -> Tensor:
     """Multi-label soft-margin (BCE with logits) of GAP(cam) (B, C) against the labels (mean)."""
-    targets = _channel_targets(cam, labels, has_background).to(cam.dtype)
+    targets = channel_targets(cam, labels, has_background).to(cam.dtype)
     return F.binary_cross_entropy_with_logits(cam.mean(dim=(2, 3)), targets)
 
 

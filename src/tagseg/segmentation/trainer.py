@@ -12,12 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
 import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,6 +35,7 @@ from tagseg.training import distributed as D
 from tagseg.training.checkpoint import (
     list_checkpoints, load_checkpoint, rng_state, save_checkpoint, save_final_model, set_rng_state,
 )
+from tagseg.training.trainer import seed_everything, truncate_history
 from tagseg.utils.io import write_text
 
 
@@ -81,20 +80,6 @@ def freeze_batchnorm(module: nn.Module) -> list[nn.Module]:
         for p in m.parameters():
             p.requires_grad_(False)
     return frozen
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _truncate_history(path: Path, epochs_done: int) -> None:
-    """Drop history records of epochs after the checkpoint being resumed (they are redone)."""
-    if not path.is_file():
-        return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= epochs_done]
-    write_text(path, "".join(line + "\n" for line in keep))
 
 
 class SegmentationTrainer:
@@ -149,7 +134,7 @@ class SegmentationTrainer:
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_text(run_dir / "config.yaml", config_to_yaml(cfg))
-            _truncate_history(run_dir / "history.jsonl", start_epoch)
+            truncate_history(run_dir / "history.jsonl", start_epoch)
             from torch.utils.tensorboard import SummaryWriter
             writer = SummaryWriter(str(run_dir / "tb"), purge_step=global_step + 1 if start_epoch else None)
         model: nn.Module = core

@@ -52,7 +52,7 @@ def _call_hook(core: torch.nn.Module, name: str, epoch: int) -> None:
         hook(epoch)
 
 
-def _truncate_history(path: Path, epochs_done: int) -> None:
+def truncate_history(path: Path, epochs_done: int) -> None:
     """Drop history records of epochs after the checkpoint being resumed (they are redone)."""
     if not path.is_file():
         return
@@ -114,7 +114,7 @@ class Trainer:
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_text(run_dir / "config.yaml", config_to_yaml(cfg))
-            _truncate_history(run_dir / "history.jsonl", start_epoch)
+            truncate_history(run_dir / "history.jsonl", start_epoch)
             from torch.utils.tensorboard import SummaryWriter
             writer = SummaryWriter(str(run_dir / "tb"), purge_step=global_step + 1 if start_epoch else None)
         if info.enabled:
