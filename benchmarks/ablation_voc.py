@@ -39,7 +39,7 @@ from tagseg.evaluation.miou import ConfusionMatrix
 from tagseg.methods.label_merge import label_merge
 from tagseg.pseudo.inference import load_patch_classifier
 from tagseg.training.trainer import Trainer
-from tagseg.utils.io import read_image, read_mask, write_json
+from tagseg.utils.io import read_image, read_mask, save_mask_png, write_json
 
 VARIANTS: dict[str, list[str]] = {
     "avg": ["method.pooling=avg", "method.pce_weight=0", "method.et_weight=1"],
@@ -65,6 +65,7 @@ def base_overrides(args: argparse.Namespace) -> list[str]:
         f"data.image_size={args.size}", f"data.num_workers={args.workers}",
         f"data.max_images={args.max_images}",
         "model.encoder=tf_efficientnet_lite0", "model.weights=lite", "model.pretrained=false",
+        "model.cnn_grid=dilated",
         f"method.et_crop_size={args.size // 3 // 16 * 16}",
         f"train.epochs={args.epochs}", f"train.warmup_epochs={args.epochs}", "train.warmup_lr=1e-3",
         f"train.batch_size={args.batch}", f"pseudo.image_size={args.infer_size}",
@@ -72,8 +73,10 @@ def base_overrides(args: argparse.Namespace) -> list[str]:
 
 
 @torch.no_grad()
-def score_run(model_path: Path, args: argparse.Namespace) -> dict:
-    """Pseudo-mask mIoU on train_aug and val, without and with horizontal-flip averaging."""
+def score_run(model_path: Path, args: argparse.Namespace, save_dir: Path | None = None) -> dict:
+    """Pseudo-mask mIoU on train_aug and val, without and with horizontal-flip averaging.
+
+    save_dir: also write the train_aug pseudo-masks (no flip) there as <id>.png."""
     model, cfg, _ = load_patch_classifier(model_path)
     out = {}
     for split in ("train_aug", "val"):
@@ -91,7 +94,10 @@ def score_run(model_path: Path, args: argparse.Namespace) -> dict:
             for name, zz in views.items():
                 merged = label_merge(zz, labels)
                 up = F.interpolate(merged, size=gt.shape, mode="bilinear", align_corners=False)
-                cms[name].update(up[0].argmax(0).numpy().astype(np.uint8), gt, rec.id)
+                mask = up[0].argmax(0).numpy().astype(np.uint8)
+                cms[name].update(mask, gt, rec.id)
+                if save_dir is not None and split == "train_aug" and name == "plain":
+                    save_mask_png(save_dir / f"{rec.id}.png", mask, index.palette)
         for name, cm in cms.items():
             s = cm.summary(index.class_names)
             out[f"{split}/{name}"] = {"miou": s["miou"], "iou": s["iou"], "classes": s["miou_classes"]}
@@ -108,7 +114,8 @@ def run_one(name: str, overrides: list[str], seed: int, args: argparse.Namespace
     t0 = time.time()
     model_path = Trainer(cfg, run_dir, resume=True, show_progress=False).fit()
     t_train = time.time() - t0
-    metrics = score_run(model_path, args)
+    save = run_dir / "pseudo_train_aug" if (name == "topk+pce" and seed == args.seeds[0]) else None
+    metrics = score_run(model_path, args, save)
     record = {"name": name, "seed": seed, "overrides": overrides, "train_seconds": round(t_train, 1),
               "score_seconds": round(time.time() - t0 - t_train, 1), "metrics": metrics}
     write_json(result_path, record)

@@ -71,3 +71,19 @@ def test_patch_classifier_forward_contract():
     std = net.classifier.weight.std().item()
     assert 0.03 < std < 0.07  # N(0, 0.05^2) init
     assert all(not n.startswith("encoder.") for n, _ in net.named_parameters() if any(p is _ for p in net.head_parameters()))
+
+
+def test_cnn_grid_dilated_uses_the_deepest_stage_at_stride_16():
+    from tagseg.config import load_config
+    from tagseg.errors import ConfigError
+
+    dilated = build_patch_classifier(ModelConfig(encoder="test_resnet", lstm_hidden=8, cnn_grid="dilated"), 3, 64)
+    cut = build_patch_classifier(ModelConfig(encoder="test_resnet", lstm_hidden=8, cnn_grid="cut"), 3, 64)
+    x = torch.rand(1, 3, 64, 96)
+    assert dilated.eval()(x).logits.shape[1:3] == cut.eval()(x).logits.shape[1:3] == (4, 6)
+    info = cut.encoder.backbone.feature_info
+    stride16 = [f for f in info if f["reduction"] == 16][-1]
+    assert dilated.encoder.out_channels == info[-1]["num_chs"]  # the deepest stage ...
+    assert info[-1]["reduction"] == 32 and cut.encoder.out_channels == stride16["num_chs"]  # ... vs the cut
+    with pytest.raises(ConfigError, match="cnn_grid"):
+        load_config("tkpcl_voc", ["model.cnn_grid=deep"])

@@ -49,6 +49,9 @@ class ModelConfig:
     """
 
     family: str = "patch"
+    # CNN encoders only: 'dilated' runs the whole network with its last stages dilated so the
+    # deepest (most semantic) map has stride 16; 'cut' stops at the stride-16 stage (cheaper).
+    cnn_grid: str = "dilated"
     encoder: str = "vit_base_patch16_384"
     weights: Optional[str] = None  # local .pth/.safetensors/.npz, or 'lite' (tagseg[lite])
     pretrained: bool = False  # timm hub weights (needs internet)
@@ -276,6 +279,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
     from tagseg.families import get_family
 
     get_family(cfg.model.family)  # ConfigError naming the known families
+    if cfg.model.cnn_grid not in ("dilated", "cut"):
+        raise ConfigError(f"model.cnn_grid={cfg.model.cnn_grid!r}: choose dilated or cut")
     m, d, t = cfg.method, cfg.data, cfg.train
     if m.pooling not in ("avg", "max", "topk"):
         raise ConfigError(f"method.pooling={m.pooling!r}: choose avg, max or topk")

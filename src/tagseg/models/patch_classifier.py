@@ -72,6 +72,7 @@ class PatchClassifierNet(nn.Module):
 
 def build_patch_classifier(cfg: ModelConfig, num_classes: int, image_size: int) -> PatchClassifierNet:
     """Build the network from its config section."""
-    encoder = PatchEncoder(cfg.encoder, weights=cfg.weights, pretrained=cfg.pretrained, image_size=image_size)
+    encoder = PatchEncoder(cfg.encoder, weights=cfg.weights, pretrained=cfg.pretrained, image_size=image_size,
+                           output_stride=16 if cfg.cnn_grid == "dilated" else None)
     return PatchClassifierNet(encoder, num_classes, use_lstm=cfg.use_lstm, lstm_hidden=cfg.lstm_hidden,
                               dropout=cfg.dropout, init_std=cfg.classifier_init_std)

@@ -259,7 +259,10 @@ class PermutohedralLattice:
         width = x.shape[1]
         packed = _PACKED_DTYPE[width]
         a = x.new_zeros(m + 1, width)  # row m stays 0: the missing neighbour
-        a[:m] = _sparse_mm(self._splat, x)
+        if width == 1:  # matrix-vector products are markedly faster than (N, 1) matrices
+            a[:m, 0] = _sparse_mm(self._splat, x[:, 0])
+        else:
+            a[:m] = _sparse_mm(self._splat, x)
         b = torch.zeros_like(a)
         t = x.new_empty(m, width)
         u = x.new_empty(m, width)
@@ -270,4 +273,6 @@ class PermutohedralLattice:
             t += u
             torch.add(a[:m], t, alpha=0.5, out=b[:m])
             a, b = b, a
+        if width == 1:
+            return _sparse_mm(self._slice, a[:m, 0])[:, None]
         return _sparse_mm(self._slice, a[:m])
