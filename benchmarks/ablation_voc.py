@@ -69,6 +69,7 @@ def base_overrides(args: argparse.Namespace) -> list[str]:
         f"method.et_crop_size={args.size // 3 // 16 * 16}",
         f"train.epochs={args.epochs}", f"train.warmup_epochs={args.epochs}", "train.warmup_lr=1e-3",
         f"train.batch_size={args.batch}", f"pseudo.image_size={args.infer_size}",
+        f"train.cpu_threads={args.threads}",
     ]
 
 

@@ -104,6 +104,7 @@ class TrainConfig:
     grad_clip: float = 0.0
     log_every: int = 10  # steps between TensorBoard scalar writes
     keep_checkpoints: int = 2
+    cpu_threads: int = 0  # CPU intra-op threads; 0 = auto (cores minus data-loader workers, at least 1)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

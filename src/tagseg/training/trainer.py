@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -43,6 +44,16 @@ def seed_everything(seed: int) -> None:
 def model_metadata(cfg: ExperimentConfig, class_names: tuple[str, ...], palette: list[int]) -> dict:
     return {"format": get_family(cfg.model.family).format, "class_names": list(class_names), "palette": palette,
             "config": config_to_yaml(cfg)}
+
+
+def cpu_threads(requested: int, loader_workers: int, processes: int = 1) -> int:
+    """Intra-op threads for CPU training: ``requested``, or (0) the cores left after the
+    data-loader workers of every process, at least 1. Oversubscribed cores make PyTorch's
+    threads spin-wait on each other, which costs far more than it gains."""
+    if requested > 0:
+        return requested
+    cores = os.cpu_count() or 1
+    return max(1, cores // max(1, processes) - loader_workers)
 
 
 def _call_hook(core: torch.nn.Module, name: str, epoch: int) -> None:
@@ -81,6 +92,8 @@ class Trainer:
         device_guess = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
         info = D.init_distributed(device_guess)
         device = D.resolve_device(cfg.device, info)
+        if device.type == "cpu":
+            torch.set_num_threads(cpu_threads(cfg.train.cpu_threads, cfg.data.num_workers, info.world_size))
         try:
             return self._fit(info, device, stop_after_epoch)
         finally:
