@@ -128,3 +128,14 @@ def test_frozen_encoder_reuse_gives_the_same_target():
     assert core.training  # mode restored
     core.encoder.train()  # an encoder in train mode (BN statistics) is not reused
     assert not core.encoder_is_frozen()
+
+
+def test_resume_refuses_another_configuration(tmp_path):
+    make_voc(tmp_path / "voc", n=3)
+    Trainer(tiny_config(tmp_path / "voc"), tmp_path / "run", show_progress=False).fit(stop_after_epoch=1)
+    with pytest.raises(TrainingError, match=r"method.topk: 6 -> 3"):
+        Trainer(tiny_config(tmp_path / "voc", "method.topk=3"), tmp_path / "run", resume=True,
+                show_progress=False).fit()
+    # changing only the length of training is allowed
+    Trainer(tiny_config(tmp_path / "voc", "train.epochs=3"), tmp_path / "run", resume=True,
+            show_progress=False).fit()

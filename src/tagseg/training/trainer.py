@@ -46,6 +46,33 @@ def model_metadata(cfg: ExperimentConfig, class_names: tuple[str, ...], palette:
             "config": config_to_yaml(cfg)}
 
 
+# Settings that may change between an interrupted run and its resumption.
+RESUME_MAY_CHANGE = ("train.epochs", "train.cpu_threads", "train.log_every", "train.keep_checkpoints",
+                     "data.num_workers", "device", "pseudo")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def check_resumable(saved: dict, current: dict, where: Path) -> None:
+    """Refuse to resume a checkpoint written under another configuration (naming the keys)."""
+    a, b = _flatten(saved), _flatten(current)
+    differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)
+                    and not any(k == p or k.startswith(p + ".") for p in RESUME_MAY_CHANGE))
+    if differ:
+        detail = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in differ[:6])
+        raise TrainingError(f"cannot resume {where}: it was written with another configuration ({detail}"
+                            f"{', ...' if len(differ) > 6 else ''}); use another --out or the same settings")
+
+
 def cpu_threads(requested: int, loader_workers: int, processes: int = 1) -> int:
     """Intra-op threads for CPU training: ``requested``, or (0) the cores left after the
     data-loader workers of every process, at least 1. Oversubscribed cores make PyTorch's
@@ -115,6 +142,8 @@ class Trainer:
         if self.resume:
             ckpts = list_checkpoints(run_dir)
             if ckpts:
+                check_resumable(torch.load(ckpts[-1] / "state.pt", map_location="cpu", weights_only=False)
+                                .get("config", {}), to_dict(cfg), ckpts[-1])
                 state = load_checkpoint(ckpts[-1], core)
                 optimizer.load_state_dict(state["optimizer"])
                 start_epoch = int(state["epoch"])
