@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="run only these variants (runs are cached, so several processes can share the work "
                         "on disjoint variants; a final call with all variants assembles the tables)")
     p.add_argument("--sweeps-only", action="store_true", help="run only the k / threshold sweeps")
+    p.add_argument("--sweeps", choices=("both", "k", "threshold"), default="both",
+                   help="which sweep(s) to run (to split them over processes)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -177,10 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_sweeps:
         s0 = args.seeds[0]
         base = run_one("topk+pce", VARIANTS["topk+pce"], s0, args)  # k = 6, τ_h = 0.85
-        for k in K_SWEEP:
+        for k in K_SWEEP if args.sweeps in ("both", "k") else ():
             rec = base if k == 6 else run_one(f"sweep-k{k}", VARIANTS["topk+pce"] + [f"method.topk={k}"], s0, args)
             sweep_rows_k.append((f"k = {k}", [rec]))
-        for thr in THRESHOLD_SWEEP:
+        for thr in THRESHOLD_SWEEP if args.sweeps in ("both", "threshold") else ():
             rec = base if thr == 0.85 else run_one(
                 f"sweep-t{thr}", VARIANTS["topk+pce"] + [f"method.pce_threshold={thr}"], s0, args)
             sweep_rows_t.append((f"τ_h = {thr}", [rec]))
@@ -198,9 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.work.mkdir(parents=True, exist_ok=True)
     write_json(args.work / "summary.json", report)
-    if sweep_rows_k:
-        print(table(sweep_rows_k))
-        print(table(sweep_rows_t))
+    for rows in (sweep_rows_k, sweep_rows_t):
+        if rows:
+            print(table(rows))
     print(f"total {elapsed:.0f}s this invocation; {train_s:.0f}s summed over all runs")
     return 0
 
