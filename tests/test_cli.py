@@ -81,3 +81,17 @@ def test_pseudo_with_crf_and_workers_then_eval_several_runs(tmp_path, capsys):
     runs = json.loads((tmp_path / "runs.json").read_text())
     assert set(runs["metrics"]) >= {"miou", "contour_f", "j_and_f"}
     assert len(runs["metrics"]["miou"]["values"]) == 2
+
+
+def test_train_refuses_a_folder_with_checkpoints_unless_resuming(tmp_path, capsys):
+    from fixtures import make_voc
+
+    make_voc(tmp_path / "voc", n=2)
+    args = ["train", "--config", "tkpcl_voc", "--out", str(tmp_path / "run"), f"data.root={tmp_path / 'voc'}",
+            "data.train_split=train", "data.image_size=64", "data.num_workers=0", "model.encoder=test_resnet",
+            "model.pretrained=false", "model.lstm_hidden=8", "method.et_crop_size=32", "train.epochs=1",
+            "train.warmup_epochs=0", "train.batch_size=2"]
+    assert main(args) == 0
+    assert main(args) == 2
+    assert "already holds checkpoints" in capsys.readouterr().err
+    assert main([*args, "--resume"]) == 0

@@ -84,15 +84,14 @@ def _resolve_run_config(run: Path, overrides: Sequence[str]):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tagseg.config import load_config
-    from tagseg.training.checkpoint import list_checkpoints
+    from tagseg.training.checkpoint import ensure_fresh_run_dir
     from tagseg.training.trainer import Trainer
 
     if Path(args.config).stem.startswith("segment"):
         raise TagsegError(f"{args.config} is a segmentation-stage config: use `tagseg segment train --config {args.config}`")
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out or f"runs/{cfg.name}")
-    if not args.resume and list_checkpoints(out):
-        raise TagsegError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
+    ensure_fresh_run_dir(out, args.resume)
     result = Trainer(cfg, out, resume=args.resume).fit(stop_after_epoch=args.stop_after_epoch)
     print(f"saved {result}")
     return 0

@@ -82,12 +82,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def cmd_segment_train(args: argparse.Namespace) -> int:
     from tagseg.segmentation.config import load_segment_config
     from tagseg.segmentation.trainer import SegmentationTrainer
-    from tagseg.training.checkpoint import list_checkpoints
+    from tagseg.training.checkpoint import ensure_fresh_run_dir
 
     cfg = load_segment_config(args.config, args.overrides)
     out = Path(args.out or f"runs/{cfg.name}")
-    if not args.resume and list_checkpoints(out):
-        raise TagsegError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
+    ensure_fresh_run_dir(out, args.resume)
     result = SegmentationTrainer(cfg, out, resume=args.resume).fit(stop_after_epoch=args.stop_after_epoch)
     print(f"saved {result}")
     return 0

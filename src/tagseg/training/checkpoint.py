@@ -78,6 +78,12 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(EPOCH_DIR.match(p.name).group(1)))
 
 
+def ensure_fresh_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse to start a new run in a folder that holds checkpoints unless resuming."""
+    if not resume and list_checkpoints(run_dir):
+        raise TagsegError(f"{run_dir} already holds checkpoints: pass --resume to continue, or choose another --out")
+
+
 def load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
     """Load weights into ``model`` and return the state dict (optimizer, epoch, rng, ...)."""
     model.load_state_dict(load_file(str(path / "model.safetensors")))
