@@ -492,3 +492,20 @@ def test_eval_sweep_bg_from_the_cli(voc, tmp_path, capsys):
     assert main(["eval", "--config", "cam_voc", "--sweep-bg", "0.1"]) == 2
     assert "--sweep-bg needs --run" in capsys.readouterr().err
     assert main(["eval", "--run", str(run), "--sweep-bg", "0.1,x"]) == 2
+
+
+@pytest.mark.parametrize("addon", ["addons.ppc.enabled=true", "addons.rca.enabled=true", "addons.hfpl.isl=true"])
+def test_patch_family_addons_use_the_configured_encoder(addon):
+    """Add-ons must not change the backbone: the encoder honours model.cnn_grid like the plain network."""
+    from tagseg.config import load_config
+    from tagseg.families import get_family
+
+    for grid in ("dilated", "cut"):
+        base = ["model.encoder=test_resnet", "model.pretrained=false", f"model.cnn_grid={grid}",
+                "data.image_size=64", "method.et_crop_size=32"]
+        plain = load_config("tkpcl_voc", base)
+        with_addon = load_config("tkpcl_voc", [*base, addon])
+        a = get_family("patch").build(plain, 21).encoder
+        b = get_family("patch").build(with_addon, 21).encoder
+        assert a.out_channels == b.out_channels and a.output_stride == b.output_stride
+        assert [n for n, _ in a.named_parameters()] == [n for n, _ in b.named_parameters()]

@@ -18,7 +18,7 @@ from tagseg.addons.ppc import PPCProjector
 from tagseg.addons.rca import RCAConfig, RegionMemoryBank
 from tagseg.config import ExperimentConfig
 from tagseg.models.encoder import PatchEncoder
-from tagseg.models.patch_classifier import PatchClassifierNet
+from tagseg.models.patch_classifier import PatchClassifierNet, build_patch_encoder
 
 
 class PatchClassifierWithAddons(PatchClassifierNet):
@@ -46,7 +46,7 @@ def build_patch_classifier_with_addons(cfg: ExperimentConfig, num_classes: int) 
     from tagseg.addons.settings import rca_settings
 
     m, a = cfg.model, cfg.addons
-    encoder = PatchEncoder(m.encoder, weights=m.weights, pretrained=m.pretrained, image_size=cfg.data.image_size)
+    encoder = build_patch_encoder(m, cfg.data.image_size)
     return PatchClassifierWithAddons(
         encoder, num_classes, use_lstm=m.use_lstm, lstm_hidden=m.lstm_hidden, dropout=m.dropout,
         init_std=m.classifier_init_std, projector_dim=a.ppc.proj_dim if a.ppc.enabled else 0,

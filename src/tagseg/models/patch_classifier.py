@@ -70,9 +70,14 @@ class PatchClassifierNet(nn.Module):
         return [p for n, p in self.named_parameters() if not n.startswith("encoder.")]
 
 
+def build_patch_encoder(cfg: ModelConfig, image_size: int) -> PatchEncoder:
+    """The patch encoder of the model config (every patch-family network builds it here)."""
+    return PatchEncoder(cfg.encoder, weights=cfg.weights, pretrained=cfg.pretrained, image_size=image_size,
+                        output_stride=16 if cfg.cnn_grid == "dilated" else None)
+
+
 def build_patch_classifier(cfg: ModelConfig, num_classes: int, image_size: int) -> PatchClassifierNet:
     """Build the network from its config section."""
-    encoder = PatchEncoder(cfg.encoder, weights=cfg.weights, pretrained=cfg.pretrained, image_size=image_size,
-                           output_stride=16 if cfg.cnn_grid == "dilated" else None)
+    encoder = build_patch_encoder(cfg, image_size)
     return PatchClassifierNet(encoder, num_classes, use_lstm=cfg.use_lstm, lstm_hidden=cfg.lstm_hidden,
                               dropout=cfg.dropout, init_std=cfg.classifier_init_std)
