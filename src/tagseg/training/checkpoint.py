@@ -84,10 +84,14 @@ def ensure_fresh_run_dir(run_dir: Path, resume: bool) -> None:
         raise TagsegError(f"{run_dir} already holds checkpoints: pass --resume to continue, or choose another --out")
 
 
-def load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
-    """Load weights into ``model`` and return the state dict (optimizer, epoch, rng, ...)."""
+def load_checkpoint(path: Path, model: nn.Module, check: Any = None) -> dict[str, Any]:
+    """Read the state (optimizer, epoch, rng, config, ...), run ``check(state)`` if given (before
+    any weight is touched), load the weights into ``model``, and return the state."""
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    if check is not None:
+        check(state)
     model.load_state_dict(load_file(str(path / "model.safetensors")))
-    return torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    return state
 
 
 def save_final_model(path: Path, model: nn.Module, metadata: dict[str, Any]) -> None:

@@ -142,9 +142,8 @@ class Trainer:
         if self.resume:
             ckpts = list_checkpoints(run_dir)
             if ckpts:
-                check_resumable(torch.load(ckpts[-1] / "state.pt", map_location="cpu", weights_only=False)
-                                .get("config", {}), to_dict(cfg), ckpts[-1])
-                state = load_checkpoint(ckpts[-1], core)
+                state = load_checkpoint(ckpts[-1], core, check=lambda st: check_resumable(
+                    st.get("config", {}), to_dict(cfg), ckpts[-1]))
                 optimizer.load_state_dict(state["optimizer"])
                 start_epoch = int(state["epoch"])
                 set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)])
