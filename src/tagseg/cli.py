@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from tagseg.data.prepare.cli import add_prepare_command, cmd_prepare
 from tagseg.errors import TagsegError
 from tagseg.report.cli import add_report_command, cmd_report
 from tagseg.segmentation.cli import SEGMENT_COMMANDS, add_segment_commands
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("configs", help="list the shipped experiment configs")
     add_report_command(sub)
     add_segment_commands(sub)
+    add_prepare_command(sub)
     return parser
 
 
@@ -181,7 +183,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "pseudo": cmd_pseudo, "eval": cmd_eval, "configs": cmd_configs,
-            "report": cmd_report, **SEGMENT_COMMANDS}
+            "report": cmd_report, "prepare": cmd_prepare, **SEGMENT_COMMANDS}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

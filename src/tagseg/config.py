@@ -294,8 +294,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
     for key in ("pce_weight", "et_weight", "l2_weight"):
         if getattr(m, key) < 0:
             raise ConfigError(f"method.{key}={getattr(m, key)}: must be >= 0")
-    if d.dataset not in ("voc", "folder", "synthetic"):
-        raise ConfigError(f"data.dataset={d.dataset!r}: choose voc, folder or synthetic")
+    if d.dataset not in ("voc", "coco", "folder", "synthetic"):
+        raise ConfigError(f"data.dataset={d.dataset!r}: choose voc, coco, folder or synthetic")
     if d.image_size % 16:
         raise ConfigError(f"data.image_size={d.image_size}: must be a multiple of 16 (the patch size)")
     if m.et_weight > 0:

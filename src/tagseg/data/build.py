@@ -18,6 +18,10 @@ def build_index(cfg: DataConfig, split: str) -> DatasetIndex:
         raise ConfigError("data.root is empty: set it to the dataset folder (e.g. data.root=/path/to/VOC2012)")
     if cfg.dataset == "voc":
         return read_voc(cfg.root, split, cfg.label_source, cfg.mask_dir, cfg.max_images)
+    if cfg.dataset == "coco":
+        from tagseg.data.coco import read_coco
+
+        return read_coco(cfg.root, split, cfg.max_images)
     if cfg.dataset == "folder":
         return read_folder(cfg.root, split, cfg.max_images)
     if cfg.dataset == "synthetic":
@@ -26,4 +30,4 @@ def build_index(cfg: DataConfig, split: str) -> DatasetIndex:
         generate_dataset(Path(cfg.root), num_train=cfg.synthetic_train, num_val=cfg.synthetic_val,
                          size=cfg.synthetic_size, seed=cfg.synthetic_seed)
         return read_folder(cfg.root, split, cfg.max_images)
-    raise ConfigError(f"data.dataset={cfg.dataset!r}: choose voc, folder or synthetic")
+    raise ConfigError(f"data.dataset={cfg.dataset!r}: choose voc, coco, folder or synthetic")

@@ -53,11 +53,19 @@ def load_cls_labels(path: Path, num_classes: int = len(VOC_CLASSES)) -> dict[str
     return out
 
 
+def load_cls_labels_json(path: Path, num_classes: int = len(VOC_CLASSES)) -> dict[str, np.ndarray]:
+    """Read ``cls_labels.json`` (tagseg.data.image_labels, written by ``tagseg prepare voc``):
+    id -> multi-hot (K,) with background set. Plain JSON, preferred over cls_labels.npy."""
+    from tagseg.data.image_labels import read_image_labels
+
+    return read_image_labels(path, VOC_CLASSES[:num_classes])[1]
+
+
 def read_voc(root: str | Path, split: str, label_source: str = "auto", mask_dir: str = "auto",
              max_images: int = 0) -> DatasetIndex:
     """Index one split of a VOC-layout folder.
 
-    label_source: 'cls_labels' (root/cls_labels.npy), 'masks' (derived from the masks), or
+    label_source: 'cls_labels' (root/cls_labels.json, else root/cls_labels.npy), 'masks' (derived from the masks), or
     'auto' (cls_labels.npy if present, else masks). Masks are optional for training splits with
     cls_labels; they are required for scoring.
     """
@@ -71,11 +79,11 @@ def read_voc(root: str | Path, split: str, label_source: str = "auto", mask_dir:
     if max_images > 0:
         ids = ids[:max_images]
     masks = _find_mask_dir(root, mask_dir)
-    cls_path = root / "cls_labels.npy"
+    cls_path = root / "cls_labels.json" if (root / "cls_labels.json").is_file() else root / "cls_labels.npy"
     if label_source == "auto":
         label_source = "cls_labels" if cls_path.is_file() else "masks"
     if label_source == "cls_labels":
-        table = load_cls_labels(cls_path)
+        table = load_cls_labels_json(cls_path) if cls_path.suffix == ".json" else load_cls_labels(cls_path)
     elif label_source == "masks":
         if masks is None:
             raise DataError(f"labels from masks requested but no mask folder ({' or '.join(MASK_DIRS)}) in {root}")

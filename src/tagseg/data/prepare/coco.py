@@ -1,0 +1,339 @@
+"""COCO 2014 instance annotations -> semantic masks (81 classes), standard lists, image-level labels.
+
+Input: ``COCO/train2014/*.jpg``, ``COCO/val2014/*.jpg``, ``COCO/annotations/instances_{train,val}2014.json``.
+Output: the layout :func:`tagseg.data.coco.read_coco` reads (``JPEGImages``, ``SegmentationClass``,
+``ImageSets/{train,val,val_part}.txt``, ``cls_labels.json``, ``classes.txt``, ``prepare.json``).
+
+Mask rules (:class:`CocoMaskConfig`, recorded in ``prepare.json``):
+
+- classes: 0 background, then the 80 categories in ascending category id (1 person ... 80 toothbrush);
+- crowd (``iscrowd=1``) regions: ``crowd=ignore`` (default) writes 255, ``background`` leaves 0,
+  ``class`` paints them like an instance. Non-crowd instances are painted over crowd regions;
+- overlapping instances: ``overlap=smaller`` (default) -- the instance with fewer pixels wins
+  (instances are painted from the largest to the smallest; equal sizes: the later annotation id
+  wins); ``overlap=order`` -- the later annotation (higher id) wins;
+- polygons are rasterised with PIL (``ImageDraw.polygon``, edges included), so pycocotools is not
+  needed for them; its own rasteriser can differ by about one pixel along edges. Uncompressed RLE
+  (COCO's crowd format) is decoded here; compressed RLE needs pycocotools (``tagseg[coco]``).
+
+Lists: an image is kept when the instances file has at least one annotation for it (crowd
+included) -- the rule that gives the field's 82,081 train / 40,137 val images (COCO 2014 has
+82,783 / 40,504; 702 / 367 have no annotation). ``keep_unannotated`` keeps the others as pure
+background. Image-level labels: the categories of an image's annotations (crowd ones too unless
+``labels_include_crowd=false``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from tagseg.data.classes import IGNORE_INDEX, voc_palette
+from tagseg.data.coco import COCO_CATEGORIES, COCO_CLASSES, COCO_SPLIT_DIR, check_id
+from tagseg.data.image_labels import write_image_labels
+from tagseg.data.prepare.parallel import resolve_workers, run_jobs
+from tagseg.data.prepare.verify import COCO_STANDARD_LISTS, ListExpectation, TreeLayout, VerifyReport, verify_tree
+from tagseg.data.prepare.voc import PrepareResult, output_lock
+from tagseg.errors import ConfigError, DataError
+from tagseg.utils.io import atomic_path, save_mask_png, write_json, write_text
+
+COCO_LAYOUT = TreeLayout(lists_dir=COCO_SPLIT_DIR, images_dir="JPEGImages", masks_dir="SegmentationClass")
+ALL_IMAGES_COUNTS = {"train": 82783, "val": 40504}
+
+WHERE_TO_GET = ("COCO 2014: train2014.zip, val2014.zip and annotations_trainval2014.zip from the COCO "
+                "dataset's download page (cocodataset.org); unzip them into one folder. tagseg never "
+                "downloads them itself.")
+
+
+@dataclass
+class CocoMaskConfig:
+    """How ``tagseg prepare coco`` turns instances into semantic masks (module docstring)."""
+
+    crowd: str = "ignore"  # ignore (255) | background (0) | class (painted like an instance)
+    overlap: str = "smaller"  # smaller (smaller instance wins) | order (later annotation id wins)
+    labels_include_crowd: bool = True  # crowd annotations count as image-level labels
+    keep_unannotated: bool = False  # keep images without annotations (pure background) in the lists
+    images: str = "link"  # link (hard link, copy if impossible) | copy | symlink
+
+
+def validate_mask_config(cfg: CocoMaskConfig) -> None:
+    if cfg.crowd not in ("ignore", "background", "class"):
+        raise ConfigError(f"crowd={cfg.crowd!r}: choose ignore, background or class")
+    if cfg.overlap not in ("smaller", "order"):
+        raise ConfigError(f"overlap={cfg.overlap!r}: choose smaller or order")
+    if cfg.images not in ("link", "copy", "symlink"):
+        raise ConfigError(f"images={cfg.images!r}: choose link, copy or symlink")
+
+
+# ----------------------------------------------------------------------------------------------
+# rasterisation
+# ----------------------------------------------------------------------------------------------
+
+
+def decode_rle(rle: dict, height: int, width: int, where: str) -> np.ndarray:
+    """COCO RLE -> bool (H, W). Uncompressed (list counts) here; compressed (str) via pycocotools."""
+    size = rle.get("size")
+    if list(size or []) != [height, width]:
+        raise DataError(f"{where}: RLE size {size} differs from the image's {[height, width]}")
+    counts = rle.get("counts")
+    if isinstance(counts, list):
+        runs = np.asarray(counts, dtype=np.int64)
+        if runs.ndim != 1 or (runs < 0).any() or int(runs.sum()) != height * width:
+            raise DataError(f"{where}: RLE counts do not add up to {height}x{width} pixels")
+        values = np.zeros(len(runs), dtype=bool)
+        values[1::2] = True
+        # COCO's RLE runs over the pixels in column-major order, starting with a run of zeros
+        return np.repeat(values, runs).reshape(width, height).T
+    if isinstance(counts, (str, bytes)):
+        try:
+            from pycocotools import mask as mask_utils
+        except ImportError:
+            raise DataError(f"{where}: compressed RLE needs pycocotools: pip install 'tagseg[coco]'") from None
+        raw = counts.encode("ascii") if isinstance(counts, str) else counts
+        return mask_utils.decode({"size": [height, width], "counts": raw}).astype(bool)
+    raise DataError(f"{where}: RLE counts must be a list or a string")
+
+
+def polygon_mask(polygons: list, height: int, width: int, where: str) -> np.ndarray:
+    """COCO polygons [[x1, y1, x2, y2, ...], ...] -> bool (H, W), filled with PIL (edges included)."""
+    im = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(im)
+    for poly in polygons:
+        if not isinstance(poly, list) or len(poly) % 2 or not all(isinstance(v, (int, float)) for v in poly):
+            raise DataError(f"{where}: a polygon must be a flat list of x, y numbers")
+        if len(poly) >= 6:
+            draw.polygon([(float(poly[i]), float(poly[i + 1])) for i in range(0, len(poly), 2)], fill=1, outline=1)
+        elif len(poly) >= 2:
+            draw.line([(float(poly[i]), float(poly[i + 1])) for i in range(0, len(poly), 2)], fill=1)
+    return np.asarray(im, dtype=bool)
+
+
+def instance_mask(segmentation: Any, height: int, width: int, where: str) -> np.ndarray:
+    """One annotation's ``segmentation`` (polygons or RLE) -> bool (H, W)."""
+    if isinstance(segmentation, list):
+        return polygon_mask(segmentation, height, width, where)
+    if isinstance(segmentation, dict):
+        return decode_rle(segmentation, height, width, where)
+    raise DataError(f"{where}: segmentation must be polygons or RLE")
+
+
+def semantic_mask(anns: list[dict], height: int, width: int, cat_index: dict[int, int],
+                  cfg: CocoMaskConfig, where: str) -> np.ndarray:
+    """uint8 (H, W) class indices of one image from its annotations (rules: module docstring)."""
+    mask = np.zeros((height, width), dtype=np.uint8)
+    instances = []
+    for ann in sorted(anns, key=lambda a: a.get("id", 0)):
+        aw = f"{where} annotation {ann.get('id')}"
+        cls = cat_index[ann["category_id"]]
+        m = instance_mask(ann.get("segmentation"), height, width, aw)
+        if ann.get("iscrowd") and cfg.crowd != "class":
+            if cfg.crowd == "ignore":
+                mask[m] = IGNORE_INDEX
+            continue
+        instances.append((int(m.sum()), int(ann.get("id", 0)), cls, m))
+    if cfg.overlap == "smaller":
+        instances.sort(key=lambda t: (-t[0], t[1]))
+    else:
+        instances.sort(key=lambda t: t[1])
+    for _, _, cls, m in instances:
+        mask[m] = cls
+    return mask
+
+
+def image_classes(anns: list[dict], cat_index: dict[int, int], include_crowd: bool) -> list[int]:
+    """Sorted object class indices named by an image's annotations."""
+    return sorted({cat_index[a["category_id"]] for a in anns if include_crowd or not a.get("iscrowd")})
+
+
+# ----------------------------------------------------------------------------------------------
+# files
+# ----------------------------------------------------------------------------------------------
+
+
+def _place_image(src: Path, dst: Path, mode: str) -> None:
+    with atomic_path(dst) as tmp:
+        if mode == "symlink":
+            tmp.unlink()
+            os.symlink(src.resolve(), tmp)
+            return
+        if mode == "link":
+            try:
+                tmp.unlink()
+                os.link(src, tmp)
+                return
+            except OSError:
+                pass  # other file system: copy instead
+        shutil.copyfile(src, tmp)
+
+
+def _image_job(image_id: str, src: str, img_out: str, mask_out: str, height: int, width: int,
+               anns: list[dict], cat_index: dict[int, int], cfg: dict) -> str:
+    config = CocoMaskConfig(**cfg)
+    if not Path(img_out).is_file():
+        if not Path(src).is_file():
+            raise DataError(f"image named in the annotations not found: {src}")
+        _place_image(Path(src), Path(img_out), config.images)
+    if not Path(mask_out).is_file():
+        mask = semantic_mask(anns, height, width, cat_index, config, image_id)
+        save_mask_png(mask_out, mask, voc_palette())
+    return image_id
+
+
+# ----------------------------------------------------------------------------------------------
+# preparation
+# ----------------------------------------------------------------------------------------------
+
+
+def _load_instances(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(f"annotation file not found: {path}. {WHERE_TO_GET}")
+    try:
+        with path.open() as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
+        raise DataError(f"{path}: not a COCO instances file (needs lists 'images', 'annotations', 'categories')")
+    return data
+
+
+def _category_index(data: dict, path: Path) -> dict[int, int]:
+    cats = sorted((int(c["id"]), str(c["name"])) for c in data["categories"])
+    if tuple(cats) != COCO_CATEGORIES:
+        raise DataError(f"{path}: its {len(cats)} categories differ from COCO's 80 (ids and names in ascending "
+                        "id order)")
+    return {cat_id: i + 1 for i, (cat_id, _) in enumerate(cats)}
+
+
+def shipped_val_part() -> Optional[Path]:
+    """The packaged 5,000-id val_part list, or None when this tagseg does not ship it."""
+    ref = resources.files("tagseg.data.prepare") / "lists" / "coco_val_part.txt"
+    return Path(str(ref)) if ref.is_file() else None
+
+
+def load_val_part(path: Optional[str | Path]) -> Optional[list[str]]:
+    """Ids of the val_part list: ``path``, else the shipped list, else None (not available)."""
+    src = Path(path) if path else shipped_val_part()
+    if src is None:
+        return None
+    if not src.is_file():
+        raise DataError(f"val_part list not found: {src}")
+    ids = [line.strip() for line in src.read_text().splitlines() if line.strip()]
+    for i in ids:
+        check_id(i, str(src))
+    return ids
+
+
+def coco_expectations(cfg: CocoMaskConfig) -> dict[str, ListExpectation]:
+    """The standard lists' counts/checksums; with keep_unannotated, only the full image counts."""
+    if not cfg.keep_unannotated:
+        return dict(COCO_STANDARD_LISTS)
+    return {"train": ListExpectation(ALL_IMAGES_COUNTS["train"]), "val": ListExpectation(ALL_IMAGES_COUNTS["val"]),
+            "val_part": COCO_STANDARD_LISTS["val_part"]}
+
+
+def verify_coco(out: str | Path, expected: Optional[dict[str, ListExpectation]] = None,
+                workers: int = 0) -> VerifyReport:
+    """Check a prepared COCO tree: counts and checksums of train / val (/ val_part when present),
+    train ∩ val = ∅, val_part ⊆ val, images and masks (values 0..80 ∪ {255}), labels."""
+    return verify_tree(out, COCO_LAYOUT, COCO_CLASSES, expected or COCO_STANDARD_LISTS,
+                       disjoint=[("train", "val")], subsets=[("val_part", "val")], optional=["val_part"],
+                       workers=workers)
+
+
+def prepare_coco(coco: str | Path, out: str | Path, cfg: Optional[CocoMaskConfig] = None, workers: int = 0,
+                 val_part: Optional[str | Path] = None, expected: Optional[dict[str, ListExpectation]] = None,
+                 verify: bool = True) -> PrepareResult:
+    """Build the COCO tree under ``out`` from the extracted COCO 2014 folder ``coco`` and verify it.
+
+    expected: counts/checksums for the verification (default: the standard lists, see
+    :func:`coco_expectations`). Raises DataError for unreadable inputs or a failed verification.
+    """
+    cfg = cfg or CocoMaskConfig()
+    validate_mask_config(cfg)
+    start = time.perf_counter()
+    coco, out = Path(coco), Path(out)
+    if not coco.is_dir():
+        raise DataError(f"COCO folder not found: {coco}. {WHERE_TO_GET}")
+    out.mkdir(parents=True, exist_ok=True)
+    workers = resolve_workers(workers)
+    with output_lock(out):
+        manifest_path = out / "prepare.json"
+        if manifest_path.is_file():
+            try:
+                previous = json.loads(manifest_path.read_text()).get("mask_config")
+            except (OSError, ValueError, AttributeError):
+                previous = None
+            if previous is not None and previous != asdict(cfg):
+                raise DataError(f"{out} was prepared with other mask settings {previous}; use another --out "
+                                f"or delete it (asked: {asdict(cfg)})")
+        write_json(manifest_path, {"dataset": "coco2014", "command": "tagseg prepare coco", "complete": False,
+                                   "mask_config": asdict(cfg)})
+        lists: dict[str, list[str]] = {}
+        labels: dict[str, list[int]] = {}
+        written = skipped = 0
+        for split in ("train", "val"):
+            ann_path = coco / "annotations" / f"instances_{split}2014.json"
+            data = _load_instances(ann_path)
+            cat_index = _category_index(data, ann_path)
+            by_image: dict[int, list[dict]] = {}
+            for ann in data["annotations"]:
+                if ann.get("category_id") not in cat_index:
+                    raise DataError(f"{ann_path}: annotation {ann.get('id')} has unknown category "
+                                    f"{ann.get('category_id')}")
+                by_image.setdefault(ann.get("image_id"), []).append(ann)
+            ids, jobs = [], []
+            for img in data["images"]:
+                file_name = str(img.get("file_name", ""))
+                image_id = check_id(Path(file_name).stem, f"{ann_path} image {img.get('id')}")
+                anns = by_image.get(img.get("id"), [])
+                if not anns and not cfg.keep_unannotated:
+                    continue
+                ids.append(image_id)
+                labels[image_id] = image_classes(anns, cat_index, cfg.labels_include_crowd)
+                img_out = out / COCO_LAYOUT.images_dir / f"{image_id}.jpg"
+                mask_out = out / COCO_LAYOUT.masks_dir / f"{image_id}.png"
+                if img_out.is_file() and mask_out.is_file():
+                    skipped += 1
+                    continue
+                jobs.append((image_id, str(coco / f"{split}2014" / file_name), str(img_out), str(mask_out),
+                             int(img["height"]), int(img["width"]), anns, cat_index, asdict(cfg)))
+            if len(set(ids)) != len(ids):
+                raise DataError(f"{ann_path}: duplicate image file names")
+            lists[split] = sorted(ids)
+            del data, by_image
+            for _ in tqdm(run_jobs(_image_job, jobs, workers), total=len(jobs), desc=f"COCO {split}2014",
+                          unit="img", leave=False, mininterval=1.0, disable=not jobs):
+                written += 1
+        notes = []
+        part = load_val_part(val_part)
+        if part is not None:
+            outside = sorted(set(part) - set(lists["val"]))
+            if outside:
+                raise DataError(f"{len(outside)} val_part ids are not in the val list: {outside[:5]}")
+            lists["val_part"] = sorted(set(part))
+        else:
+            notes.append("val_part not written: the 5,000-id list is not shipped with this tagseg; pass "
+                          "--val-part FILE")
+        write_image_labels(out / COCO_LAYOUT.labels_file, COCO_CLASSES, labels)
+        write_text(out / "classes.txt", "".join(f"{n}\n" for n in COCO_CLASSES))
+        for name, ids in lists.items():
+            write_text(out / COCO_LAYOUT.lists_dir / f"{name}.txt", "".join(f"{i}\n" for i in ids))
+        write_json(manifest_path, {"dataset": "coco2014", "command": "tagseg prepare coco", "complete": True,
+                                   "mask_config": asdict(cfg), "counts": {k: len(v) for k, v in lists.items()}})
+    result = PrepareResult(out, {k: len(v) for k, v in lists.items()}, written, skipped, notes=notes)
+    if verify:
+        result.report = verify_coco(out, expected or coco_expectations(cfg), workers)
+        result.report.raise_if_failed()
+    result.seconds = time.perf_counter() - start
+    return result
