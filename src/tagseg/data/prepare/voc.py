@@ -163,7 +163,7 @@ def decode_sbd_mat(data: bytes, name: str, num_classes: int = len(VOC_CLASSES)) 
 
     try:
         mat = loadmat(io.BytesIO(data), squeeze_me=True, struct_as_record=False)
-    except (ValueError, TypeError, OSError, NotImplementedError) as exc:
+    except Exception as exc:  # scipy raises many types (MatReadError, ValueError, ...) on a broken file
         raise DataError(f"cannot read SBD file {name}: {exc}") from exc
     gt = mat.get("GTcls")
     seg = getattr(gt, "Segmentation", None)
