@@ -167,3 +167,44 @@ def make_coco_source(root: Path, size: tuple[int, int] = (32, 48)) -> tuple[Path
 
 def coco_id(split: str, num: int) -> str:
     return f"COCO_{split}2014_{num:012d}"
+
+
+def layout_subset_as_downloads(subset: Path, dst: Path, n_train: int, n_val: int,
+                               archives: bool = False) -> tuple[Path, Path, dict[str, list[str]]]:
+    """Lay the real VOC subset's files out as VOC 2012 + SBD downloads would be (folders, or a .tar and
+    a .tgz with ``archives``): val ids and every other train_aug id get VOC SegmentationClass masks
+    (the train_aug ones form VOC's train list), the other train_aug ids SBD .mat files (split
+    over SBD's train and val lists); Annotations XML come from the subset's labels.
+    Returns (voc, sbd, expected lists)."""
+    import shutil
+
+    from tagseg.data.voc import load_cls_labels
+
+    read = lambda name: (subset / "ImageSets" / "Segmentation" / name).read_text().split()  # noqa: E731
+    train_ids, val_ids = read("train_aug.txt")[:n_train], read("val.txt")[:n_val]
+    labels = load_cls_labels(subset / "cls_labels.npy")
+    voc, sbd = dst / "VOCdevkit" / "VOC2012", dst / "benchmark_RELEASE"
+    (voc / "JPEGImages").mkdir(parents=True)
+    voc_train = train_ids[::2]
+    sbd_only = [i for i in train_ids if i not in voc_train]
+    for image_id in train_ids + val_ids:
+        shutil.copyfile(subset / "JPEGImages" / f"{image_id}.jpg", voc / "JPEGImages" / f"{image_id}.jpg")
+        write_xml(voc / "Annotations" / f"{image_id}.xml", [int(c) for c in np.flatnonzero(labels[image_id][1:]) + 1])
+        src = subset / "SegmentationClassAug" / f"{image_id}.png"
+        if image_id in sbd_only:
+            with Image.open(src) as im:
+                write_sbd_mat(sbd / "dataset" / "cls" / f"{image_id}.mat", np.asarray(im))
+        else:
+            (voc / "SegmentationClass").mkdir(exist_ok=True)
+            shutil.copyfile(src, voc / "SegmentationClass" / f"{image_id}.png")
+    (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(voc_train) + "\n")
+    (voc / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(val_ids) + "\n")
+    half = len(sbd_only) // 2
+    (sbd / "dataset").mkdir(parents=True, exist_ok=True)
+    (sbd / "dataset" / "train.txt").write_text("".join(f"{i}\n" for i in sbd_only[:half]))
+    (sbd / "dataset" / "val.txt").write_text("".join(f"{i}\n" for i in sbd_only[half:]))
+    expected = {"train_aug": sorted(train_ids), "train": sorted(voc_train), "val": sorted(val_ids)}
+    if archives:
+        voc, sbd = make_voc_archives(dst, voc, sbd)
+    return voc, sbd, expected

@@ -174,3 +174,23 @@ def test_cli_prepare_voc(tmp_path, capsys):
     assert "expected 1,449" in capsys.readouterr().err
     assert main(["prepare", "voc", "--out", str(out)]) == 2
     assert "give --voc and --sbd" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_prepare_from_real_subset_reads_back_the_same(voc_root, tmp_path):
+    from prepare_fakes import layout_subset_as_downloads
+
+    voc, sbd, expected = layout_subset_as_downloads(voc_root, tmp_path / "dl", n_train=8, n_val=4, archives=True)
+    out = tmp_path / "out"
+    exp = {k: ListExpectation(len(v), list_sha256(v)) for k, v in expected.items()}
+    result = prepare_voc(voc, sbd, out, workers=2, expected=exp)
+    assert result.report.ok and result.counts == {"train_aug": 8, "train": 4, "val": 4}
+    original = {r.id: r for split in ("train_aug", "val") for r in read_voc(voc_root, split).records}
+    for split in ("train_aug", "val"):
+        index = read_voc(out, split)
+        assert [r.id for r in index.records] == expected[split]
+        for rec in index.records:
+            ref = original[rec.id]
+            assert (rec.labels == ref.labels).all(), rec.id
+            assert (read_mask(rec.mask_path, 21) == read_mask(ref.mask_path, 21)).all(), rec.id
+            assert rec.image_path.read_bytes() == ref.image_path.read_bytes()

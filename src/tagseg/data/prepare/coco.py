@@ -31,7 +31,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
 import numpy as np
@@ -295,7 +295,10 @@ def prepare_coco(coco: str | Path, out: str | Path, cfg: Optional[CocoMaskConfig
             ids, jobs = [], []
             for img in data["images"]:
                 file_name = str(img.get("file_name", ""))
-                image_id = check_id(Path(file_name).stem, f"{ann_path} image {img.get('id')}")
+                where = f"{ann_path} image {img.get('id')}"
+                if PurePosixPath(file_name).name != file_name or "\\" in file_name:
+                    raise DataError(f"{where}: file_name {file_name[:60]!r} is not a plain file name")
+                image_id = check_id(Path(file_name).stem, where)
                 anns = by_image.get(img.get("id"), [])
                 if not anns and not cfg.keep_unannotated:
                     continue
