@@ -165,6 +165,20 @@ def make_coco_source(root: Path, size: tuple[int, int] = (32, 48)) -> tuple[Path
     return root, info
 
 
+def make_coco_archives(src: Path, dst: Path) -> Path:
+    """The fake COCO folder as the three downloads: train2014.zip, val2014.zip, annotations_trainval2014.zip."""
+    import zipfile
+
+    dst.mkdir(parents=True)
+    for archive, folders in (("train2014.zip", ["train2014"]), ("val2014.zip", ["val2014"]),
+                             ("annotations_trainval2014.zip", ["annotations"])):
+        with zipfile.ZipFile(dst / archive, "w") as zf:
+            for folder in folders:
+                for path in sorted((src / folder).iterdir()):
+                    zf.write(path, f"{folder}/{path.name}")
+    return dst
+
+
 def coco_id(split: str, num: int) -> str:
     return f"COCO_{split}2014_{num:012d}"
 

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from prepare_fakes import CAT, DOG, PERSON, box_polygon, coco_id, make_coco_source, rle_uncompressed
+from prepare_fakes import (CAT, DOG, PERSON, box_polygon, coco_id, make_coco_archives, make_coco_source,
+                           rle_uncompressed)
 from tagseg.cli import main
 from tagseg.data.coco import COCO_CLASSES, read_coco
 from tagseg.data.image_labels import read_image_labels
@@ -130,6 +131,21 @@ def test_prepare_coco_tree(tmp_path):
     assert again.written == 0 and again.skipped == 5
     with pytest.raises(DataError, match="other mask settings"):
         prepare_coco(src, out, CocoMaskConfig(crowd="background"), workers=1, expected=fake_expected())
+
+
+def test_prepare_from_zips_equals_folders(tmp_path):
+    src, _ = make_coco_source(tmp_path / "coco")
+    zips = make_coco_archives(src, tmp_path / "downloads")
+    prepare_coco(zips, tmp_path / "z", workers=2, expected=fake_expected())
+    prepare_coco(src, tmp_path / "f", workers=1, expected=fake_expected())
+    files = sorted(p.relative_to(tmp_path / "f") for p in (tmp_path / "f").rglob("*") if p.is_file())
+    assert len([f for f in files if f.suffix == ".png"]) == 5
+    for rel in files:
+        if rel.name not in ("prepare.json", ".prepare.lock"):
+            assert (tmp_path / "z" / rel).read_bytes() == (tmp_path / "f" / rel).read_bytes(), rel
+    (zips / "val2014.zip").write_bytes(b"PK broken")
+    with pytest.raises(DataError, match="cannot read archive .*val2014.zip"):
+        prepare_coco(zips, tmp_path / "z2", workers=1, expected=fake_expected())
 
 
 def test_options_keep_unannotated_and_crowd_labels(tmp_path):

@@ -16,8 +16,8 @@ VOC_EPILOG = (
 )
 COCO_EPILOG = (
     "Where to get the inputs (tagseg never downloads them): train2014.zip, val2014.zip and "
-    "annotations_trainval2014.zip from the COCO dataset's download page; unzip them into one folder holding "
-    "train2014/, val2014/ and annotations/. Mask settings as key=value: crowd=ignore|background|class "
+    "annotations_trainval2014.zip from the COCO dataset's download page; put the three zips in one folder "
+    "(read in place), or unzip them there (train2014/, val2014/, annotations/). Mask settings as key=value: crowd=ignore|background|class "
     "(default ignore: 255), overlap=smaller|order (default smaller: the smaller instance wins), "
     "labels_include_crowd=true|false, images=link|copy|symlink. The result is checked: 82,081 / 40,137 "
     "ids in train / val (sha256 of the standard lists), val_part when present, images and masks."
@@ -44,7 +44,8 @@ def add_prepare_command(subparsers: argparse._SubParsersAction) -> None:
 
     c = sub.add_parser("coco", help="COCO 2014 -> 81-class semantic masks, train/val/val_part lists, labels",
                        description="Build COCO 2014 semantic masks and lists, and verify them.", epilog=COCO_EPILOG)
-    c.add_argument("--coco", help="folder with train2014/, val2014/ and annotations/instances_{train,val}2014.json")
+    c.add_argument("--coco", help="folder with train2014/, val2014/ and annotations/instances_{train,val}2014.json, "
+                                  "or with the downloads train2014.zip, val2014.zip, annotations_trainval2014.zip")
     c.add_argument("--out", required=True, help="output folder (the data.root of the coco configs)")
     c.add_argument("--keep-unannotated", action="store_true",
                    help="keep images without annotations as pure background (lists then differ from the standard)")

@@ -1,6 +1,8 @@
 """COCO 2014 instance annotations -> semantic masks (81 classes), standard lists, image-level labels.
 
-Input: ``COCO/train2014/*.jpg``, ``COCO/val2014/*.jpg``, ``COCO/annotations/instances_{train,val}2014.json``.
+Input: one folder with ``train2014/*.jpg``, ``val2014/*.jpg`` and
+``annotations/instances_{train,val}2014.json`` -- or the downloads as they are: ``train2014.zip``,
+``val2014.zip``, ``annotations_trainval2014.zip`` (read in place; images are then copied out).
 Output: the layout :func:`tagseg.data.coco.read_coco` reads (``JPEGImages``, ``SegmentationClass``,
 ``ImageSets/{train,val,val_part}.txt``, ``cls_labels.json``, ``classes.txt``, ``prepare.json``).
 
@@ -29,6 +31,7 @@ import json
 import os
 import shutil
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -51,8 +54,8 @@ COCO_LAYOUT = TreeLayout(lists_dir=COCO_SPLIT_DIR, images_dir="JPEGImages", mask
 ALL_IMAGES_COUNTS = {"train": 82783, "val": 40504}
 
 WHERE_TO_GET = ("COCO 2014: train2014.zip, val2014.zip and annotations_trainval2014.zip from the COCO "
-                "dataset's download page (cocodataset.org); unzip them into one folder. tagseg never "
-                "downloads them itself.")
+                "dataset's download page (cocodataset.org); put them (or what they unzip to) in one folder. "
+                "tagseg never downloads them itself.")
 
 
 @dataclass
@@ -176,13 +179,40 @@ def _place_image(src: Path, dst: Path, mode: str) -> None:
         shutil.copyfile(src, tmp)
 
 
-def _image_job(image_id: str, src: str, img_out: str, mask_out: str, height: int, width: int,
+_ZIPS: dict[tuple[int, str], zipfile.ZipFile] = {}
+
+
+def _zip_member(zip_path: str, member: str) -> bytes:
+    """A member's bytes; one open ZipFile per process and archive (never shared across a fork)."""
+    key = (os.getpid(), zip_path)
+    if key not in _ZIPS:
+        try:
+            _ZIPS[key] = zipfile.ZipFile(zip_path)
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise DataError(f"cannot read archive {zip_path}: {exc}") from exc
+    try:
+        return _ZIPS[key].read(member)
+    except KeyError:
+        raise DataError(f"image named in the annotations not found: {member} in {zip_path}") from None
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise DataError(f"cannot read {member} from {zip_path}: {exc}") from exc
+
+
+def _image_job(image_id: str, src: tuple[str, str, str], img_out: str, mask_out: str, height: int, width: int,
                anns: list[dict], cat_index: dict[int, int], cfg: dict) -> str:
+    """Place one image (src = ('dir', folder, file name) or ('zip', archive, member)) and write its mask."""
     config = CocoMaskConfig(**cfg)
     if not Path(img_out).is_file():
-        if not Path(src).is_file():
-            raise DataError(f"image named in the annotations not found: {src}")
-        _place_image(Path(src), Path(img_out), config.images)
+        kind, where, name = src
+        if kind == "zip":
+            data = _zip_member(where, name)
+            with atomic_path(img_out) as tmp:
+                tmp.write_bytes(data)
+        else:
+            path = Path(where) / name
+            if not path.is_file():
+                raise DataError(f"image named in the annotations not found: {path}")
+            _place_image(path, Path(img_out), config.images)
     if not Path(mask_out).is_file():
         mask = semantic_mask(anns, height, width, cat_index, config, image_id)
         save_mask_png(mask_out, mask, voc_palette())
@@ -194,20 +224,41 @@ def _image_job(image_id: str, src: str, img_out: str, mask_out: str, height: int
 # ----------------------------------------------------------------------------------------------
 
 
-def _load_instances(path: Path) -> dict:
-    if not path.is_file():
-        raise DataError(f"annotation file not found: {path}. {WHERE_TO_GET}")
+def _load_instances(coco: Path, split: str) -> tuple[dict, str]:
+    """The instances JSON of ``split`` from ``annotations/`` or ``annotations_trainval2014.zip``;
+    also a name for messages."""
+    path, archive = coco / "annotations" / f"instances_{split}2014.json", coco / "annotations_trainval2014.zip"
     try:
-        with path.open() as fh:
-            data = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from exc
+        if path.is_file():
+            name = str(path)
+            with path.open() as fh:
+                data = json.load(fh)
+        elif archive.is_file():
+            name = f"{archive}:annotations/instances_{split}2014.json"
+            with zipfile.ZipFile(archive) as zf, zf.open(f"annotations/instances_{split}2014.json") as fh:
+                data = json.load(fh)
+        else:
+            raise DataError(f"annotation file not found: {path} (nor {archive}). {WHERE_TO_GET}")
+    except KeyError:
+        raise DataError(f"{archive} has no annotations/instances_{split}2014.json") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DataError(f"cannot read {path if path.is_file() else archive}: {exc}") from exc
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
-        raise DataError(f"{path}: not a COCO instances file (needs lists 'images', 'annotations', 'categories')")
-    return data
+        raise DataError(f"{name}: not a COCO instances file (needs lists 'images', 'annotations', 'categories')")
+    return data, name
 
 
-def _category_index(data: dict, path: Path) -> dict[int, int]:
+def _image_source(coco: Path, split: str) -> tuple[str, str, str]:
+    """('dir', folder, '') for an extracted ``train2014/``, ('zip', archive, 'train2014/') for the zip."""
+    folder, archive = coco / f"{split}2014", coco / f"{split}2014.zip"
+    if folder.is_dir():
+        return "dir", str(folder), ""
+    if archive.is_file():
+        return "zip", str(archive), f"{split}2014/"
+    raise DataError(f"COCO images not found: neither {folder} nor {archive}. {WHERE_TO_GET}")
+
+
+def _category_index(data: dict, path: str) -> dict[int, int]:
     cats = sorted((int(c["id"]), str(c["name"])) for c in data["categories"])
     if tuple(cats) != COCO_CATEGORIES:
         raise DataError(f"{path}: its {len(cats)} categories differ from COCO's 80 (ids and names in ascending "
@@ -283,8 +334,8 @@ def prepare_coco(coco: str | Path, out: str | Path, cfg: Optional[CocoMaskConfig
         labels: dict[str, list[int]] = {}
         written = skipped = 0
         for split in ("train", "val"):
-            ann_path = coco / "annotations" / f"instances_{split}2014.json"
-            data = _load_instances(ann_path)
+            data, ann_path = _load_instances(coco, split)
+            src_kind, src_where, src_prefix = _image_source(coco, split)
             cat_index = _category_index(data, ann_path)
             by_image: dict[int, list[dict]] = {}
             for ann in data["annotations"]:
@@ -309,7 +360,7 @@ def prepare_coco(coco: str | Path, out: str | Path, cfg: Optional[CocoMaskConfig
                 if img_out.is_file() and mask_out.is_file():
                     skipped += 1
                     continue
-                jobs.append((image_id, str(coco / f"{split}2014" / file_name), str(img_out), str(mask_out),
+                jobs.append((image_id, (src_kind, src_where, src_prefix + file_name), str(img_out), str(mask_out),
                              int(img["height"]), int(img["width"]), anns, cat_index, asdict(cfg)))
             if len(set(ids)) != len(ids):
                 raise DataError(f"{ann_path}: duplicate image file names")

@@ -208,9 +208,10 @@ def _dispatch(kind: str, *args):
 def verify_voc(out: str | Path, expected: dict[str, ListExpectation] = VOC_STANDARD_LISTS,
                workers: int = 0) -> VerifyReport:
     """Check a prepared VOC tree (see :func:`tagseg.data.prepare.verify.verify_tree`): counts and
-    checksums of train_aug / train / val, train_aug ∩ val = ∅, train ∩ val = ∅, images and masks."""
-    return verify_tree(out, VOC_LAYOUT, VOC_CLASSES, expected,
-                       disjoint=[("train_aug", "val"), ("train", "val")], workers=workers)
+    checksums of train_aug / train / val, train_aug ∩ val = ∅, train ∩ val = ∅, train ⊆ train_aug,
+    images and masks."""
+    return verify_tree(out, VOC_LAYOUT, VOC_CLASSES, expected, disjoint=[("train_aug", "val"), ("train", "val")],
+                       subsets=[("train", "train_aug")], workers=workers)
 
 
 def prepare_voc(voc: str | Path, sbd: str | Path, out: str | Path, workers: int = 0, labels_from: str = "auto",
