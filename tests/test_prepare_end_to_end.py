@@ -48,3 +48,6 @@ def test_prepared_tree_trains_pseudo_and_scores(dataset, tmp_path, capsys):
     assert "mIoU" in out and ("toothbrush" in out if dataset == "coco" else "tvmonitor" in out)
     summary = json.loads((run / "pseudo" / split / "eval.json").read_text())
     assert summary["images"] == n and len(summary["iou"]) == classes and 0.0 <= summary["miou"] <= 1.0
+    assert main(["report", str(run), "--samples", "2"]) == 0
+    html = (run / "report.html").read_text()
+    assert ("toothbrush" in html if dataset == "coco" else "tvmonitor" in html)

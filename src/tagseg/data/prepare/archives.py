@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, Optional, TypeVar, Union
 
@@ -24,38 +23,30 @@ Payload = Union[Path, bytes]
 """A member's content: the file's path (folder sources) or its bytes (archive sources)."""
 
 
-@dataclass(frozen=True)
-class Member:
-    """One matched file of a source: what the matcher made of its name, and its content."""
-
-    key: object
-    payload: Payload
-
-
 def is_archive(path: Path) -> bool:
     return path.is_file() and tarfile.is_tarfile(path)
 
 
-def iter_source(source: str | Path, match: Callable[[PurePosixPath], Optional[T]], desc: str,
-                skip: Callable[[T], bool] = lambda key: False) -> Iterator[tuple[T, Payload]]:
+def iter_source(source: str | Path, match: Callable[[PurePosixPath], Optional[T]], desc: str
+                ) -> Iterator[tuple[T, Payload]]:
     """Yield (key, payload) for every regular file whose name ``match`` maps to a key (not None).
 
     Names are posix paths starting with the source's own name (the folder's name, or the tar's
-    member names as stored). ``skip(key)`` true: the member is passed over without being read
-    (folders) or without being kept in memory (archives). A progress bar (tqdm) shows files
+    member names as stored). Folder members are yielded as paths (read by whoever needs them),
+    archive members as bytes. A progress bar (tqdm) shows files
     (folders) or compressed bytes read (archives). Raises DataError for a missing source or a
     file that is neither a folder nor a readable tar archive.
     """
     source = Path(source)
     if source.is_dir():
-        yield from _iter_folder(source, match, desc, skip)
+        yield from _iter_folder(source, match, desc)
     elif source.is_file():
-        yield from _iter_tar(source, match, desc, skip)
+        yield from _iter_tar(source, match, desc)
     else:
         raise DataError(f"dataset source not found: {source}")
 
 
-def _iter_folder(root: Path, match, desc: str, skip) -> Iterator:
+def _iter_folder(root: Path, match, desc: str) -> Iterator:
     found = []
     for dirpath, _dirnames, filenames in os.walk(root):
         rel_dir = PurePosixPath(root.name) / PurePosixPath(Path(dirpath).relative_to(root).as_posix())
@@ -66,11 +57,10 @@ def _iter_folder(root: Path, match, desc: str, skip) -> Iterator:
     for key, path in tqdm(found, desc=desc, unit="file", leave=False, mininterval=1.0):
         if path.is_symlink() and not path.resolve().is_file():
             raise DataError(f"{path}: broken link")
-        if not skip(key):
-            yield key, path
+        yield key, path
 
 
-def _iter_tar(path: Path, match, desc: str, skip) -> Iterator:
+def _iter_tar(path: Path, match, desc: str) -> Iterator:
     total = path.stat().st_size
     with path.open("rb") as raw, tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False,
                                       mininterval=1.0) as bar:
@@ -84,7 +74,7 @@ def _iter_tar(path: Path, match, desc: str, skip) -> Iterator:
                     if name.is_absolute() or ".." in name.parts:
                         continue
                     key = match(name)
-                    if key is None or skip(key):
+                    if key is None:
                         continue
                     fh = tf.extractfile(info)
                     if fh is None:
