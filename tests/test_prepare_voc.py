@@ -92,6 +92,8 @@ def test_resume_after_interruption(tmp_path):
     done = sorted(p.name for p in (out / "SegmentationClassAug").glob("*.png"))
     assert "2008_000006.png" not in done and len(done) >= 4
     (sbd / "dataset" / "cls" / "2008_000006.mat").write_bytes(good)
+    stale = out / "SegmentationClassAug" / ".2008_000006.png.abc123.tmp.png"  # as a killed run leaves it
+    stale.write_bytes(b"half")
     result = prepare_voc(voc, sbd, out, workers=1, expected=fake_expected())
     assert result.skipped >= len(done) and result.written < 7 + 7
     check_tree(out, truth)

@@ -71,16 +71,27 @@ class PrepareResult:
 
 @contextlib.contextmanager
 def output_lock(out: Path):
-    """Hold ``out/.prepare.lock`` so that two runs never write one tree at the same time."""
+    """Hold ``out/.prepare.lock`` so that two runs never write one tree at the same time, and clear
+    what a killed run left half-written."""
     lock = FileLock(str(out / ".prepare.lock"), timeout=0.5)
     try:
         lock.acquire()
     except Timeout:
         raise DataError(f"{out} is being prepared by another process (lock {out / '.prepare.lock'})") from None
     try:
+        _remove_stale_temporaries(out)
         yield
     finally:
         lock.release()
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete temporary files (``.<name>.*.tmp*``, see tagseg.utils.io.atomic_path) that a killed run
+    left behind; safe because the lock is held. Finished files are never touched."""
+    for folder in [out, *(p for p in out.rglob("*") if p.is_dir())]:
+        for tmp in folder.glob(".*.tmp*"):
+            if tmp.is_file() or tmp.is_symlink():
+                tmp.unlink()
 
 
 def _voc_key(name: PurePosixPath) -> Optional[tuple[str, str]]:
@@ -101,7 +112,7 @@ def _sbd_key(name: PurePosixPath) -> Optional[tuple[str, str]]:
     parts = name.parts
     if len(parts) >= 2 and parts[-2] == "dataset" and parts[-1] in ("train.txt", "val.txt"):
         return ("list", parts[-1][:-4])
-    if len(parts) >= 2 and parts[-2] == "cls" and parts[-1].endswith(".mat"):
+    if len(parts) >= 3 and parts[-3:-1] == ("dataset", "cls") and parts[-1].endswith(".mat"):
         stem = parts[-1][:-4]
         return ("mat", stem) if VOC_ID.fullmatch(stem) else None
     return None
@@ -236,6 +247,7 @@ def prepare_voc(voc: str | Path, sbd: str | Path, out: str | Path, workers: int 
         sbd_lists: dict[str, list[str]] = {}
         xml_labels: dict[str, set[int]] = {}
         voc_masks: set[str] = set()
+        voc_images: set[str] = set()
         sbd_mats: set[str] = set()
         counters = {"written": 0, "skipped": 0}
 
@@ -247,6 +259,9 @@ def prepare_voc(voc: str | Path, sbd: str | Path, out: str | Path, workers: int 
                 elif kind == "xml":
                     xml_labels[key] = parse_voc_xml(read_payload(payload), member)
                 elif kind == "image":
+                    if key in voc_images:
+                        raise DataError(f"{voc}: two images {key}.jpg (give the VOC2012 folder itself)")
+                    voc_images.add(key)
                     target = images_dir / f"{key}.jpg"
                     if target.is_file():
                         counters["skipped"] += 1
@@ -268,6 +283,8 @@ def prepare_voc(voc: str | Path, sbd: str | Path, out: str | Path, workers: int 
                 if kind == "list":
                     sbd_lists[key] = parse_id_list(read_payload(payload), member)
                     continue
+                if key in sbd_mats:
+                    raise DataError(f"{sbd}: two files cls/{key}.mat")
                 sbd_mats.add(key)
                 target = masks_dir / f"{key}.png"
                 if key in voc_masks:
