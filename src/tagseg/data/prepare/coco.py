@@ -19,8 +19,9 @@ Mask rules (:class:`CocoMaskConfig`, recorded in ``prepare.json``):
   (COCO's crowd format) is decoded here; compressed RLE needs pycocotools (``tagseg[coco]``).
 
 Lists: an image is kept when the instances file has at least one annotation for it (crowd
-included) -- the rule that gives the field's 82,081 train / 40,137 val images (COCO 2014 has
-82,783 / 40,504; 702 / 367 have no annotation). ``keep_unannotated`` keeps the others as pure
+included), the filter WSSS and detection code commonly apply; COCO 2014 has 82,783 / 40,504
+images and the field's lists 82,081 / 40,137 (702 / 367 left out). Whether this rule reproduces
+the lists' checksums (verify.py) exactly has not been checked against the real annotation files. ``keep_unannotated`` keeps the others as pure
 background. Image-level labels: the categories of an image's annotations (crowd ones too unless
 ``labels_include_crowd=false``).
 """
