@@ -173,6 +173,8 @@ def test_val_part_list(tmp_path):
     (out / "ImageSets" / "val_part.txt").write_text(f"{TRAIN[0]}\n")
     with pytest.raises(DataError, match=r"1 ids of val_part are not in val"):
         verify_coco(out, fake_expected(val_part=[TRAIN[0]]), workers=1).raise_if_failed()
+    with pytest.raises(DataError, match="val_part list not found: .*missing.txt"):
+        prepare_coco(src, tmp_path / "out3", workers=1, val_part=tmp_path / "missing.txt", expected=fake_expected())
     part.write_text(f"{TRAIN[0]}\n")
     with pytest.raises(DataError, match="val_part ids are not in the val list"):
         prepare_coco(src, tmp_path / "out2", workers=1, val_part=part, expected=fake_expected())
