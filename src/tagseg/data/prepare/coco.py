@@ -317,6 +317,7 @@ def prepare_coco(coco: str | Path, out: str | Path, cfg: Optional[CocoMaskConfig
     coco, out = Path(coco), Path(out)
     if not coco.is_dir():
         raise DataError(f"COCO folder not found: {coco}. {WHERE_TO_GET}")
+    part = load_val_part(val_part)  # before the long work: a wrong path fails at once
     out.mkdir(parents=True, exist_ok=True)
     workers = resolve_workers(workers)
     with output_lock(out):
@@ -371,7 +372,6 @@ def prepare_coco(coco: str | Path, out: str | Path, cfg: Optional[CocoMaskConfig
                           unit="img", leave=False, mininterval=1.0, disable=not jobs):
                 written += 1
         notes = []
-        part = load_val_part(val_part)
         if part is not None:
             outside = sorted(set(part) - set(lists["val"]))
             if outside:
