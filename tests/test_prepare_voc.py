@@ -140,6 +140,8 @@ def test_bad_inputs_are_clear(tmp_path):
     voc, sbd, _ = make_voc_sources(tmp_path / "src")
     with pytest.raises(DataError, match="no dataset/train.txt"):
         prepare_voc(voc, voc, tmp_path / "o1", workers=1, expected=fake_expected())
+    with pytest.raises(DataError, match=r"no ImageSets/Segmentation/train.txt found.*VOCtrainval_11-May-2012.tar"):
+        prepare_voc(sbd, sbd, tmp_path / "o0", workers=1)
     with pytest.raises(DataError, match="dataset source not found"):
         prepare_voc(tmp_path / "nope", sbd, tmp_path / "o2", workers=1)
     (tmp_path / "broken.tar").write_bytes(b"\x00" * 100)

@@ -296,20 +296,21 @@ def prepare_voc(voc: str | Path, sbd: str | Path, out: str | Path, workers: int 
 
         def all_jobs():
             yield from voc_jobs()
+            for name in ("train", "val"):  # a wrong --voc fails before SBD is read
+                if name not in voc_lists:
+                    raise DataError(f"{voc}: no ImageSets/Segmentation/{name}.txt found; give the VOC 2012 folder "
+                                    f"(VOCdevkit/VOC2012) or VOCtrainval_11-May-2012.tar. {WHERE_TO_GET}")
+            if not voc_masks:
+                raise DataError(f"{voc}: no SegmentationClass/*.png masks found")
             yield from sbd_jobs()
 
         for _ in run_jobs(_dispatch, all_jobs(), workers):
             counters["written"] += 1
 
         for name in ("train", "val"):
-            if name not in voc_lists:
-                raise DataError(f"{voc}: no ImageSets/Segmentation/{name}.txt found; give the VOC 2012 folder "
-                                f"(VOCdevkit/VOC2012) or VOCtrainval_11-May-2012.tar. {WHERE_TO_GET}")
             if name not in sbd_lists:
                 raise DataError(f"{sbd}: no dataset/{name}.txt found; give SBD's benchmark_RELEASE folder or "
                                 f"benchmark.tgz. {WHERE_TO_GET}")
-        if not voc_masks:
-            raise DataError(f"{voc}: no SegmentationClass/*.png masks found")
         val = sorted(set(voc_lists["val"]))
         train = sorted(set(voc_lists["train"]))
         train_aug = sorted((set(train) | set(sbd_lists["train"]) | set(sbd_lists["val"])) - set(val))
