@@ -279,6 +279,17 @@ def test_resume_continues_exactly(tmp_path):
     assert (tmp_path / "full" / "tb").is_dir() and (tmp_path / "full" / "config.yaml").is_file()
 
 
+def test_resume_refuses_another_configuration(tmp_path):
+    tiny_voc(tmp_path / "voc", n=3)
+    SegmentationTrainer(tiny_config(tmp_path / "voc"), tmp_path / "run", show_progress=False).fit(stop_after_epoch=1)
+    with pytest.raises(TrainingError, match=r"train.head_lr_mult: 1.0 -> 5.0"):
+        SegmentationTrainer(tiny_config(tmp_path / "voc", "train.head_lr_mult=5"), tmp_path / "run", resume=True,
+                            show_progress=False).fit()
+    # settings that do not change the training (logging, workers) may change
+    SegmentationTrainer(tiny_config(tmp_path / "voc", "train.log_every=3"), tmp_path / "run", resume=True,
+                        show_progress=False).fit()
+
+
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
     tiny_voc(tmp_path / "voc", n=4)
     import tagseg.segmentation.trainer as trainer_module
