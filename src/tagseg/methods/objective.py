@@ -20,7 +20,6 @@ untouched) add their terms through the add-on registry; what they do in this fam
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tagseg.errors import ConfigError, TagsegError
+from tagseg.errors import TagsegError
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 WEIGHT_SUFFIXES = TORCH_SUFFIXES + (".safetensors", ".npz")
