@@ -76,6 +76,18 @@ class LossContext:
         return self.batch["labels"].float()
 
 
+def _no_views(family: str, images: Tensor, settings: Any) -> list:
+    return []
+
+
+def _no_modules(family: str, net: nn.Module, settings: Any, ctx: BuildContext) -> None:
+    return None
+
+
+def _no_terms(family: str, ctx: LossContext, settings: Any) -> tuple[dict[str, Tensor], Optional[Tensor]]:
+    return {}, None
+
+
 @dataclass(frozen=True)
 class Addon:
     """An add-on. switches: switch key of its section -> the families it serves (e.g. HFPL:
@@ -84,9 +96,9 @@ class Addon:
     name: str
     settings: type
     switches: Mapping[str, tuple[str, ...]]
-    attach: Callable[[str, nn.Module, Any, BuildContext], None] = lambda family, net, s, ctx: None
-    views: Callable[[str, Tensor, Any], list] = lambda family, images, s: []
-    loss_terms: Callable[[str, LossContext, Any], tuple[dict[str, Tensor], Tensor]] = None  # type: ignore[assignment]
+    attach: Callable[[str, nn.Module, Any, BuildContext], None] = _no_modules
+    views: Callable[[str, Tensor, Any], list] = _no_views
+    loss_terms: Callable[[str, LossContext, Any], tuple[dict[str, Tensor], Optional[Tensor]]] = _no_terms
     hints: Mapping[str, str] = field(default_factory=dict)
 
     def key(self, switch: str) -> str:
@@ -214,5 +226,6 @@ def addon_loss_terms(cfg: Any, family: str, ctx: LossContext, parts: dict[str, T
             ctx.view_outputs = tuple(view_outputs[where[addon.name]])
         new_parts, term = addon.loss_terms(family, ctx, settings)
         parts.update(new_parts)
-        extra = term if extra is None else extra + term
+        if term is not None:
+            extra = term if extra is None else extra + term
     return extra

@@ -65,7 +65,9 @@ def cam_family_loss(model: nn.Module, core: CAMNet, batch: dict, cfg: Experiment
     if enabled_addons(cfg):
         ctx = LossContext(model=model, core=core, batch=batch, epoch=epoch, maps=cams, features=out.features,
                           base=parts["cls"], output=out)
-        total = total + addon_loss_terms(cfg, "cam", ctx, parts, view_outputs, where)
+        extra = addon_loss_terms(cfg, "cam", ctx, parts, view_outputs, where)
+        if extra is not None:
+            total = total + extra
     return total, {k: v.detach() for k, v in parts.items()}
 
 

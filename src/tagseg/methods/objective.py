@@ -101,7 +101,9 @@ def patch_classifier_loss(model: nn.Module, core: PatchClassifierNet, batch: dic
                           maps=z.transpose(1, 2).reshape(b, -1, h, w), features=features.permute(0, 3, 1, 2),
                           base=parts["mce"], output=out, scores=scores,
                           class_loss=lambda s: multilabel_ce(s, labels))
-        total = total + addon_loss_terms(experiment, "patch", ctx, parts)
+        extra = addon_loss_terms(experiment, "patch", ctx, parts)
+        if extra is not None:
+            total = total + extra
     return total, {k: v.detach() for k, v in parts.items()}
 
 
