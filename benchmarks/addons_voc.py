@@ -46,7 +46,7 @@ from tagseg.data.build import build_index
 from tagseg.data.views import image_to_tensor
 from tagseg.evaluation.contour import ContourFAccumulator, j_and_f
 from tagseg.evaluation.miou import ConfusionMatrix
-from tagseg.families import get_family
+from tagseg.methods.families import get_family
 from tagseg.methods.cam_objective import cam_pseudo_mask, normalised_cams_for_image
 from tagseg.pseudo.inference import load_trained_model
 from tagseg.training.trainer import Trainer

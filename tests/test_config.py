@@ -42,3 +42,14 @@ def test_invalid_configs_are_rejected(override, match):
 def test_unknown_config_name():
     with pytest.raises(ConfigError, match="shipped configs"):
         load_config("nope")
+
+
+def test_experiment_checks_the_family_and_round_trips():
+    from tagseg.experiment import experiment_from_yaml, load_experiment
+
+    with pytest.raises(ConfigError, match=r"model.family='nope': choose one of \['cam', 'patch'\]"):
+        load_experiment("tkpcl_voc", ["model.family=nope"])
+    cfg = load_experiment("cam_voc", ["addons.ppc.enabled=true"])
+    assert experiment_from_yaml(config_to_yaml(cfg)) == cfg
+    # the plain loader does not need the registries, so it leaves the family to load_experiment
+    assert load_config("tkpcl_voc", ["model.family=nope"]).model.family == "nope"

@@ -29,7 +29,7 @@ from tagseg.segmentation.inference import load_segmenter, model_metadata, multis
 from tagseg.segmentation.models import DeepLabV2Head, DeepLabV3PlusHead, build_segmenter
 from tagseg.segmentation.predict import colour_overlay, run_predict
 from tagseg.segmentation.trainer import SegmentationTrainer, build_optimizer, poly_lr, segmentation_loss, set_lr
-from tagseg.training.checkpoint import list_checkpoints, save_final_model
+from tagseg.engine.checkpoint import list_checkpoints, save_final_model
 
 TINY = ["data.dataset=voc", "data.train_split=train", "data.val_split=val", "data.num_workers=0",
         "model.encoder=test_resnet", "model.pretrained=false", "model.aspp_channels=16",
@@ -277,6 +277,17 @@ def test_resume_continues_exactly(tmp_path):
     # 5 images, batch 2 -> 3 steps per epoch, 6 in all; the last step of epoch 1 is step index 2
     assert history[0]["step"] == 3 and history[0]["lr_last"] == pytest.approx(cfg.train.lr * (1 - 2 / 6) ** 0.9)
     assert (tmp_path / "full" / "tb").is_dir() and (tmp_path / "full" / "config.yaml").is_file()
+
+
+def test_resume_refuses_another_configuration(tmp_path):
+    tiny_voc(tmp_path / "voc", n=3)
+    SegmentationTrainer(tiny_config(tmp_path / "voc"), tmp_path / "run", show_progress=False).fit(stop_after_epoch=1)
+    with pytest.raises(TrainingError, match=r"train.head_lr_mult: 1.0 -> 5.0"):
+        SegmentationTrainer(tiny_config(tmp_path / "voc", "train.head_lr_mult=5"), tmp_path / "run", resume=True,
+                            show_progress=False).fit()
+    # settings that do not change the training (logging, workers) may change
+    SegmentationTrainer(tiny_config(tmp_path / "voc", "train.log_every=3"), tmp_path / "run", resume=True,
+                        show_progress=False).fit()
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path, monkeypatch):

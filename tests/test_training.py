@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from fixtures import make_voc
 from tagseg.config import load_config
 from tagseg.errors import TrainingError
-from tagseg.training.checkpoint import list_checkpoints
+from tagseg.engine.checkpoint import list_checkpoints
 from tagseg.training.trainer import Trainer
 
 TINY = [
@@ -69,7 +69,7 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path / "voc")
     import dataclasses
 
-    from tagseg import families
+    from tagseg.methods import families
 
     real = families.get_family("patch").loss
     calls = {"n": 0}
@@ -111,7 +111,7 @@ def test_frozen_encoder_reuse_gives_the_same_target():
     from tagseg.methods.objective import eval_mode_probs
     from tagseg.models.patch_classifier import build_patch_classifier
     from tagseg.config import ModelConfig
-    from tagseg.training.phases import Phase, apply_phase
+    from tagseg.engine.phases import Phase, apply_phase
 
     torch.manual_seed(0)
     core = build_patch_classifier(ModelConfig(encoder="test_resnet", lstm_hidden=8), 4, 64)

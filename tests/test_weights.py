@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from tagseg.errors import ConfigError, TagsegError
-from tagseg.models.weights import build_timm_model, load_into, load_local_weights, read_state_dict
+from tagseg.models.factory import build_timm_model
+from tagseg.models.weights import load_into, load_local_weights, read_state_dict
 
 SMALL = "test_efficientnet"
 

@@ -86,7 +86,7 @@ def _resolve_run_config(run: Path, overrides: Sequence[str]):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tagseg.config import load_config
-    from tagseg.training.checkpoint import ensure_fresh_run_dir
+    from tagseg.engine.checkpoint import ensure_fresh_run_dir
     from tagseg.training.trainer import Trainer
 
     if Path(args.config).stem.startswith("segment"):
@@ -105,7 +105,7 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
     from tagseg.data.build import build_index
     from tagseg.pseudo.generate import generate_pseudo_masks
     from tagseg.pseudo.inference import load_trained_model
-    from tagseg.training.distributed import DistInfo, resolve_device
+    from tagseg.engine.distributed import DistInfo, resolve_device
 
     run = Path(args.run)
     overrides = [*args.overrides, *([f"pseudo.crf={args.crf}"] if args.crf else [])]

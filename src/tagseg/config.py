@@ -45,7 +45,7 @@ class DataConfig:
 class ModelConfig:
     """Patch encoder (timm) + HV-BiLSTM + softmax patch classifier (METHODS.md §1).
 
-    family: which kind of network ('patch' = the patch-classifier family; see tagseg.families).
+    family: which kind of network ('patch' = the patch-classifier family; see tagseg.methods.families).
     """
 
     family: str = "patch"
@@ -133,74 +133,6 @@ class CAMConfig:
 
 
 @dataclass
-class PPCAddonConfig:
-    """Pixel-to-prototype contrast (METHODS.md §2); CAM family and patch family."""
-
-    enabled: bool = False
-    proj_dim: int = 128
-    view2_size: int = 128  # px; multiple of 16
-    bg_score: float = 0.2  # constant background score of PPC's pseudo labels (CAM family)
-    top_k: int = 32  # K_p: pixels per prototype
-    temperature: float = 0.1
-    cross_weight: float = 0.1
-    intra_weight: float = 0.1
-    hard_negative_fraction: float = 0.6
-    negative_keep_fraction: float = 0.5
-    negative_selection: str = "random"  # random | less_hard
-    hard_pixel_fraction: float = 0.5
-    max_pixels_per_class: Optional[int] = None
-
-
-@dataclass
-class HFPLAddonConfig:
-    """Importance sampling (ISL) and feature similarity (FSL) (METHODS.md §3).
-
-    ISL: CAM family L_cls = (1−λ)·BCE(GAP) + λ·ISL; patch family (1−λ)·MCE(pooling) +
-    λ·MCE(importance pooling). FSL: CAM family only.
-    """
-
-    isl: bool = False
-    fsl: bool = False
-    lam: float = 0.2
-    n_samples: int = 10  # N
-    sigma: float = 5.0
-    mu: float = 2.5
-    fsl_weight: float = 1.0
-    block: int = 1024  # map cells per block of the FSL pair sums
-    window: Optional[float] = None  # FSL pairs within window·σ cells; None = all pairs (exact)
-
-
-@dataclass
-class RCAAddonConfig:
-    """Regional semantic contrast and aggregation (METHODS.md §4).
-
-    CAM family: memory bank, region mixup contrast, k-means prototypes and the aggregation head.
-    Patch family: the region contrast on patch features only (no aggregation head).
-    """
-
-    enabled: bool = False
-    capacity: int = 500  # regions per class in the memory bank
-    momentum: float = 0.99  # γ
-    score_threshold: float = 0.7  # ν
-    temperature: float = 0.07
-    mixup_alpha: float = 8.0  # ω ~ Beta(a, a)
-    prototypes_per_class: int = 10
-    kmeans_iters: int = 50
-    aux_weight: float = 0.4  # L_CE(GAP(P)) (CAM family)
-    contrast_weight: float = 0.01  # L_RM
-    contrast_start_epoch: int = 1  # 0-based: L_RM off in the first epoch
-
-
-@dataclass
-class AddonsConfig:
-    """Switchable add-ons: each is turned on by one key (ppc.enabled, hfpl.isl, hfpl.fsl, rca.enabled)."""
-
-    ppc: PPCAddonConfig = field(default_factory=PPCAddonConfig)
-    hfpl: HFPLAddonConfig = field(default_factory=HFPLAddonConfig)
-    rca: RCAAddonConfig = field(default_factory=RCAAddonConfig)
-
-
-@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     seed: int = 0
@@ -211,7 +143,9 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     cam: CAMConfig = field(default_factory=CAMConfig)
-    addons: AddonsConfig = field(default_factory=AddonsConfig)
+    # add-on sections by name (addons.ppc, addons.hfpl, addons.rca, ...): free-form here, turned into
+    # each add-on's own settings (and checked key by key) by tagseg.addons.registry.resolve_addons
+    addons: dict[str, Any] = field(default_factory=dict)
 
 
 def shipped_configs() -> list[str]:
@@ -238,7 +172,8 @@ def load_config(name_or_path: str | None = None, overrides: Sequence[str] = (),
 
     schema_class: the dataclass to resolve into (default :class:`ExperimentConfig`, validated by
     :func:`validate_config`; other schemas pass their own ``validate``). Unknown keys and values
-    of the wrong type raise ConfigError naming the key.
+    of the wrong type raise ConfigError naming the key. The model family and the add-on sections
+    are checked (and the add-on sections typed) by :func:`tagseg.experiment.load_experiment`.
     """
     if schema_class is None:
         schema_class, validate = ExperimentConfig, validate_config
@@ -276,10 +211,11 @@ def to_dict(cfg: Any) -> dict:
 
 
 def validate_config(cfg: ExperimentConfig) -> None:
-    """Reject contradictory or out-of-range settings at start-up, naming the key."""
-    from tagseg.families import get_family
+    """Reject contradictory or out-of-range settings at start-up, naming the key.
 
-    get_family(cfg.model.family)  # ConfigError naming the known families
+    Only the checks that need nothing but this module; the model family and the add-ons are
+    checked by :func:`tagseg.experiment.validate_experiment`.
+    """
     if cfg.model.cnn_grid not in ("dilated", "cut"):
         raise ConfigError(f"model.cnn_grid={cfg.model.cnn_grid!r}: choose dilated or cut")
     m, d, t = cfg.method, cfg.data, cfg.train
@@ -322,117 +258,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"pseudo.scales={cfg.pseudo.scales}: need positive scales")
     if not 0.0 <= cfg.pseudo.bg_threshold <= 1.0:
         raise ConfigError(f"pseudo.bg_threshold={cfg.pseudo.bg_threshold}: must be in [0, 1]")
-    validate_family_and_addons(cfg)
-
-
-# Which add-on each family can serve (METHODS.md §2-4); 'ppc', 'isl', 'fsl', 'rca'.
-ADDONS_BY_FAMILY: dict[str, tuple[str, ...]] = {
-    "cam": ("ppc", "isl", "fsl", "rca"),
-    "patch": ("ppc", "isl", "rca"),
-}
-_ADDON_KEYS = {"ppc": "addons.ppc.enabled", "isl": "addons.hfpl.isl", "fsl": "addons.hfpl.fsl",
-               "rca": "addons.rca.enabled"}
-
-
-def enabled_addons(cfg: ExperimentConfig) -> list[str]:
-    """The add-ons switched on in ``cfg``, in the order ppc, isl, fsl, rca."""
-    a = cfg.addons
-    on = {"ppc": a.ppc.enabled, "isl": a.hfpl.isl, "fsl": a.hfpl.fsl, "rca": a.rca.enabled}
-    return [name for name, flag in on.items() if flag]
-
-
-def validate_family_and_addons(cfg: ExperimentConfig) -> None:
-    """Reject add-ons on a family that cannot serve them, out-of-range add-on settings and
-    patch-family loss terms on the CAM family; every message names the key."""
-    family = cfg.model.family
-    served = ADDONS_BY_FAMILY.get(family, ())
-    for name in enabled_addons(cfg):
-        if name not in served:
-            hint = "; FSL needs CAM score maps: use model.family=cam" if name == "fsl" else ""
-            raise ConfigError(f"{_ADDON_KEYS[name]}=true: the {name.upper()} add-on is not available for "
-                              f"model.family={family!r} (it serves: {', '.join(served) or 'none'}{hint})")
-    c, m = cfg.cam, cfg.method
+    c = cfg.cam
     if c.output_stride not in (8, 16):
         raise ConfigError(f"cam.output_stride={c.output_stride}: choose 16 or 8")
     if c.inference_cam not in ("auto", "base", "aggregated"):
         raise ConfigError(f"cam.inference_cam={c.inference_cam!r}: choose auto, base or aggregated")
-    if family == "cam":
-        wrong = [f"{k}={v}" for k, v, ok in (("method.pooling", m.pooling, m.pooling == "avg"),
-                                             ("method.pce_weight", m.pce_weight, m.pce_weight == 0),
-                                             ("method.et_weight", m.et_weight, m.et_weight == 0),
-                                             ("method.l2_weight", m.l2_weight, m.l2_weight == 0)) if not ok]
-        if wrong:
-            raise ConfigError(f"model.family=cam uses GAP and the soft-margin loss only: {', '.join(wrong)} "
-                              "(patch-family settings); set method.pooling=avg method.pce_weight=0 method.et_weight=0 "
-                              "method.l2_weight=0 (the shipped cam_voc config does)")
-        if c.inference_cam == "aggregated" and not cfg.addons.rca.enabled:
-            raise ConfigError("cam.inference_cam=aggregated needs the RCA aggregation head: "
-                              "set addons.rca.enabled=true")
-    elif c.output_stride != 16:
-        raise ConfigError(f"cam.output_stride={c.output_stride}: only the CAM family (model.family=cam) "
-                          "has a stride-8 variant")
-    elif c.inference_cam == "aggregated":
-        raise ConfigError("cam.inference_cam=aggregated: only the CAM family has an aggregation head")
-    _validate_addon_values(cfg)
-
-
-def _positive(key: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{key}={value}: must be > 0")
-
-
-def _non_negative(key: str, value: float) -> None:
-    if value < 0:
-        raise ConfigError(f"{key}={value}: must be >= 0")
-
-
-def _in_unit(key: str, value: float, low_open: bool = False, high_open: bool = False) -> None:
-    ok = (value > 0 if low_open else value >= 0) and (value < 1 if high_open else value <= 1)
-    if not ok:
-        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-        raise ConfigError(f"{key}={value}: must be in {lo}0, 1{hi}")
-
-
-def _validate_addon_values(cfg: ExperimentConfig) -> None:
-    """Range checks of every add-on setting, whether or not the add-on is switched on."""
-    p, h, r = cfg.addons.ppc, cfg.addons.hfpl, cfg.addons.rca
-    _positive("addons.ppc.proj_dim", p.proj_dim)
-    if p.view2_size < 16 or p.view2_size % 16:
-        raise ConfigError(f"addons.ppc.view2_size={p.view2_size}: must be a positive multiple of 16")
-    _in_unit("addons.ppc.bg_score", p.bg_score)
-    _positive("addons.ppc.top_k", p.top_k)
-    _positive("addons.ppc.temperature", p.temperature)
-    _non_negative("addons.ppc.cross_weight", p.cross_weight)
-    _non_negative("addons.ppc.intra_weight", p.intra_weight)
-    _in_unit("addons.ppc.hard_negative_fraction", p.hard_negative_fraction, low_open=True)
-    _in_unit("addons.ppc.negative_keep_fraction", p.negative_keep_fraction, low_open=True)
-    _in_unit("addons.ppc.hard_pixel_fraction", p.hard_pixel_fraction)
-    if p.negative_selection not in ("random", "less_hard"):
-        raise ConfigError(f"addons.ppc.negative_selection={p.negative_selection!r}: choose random or less_hard")
-    if p.max_pixels_per_class is not None:
-        _positive("addons.ppc.max_pixels_per_class", p.max_pixels_per_class)
-
-    _in_unit("addons.hfpl.lam", h.lam)
-    if h.n_samples < 1:
-        raise ConfigError(f"addons.hfpl.n_samples={h.n_samples}: importance sampling needs N >= 1 samples")
-    _positive("addons.hfpl.sigma", h.sigma)
-    if h.mu != h.mu or abs(h.mu) == float("inf"):
-        raise ConfigError(f"addons.hfpl.mu={h.mu}: must be finite")
-    _non_negative("addons.hfpl.fsl_weight", h.fsl_weight)
-    _positive("addons.hfpl.block", h.block)
-    if h.window is not None:
-        _positive("addons.hfpl.window", h.window)
-
-    if r.capacity < 1:
-        raise ConfigError(f"addons.rca.capacity={r.capacity}: the memory bank needs room for at least 1 region "
-                          "per class")
-    _in_unit("addons.rca.momentum", r.momentum, high_open=True)
-    _in_unit("addons.rca.score_threshold", r.score_threshold)
-    _positive("addons.rca.temperature", r.temperature)
-    _positive("addons.rca.mixup_alpha", r.mixup_alpha)
-    _positive("addons.rca.prototypes_per_class", r.prototypes_per_class)
-    _positive("addons.rca.kmeans_iters", r.kmeans_iters)
-    _non_negative("addons.rca.aux_weight", r.aux_weight)
-    _non_negative("addons.rca.contrast_weight", r.contrast_weight)
-    if r.contrast_start_epoch < 0:
-        raise ConfigError(f"addons.rca.contrast_start_epoch={r.contrast_start_epoch}: must be >= 0")

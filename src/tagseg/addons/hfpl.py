@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tagseg.addons.registry import Addon, LossContext, register_addon
 from tagseg.errors import ConfigError, TagsegError
 
 SAMPLING_EPS = 1e-5
@@ -39,37 +41,40 @@ BCE_CLAMP = 1e-7
 
 @dataclass(frozen=True)
 class HFPLConfig:
-    """HFPL hyper-parameters (defaults from §3).
+    """The ``addons.hfpl`` section: switches and hyper-parameters (defaults from §3).
 
-    ``fsl_weight`` (the factor of L_fs in :func:`hfpl_loss`) is not fixed by the
-    specification; 1.0 is the project default. ``block`` is the number of map cells
-    per block in the FSL computation; ``window`` (None = all pairs) truncates the FSL
-    at ``window * sigma`` cells.
+    ``isl``: importance sampling (CAM family: L_cls = (1−λ)·BCE(GAP) + λ·ISL; patch family:
+    (1−λ)·MCE(pooling) + λ·MCE(importance pooling)); ``fsl``: feature similarity (CAM family only).
+    ``fsl_weight`` (the factor of L_fs) is not fixed by the specification; 1.0 is the project
+    default. ``block`` is the number of map cells per block in the FSL computation; ``window``
+    (None = all pairs) truncates the FSL at ``window * sigma`` cells.
     """
 
+    isl: bool = False
+    fsl: bool = False
     lam: float = 0.2
-    n_samples: int = 10
+    n_samples: int = 10  # N
     sigma: float = 5.0
     mu: float = 2.5
     fsl_weight: float = 1.0
-    block: int = 1024
-    window: float | None = None
+    block: int = 1024  # map cells per block of the FSL pair sums
+    window: Optional[float] = None  # FSL pairs within window·σ cells; None = all pairs (exact)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lam <= 1.0:
-            raise ConfigError(f"HFPL lam must lie in [0, 1], got {self.lam}")
+            raise ConfigError(f"addons.hfpl.lam={self.lam}: must be in [0, 1]")
         if self.n_samples <= 0:
-            raise ConfigError(f"HFPL n_samples must be positive, got {self.n_samples}")
+            raise ConfigError(f"addons.hfpl.n_samples={self.n_samples}: importance sampling needs N >= 1 samples")
         if not self.sigma > 0:
-            raise ConfigError(f"HFPL sigma must be > 0, got {self.sigma}")
+            raise ConfigError(f"addons.hfpl.sigma={self.sigma}: must be > 0")
         if not math.isfinite(self.mu):
-            raise ConfigError(f"HFPL mu must be finite, got {self.mu}")
+            raise ConfigError(f"addons.hfpl.mu={self.mu}: must be finite")
         if self.fsl_weight < 0:
-            raise ConfigError(f"HFPL fsl_weight must be >= 0, got {self.fsl_weight}")
+            raise ConfigError(f"addons.hfpl.fsl_weight={self.fsl_weight}: must be >= 0")
         if self.block <= 0:
-            raise ConfigError(f"HFPL block must be positive, got {self.block}")
+            raise ConfigError(f"addons.hfpl.block={self.block}: must be > 0")
         if self.window is not None and not self.window > 0:
-            raise ConfigError(f"HFPL window must be > 0 or None, got {self.window}")
+            raise ConfigError(f"addons.hfpl.window={self.window}: must be > 0 or None")
 
 
 def channel_targets(maps: Tensor, labels: Tensor, has_background: bool) -> Tensor:
@@ -325,3 +330,28 @@ def hfpl_loss(
     )
     total = cls + cfg.fsl_weight * fsl
     return total, {"cls": cls.detach(), "fsl": fsl.detach(), "total": total.detach()}
+
+
+# ----------------------------------------------------------------------------- plug-in
+
+
+def _loss_terms(family: str, ctx: LossContext, s: HFPLConfig) -> tuple[dict[str, Tensor], Tensor]:
+    """ISL replaces the classification loss L by (1−λ)·L + λ·ISL (added as λ·(ISL − L)); FSL adds
+    fsl_weight·L_fs. CAM family: ctx.maps are the K−1 raw CAMs; patch family: the K probabilities Z."""
+    parts: dict[str, Tensor] = {}
+    extra = ctx.base.new_zeros(())
+    if s.isl:
+        if family == "cam":
+            parts["isl"] = importance_sampling_loss(ctx.maps, ctx.labels, s.n_samples)
+        else:
+            parts["isl"] = ctx.class_loss(importance_pooling(ctx.maps, s.n_samples))
+        extra = extra + s.lam * (parts["isl"] - ctx.base)
+    if s.fsl:
+        parts["fsl"] = feature_similarity_loss(ctx.maps, ctx.labels, ctx.images, s.sigma, s.mu, s.block, s.window)
+        extra = extra + s.fsl_weight * parts["fsl"]
+    return parts, extra
+
+
+ADDON = register_addon(Addon(
+    name="hfpl", settings=HFPLConfig, switches={"isl": ("cam", "patch"), "fsl": ("cam",)},
+    loss_terms=_loss_terms, hints={"fsl": "FSL needs CAM score maps: use model.family=cam"}))

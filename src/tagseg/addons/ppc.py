@@ -45,11 +45,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tagseg.addons.registry import Addon, BuildContext, LossContext, register_addon
 from tagseg.errors import ConfigError, TagsegError
 
 _NEGATIVE_SELECTIONS = ("random", "less_hard")
@@ -57,52 +59,47 @@ _NEGATIVE_SELECTIONS = ("random", "less_hard")
 
 @dataclass(frozen=True)
 class PPCConfig:
-    """PPC hyper-parameters (defaults from the method specification §2)."""
+    """The ``addons.ppc`` section: switch and hyper-parameters (defaults from §2)."""
 
+    enabled: bool = False
     proj_dim: int = 128
-    view2_size: int = 128
-    bg_score: float = 0.2
-    top_k: int = 32
+    view2_size: int = 128  # px; multiple of 16
+    bg_score: float = 0.2  # constant background score of PPC's pseudo labels (CAM family)
+    top_k: int = 32  # K_p: pixels per prototype
     temperature: float = 0.1
     cross_weight: float = 0.1
     intra_weight: float = 0.1
     hard_negative_fraction: float = 0.6
     negative_keep_fraction: float = 0.5
-    negative_selection: str = "random"
+    negative_selection: str = "random"  # random | less_hard
     hard_pixel_fraction: float = 0.5
-    max_pixels_per_class: int | None = None
+    max_pixels_per_class: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.proj_dim <= 0:
-            raise ConfigError(f"PPC proj_dim must be positive, got {self.proj_dim}")
-        if self.view2_size <= 0:
-            raise ConfigError(f"PPC view2_size must be positive, got {self.view2_size}")
+            raise ConfigError(f"addons.ppc.proj_dim={self.proj_dim}: must be > 0")
+        if self.view2_size < 16 or self.view2_size % 16:
+            raise ConfigError(f"addons.ppc.view2_size={self.view2_size}: must be a positive multiple of 16")
         if not 0.0 <= self.bg_score <= 1.0:
-            raise ConfigError(f"PPC bg_score must lie in [0, 1], got {self.bg_score}")
+            raise ConfigError(f"addons.ppc.bg_score={self.bg_score}: must be in [0, 1]")
         if self.top_k <= 0:
-            raise ConfigError(f"PPC top_k (prototype pixels) must be positive, got {self.top_k}")
+            raise ConfigError(f"addons.ppc.top_k={self.top_k}: prototype pixels must be > 0")
         if not self.temperature > 0:
-            raise ConfigError(f"PPC temperature must be > 0, got {self.temperature}")
-        if self.cross_weight < 0 or self.intra_weight < 0:
-            raise ConfigError(
-                f"PPC weights must be >= 0, got cross_weight={self.cross_weight}, "
-                f"intra_weight={self.intra_weight}"
-            )
+            raise ConfigError(f"addons.ppc.temperature={self.temperature}: must be > 0")
+        for name in ("cross_weight", "intra_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"addons.ppc.{name}={getattr(self, name)}: must be >= 0")
         for name in ("hard_negative_fraction", "negative_keep_fraction"):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
-                raise ConfigError(f"PPC {name} must lie in (0, 1], got {value}")
+                raise ConfigError(f"addons.ppc.{name}={value}: must be in (0, 1]")
         if not 0.0 <= self.hard_pixel_fraction <= 1.0:
-            raise ConfigError(f"PPC hard_pixel_fraction must lie in [0, 1], got {self.hard_pixel_fraction}")
+            raise ConfigError(f"addons.ppc.hard_pixel_fraction={self.hard_pixel_fraction}: must be in [0, 1]")
         if self.negative_selection not in _NEGATIVE_SELECTIONS:
-            raise ConfigError(
-                f"PPC negative_selection must be one of {_NEGATIVE_SELECTIONS}, "
-                f"got {self.negative_selection!r}"
-            )
+            raise ConfigError(f"addons.ppc.negative_selection={self.negative_selection!r}: "
+                              f"choose {' or '.join(_NEGATIVE_SELECTIONS)}")
         if self.max_pixels_per_class is not None and self.max_pixels_per_class <= 0:
-            raise ConfigError(
-                f"PPC max_pixels_per_class must be positive or None, got {self.max_pixels_per_class}"
-            )
+            raise ConfigError(f"addons.ppc.max_pixels_per_class={self.max_pixels_per_class}: must be > 0 or None")
 
 
 class PPCProjector(nn.Module):
@@ -395,3 +392,36 @@ def ppc_loss(
         "total": total.detach(),
     }
     return total, parts
+
+
+# ----------------------------------------------------------------------------- plug-in
+# CAM family: the projector ``projector`` on the backbone features; view 2 runs in the family's
+# forward pass; the CAMs with a constant background give the pseudo labels.
+# Patch family: ``ppc_projector`` on the patch features f; view 2 is a second forward pass; Z
+# (background included) gives the pseudo labels.
+
+
+def _attach(family: str, net: nn.Module, s: PPCConfig, ctx: BuildContext) -> None:
+    setattr(net, "projector" if family == "cam" else "ppc_projector", PPCProjector(ctx.feature_dim, s.proj_dim))
+
+
+def _views(family: str, images: Tensor, s: PPCConfig) -> list[Tensor]:
+    return [make_ppc_view2(images, s.view2_size)] if family == "cam" else []
+
+
+def _loss_terms(family: str, ctx: LossContext, s: PPCConfig) -> tuple[dict[str, Tensor], Tensor]:
+    if family == "cam":
+        out, (out2,) = ctx.output, ctx.view_outputs
+        loss, _ = ppc_loss(out.embeddings.float(), ctx.maps, out2.embeddings.float(), out2.cams.float(),
+                           ctx.labels, s)
+    else:
+        out2 = ctx.model(make_ppc_view2(ctx.images, s.view2_size))
+        z2 = out2.logits.float().softmax(dim=-1).permute(0, 3, 1, 2)
+        v1 = ctx.core.ppc_projector(ctx.features)
+        v2 = ctx.core.ppc_projector(out2.features.permute(0, 3, 1, 2))
+        loss, _ = ppc_loss(v1.float(), ctx.maps, v2.float(), z2, ctx.labels, s, has_background=True)
+    return {"ppc": loss}, loss
+
+
+ADDON = register_addon(Addon(name="ppc", settings=PPCConfig, switches={"enabled": ("cam", "patch")},
+                             attach=_attach, views=_views, loss_terms=_loss_terms))

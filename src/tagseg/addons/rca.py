@@ -25,50 +25,52 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tagseg.addons.registry import Addon, BuildContext, LossContext, register_addon
 from tagseg.errors import ConfigError, TagsegError
 from tagseg.addons.hfpl import channel_targets
 
 
 @dataclass(frozen=True)
 class RCAConfig:
-    """RCA hyper-parameters (defaults from §4; ``mixup_alpha`` is the Beta(a, a) parameter).
+    """The ``addons.rca`` section: switch and hyper-parameters (defaults from §4; ``mixup_alpha``
+    is the Beta(a, a) parameter).
 
+    CAM family: memory bank, region mixup contrast, k-means prototypes and the aggregation head.
+    Patch family: the region contrast on patch features only (no aggregation head).
     ``contrast_start_epoch`` is 0-based: the default 1 switches L_RM off in the first epoch.
     """
 
-    capacity: int = 500
-    momentum: float = 0.99
-    score_threshold: float = 0.7
+    enabled: bool = False
+    capacity: int = 500  # regions per class in the memory bank
+    momentum: float = 0.99  # γ
+    score_threshold: float = 0.7  # ν
     temperature: float = 0.07
-    mixup_alpha: float = 8.0
+    mixup_alpha: float = 8.0  # ω ~ Beta(a, a)
     prototypes_per_class: int = 10
     kmeans_iters: int = 50
-    aux_weight: float = 0.4
-    contrast_weight: float = 0.01
-    contrast_start_epoch: int = 1
+    aux_weight: float = 0.4  # L_CE(GAP(P)) (CAM family)
+    contrast_weight: float = 0.01  # L_RM
+    contrast_start_epoch: int = 1  # 0-based: L_RM off in the first epoch
 
     def __post_init__(self) -> None:
         if self.capacity <= 0:
-            raise ConfigError(f"RCA memory capacity must be positive, got {self.capacity}")
+            raise ConfigError(f"addons.rca.capacity={self.capacity}: the memory bank needs room for at least "
+                              "1 region per class")
         if not 0.0 <= self.momentum < 1.0:
-            raise ConfigError(f"RCA momentum must lie in [0, 1), got {self.momentum}")
+            raise ConfigError(f"addons.rca.momentum={self.momentum}: must be in [0, 1)")
         if not 0.0 <= self.score_threshold <= 1.0:
-            raise ConfigError(f"RCA score_threshold must lie in [0, 1], got {self.score_threshold}")
-        if not self.temperature > 0:
-            raise ConfigError(f"RCA temperature must be > 0, got {self.temperature}")
-        if not self.mixup_alpha > 0:
-            raise ConfigError(f"RCA mixup_alpha must be > 0, got {self.mixup_alpha}")
-        if self.prototypes_per_class <= 0:
-            raise ConfigError(f"RCA prototypes_per_class must be positive, got {self.prototypes_per_class}")
-        if self.kmeans_iters <= 0:
-            raise ConfigError(f"RCA kmeans_iters must be positive, got {self.kmeans_iters}")
-        if self.aux_weight < 0 or self.contrast_weight < 0:
-            raise ConfigError(
-                f"RCA weights must be >= 0, got aux_weight={self.aux_weight}, "
-                f"contrast_weight={self.contrast_weight}"
-            )
+            raise ConfigError(f"addons.rca.score_threshold={self.score_threshold}: must be in [0, 1]")
+        for name in ("temperature", "mixup_alpha"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"addons.rca.{name}={getattr(self, name)}: must be > 0")
+        for name in ("prototypes_per_class", "kmeans_iters"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"addons.rca.{name}={getattr(self, name)}: must be > 0")
+        for name in ("aux_weight", "contrast_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"addons.rca.{name}={getattr(self, name)}: must be >= 0")
         if self.contrast_start_epoch < 0:
-            raise ConfigError(f"RCA contrast_start_epoch must be >= 0, got {self.contrast_start_epoch}")
+            raise ConfigError(f"addons.rca.contrast_start_epoch={self.contrast_start_epoch}: must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -437,3 +439,80 @@ def rca_total_loss(
         total = total + cfg.contrast_weight * rm_loss
     rm_part = rm_loss.detach() if use_rm else torch.zeros((), dtype=total.dtype, device=total.device)
     return total, {"ce_o": ce_o.detach(), "ce_p": ce_p.detach(), "rm": rm_part, "total": total.detach()}
+
+
+# ----------------------------------------------------------------------------- plug-in
+
+
+def rca_terms(memory: RegionMemoryBank, cams: Tensor, cams_aggregated: Tensor | None, features: Tensor,
+              labels: Tensor, image_ids: Tensor, epoch: int, cfg: RCAConfig, *, has_background: bool = False,
+              image_scores: Tensor | None = None) -> dict[str, Tensor]:
+    """RCA's loss terms for one batch, then the memory-bank update with the batch's regions.
+
+    cams (B, C, h, w) give the regions (C = K−1 foreground maps, or K maps with
+    ``has_background``); features (B, D, h, w) are pooled over them; cams_aggregated (B, C, h, w)
+    or None (no aggregation head). image_scores (B, C) in [0, 1] decide which regions enter the
+    bank (default sigmoid(GAP(cams))). Returns 'rca_aux' (absent without an aggregation head) and
+    'rca_rm' (0 before ``cfg.contrast_start_epoch``). L_RM is computed against the bank as it was
+    before this batch's update.
+    """
+    terms: dict[str, Tensor] = {}
+    if cams_aggregated is not None:
+        terms["rca_aux"] = gap_multilabel_loss(cams_aggregated.float(), labels, has_background=has_background)
+    regions = region_embeddings(features.float(), cams.float(), labels, has_background=has_background)
+    if epoch >= cfg.contrast_start_epoch:
+        terms["rca_rm"] = region_mixup_loss(regions, memory, cfg.temperature, alpha=cfg.mixup_alpha)
+    else:
+        terms["rca_rm"] = features.new_zeros((), dtype=torch.float32)
+    with torch.no_grad():
+        if image_scores is None:
+            image_scores = torch.sigmoid(cams.float().mean(dim=(2, 3)))
+        scores = image_scores[regions.batch_index, regions.channels]
+        memory.update(regions.embeddings.detach(), regions.channels,
+                      image_ids.to(regions.channels.device)[regions.batch_index], scores)
+    return terms
+
+
+def batch_image_ids(batch: dict) -> Tensor:
+    """The dataset indices of a batch (RCA's image ids), (B,) long."""
+    ids = batch.get("index")
+    if ids is None:
+        raise TagsegError("RCA needs the dataset index of every image in the batch (item 'index')")
+    return torch.as_tensor(ids, dtype=torch.long)
+
+
+def _attach(family: str, net: nn.Module, s: RCAConfig, ctx: BuildContext) -> None:
+    """CAM family: ``aggregation`` head (prototypes kept in the model file) + ``memory`` bank, k-means
+    prototypes at the end of every epoch; patch family: ``rca_memory`` only. The bank is released
+    after the last training epoch (it stays in checkpoints, not in the final model file)."""
+    fg = ctx.num_classes - 1
+    memory = RegionMemoryBank(fg, ctx.feature_dim, s.capacity, s.momentum, s.score_threshold)
+    if family == "cam":
+        net.aggregation = RCAAggregation(ctx.feature_dim, fg, s.prototypes_per_class)
+        net.memory = memory
+    else:
+        net.rca_memory = memory
+
+    @torch.no_grad()
+    def on_epoch_end(epoch: int) -> None:
+        if family == "cam":
+            net.aggregation.update_prototypes(memory, iters=s.kmeans_iters, seed=ctx.seed * 100_003 + 1000 * epoch)
+        if ctx.last_epoch is not None and epoch >= ctx.last_epoch:
+            memory.release()
+
+    net.epoch_end_hooks.append(on_epoch_end)
+
+
+def _loss_terms(family: str, ctx: LossContext, s: RCAConfig) -> tuple[dict[str, Tensor], Tensor]:
+    ids = batch_image_ids(ctx.batch)
+    if family == "cam":
+        terms = rca_terms(ctx.core.memory, ctx.maps, ctx.output.cams_aggregated, ctx.features, ctx.labels, ids,
+                          ctx.epoch, s)
+        return terms, s.aux_weight * terms["rca_aux"] + s.contrast_weight * terms["rca_rm"]
+    terms = rca_terms(ctx.core.rca_memory, ctx.maps[:, 1:], None, ctx.features, ctx.labels, ids, ctx.epoch, s,
+                      image_scores=ctx.scores[:, 1:].detach().float())
+    return {"rca_rm": terms["rca_rm"]}, s.contrast_weight * terms["rca_rm"]
+
+
+ADDON = register_addon(Addon(name="rca", settings=RCAConfig, switches={"enabled": ("cam", "patch")},
+                             attach=_attach, loss_terms=_loss_terms))

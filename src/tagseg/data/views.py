@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from tagseg.config import AugmentConfig
 from tagseg.data.records import DatasetIndex
-from tagseg.methods.equivariance import apply_flips, view_b_image
+from tagseg.data.geometry import apply_flips, view_b_image
 from tagseg.utils.io import read_image
 
 

@@ -115,7 +115,7 @@ def sweep_bg_cli(run_dir: Path, split: str | None, thresholds: list[float], over
     from tagseg.config import load_config
     from tagseg.data.build import build_index
     from tagseg.pseudo.inference import load_trained_model
-    from tagseg.training.distributed import DistInfo, resolve_device
+    from tagseg.engine.distributed import DistInfo, resolve_device
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():

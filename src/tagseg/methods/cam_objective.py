@@ -26,14 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tagseg.addons.hfpl import feature_similarity_loss, importance_sampling_loss
-from tagseg.addons.ppc import make_ppc_view2, ppc_loss
-from tagseg.addons.rca import RCAConfig, RegionMemoryBank, gap_multilabel_loss, region_embeddings, region_mixup_loss
-from tagseg.addons.settings import ppc_settings, rca_settings
+from tagseg.addons.rca import batch_image_ids, rca_terms  # noqa: F401  (re-exported)
+from tagseg.addons.registry import (
+    BuildContext, LossContext, addon_loss_terms, attach_addons, enabled_addons, extra_views,
+)
 from tagseg.config import ExperimentConfig, PseudoConfig
-from tagseg.errors import TagsegError
-from tagseg.families import Family, register_family
-from tagseg.models.cam_net import CAMNet, build_cam_net
+from tagseg.errors import ConfigError
+from tagseg.methods.family import Family
+from tagseg.models.cam_net import CAMNet
+from tagseg.models.encoder import PatchEncoder
 
 NORM_EPS = 1e-5
 
@@ -44,78 +45,64 @@ def cam_classification_loss(cams: Tensor, labels: Tensor) -> Tensor:
     return F.multilabel_soft_margin_loss(cams.float().mean(dim=(2, 3)), labels[:, 1:].float())
 
 
-def rca_terms(memory: RegionMemoryBank, cams: Tensor, cams_aggregated: Tensor, features: Tensor,
-              labels: Tensor, image_ids: Tensor, epoch: int, cfg: RCAConfig, *, has_background: bool = False,
-              image_scores: Tensor | None = None) -> dict[str, Tensor]:
-    """RCA's loss terms for one batch, then the memory-bank update with the batch's regions.
-
-    cams (B, C, h, w) give the regions (C = K−1 foreground maps, or K maps with
-    ``has_background``); features (B, D, h, w) are pooled over them; cams_aggregated (B, C, h, w)
-    or None (no aggregation head). image_scores (B, C) in [0, 1] decide which regions enter the
-    bank (default sigmoid(GAP(cams))). Returns 'rca_aux' (absent without an aggregation head) and
-    'rca_rm' (0 before ``cfg.contrast_start_epoch``). L_RM is computed against the bank as it was
-    before this batch's update.
-    """
-    terms: dict[str, Tensor] = {}
-    if cams_aggregated is not None:
-        terms["rca_aux"] = gap_multilabel_loss(cams_aggregated.float(), labels, has_background=has_background)
-    regions = region_embeddings(features.float(), cams.float(), labels, has_background=has_background)
-    if epoch >= cfg.contrast_start_epoch:
-        terms["rca_rm"] = region_mixup_loss(regions, memory, cfg.temperature, alpha=cfg.mixup_alpha)
-    else:
-        terms["rca_rm"] = features.new_zeros((), dtype=torch.float32)
-    with torch.no_grad():
-        if image_scores is None:
-            image_scores = torch.sigmoid(cams.float().mean(dim=(2, 3)))
-        scores = image_scores[regions.batch_index, regions.channels]
-        memory.update(regions.embeddings.detach(), regions.channels,
-                      image_ids.to(regions.channels.device)[regions.batch_index], scores)
-    return terms
-
-
-def batch_image_ids(batch: dict) -> Tensor:
-    """The dataset indices of a batch (RCA's image ids), (B,) long."""
-    ids = batch.get("index")
-    if ids is None:
-        raise TagsegError("RCA needs the dataset index of every image in the batch (item 'index')")
-    return torch.as_tensor(ids, dtype=torch.long)
-
-
 def cam_family_loss(model: nn.Module, core: CAMNet, batch: dict, cfg: ExperimentConfig, epoch: int = 0
                     ) -> tuple[Tensor, dict[str, Tensor]]:
     """Total loss and its detached parts for one batch (see the module docstring).
 
     model: what to differentiate through (``core`` or its DDP wrapper); batch: collated items of
     :class:`tagseg.data.views.TrainingViews` (image (B, 3, S, S) in [0, 1], labels (B, K), index (B,)).
-    Parts: 'cls' (soft-margin), and when on 'isl', 'fsl', 'ppc' (its weighted total), 'rca_aux', 'rca_rm'.
+    Parts: 'cls' (soft-margin), and those of the enabled add-ons ('isl', 'fsl', 'ppc', 'rca_aux', 'rca_rm').
     """
-    a = cfg.addons
     images, labels = batch["image"], batch["labels"].float()
-    if a.ppc.enabled:
-        out, out2 = model(images, make_ppc_view2(images, a.ppc.view2_size))
+    views, where = extra_views(cfg, "cam", images)
+    if views:
+        out, *view_outputs = model(images, *views)
     else:
-        out, out2 = model(images), None
+        out, view_outputs = model(images), []
     cams = out.cams.float()
     parts: dict[str, Tensor] = {"cls": cam_classification_loss(cams, labels)}
-    cls = parts["cls"]
-    if a.hfpl.isl:
-        parts["isl"] = importance_sampling_loss(cams, labels, a.hfpl.n_samples)
-        cls = (1.0 - a.hfpl.lam) * parts["cls"] + a.hfpl.lam * parts["isl"]
-    total = cls
-    if a.hfpl.fsl:
-        parts["fsl"] = feature_similarity_loss(cams, labels, images, a.hfpl.sigma, a.hfpl.mu, a.hfpl.block,
-                                               a.hfpl.window)
-        total = total + a.hfpl.fsl_weight * parts["fsl"]
-    if a.ppc.enabled:
-        parts["ppc"], _ = ppc_loss(out.embeddings.float(), cams, out2.embeddings.float(), out2.cams.float(),
-                                   labels, ppc_settings(a.ppc))
-        total = total + parts["ppc"]
-    if a.rca.enabled:
-        rca = rca_settings(a.rca)
-        parts.update(rca_terms(core.memory, cams, out.cams_aggregated, out.features, labels,
-                               batch_image_ids(batch), epoch, rca))
-        total = total + rca.aux_weight * parts["rca_aux"] + rca.contrast_weight * parts["rca_rm"]
+    total = parts["cls"]
+    if enabled_addons(cfg):
+        ctx = LossContext(model=model, core=core, batch=batch, epoch=epoch, maps=cams, features=out.features,
+                          base=parts["cls"], output=out)
+        extra = addon_loss_terms(cfg, "cam", ctx, parts, view_outputs, where)
+        if extra is not None:
+            total = total + extra
     return total, {k: v.detach() for k, v in parts.items()}
+
+
+def build_cam_net(cfg: ExperimentConfig, num_classes: int) -> CAMNet:
+    """The CAM network of ``cfg`` (model.encoder/weights, cam.output_stride) with the modules of its
+    enabled add-ons; ``cam.inference_cam=auto`` uses RCA's aggregated maps when RCA attached them."""
+    m = cfg.model
+    encoder = PatchEncoder(m.encoder, weights=m.weights, pretrained=m.pretrained, image_size=cfg.data.image_size,
+                           output_stride=cfg.cam.output_stride)
+    net = CAMNet(encoder, num_classes)
+    attach_addons(cfg, "cam", net, BuildContext(num_classes=num_classes, feature_dim=encoder.out_channels,
+                                                last_epoch=cfg.train.epochs - 1, seed=cfg.seed))
+    inference_cam = cfg.cam.inference_cam
+    if inference_cam == "auto":
+        inference_cam = "aggregated" if net.aggregation is not None else "base"
+    if inference_cam == "aggregated" and net.aggregation is None:
+        raise ConfigError("cam.inference_cam=aggregated needs the RCA aggregation head: set addons.rca.enabled=true")
+    net.inference_cam = inference_cam
+    return net
+
+
+def validate_cam_family(cfg: ExperimentConfig) -> None:
+    """The patch-family loss terms are refused; the aggregated maps need RCA."""
+    m = cfg.method
+    wrong = [f"{k}={v}" for k, v, ok in (("method.pooling", m.pooling, m.pooling == "avg"),
+                                         ("method.pce_weight", m.pce_weight, m.pce_weight == 0),
+                                         ("method.et_weight", m.et_weight, m.et_weight == 0),
+                                         ("method.l2_weight", m.l2_weight, m.l2_weight == 0)) if not ok]
+    if wrong:
+        raise ConfigError(f"model.family=cam uses GAP and the soft-margin loss only: {', '.join(wrong)} "
+                          "(patch-family settings); set method.pooling=avg method.pce_weight=0 method.et_weight=0 "
+                          "method.l2_weight=0 (the shipped cam_voc config does)")
+    if cfg.cam.inference_cam == "aggregated" and not cfg.addons.rca.enabled:
+        raise ConfigError("cam.inference_cam=aggregated needs the RCA aggregation head: "
+                          "set addons.rca.enabled=true")
 
 
 # ----------------------------------------------------------------------------- pseudo-masks
@@ -184,4 +171,4 @@ def cam_merged_probs(core: CAMNet, image: Tensor, labels: np.ndarray, cfg: Pseud
     return cam_probabilities(normalised_cams_for_image(core, image, labels, cfg), cfg.bg_threshold)
 
 
-register_family(Family("cam", "tagseg.cam/1", build_cam_net, cam_family_loss, cam_merged_probs))
+CAM_FAMILY = Family("cam", "tagseg.cam/1", build_cam_net, cam_family_loss, cam_merged_probs, validate_cam_family)

@@ -5,7 +5,8 @@ ViT-PCM: MCE(max) + L_ET + L2. TKP-PCL: MCE(topk) + λ·PCE + L_ET + L2. Baselin
 network in one batched forward pass; the L_ET target comes from a separate eval-mode,
 no-gradient pass over view A.
 
-Add-ons (``addons.*`` of an ExperimentConfig; all off leaves the loss above untouched):
+Add-ons (``addons.*`` of an ExperimentConfig, :mod:`tagseg.addons`; all off leaves the loss above
+untouched) add their terms through the add-on registry; what they do in this family:
 
 - ISL (``addons.hfpl.isl``): importance sampling as a pooling over the patch scores Z:
   MCE becomes (1−λ)·MCE(pooling) + λ·MCE(importance pooling), N samples per image and class.
@@ -19,16 +20,18 @@ Add-ons (``addons.*`` of an ExperimentConfig; all off leaves the loss above unto
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
-from tagseg.config import AddonsConfig, ExperimentConfig, MethodConfig, PseudoConfig
-from tagseg.families import Family, register_family
+from tagseg.addons.registry import BuildContext, LossContext, addon_loss_terms, attach_addons, enabled_addons
+from tagseg.config import ExperimentConfig, MethodConfig
+from tagseg.errors import ConfigError
+from tagseg.methods.family import Family
 from tagseg.methods.equivariance import build_mosaic, equivariance_loss, equivariance_target
 from tagseg.methods.losses import l2_penalty, multilabel_ce
 from tagseg.methods.pce import patch_contrastive_error
 from tagseg.methods.pooling import pool_patch_scores
+from tagseg.methods.patch_probs import patch_merged_probabilities
 from tagseg.models.patch_classifier import PatchClassifierNet, build_patch_classifier
 
 PATCH = 16
@@ -61,9 +64,8 @@ def patch_classifier_loss(model: nn.Module, core: PatchClassifierNet, batch: dic
     model: the network to differentiate through (``core`` or its DDP wrapper); batch: the
     collated items of :class:`tagseg.data.views.TrainingViews` on the right device.
     """
-    addons = None
+    experiment = cfg if isinstance(cfg, ExperimentConfig) and enabled_addons(cfg) else None
     if isinstance(cfg, ExperimentConfig):
-        addons = cfg.addons if any_patch_addon(cfg.addons) else None
         cfg = cfg.method
     images, labels = batch["image"], batch["labels"].float()
     b = images.shape[0]
@@ -93,64 +95,35 @@ def patch_classifier_loss(model: nn.Module, core: PatchClassifierNet, batch: dic
         total = total + cfg.pce_weight * parts["pce"]
     if "et" in parts:
         total = total + cfg.et_weight * parts["et"]
-    if addons is not None:
-        total = total + patch_addon_terms(model, core, batch, addons, z, scores, features, parts, epoch)
+    if experiment is not None:
+        b, h, w = features.shape[:3]
+        ctx = LossContext(model=model, core=core, batch=batch, epoch=epoch,
+                          maps=z.transpose(1, 2).reshape(b, -1, h, w), features=features.permute(0, 3, 1, 2),
+                          base=parts["mce"], output=out, scores=scores,
+                          class_loss=lambda s: multilabel_ce(s, labels))
+        extra = addon_loss_terms(experiment, "patch", ctx, parts)
+        if extra is not None:
+            total = total + extra
     return total, {k: v.detach() for k, v in parts.items()}
 
 
-def any_patch_addon(a: AddonsConfig) -> bool:
-    return a.hfpl.isl or a.ppc.enabled or a.rca.enabled
+def build_patch_family(cfg: ExperimentConfig, num_classes: int) -> PatchClassifierNet:
+    """The patch classifier of ``cfg`` with the modules of its enabled add-ons (on the patch features f)."""
+    net = build_patch_classifier(cfg.model, num_classes, cfg.data.image_size)
+    ctx = BuildContext(num_classes=num_classes, feature_dim=net.classifier.in_features,
+                       last_epoch=cfg.train.epochs - 1, seed=cfg.seed)
+    return attach_addons(cfg, "patch", net, ctx)
 
 
-def patch_addon_terms(model: nn.Module, core: PatchClassifierNet, batch: dict, a: AddonsConfig, z: torch.Tensor,
-                      scores: torch.Tensor, features: torch.Tensor, parts: dict[str, torch.Tensor],
-                      epoch: int) -> torch.Tensor:
-    """What the enabled add-ons add to the total; their parts go into ``parts``.
-
-    z (B, h·w, K) patch probabilities of view A, scores (B, K) its pooled image scores, features
-    (B, h, w, F) its patch features f.
-    """
-    from tagseg.addons.hfpl import importance_pooling
-    from tagseg.addons.ppc import make_ppc_view2, ppc_loss
-    from tagseg.addons.settings import ppc_settings, rca_settings
-    from tagseg.methods.cam_objective import batch_image_ids, rca_terms
-
-    images, labels = batch["image"], batch["labels"].float()
-    b, h, w = features.shape[:3]
-    z_maps = z.transpose(1, 2).reshape(b, -1, h, w)  # (B, K, h, w)
-    extra = z.new_zeros(())
-    if a.hfpl.isl:
-        parts["isl"] = multilabel_ce(importance_pooling(z_maps, a.hfpl.n_samples), labels)
-        extra = extra + a.hfpl.lam * (parts["isl"] - parts["mce"])  # MCE -> (1−λ)·MCE + λ·ISL
-    if a.ppc.enabled:
-        out2 = model(make_ppc_view2(images, a.ppc.view2_size))
-        z2 = out2.logits.float().softmax(dim=-1).permute(0, 3, 1, 2)
-        v1 = core.ppc_projector(features.permute(0, 3, 1, 2))
-        v2 = core.ppc_projector(out2.features.permute(0, 3, 1, 2))
-        parts["ppc"], _ = ppc_loss(v1.float(), z_maps, v2.float(), z2, labels, ppc_settings(a.ppc),
-                                   has_background=True)
-        extra = extra + parts["ppc"]
-    if a.rca.enabled:
-        rca = rca_settings(a.rca)
-        terms = rca_terms(core.rca_memory, z_maps[:, 1:], None, features.permute(0, 3, 1, 2), labels,
-                          batch_image_ids(batch), epoch, rca, image_scores=scores[:, 1:].detach().float())
-        parts["rca_rm"] = terms["rca_rm"]
-        extra = extra + rca.contrast_weight * parts["rca_rm"]
-    return extra
+def validate_patch_family(cfg: ExperimentConfig) -> None:
+    """The CAM-only settings are refused on the patch family."""
+    c = cfg.cam
+    if c.output_stride != 16:
+        raise ConfigError(f"cam.output_stride={c.output_stride}: only the CAM family (model.family=cam) "
+                          "has a stride-8 variant")
+    if c.inference_cam == "aggregated":
+        raise ConfigError("cam.inference_cam=aggregated: only the CAM family has an aggregation head")
 
 
-def _build(cfg: ExperimentConfig, num_classes: int) -> PatchClassifierNet:
-    if cfg.addons.ppc.enabled or cfg.addons.rca.enabled:  # add-ons with modules of their own
-        from tagseg.models.patch_addons import build_patch_classifier_with_addons
-
-        return build_patch_classifier_with_addons(cfg, num_classes)
-    return build_patch_classifier(cfg.model, num_classes, cfg.data.image_size)
-
-
-def _merged_probs(core: PatchClassifierNet, image: torch.Tensor, labels: np.ndarray, cfg: PseudoConfig) -> torch.Tensor:
-    from tagseg.pseudo.inference import patch_merged_probabilities
-
-    return patch_merged_probabilities(core, image, labels, cfg)
-
-
-register_family(Family("patch", "tagseg.patch_classifier/1", _build, patch_classifier_loss, _merged_probs))
+PATCH_FAMILY = Family("patch", "tagseg.patch_classifier/1", build_patch_family, patch_classifier_loss,
+                      patch_merged_probabilities, validate_patch_family)

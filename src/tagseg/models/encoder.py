@@ -25,7 +25,7 @@ PATCH_STRIDE = 16
 
 def _create_dilated(name: str, weights: str | None, pretrained: bool, output_stride: int) -> nn.Module | None:
     """A CNN with its last stages dilated to ``output_stride``; None if timm's builder lacks the argument."""
-    from tagseg.models.weights import build_timm_model
+    from tagseg.models.factory import build_timm_model
 
     try:
         return build_timm_model(name, weights=weights, pretrained=pretrained, num_classes=0,
@@ -38,7 +38,7 @@ def _create_dilated(name: str, weights: str | None, pretrained: bool, output_str
 
 
 def _create_backbone(name: str, weights: str | None, pretrained: bool, image_size: int) -> nn.Module:
-    from tagseg.models.weights import build_timm_model
+    from tagseg.models.factory import build_timm_model
 
     try:  # ViT-style models: resample position embeddings for any input size at run time
         return build_timm_model(name, weights=weights, pretrained=pretrained, num_classes=0,

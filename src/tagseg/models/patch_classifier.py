@@ -1,5 +1,7 @@
 """The patch-classifier network of ViT-PCM / TKP-PCL (METHODS.md §1).
 
+Add-ons may attach modules (``ppc_projector``, ``rca_memory``) and ``epoch_end_hooks``.
+
 encoder (B, D, h, w) -> HV-BiLSTM (B, h, w, 4·hidden) = features f -> dropout -> linear
 (no bias, N(0, 0.05²) init) -> logits A (B, h, w, K); Z = softmax over K per patch.
 Pooling and losses live in ``tagseg.methods``; this module only computes patch scores.
@@ -8,7 +10,7 @@ Pooling and losses live in ``tagseg.methods``; this module only computes patch s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -48,6 +50,7 @@ class PatchClassifierNet(nn.Module):
         self.classifier_dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(feat_dim, num_classes, bias=False)
         nn.init.normal_(self.classifier.weight, mean=0.0, std=init_std)
+        self.epoch_end_hooks: list[Callable[[int], None]] = []  # set by add-ons (e.g. RCA releases its bank)
 
     def forward(self, images: torch.Tensor) -> PatchOutput:
         """images (B, 3, H, W) in [0, 1] -> PatchOutput with an (H/16)×(W/16) grid."""
@@ -68,6 +71,11 @@ class PatchClassifierNet(nn.Module):
     def head_parameters(self) -> list[nn.Parameter]:
         """Everything but the encoder (trained from the first epoch)."""
         return [p for n, p in self.named_parameters() if not n.startswith("encoder.")]
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Run the end-of-epoch hooks of the attached add-ons."""
+        for hook in self.epoch_end_hooks:
+            hook(epoch)
 
 
 def build_patch_encoder(cfg: ModelConfig, image_size: int) -> PatchEncoder:

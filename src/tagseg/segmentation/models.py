@@ -50,7 +50,7 @@ class SegmentationBackbone(nn.Module):
     def __init__(self, name: str, weights: Optional[str] = None, pretrained: bool = False,
                  output_stride: int = 16, image_size: int = 512) -> None:
         super().__init__()
-        from tagseg.models.weights import build_timm_model
+        from tagseg.models.factory import build_timm_model
 
         self.name = name
         self.output_stride = output_stride

@@ -159,7 +159,7 @@ def run_predict(inputs: Sequence[str | Path], model_spec: str | Path, out_dir: s
     in the report (and in ``<out>/predictions.json``); the other images are still processed.
     Raises DataError when no input yields any image.
     """
-    from tagseg.training.distributed import DistInfo, resolve_device
+    from tagseg.engine.distributed import DistInfo, resolve_device
 
     model_path = resolve_model_path(model_spec)
     dev = resolve_device(device, DistInfo())

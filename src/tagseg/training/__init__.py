@@ -1,1 +1,1 @@
-"""tagseg.training"""
+"""The tag classifier's training task (the loop itself is in tagseg.engine)."""

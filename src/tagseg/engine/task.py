@@ -1,0 +1,52 @@
+"""What a trainable network gives the engine: model, data, loss, optimizer, schedule, metadata."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from tagseg.engine.schedule import Schedule
+
+# (model to differentiate through: the core or its DDP wrapper, core, batch on the device, 0-based epoch)
+#   -> (total loss, detached parts by name)
+LossFn = Callable[[nn.Module, nn.Module, dict, int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+# (core, 0-based epoch) -> score of the epoch just trained (higher is better)
+SelectFn = Callable[[nn.Module, int], float]
+
+
+@dataclass
+class Task:
+    """One training job, built by the task after the engine has seeded the RNGs and chosen the device.
+
+    model: the core network on the device; dataset: items collated into dict batches (its
+    ``set_epoch(epoch)`` is called when present); config: the run's configuration as a nested
+    dict (stored in every checkpoint and compared on resume, except ``resume_may_change``);
+    config_yaml: written to ``<run>/config.yaml``; metadata: () -> the final model file's
+    metadata. select_epoch: the best-epoch hook (None = the last epoch is the model); the
+    model's own ``on_epoch_start(epoch)`` / ``on_epoch_end(epoch)`` are called when present.
+    """
+
+    model: nn.Module
+    dataset: Dataset
+    loss: LossFn
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    metadata: Callable[[], dict[str, Any]]
+    config: dict
+    config_yaml: str
+    epochs: int
+    batch_size: int
+    num_workers: int
+    seed: int
+    resume_may_change: Sequence[str] = ()
+    amp: bool = True
+    grad_clip: float = 0.0
+    log_every: int = 10
+    keep_checkpoints: int = 2
+    total_name: str = "total"  # name of the total loss in logs and history
+    persistent_workers: bool = False
+    select_epoch: Optional[SelectFn] = None

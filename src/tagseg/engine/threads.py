@@ -1,0 +1,15 @@
+"""CPU thread setting shared by every command."""
+
+from __future__ import annotations
+
+import os
+
+
+def cpu_threads(requested: int, loader_workers: int, processes: int = 1) -> int:
+    """Intra-op threads for CPU work: ``requested``, or (0) the cores left after the data-loader
+    workers of every process, at least 1. Oversubscribed cores make PyTorch's threads spin-wait
+    on each other, which costs far more than it gains."""
+    if requested > 0:
+        return requested
+    cores = os.cpu_count() or 1
+    return max(1, cores // max(1, processes) - loader_workers)

@@ -1,0 +1,35 @@
+"""Loading an experiment: the plain config (:mod:`tagseg.config`) checked against the model-family and
+add-on registries, with every add-on section typed.
+
+``load_experiment`` is what the trainer and the command line use; ``tagseg.config.load_config``
+stays the plain loader (dataclasses only, no registry).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from tagseg.addons.registry import check_family, resolve_addons
+from tagseg.config import ExperimentConfig, config_from_yaml, load_config, validate_config
+from tagseg.methods.families import get_family
+
+
+def validate_experiment(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Every start-up check (ConfigError naming the key): the plain ones, the family, the add-on
+    sections (unknown keys, ranges) and which add-on serves which family. Types ``cfg.addons``."""
+    validate_config(cfg)
+    family = get_family(cfg.model.family)
+    resolve_addons(cfg)
+    check_family(cfg, family.name)
+    family.validate(cfg)
+    return cfg
+
+
+def load_experiment(name_or_path: str | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Defaults <- YAML (a shipped name or a path) <- ``key=value`` overrides, validated."""
+    return validate_experiment(load_config(name_or_path, overrides))
+
+
+def experiment_from_yaml(text: str) -> ExperimentConfig:
+    """A run's ``config.yaml`` (or a model file's config) back into a validated experiment."""
+    return validate_experiment(config_from_yaml(text))
