@@ -33,7 +33,7 @@ from tagseg.segmentation.inference import model_metadata
 from tagseg.segmentation.models import SegmentationNet, build_segmenter
 from tagseg.training import distributed as D
 from tagseg.training.checkpoint import (
-    list_checkpoints, load_checkpoint, rng_state, save_checkpoint, save_final_model, set_rng_state,
+    list_checkpoints, load_latest_checkpoint, rng_state, save_checkpoint, save_final_model, set_rng_state,
 )
 from tagseg.training.trainer import seed_everything, truncate_history
 from tagseg.utils.io import write_text
@@ -121,14 +121,14 @@ class SegmentationTrainer:
         total_steps = steps_per_epoch * tcfg.epochs
         start_epoch = 0
         if self.resume:
-            ckpts = list_checkpoints(run_dir)
-            if ckpts:
-                state = load_checkpoint(ckpts[-1], core)
+            found = load_latest_checkpoint(run_dir, core)
+            if found:
+                ckpt, state = found
                 optimizer.load_state_dict(state["optimizer"])
                 start_epoch = int(state["epoch"])
                 set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)])
                 if info.is_main:
-                    print(f"resuming from {ckpts[-1]} (epoch {start_epoch} of {tcfg.epochs} done)")
+                    print(f"resuming from {ckpt} (epoch {start_epoch} of {tcfg.epochs} done)")
         global_step = start_epoch * steps_per_epoch
         writer = None
         if info.is_main:

@@ -29,7 +29,7 @@ from tagseg.errors import TrainingError
 from tagseg.families import get_family
 from tagseg.training import distributed as D
 from tagseg.training.checkpoint import (
-    list_checkpoints, load_checkpoint, rng_state, save_checkpoint, save_final_model, set_rng_state,
+    list_checkpoints, load_latest_checkpoint, rng_state, save_checkpoint, save_final_model, set_rng_state,
 )
 from tagseg.training.phases import apply_phase, phase_for_epoch
 from tagseg.utils.io import write_text
@@ -140,15 +140,15 @@ class Trainer:
                                      lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         start_epoch = 0
         if self.resume:
-            ckpts = list_checkpoints(run_dir)
-            if ckpts:
-                state = load_checkpoint(ckpts[-1], core, check=lambda st: check_resumable(
-                    st.get("config", {}), to_dict(cfg), ckpts[-1]))
+            found = load_latest_checkpoint(run_dir, core, check=lambda st: check_resumable(
+                st.get("config", {}), to_dict(cfg), run_dir))
+            if found:
+                ckpt, state = found
                 optimizer.load_state_dict(state["optimizer"])
                 start_epoch = int(state["epoch"])
                 set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)])
                 if info.is_main:
-                    print(f"resuming from {ckpts[-1]} (epoch {start_epoch} of {cfg.train.epochs} done)")
+                    print(f"resuming from {ckpt} (epoch {start_epoch} of {cfg.train.epochs} done)")
         steps_per_epoch = math.ceil(len(dataset) / (cfg.train.batch_size * info.world_size))
         global_step = start_epoch * steps_per_epoch
         writer = None
