@@ -374,3 +374,23 @@ def read_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
     if not path.is_file():
         raise TagsegError(f"model file not found: {path}")
     return read_safetensors(path)
+
+
+def model_classes(path: Path, meta: dict[str, str]) -> tuple[list[str], list[int]]:
+    """Class names and palette from a model file's metadata, checked: TagsegError naming the
+    file if they are missing, not JSON, or not a non-empty list of names / of 0-255 values."""
+    values = []
+    for key in ("class_names", "palette"):
+        if key not in meta:
+            raise TagsegError(f"{path}: the model metadata has no {key!r} (not a tagseg model file?)")
+        try:
+            values.append(json.loads(meta[key]))
+        except ValueError as exc:
+            raise TagsegError(f"{path}: the model metadata {key!r} is not JSON ({exc})") from exc
+    names, palette = values
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        raise TagsegError(f"{path}: the model metadata 'class_names' is not a non-empty list of names")
+    if not (isinstance(palette, list) and len(palette) <= 768
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in palette)):
+        raise TagsegError(f"{path}: the model metadata 'palette' is not a list of at most 768 values in 0..255")
+    return names, palette
