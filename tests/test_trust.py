@@ -269,6 +269,27 @@ def test_no_checkpoint_is_written_from_non_finite_weights(tmp_path):
     assert not (run / "model.safetensors").exists() and list(run.iterdir()) == [run / "checkpoints"]
 
 
+def test_trainer_stops_before_checkpointing_poisoned_weights(trained, tmp_path, monkeypatch):
+    """A finite loss but weights that turned NaN (here: poisoned at the end of epoch 2): training
+    stops naming the epoch, and only the good epoch-1 checkpoint exists."""
+    from tagseg.models.patch_classifier import PatchClassifierNet
+
+    def poison(self, epoch):
+        if epoch == 1:
+            with torch.no_grad():
+                self.classifier.weight[0, 0] = float("nan")
+
+    monkeypatch.setattr(PatchClassifierNet, "on_epoch_end", poison, raising=False)
+    with pytest.raises(TrainingError, match=r"epoch 2: classifier\.weight holds NaN/inf.*last good checkpoint"):
+        Trainer(trained[1], tmp_path / "run", show_progress=False).fit()
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["epoch_0001"]
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["epoch_0001"]
+    ok = _files(trained[0] / "run")
+    assert _files(tmp_path / "run")["checkpoints/epoch_0001/model.safetensors"] == \
+        ok["checkpoints/epoch_0001/model.safetensors"]
+
+
 # ----------------------------------------------------------------------------- cls_labels.npy
 
 def test_subset_cls_labels_load_exactly_as_before(voc_root):
@@ -432,7 +453,7 @@ def test_garbage_model_metadata_gives_a_one_line_cli_error(trained, tmp_path, ca
     shutil.copy(base / "run" / "config.yaml", run)
     weights, meta = read_model_file(base / "run" / "model.safetensors")
     for bad in ({"class_names": "[1, 2"}, {"config": "model: [unclosed"}, {"config": "train: {lr: .nan}"},
-                {"palette": "[300]"}, {"format": "tagseg.patch_classifier/1", "config": "!!python/object:os.system {}"}):
+                {"palette": "[300]"}, {"config": "!!python/object:os.system {}"}):
         save_file(weights, str(run / "model.safetensors"), metadata={**meta, **bad})
         assert main(["pseudo", "--run", str(run)]) == 2, bad
         err = capsys.readouterr().err

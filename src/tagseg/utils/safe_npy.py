@@ -140,8 +140,9 @@ class RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: a di
         try:
             return ALLOWED_GLOBALS[(module, name)]
         except KeyError:
-            raise DataError(f"{self.source}: refusing to unpickle {str(module)[:80]}.{str(name)[:80]} (only numpy "
-                            "arrays, dtypes and plain Python containers are allowed; the file may be malicious)") from None
+            raise DataError(f"{self.source}: refusing to unpickle {str(module)[:80]}.{str(name)[:80]} (only "
+                            "numpy arrays, dtypes and plain Python containers are allowed; the file may be "
+                            "malicious)") from None
 
     def persistent_load(self, pid: Any) -> Any:
         raise DataError(f"{self.source}: refusing a pickle with persistent ids")
@@ -194,12 +195,13 @@ def load_npy(path: str | Path, max_header_size: int = 10000) -> np.ndarray:
         size = path.stat().st_size
         with open(path, "rb") as fh:
             version = npy_format.read_magic(fh)
-            if version == (1, 0):
-                shape, fortran, dtype = npy_format.read_array_header_1_0(fh, max_header_size=max_header_size)
-            elif version in ((2, 0), (3, 0)):
-                shape, fortran, dtype = npy_format.read_array_header_2_0(fh, max_header_size=max_header_size)
-            else:
+            if version not in ((1, 0), (2, 0), (3, 0)):
                 raise ValueError(f"unsupported .npy version {version}")
+            read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+            try:
+                shape, fortran, dtype = read_header(fh, max_header_size=max_header_size)
+            except TypeError:  # numpy < 1.24 has no max_header_size (and no limit)
+                shape, fortran, dtype = read_header(fh)
             count = math.prod(shape)
             if not dtype.hasobject:
                 if count * dtype.itemsize > size - fh.tell():
