@@ -57,23 +57,32 @@ class CheckpointReadError(TagsegError):
 
 # ----------------------------------------------------------------------------- safetensors bytes
 
-def canonical_safetensors(data: bytes) -> bytes:
-    """The same safetensors file with its JSON header written with sorted keys (the library
-    writes the metadata in hash order, which differs between processes). Tensor bytes and
-    offsets are unchanged; the header is space-padded to a multiple of 8 bytes."""
+def _canonical_header(data: bytes) -> tuple[bytes, int]:
+    """(length prefix + sorted-key JSON header, offset of the tensor bytes in ``data``)."""
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8:8 + n])
     text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
     text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text + data[8 + n:]
+    return len(text).to_bytes(8, "little") + text, 8 + n
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header written with sorted keys (the library
+    writes the metadata in hash order, which differs between processes). Tensor bytes and
+    offsets are unchanged; the header is space-padded to a multiple of 8 bytes."""
+    head, start = _canonical_header(data)
+    return head + data[start:]
 
 
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: Optional[dict[str, str]] = None
                       ) -> None:
     """Write ``tensors`` (+ string ``metadata``) atomically with reproducible bytes."""
-    data = canonical_safetensors(save_bytes(tensors, metadata=metadata))
+    data = save_bytes(tensors, metadata=metadata)
+    head, start = _canonical_header(data)
     with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as fh:
+            fh.write(head)
+            fh.write(memoryview(data)[start:])
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
