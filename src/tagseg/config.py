@@ -332,10 +332,10 @@ MAX_ABS_INT = 2**31 - 1  # likewise for integers (sizes and counts have tighter 
 def check_numbers(cfg: Any) -> None:
     """Reject non-finite or absurd numbers anywhere in a config, naming the key.
 
-    Every float must be finite and within ±MAX_ABS_FLOAT, every integer within ±MAX_ABS_INT;
-    learning rates must lie in
-    (0, MAX_LR]; the settings in NUMBER_RANGES (sizes, counts, workers, threads, ...) within
-    their range. Runs before the schema's own validation, so that never sees NaN or inf.
+    Every float must be finite; learning rates must lie in (0, MAX_LR]; the settings in
+    NUMBER_RANGES (sizes, counts, workers, threads, ...) within their range; any other float
+    within ±MAX_ABS_FLOAT and integer within ±MAX_ABS_INT. Runs before the schema's own
+    validation, so that never sees NaN or inf.
     """
     for key, value in _flat_numbers(cfg):
         if isinstance(value, float) and not math.isfinite(value):
