@@ -6,11 +6,13 @@ Shipped experiments live in ``tagseg/configs/<name>.yaml`` and are referred to b
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -159,7 +161,10 @@ def _config_source(name_or_path: str) -> str:
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        return path.read_text()
+        try:
+            return path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     ref = resources.files("tagseg") / "configs" / f"{name_or_path}.yaml"
     if not ref.is_file():
         raise ConfigError(f"unknown config {name_or_path!r}; shipped configs: {', '.join(shipped_configs())}")
@@ -181,7 +186,7 @@ def load_config(name_or_path: str | None = None, overrides: Sequence[str] = (),
     try:
         merged = schema
         if name_or_path:
-            merged = OmegaConf.merge(merged, OmegaConf.create(_config_source(name_or_path)))
+            merged = OmegaConf.merge(merged, parse_yaml(_config_source(name_or_path), name_or_path))
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form key=value")
@@ -189,10 +194,111 @@ def load_config(name_or_path: str | None = None, overrides: Sequence[str] = (),
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"invalid configuration: {exc}") from exc
+        raise ConfigError(f"invalid configuration: {one_line(exc)}") from exc
+    except yaml.YAMLError as exc:  # a key=value override whose value is not YAML
+        raise ConfigError(f"invalid override: {yaml_message(exc)}") from exc
+    check_numbers(cfg)
     if validate is not None:
         validate(cfg)
     return cfg
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (YAML and OmegaConf messages span several)."""
+    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def yaml_message(exc: Exception) -> str:
+    """A YAML parser error on one line: what is wrong and where (line, column)."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        text = " ".join(p for p in (exc.context, exc.problem) if p) + where
+        if "python/" in text:
+            text += " (configs are plain data: Python tags are refused)"
+        return one_line(text)
+    return one_line(exc)
+
+
+def parse_yaml(text: str, source: str = "config") -> Any:
+    """YAML text -> an OmegaConf mapping; ConfigError naming ``source`` for text that is not
+    YAML, is not a mapping, or uses a tag (``!!python/...``) that safe loading refuses."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {yaml_message(exc)}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a config must be a mapping of sections (key: value), "
+                          f"got a {type(data).__name__}")
+    try:
+        return OmegaConf.create(text) if text.strip() else OmegaConf.create({})
+    except (yaml.YAMLError, OmegaConfBaseException, ValueError, TypeError) as exc:
+        raise ConfigError(f"{source}: unusable YAML: {yaml_message(exc)}") from exc
+
+
+# Ranges of numeric settings (inclusive; lr-like ones must be > 0). A key missing from a schema
+# is skipped, so one table serves every config schema that shares these section names.
+MAX_SIDE = 8192  # pixels: image/crop sizes
+MAX_COUNT = 10**6  # epochs, images, steps, ...
+NUMBER_RANGES: dict[str, tuple[float, float]] = {
+    "seed": (0, 2**31 - 1),
+    "data.image_size": (16, MAX_SIDE), "data.num_workers": (0, 256), "data.max_images": (0, 10**9),
+    "data.synthetic_train": (0, MAX_COUNT), "data.synthetic_val": (0, MAX_COUNT),
+    "data.synthetic_size": (16, MAX_SIDE), "data.synthetic_seed": (0, 2**31 - 1),
+    "model.lstm_hidden": (1, 65536), "model.dropout": (0, 1), "model.classifier_init_std": (0, 10),
+    "model.output_stride": (1, 64), "model.aspp_channels": (1, 65536), "model.low_level_channels": (1, 65536),
+    "method.topk": (1, 10**6), "method.et_crop_size": (16, MAX_SIDE), "method.pce_num_low": (1, 10**6),
+    "train.epochs": (1, MAX_COUNT), "train.warmup_epochs": (0, MAX_COUNT), "train.batch_size": (1, 65536),
+    "train.unfreeze_blocks": (-1, 10**4), "train.weight_decay": (0, 10), "train.grad_clip": (0, 10**6),
+    "train.log_every": (0, 10**9), "train.keep_checkpoints": (0, 10**6), "train.cpu_threads": (0, 1024),
+    "train.momentum": (0, 1), "train.poly_power": (0, 100), "train.head_lr_mult": (0, 10**4),
+    "pseudo.image_size": (16, MAX_SIDE), "pseudo.batch_size": (1, 65536),
+    "augment.crop_size": (16, MAX_SIDE),
+}
+LEARNING_RATES = ("train.lr", "train.warmup_lr")  # must lie in (0, MAX_LR]
+MAX_LR = 10.0
+MAX_ABS_FLOAT = 1e6  # any other float setting beyond this is a typo, not a setting
+MAX_ABS_INT = 2**31 - 1  # likewise for integers (sizes and counts have tighter ranges above)
+
+
+def check_numbers(cfg: Any) -> None:
+    """Reject non-finite or absurd numbers anywhere in a config, naming the key.
+
+    Every float must be finite; learning rates must lie in (0, MAX_LR]; the settings in
+    NUMBER_RANGES (sizes, counts, workers, threads, ...) within their range; any other float
+    within ±MAX_ABS_FLOAT and integer within ±MAX_ABS_INT. Runs before the schema's own
+    validation, so that never sees NaN or inf.
+    """
+    for key, value in _flat_numbers(cfg):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}={value}: must be a finite number")
+        if key in LEARNING_RATES:
+            if not 0 < value <= MAX_LR:
+                raise ConfigError(f"{key}={value:g}: a learning rate must be in (0, {MAX_LR:g}]")
+        elif key in NUMBER_RANGES:
+            low, high = NUMBER_RANGES[key]
+            if not low <= value <= high:
+                raise ConfigError(f"{key}={value:g}: must be between {low:g} and {high:g}")
+        elif abs(value) > (MAX_ABS_FLOAT if isinstance(value, float) else MAX_ABS_INT):
+            limit = MAX_ABS_FLOAT if isinstance(value, float) else MAX_ABS_INT
+            raise ConfigError(f"{key}={value:g}: out of range (|value| <= {limit:g})")
+
+
+def _flat_numbers(cfg: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if is_dataclass(cfg):
+        for f in fields(cfg):
+            yield from _flat_numbers(getattr(cfg, f.name), f"{prefix}{f.name}.")
+    elif isinstance(cfg, dict):  # free-form sections (the add-ons) before the registry types them
+        for k, v in cfg.items():
+            yield from _flat_numbers(v, f"{prefix}{k}.")
+    elif isinstance(cfg, (list, tuple)):
+        for i, v in enumerate(cfg):
+            yield from _flat_numbers(v, f"{prefix[:-1]}[{i}].")
+    elif isinstance(cfg, (int, float)) and not isinstance(cfg, bool):
+        yield prefix[:-1], cfg
 
 
 def config_to_yaml(cfg: Any) -> str:
@@ -200,10 +306,19 @@ def config_to_yaml(cfg: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def config_from_yaml(text: str, schema_class: type = None) -> Any:
-    """Inverse of :func:`config_to_yaml` (default schema: :class:`ExperimentConfig`)."""
-    merged = OmegaConf.merge(OmegaConf.structured(schema_class or ExperimentConfig), OmegaConf.create(text))
-    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+def config_from_yaml(text: str, schema_class: type = None, source: str = "stored config") -> Any:
+    """Inverse of :func:`config_to_yaml` (default schema: :class:`ExperimentConfig`); ConfigError
+    naming ``source`` (e.g. a model file) if the text is not a valid config."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema_class or ExperimentConfig), parse_yaml(text, source))
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{source}: invalid configuration: {one_line(exc)}") from exc
+    try:
+        check_numbers(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+    return cfg
 
 
 def to_dict(cfg: Any) -> dict:

@@ -10,6 +10,7 @@ from tagseg.data.classes import VOC_CLASSES
 from tagseg.data.records import DatasetIndex, ImageRecord, labels_from_mask, read_id_list
 from tagseg.errors import DataError
 from tagseg.utils.io import read_mask
+from tagseg.utils.safe_npy import load_npy
 
 MASK_DIRS = ("SegmentationClassAug", "SegmentationClass")
 
@@ -29,18 +30,26 @@ def _find_mask_dir(root: Path, mask_dir: str) -> Path | None:
 def load_cls_labels(path: Path, num_classes: int = len(VOC_CLASSES)) -> dict[str, np.ndarray]:
     """Read the field's ``cls_labels.npy`` (pickled dict: int id 2007000528 -> float[K-1]).
 
-    Returns id string ('2007_000528') -> multi-hot (K,) with background set. Raises DataError
-    if the file is unreadable or a vector's length disagrees with the class list.
+    Returns id string ('2007_000528') -> multi-hot (K,) with background set. The pickle is read
+    by a restricted unpickler (numpy arrays and plain containers only; see
+    :mod:`tagseg.utils.safe_npy`). Raises DataError if the file is unreadable, asks for any
+    other Python object, or a vector's length disagrees with the class list.
     """
-    try:
-        raw = np.load(path, allow_pickle=True).item()
-    except (OSError, ValueError, AttributeError) as exc:
-        raise DataError(f"cannot read image-level labels {path}: {exc}") from exc
+    array = load_npy(path)  # a restricted unpickler: no code runs from the file
+    if array.shape != () or array.dtype != object:
+        raise DataError(f"{path}: expected a pickled dict id -> label vector, got an array of shape "
+                        f"{array.shape} and dtype {array.dtype}")
+    raw = array.item()
     if not isinstance(raw, dict):
         raise DataError(f"{path}: expected a pickled dict id -> label vector, got {type(raw).__name__}")
     out: dict[str, np.ndarray] = {}
     for key, vec in raw.items():
-        vec = np.asarray(vec, dtype=np.float32).reshape(-1)
+        if not isinstance(key, (int, np.integer, str)) or not isinstance(vec, (np.ndarray, list)):
+            raise DataError(f"{path}: entry {str(key)[:40]!r} is not an id -> label vector pair")
+        try:
+            vec = np.asarray(vec, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{path}: label vector of id {key} is not numeric: {exc}") from exc
         if vec.shape[0] != num_classes - 1:
             raise DataError(f"{path}: label vector of id {key} has {vec.shape[0]} entries, "
                             f"but the class list has {num_classes - 1} object classes")

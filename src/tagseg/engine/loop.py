@@ -19,20 +19,21 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from tagseg.engine import distributed as D
 from tagseg.engine.checkpoint import (
-    list_checkpoints, load_checkpoint, rng_state, save_checkpoint, save_final_model, set_rng_state, state_tensors,
+    list_checkpoints, load_latest_checkpoint, rng_state, save_checkpoint, save_final_model, set_rng_state,
+    state_tensors, write_safetensors,
 )
 from tagseg.engine.resume import check_resumable, truncate_history
 from tagseg.engine.task import Task
 from tagseg.engine.threads import cpu_threads
 from tagseg.errors import TrainingError
-from tagseg.utils.io import atomic_path, write_text
+from tagseg.utils.io import write_text
 
 BEST_WEIGHTS = "best.safetensors"  # under <run>/checkpoints/: the weights of the selected epoch so far
 
@@ -82,16 +83,16 @@ def _run(task: Task, run_dir: Path, info: D.DistInfo, device: torch.device, resu
     core, optimizer, dataset = task.model, task.optimizer, task.dataset
     start_epoch, selection = 0, None
     if resume:
-        ckpts = list_checkpoints(run_dir)
-        if ckpts:
-            state = load_checkpoint(ckpts[-1], core, check=lambda st: check_resumable(
-                st.get("config", {}), task.config, ckpts[-1], task.resume_may_change))
+        found = load_latest_checkpoint(run_dir, core, check=lambda st: check_resumable(
+            st.get("config", {}), task.config, run_dir, task.resume_may_change))
+        if found:
+            ckpt, state = found
             optimizer.load_state_dict(state["optimizer"])
             start_epoch = int(state["epoch"])
             set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)])
             selection = state.get("selection")
             if info.is_main:
-                print(f"resuming from {ckpts[-1]} (epoch {start_epoch} of {task.epochs} done)")
+                print(f"resuming from {ckpt} (epoch {start_epoch} of {task.epochs} done)")
     steps_per_epoch = math.ceil(len(dataset) / (task.batch_size * info.world_size))
     global_step = start_epoch * steps_per_epoch
     writer = None
@@ -220,6 +221,5 @@ def _select(task: Task, core: torch.nn.Module, epoch: int, selection: Optional[d
         selection.update(best_epoch=epoch + 1, best_score=score)
         if info.is_main:
             (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            with atomic_path(run_dir / "checkpoints" / BEST_WEIGHTS) as tmp:
-                save_file(state_tensors(core), str(tmp))
+            write_safetensors(run_dir / "checkpoints" / BEST_WEIGHTS, state_tensors(core))
     return selection

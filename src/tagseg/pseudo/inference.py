@@ -9,22 +9,22 @@ import torch
 from tagseg.config import ExperimentConfig, config_from_yaml
 from tagseg.errors import TagsegError
 from tagseg.models.patch_classifier import PatchClassifierNet
-from tagseg.engine.checkpoint import read_model_file
+from tagseg.engine.checkpoint import model_classes, read_model_file
 
 
 def load_trained_model(path: str | Path, device: torch.device | str = "cpu"
                        ) -> tuple[torch.nn.Module, ExperimentConfig, dict]:
     """Rebuild a trained network of any family from ``model.safetensors`` (weights + metadata),
     in eval mode. Returns (model, its training config, info with 'class_names' and 'palette')."""
-    import json
-
     from tagseg.methods.families import family_for_format
 
     weights, meta = read_model_file(Path(path))
     family = family_for_format(meta.get("format"))
-    cfg = config_from_yaml(meta["config"])
-    info = {"class_names": json.loads(meta["class_names"]), "palette": json.loads(meta["palette"]),
-            "family": family.name}
+    names, palette = model_classes(Path(path), meta)
+    if "config" not in meta:
+        raise TagsegError(f"{path}: the model metadata has no 'config'")
+    cfg = config_from_yaml(meta["config"], source=f"{path} (metadata 'config')")
+    info = {"class_names": names, "palette": palette, "family": family.name}
     cfg.model.weights, cfg.model.pretrained = None, False  # the file holds every weight
     model = family.build(cfg, len(info["class_names"]))
     try:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -85,8 +86,8 @@ def read_run_config(path: Path) -> tuple[dict, str]:
         raise TagsegError(f"{path} is not UTF-8 text: {exc}") from exc
     try:
         data = OmegaConf.to_container(OmegaConf.create(text), resolve=False)
-    except (OmegaConfBaseException, ValueError) as exc:
-        raise TagsegError(f"cannot parse {path}: {exc}") from exc
+    except (OmegaConfBaseException, ValueError, yaml.YAMLError) as exc:  # YAML errors: e.g. a !!python tag
+        raise TagsegError(f"cannot parse {path}: {' '.join(str(exc).split())[:300]}") from exc
     if not isinstance(data, dict):
         raise TagsegError(f"{path} does not hold a mapping")
     return data, text

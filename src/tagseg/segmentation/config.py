@@ -159,6 +159,6 @@ def load_segment_config(name_or_path: str | None = None, overrides: Sequence[str
                        validate=validate_segment_config)
 
 
-def segment_config_from_yaml(text: str) -> SegmentExperimentConfig:
-    """The config stored in a run folder or a model file's metadata."""
-    return config_from_yaml(text, SegmentExperimentConfig)
+def segment_config_from_yaml(text: str, source: str = "stored config") -> SegmentExperimentConfig:
+    """The config stored in a run folder or a model file's metadata (ConfigError naming ``source``)."""
+    return config_from_yaml(text, SegmentExperimentConfig, source)

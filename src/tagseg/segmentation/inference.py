@@ -9,7 +9,6 @@ with the 'segmentation' preset of METHODS.md §5.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -22,7 +21,7 @@ from tagseg.data.views import image_to_tensor
 from tagseg.errors import TagsegError
 from tagseg.segmentation.config import SegInferenceConfig, SegmentExperimentConfig, segment_config_from_yaml
 from tagseg.segmentation.models import SegmentationNet, build_segmenter
-from tagseg.engine.checkpoint import read_model_file
+from tagseg.engine.checkpoint import model_classes, read_model_file
 
 MODEL_FORMAT = "tagseg.segmentation/1"
 
@@ -48,8 +47,9 @@ def load_segmenter(path: str | Path, device: torch.device | str = "cpu"
         hint = " (a patch-classifier model: use it with `tagseg pseudo`)" if fmt == "tagseg.patch_classifier/1" else ""
         raise TagsegError(f"{path} is not a tagseg segmentation model (format={fmt!r}){hint}")
     try:
-        cfg = segment_config_from_yaml(meta["config"])
-        info = {"class_names": list(json.loads(meta["class_names"])), "palette": list(json.loads(meta["palette"]))}
+        cfg = segment_config_from_yaml(meta["config"], source=f"{path} (metadata 'config')")
+        names, palette = model_classes(path, meta)
+        info = {"class_names": names, "palette": palette}
     except (KeyError, ValueError) as exc:
         raise TagsegError(f"{path}: unreadable model metadata ({exc})") from exc
     cfg.model.weights, cfg.model.pretrained = None, False  # the file holds every weight

@@ -118,7 +118,7 @@ def resolve_model_path(spec: str | Path) -> Path:
     if path.is_dir():
         if (path / "model.safetensors").is_file():
             return path / "model.safetensors"
-        if (path / "state.pt").is_file():
+        if (path / "state.safetensors").is_file() or (path / "state.pt").is_file():
             raise TagsegError(f"{path} is a training checkpoint, which holds no class names or palette; "
                               "use the run's model.safetensors (written when training finishes)")
         raise TagsegError(f"no model.safetensors in {path}")
