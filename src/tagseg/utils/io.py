@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -92,6 +93,12 @@ def write_text(path: str | os.PathLike, text: str, root: Optional[str | os.PathL
         tmp.write_text(text)
 
 
+def _too_large(what: str, path: Path, pixels: Optional[int], size: str) -> DataError:
+    amount = f"{pixels} pixels{size}" if pixels is not None else "too many pixels"
+    return DataError(f"{what} {path} has {amount}, more than the limit of {max_image_pixels()} (a "
+                     "decompression-bomb guard); raise data.max_image_pixels if the file is trusted")
+
+
 @contextlib.contextmanager
 def _open_image(path: Path, what: str) -> Iterator[Image.Image]:
     """Open ``path`` with PIL after the existence, emptiness and pixel-count checks; any decoder
@@ -107,15 +114,13 @@ def _open_image(path: Path, what: str) -> Iterator[Image.Image]:
                 w, h = im.size
                 limit = max_image_pixels()
                 if w * h > limit:
-                    raise DataError(
-                        f"{what} {path} is {w}×{h} = {w * h} pixels, more than the limit of {limit} "
-                        "(a decompression-bomb guard); raise data.max_image_pixels if the file is trusted")
+                    raise _too_large(what, path, w * h, f" ({w}×{h})")
                 yield im
     except TagsegError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise DataError(f"{what} {path} is too large to decode: {exc} (raise data.max_image_pixels if "
-                        "the file is trusted)") from exc
+    except Image.DecompressionBombError as exc:  # PIL's own guard, at twice the limit, fired in open()
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        raise _too_large(what, path, int(found.group(1)) if found else None, "") from exc
     except Exception as exc:  # PIL raises many types on hostile bytes (OSError, SyntaxError, struct.error...)
         raise DataError(f"cannot decode {what} {path}: {type(exc).__name__}: {exc}") from exc
 
