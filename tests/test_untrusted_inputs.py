@@ -11,6 +11,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import zlib
@@ -281,13 +282,30 @@ def test_kill_9_of_pseudo_leaves_no_workers_and_resume_gives_the_same_masks(tmp_
     assert 0 < done < 64
     capsys.readouterr()
     assert main(["pseudo", "--run", str(run), "--split", "val", "--workers", "2"]) == 0
-    assert f"already done" in capsys.readouterr().out
+    assert "already done" in capsys.readouterr().out
+    assert not [p.name for p in (out / "masks").iterdir() if p.name.startswith(".")]  # the killed run's temp files
     assert main(["pseudo", "--run", str(run), "--split", "val", "--out", str(tmp_path / "one")]) == 0
     for sub in ("masks",):
         names = sorted(p.name for p in (out / sub).glob("[!.]*.png"))
         assert len(names) == 64
         for name in names:
             assert (read_mask(out / sub / name, 21) == read_mask(tmp_path / "one" / sub / name, 21)).all(), name
+
+
+def test_stale_temporary_files_of_this_shard_are_removed(tmp_path):
+    from tagseg.utils.io import remove_stale_temp_files
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    mine = [tempfile.mkstemp(prefix=".a.png.", suffix=".tmp.png", dir=masks),
+            tempfile.mkstemp(prefix=".b.png.", suffix=".tmp.png", dir=masks)]
+    other = tempfile.mkstemp(prefix=".c.png.", suffix=".tmp.png", dir=masks)  # another shard's image
+    for fd, _ in [*mine, other]:
+        os.close(fd)
+    (masks / "a.png").write_bytes(b"done")
+    (masks / ".a.png.notes").write_bytes(b"not ours")
+    assert remove_stale_temp_files([masks / "a.png", masks / "b.png"]) == 2
+    assert sorted(p.name for p in masks.iterdir()) == sorted([".a.png.notes", "a.png", Path(other[1]).name])
 
 
 # ---------------------------------------------------------------- images

@@ -35,7 +35,8 @@ from tagseg.data.records import DatasetIndex, ImageRecord
 from tagseg.data.views import image_to_tensor
 from tagseg.errors import ConfigError, DataError
 from tagseg.families import get_family
-from tagseg.utils.io import atomic_path, max_image_pixels, read_image, save_mask_png, set_max_image_pixels
+from tagseg.utils.io import (atomic_path, max_image_pixels, read_image, remove_stale_temp_files, save_mask_png,
+                             set_max_image_pixels)
 from tagseg.utils.safe_paths import path_inside
 
 
@@ -114,10 +115,14 @@ def generate_pseudo_masks(model: nn.Module, index: DatasetIndex, out_dir: str | 
                           workers: int = 1, model_path: Optional[Path] = None) -> PseudoStats:
     """Write pseudo-masks for the images of ``index`` (this shard) into ``out_dir``.
 
-    workers > 1 runs that many CPU processes, each loading the model from ``model_path``.
+    workers > 1 runs that many CPU processes, each loading the model from ``model_path``. The
+    caller should hold this shard's lock (:func:`tagseg.utils.runlock.run_lock`): temporary files
+    left by a killed earlier run of the same images are removed first.
     """
     out_dir = Path(out_dir)
     records = shard_records(index.require_nonempty().records, shard)
+    # a run killed mid-write leaves hidden temporary files of this shard's images: remove them
+    remove_stale_temp_files([p for r in records for p in output_paths(out_dir, r.id, cfg).values()])
     todo = [r for r in records if overwrite or not _done(out_dir, r.id, cfg)]
     stats = PseudoStats(skipped=len(records) - len(todo))
     t0 = time.time()

@@ -81,6 +81,31 @@ def atomic_path(path: str | os.PathLike, root: Optional[str | os.PathLike] = Non
                 tmp_path.unlink(missing_ok=True)
 
 
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp(\.[^.]*)?$")
+
+
+def remove_stale_temp_files(paths: Sequence[Path]) -> int:
+    """Delete the temporary files :func:`atomic_path` left beside ``paths`` (a writer killed by
+    ``kill -9`` cannot clean up). Only call this while no other process writes those paths (the
+    caller holds their folder's lock). Returns the number of files removed."""
+    by_folder: dict[Path, set[str]] = {}
+    for path in paths:
+        by_folder.setdefault(Path(path).parent, set()).add(Path(path).name)
+    removed = 0
+    for folder, names in by_folder.items():
+        try:
+            entries = [e for e in os.scandir(folder) if e.name.startswith(".") and e.is_file(follow_symlinks=False)]
+        except OSError:
+            continue
+        for entry in entries:
+            found = _TEMP_NAME.match(entry.name)
+            if found and found.group("target") in names:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
+
+
 def write_json(path: str | os.PathLike, obj: Any, root: Optional[str | os.PathLike] = None) -> None:
     """Write ``obj`` as indented JSON, atomically (inside ``root`` when given)."""
     with atomic_path(path, root) as tmp:
