@@ -137,6 +137,28 @@ def test_traversal_id_leaves_everything_outside_the_output_folder_untouched(tmp_
     assert tree(tmp_path) == before
 
 
+@pytest.mark.slow
+def test_cli_pseudo_with_a_traversal_id_fails_cleanly_and_writes_nothing_outside(tmp_path, capsys):
+    make_voc(tmp_path / "voc", n=2)
+    run = tmp_path / "run"
+    assert main(["train", "--config", "tkpcl_voc", "--out", str(run), f"data.root={tmp_path / 'voc'}",
+                 "data.train_split=train", "data.pseudo_split=train", "data.image_size=64", "data.num_workers=0",
+                 "model.encoder=test_resnet", "model.pretrained=false", "model.lstm_hidden=8",
+                 "method.et_crop_size=32", "train.epochs=1", "train.warmup_epochs=0", "train.batch_size=2",
+                 "pseudo.image_size=64"]) == 0
+    images = tmp_path / "voc" / "JPEGImages"
+    (tmp_path / "sentinel.jpg").write_bytes((images / "2008_000000.jpg").read_bytes())
+    (tmp_path / "sentinel.png").write_bytes(b"keep me")
+    (tmp_path / "voc" / "ImageSets" / "Segmentation" / "train.txt").write_text("2008_000000\n../../sentinel\n")
+    before = {k: v for k, v in tree(tmp_path).items() if not k.startswith("run/")}
+    capsys.readouterr()
+    assert main(["pseudo", "--run", str(run), "--out", str(tmp_path / "voc" / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "train.txt:2: id '../../sentinel' contains a path separator" in err and "Traceback" not in err
+    after = {k: v for k, v in tree(tmp_path).items() if not k.startswith("run/")}
+    assert after == before
+
+
 def test_predict_refuses_unsafe_names_and_writes_nothing_outside(tmp_path, monkeypatch):
     import tagseg.segmentation.predict as predict
 
