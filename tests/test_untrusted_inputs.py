@@ -339,6 +339,17 @@ def test_16_bit_grayscale_png_is_scaled_not_clipped(tmp_path):
     img = read_image(tmp_path / "g16.png")
     assert img.shape == (2, 3, 3) and (img == img[..., :1]).all()
     assert img[..., 0].tolist() == [[0, 1, 128], [255, 4, 254]]  # round(v * 255 / 65535)
+    # 16-bit RGB (48-bit PNG, written by hand: PIL cannot): PIL keeps the high byte, within 1 of rounding
+    px = np.array([[[0, 65535, 32896], [257, 1000, 65280]], [[12850, 0, 51400], [65535, 65535, 65535]]], ">u2")
+    raw = b"".join(b"\x00" + px[y].tobytes() for y in range(2))
+    (tmp_path / "rgb16.png").write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 16, 2, 0, 0, 0))
+                                         + _png_chunk(b"IDAT", zlib.compress(raw)) + _png_chunk(b"IEND", b""))
+    want = (px.astype(np.int64) * 255 + 32767) // 65535
+    assert np.abs(read_image(tmp_path / "rgb16.png").astype(np.int64) - want).max() <= 1
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
 def test_colour_modes_convert_to_rgb(tmp_path):
@@ -424,9 +435,7 @@ def test_dataset_image_whose_size_disagrees_with_its_mask_names_both_files(tmp_p
 
 def _big_png(path: Path, width: int, height: int) -> None:
     """A valid all-black grayscale PNG written row by row (never held in memory)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
+    chunk = _png_chunk
     comp = zlib.compressobj(9)
     row = b"\x00" * (width + 1)
     parts = [comp.compress(row) for _ in range(height)]

@@ -199,5 +199,9 @@ def _run_pool(todo: list[ImageRecord], out_dir: Path, cfg: PseudoConfig, palette
                              initargs=(str(model_path), threads, os.getpid(), max_image_pixels())) as pool:
         futures = [pool.submit(_work, todo[i:i + chunk], out_dir, cfg, palette, family)
                    for i in range(0, len(todo), chunk)]
-        for fut in as_completed(futures):
-            yield fut.result()
+        try:
+            for fut in as_completed(futures):
+                yield fut.result()
+        except BaseException:  # e.g. a full disk: stop at once instead of running every queued chunk
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
