@@ -541,6 +541,40 @@ def test_full_disk_gives_a_clear_error_and_leaves_no_partial_file(small_tmpfs):
     assert not [p for p in small_tmpfs.rglob("*") if ".tmp" in p.name]
 
 
+@pytest.mark.slow
+def test_cli_pseudo_on_a_full_then_read_only_disk(small_tmpfs, tmp_path, capsys):
+    make_voc(tmp_path / "voc", n=6)
+    run = tmp_path / "run"
+    assert main(["train", "--config", "tkpcl_voc", "--out", str(run), f"data.root={tmp_path / 'voc'}",
+                 "data.train_split=train", "data.pseudo_split=train", "data.image_size=64", "data.num_workers=0",
+                 "model.encoder=test_resnet", "model.pretrained=false", "model.lstm_hidden=8",
+                 "method.et_crop_size=32", "train.epochs=1", "train.warmup_epochs=0", "train.batch_size=2",
+                 "pseudo.image_size=64"]) == 0
+    out = small_tmpfs / "out"
+    filler = small_tmpfs / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)  # fill the disk, then free room for the lock and ~2 masks
+    with contextlib.suppress(OSError):
+        while True:
+            os.write(fd, b"\0" * 4096)
+    os.close(fd)
+    os.truncate(filler, filler.stat().st_size - 3 * 4096)
+    capsys.readouterr()
+    for workers in ("1", "2"):
+        assert main(["pseudo", "--run", str(run), "--out", str(out), "--workers", workers]) == 2
+        err = capsys.readouterr().err
+        assert "No space left on device" in err and str(out) in err and "Traceback" not in err
+        assert not [p.name for p in small_tmpfs.rglob("*") if ".tmp" in p.name]  # no partial files
+    filler.unlink()
+    assert main(["pseudo", "--run", str(run), "--out", str(out)]) == 0
+    before = tree(out / "masks")
+    assert len(before) == 6
+    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    assert main(["pseudo", "--run", str(run), "--out", str(out), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "Read-only file system" in err and str(out) in err
+    assert tree(out / "masks") == before
+
+
 def test_os_errors_inside_a_writer_become_output_errors(tmp_path, monkeypatch):
     """Without root (no tmpfs), the same clean-up path is driven by an injected EACCES."""
     target = tmp_path / "x.json"
