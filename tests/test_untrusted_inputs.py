@@ -397,6 +397,14 @@ def test_exif_orientation_is_applied(tmp_path):
     want = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "r.jpg")).convert("RGB"))
     assert np.abs(img.astype(int) - want.astype(int)).max() == 0
     assert img[:10].mean() > 200 and img[15:].mean() < 50  # the band is now on top
+    for orientation in range(1, 9):  # every orientation equals Pillow's reference transpose
+        path = tmp_path / f"o{orientation}.png"
+        im = Image.fromarray(np.random.default_rng(orientation).integers(0, 255, (5, 7, 3), dtype=np.uint8))
+        exif = im.getexif()
+        exif[0x0112] = orientation
+        im.save(path, exif=exif)
+        want = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+        assert np.array_equal(read_image(path), want), orientation
 
 
 def test_predict_writes_masks_in_the_displayed_orientation(tmp_path, monkeypatch):
@@ -593,7 +601,7 @@ def test_os_errors_inside_a_writer_become_output_errors(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- fuzz
 
 def test_fuzz_random_bytes_only_give_tagseg_errors(tmp_path):
-    """Seeded random and mutated bytes as image, mask and labels file: only TagsegError comes out."""
+    """Seeded random and mutated bytes as image, mask, labels file and id list: only TagsegError comes out."""
     rng = np.random.default_rng(1234)
     make_folder(tmp_path / "ds", n=2)
     seeds = [(tmp_path / "ds" / "images" / "img0.png").read_bytes(), (tmp_path / "ds" / "masks" / "img1.png").read_bytes()]
@@ -634,5 +642,14 @@ def test_fuzz_random_bytes_only_give_tagseg_errors(tmp_path):
             outcomes["ok"] += 1
         except TagsegError as exc:
             assert "labels.csv" in str(exc) or "images" in str(exc)
+            outcomes["error"] += 1
+    ids_seed = b"\xef\xbb\xbf2008_000000\r\n2008_000001 1\r\n"
+    for i in range(150):
+        (tmp_path / "ids.txt").write_bytes(mutate(ids_seed))
+        try:
+            read_id_list(tmp_path / "ids.txt")
+            outcomes["ok"] += 1
+        except TagsegError as exc:
+            assert "ids.txt" in str(exc)
             outcomes["error"] += 1
     assert outcomes["error"] > 100 and outcomes["ok"] > 10  # both paths were exercised

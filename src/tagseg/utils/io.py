@@ -36,6 +36,7 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 #: Default decompression-bomb limit (pixels per image): PIL's own default.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 _LIMITS = {"max_pixels": DEFAULT_MAX_IMAGE_PIXELS}
+_ORIENTATION = 0x0112  # EXIF tag
 Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
 
 
@@ -152,9 +153,10 @@ def _open_image(path: Path, what: str) -> Iterator[Image.Image]:
 
 def _displayed(im: Image.Image) -> Image.Image:
     """The decoded image turned as its EXIF orientation says (a copy), or ``im`` when upright."""
-    im.load()
-    turned = ImageOps.exif_transpose(im)
-    return im if turned is None else turned
+    im.load()  # a PNG's eXIf chunk may follow the pixel data
+    if im.getexif().get(_ORIENTATION, 1) not in range(2, 9):
+        return im  # upright (or an invalid tag, which viewers ignore too): no copy
+    return ImageOps.exif_transpose(im)
 
 
 def _to_rgb(im: Image.Image, path: Path) -> np.ndarray:
