@@ -196,26 +196,34 @@ def test_report_refuses_traversal_sample_names(tmp_path):
 # ---------------------------------------------------------------- one process per run folder
 
 HOLD = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     from tagseg.utils.runlock import run_lock
-    shard = tuple(int(v) for v in sys.argv[2].split("/")) if len(sys.argv) > 2 else None
+    shard = tuple(int(v) for v in sys.argv[2].split("/")) if sys.argv[2] else None
     with run_lock(sys.argv[1], shard=shard):
+        if sys.argv[3] == "fork" and os.fork() == 0:  # a forked child (like a data-loader worker)
+            time.sleep(120)
+            os._exit(0)
         print("locked", flush=True)
         time.sleep(120)
 """)
 
 
 @contextlib.contextmanager
-def holder(folder: Path, shard: str = ""):
-    """A separate process holding the lock of ``folder``; yields its Popen (killed at the end)."""
+def holder(folder: Path, shard: str = "", fork: bool = False):
+    """A separate process holding the lock of ``folder``; yields its Popen (killed at the end,
+    with the child it forked when ``fork``)."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), *([shard] if shard else [])],
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), shard, "fork" if fork else ""],
                             stdout=subprocess.PIPE, text=True, env=env)
+    children: list[int] = []
     try:
         assert proc.stdout.readline().strip() == "locked"
+        children = _children(proc.pid)
         yield proc
     finally:
-        proc.kill()
+        for pid in [proc.pid, *children]:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         proc.wait()
 
 
@@ -235,8 +243,23 @@ def test_second_process_on_a_run_folder_stops_at_once_naming_the_holder(tmp_path
         proc.send_signal(signal.SIGKILL)  # kill -9: the OS drops the lock with the process
         proc.wait()
     with run_lock(run) as path:
-        assert path.read_text().strip() == str(os.getpid())
+        pid_seen = subprocess.run(["cat", str(path)], capture_output=True, text=True).stdout  # not opened here
+    assert pid_seen.strip() == str(os.getpid())
     assert path.read_text() == ""  # released: no stale pid left for the next reader
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or not Path("/proc/self/stat").exists(), reason="needs fork and /proc")
+def test_a_forked_child_of_a_killed_holder_does_not_keep_the_lock(tmp_path):
+    """Data-loader workers forked by a killed `train` may live a few seconds more: `--resume` must not wait."""
+    run = tmp_path / "run"
+    with holder(run, fork=True) as proc:
+        children = _children(proc.pid)
+        assert len(children) == 1
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert _alive(children[0])  # the forked child is still running...
+        with run_lock(run):  # ...and the lock is free
+            pass
 
 
 def test_pseudo_shards_lock_separately(tmp_path):

@@ -1,11 +1,14 @@
 """One process owns a run folder: an OS lock on ``<folder>/.lock`` for the length of a command.
 
-The lock is an advisory whole-file lock (``fcntl.flock`` on POSIX, ``msvcrt.locking`` on
-Windows) held on an open file that also records the holder's pid. The operating system drops
-it when the holder exits, however it exits (``kill -9`` included), so a stale lock file never
-blocks the next run. A second process that finds the lock taken stops at once with a
-:class:`RunLockedError` naming the holder's pid. Under ``torchrun`` only rank 0 takes the lock
-(all ranks of one job share the folder).
+The lock is an advisory whole-file lock (a POSIX record lock, ``fcntl.lockf``, on POSIX;
+``msvcrt.locking`` on Windows) held on an open file that also records the holder's pid. The
+operating system drops it when the holder exits, however it exits (``kill -9`` included), so a
+stale lock file never blocks the next run. POSIX record locks belong to the process, not to the
+open file: children forked by the holder (e.g. data-loader workers still winding down after
+their parent was killed) do not keep it. The holding process must therefore never open and
+close the lock file itself (that would drop its lock). A second process that finds the lock
+taken stops at once with a :class:`RunLockedError` naming the holder's pid. Under ``torchrun``
+only rank 0 takes the lock (all ranks of one job share the folder).
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ else:
 
     def _try_lock(fd: int) -> bool:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 0, 0, os.SEEK_SET)  # the whole file, from byte 0
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 return False
@@ -68,7 +71,7 @@ else:
         return True
 
     def _unlock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        fcntl.lockf(fd, fcntl.LOCK_UN, 0, 0, os.SEEK_SET)
 
 
 def read_holder_pid(path: Path) -> Optional[int]:
