@@ -119,3 +119,24 @@ def test_check_resumable_names_keys_and_lets_listed_ones_change(tmp_path):
                     ("train.epochs", "device"))
     with pytest.raises(TrainingError, match=r"train.lr: 0.1 -> 0.2"):
         check_resumable(saved, {"train": {"lr": 0.2, "epochs": 2}, "device": "cpu"}, tmp_path, ("device",))
+
+
+def test_a_failed_checkpoint_write_is_an_output_error_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    import errno
+
+    from tagseg.engine import checkpoint as ckpt
+    from tagseg.errors import OutputError
+
+    model = torch.nn.Linear(2, 2)
+    first = ckpt.save_checkpoint(tmp_path, 1, model, {"epoch": 1})
+    before = {p.name: p.read_bytes() for p in first.iterdir()}
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "write_safetensors", full_disk)
+    with pytest.raises(OutputError, match="epoch_0002.*No space left"):
+        ckpt.save_checkpoint(tmp_path, 2, model, {"epoch": 2})
+    assert list_checkpoints(tmp_path) == [first]
+    assert {p.name: p.read_bytes() for p in first.iterdir()} == before
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [first.name]  # no temporary folder left

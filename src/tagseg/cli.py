@@ -11,6 +11,7 @@ from tagseg.data.prepare.cli import add_prepare_command, cmd_prepare
 from tagseg.errors import TagsegError
 from tagseg.report.cli import add_report_command, cmd_report
 from tagseg.segmentation.cli import SEGMENT_COMMANDS, add_segment_commands
+from tagseg.utils.runlock import run_lock
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -93,8 +94,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise TagsegError(f"{args.config} is a segmentation-stage config: use `tagseg segment train --config {args.config}`")
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out or f"runs/{cfg.name}")
-    ensure_fresh_run_dir(out, args.resume)
-    result = Trainer(cfg, out, resume=args.resume).fit(stop_after_epoch=args.stop_after_epoch)
+    with run_lock(out):
+        ensure_fresh_run_dir(out, args.resume)
+        result = Trainer(cfg, out, resume=args.resume).fit(stop_after_epoch=args.stop_after_epoch)
     print(f"saved {result}")
     return 0
 
@@ -117,7 +119,7 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
     split = args.split or cfg.data.pseudo_split
     out = Path(args.out or run / "pseudo" / split)
     index = build_index(cfg.data, split)
-    with torch.no_grad():
+    with torch.no_grad(), run_lock(out, shard=args.shard):
         stats = generate_pseudo_masks(model, index, out, cfg.pseudo, device, shard=args.shard,
                                       overwrite=args.overwrite, family=info["family"], workers=args.workers,
                                       model_path=run / "model.safetensors")

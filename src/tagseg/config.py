@@ -37,6 +37,7 @@ class DataConfig:
     image_size: int = 384  # training input S (square); multiple of 32 when L_ET is on
     num_workers: int = 2
     max_images: int = 0  # >0: use only the first N ids of each split (quick runs)
+    max_image_pixels: int = 89_478_485  # decompression-bomb guard: larger images (w*h) are refused
     synthetic_train: int = 320
     synthetic_val: int = 80
     synthetic_size: int = 160

@@ -15,3 +15,7 @@ class ConfigError(TagsegError):
 
 class TrainingError(TagsegError):
     """Training cannot continue (e.g. a non-finite loss)."""
+
+
+class OutputError(TagsegError):
+    """An output file cannot be written (read-only folder, full disk, path outside the output folder)."""

@@ -9,11 +9,13 @@ from tagseg.data.folder import read_folder
 from tagseg.data.records import DatasetIndex
 from tagseg.data.voc import read_voc
 from tagseg.errors import ConfigError
+from tagseg.utils.io import set_max_image_pixels
 
 
 def build_index(cfg: DataConfig, split: str) -> DatasetIndex:
     """The records of ``split``. For 'synthetic', the demo data is generated into ``cfg.root`` first
-    (once; later calls reuse it)."""
+    (once; later calls reuse it). Sets this process's image-size limit from ``cfg.max_image_pixels``."""
+    set_max_image_pixels(cfg.max_image_pixels)
     if not cfg.root:
         raise ConfigError("data.root is empty: set it to the dataset folder (e.g. data.root=/path/to/VOC2012)")
     if cfg.dataset == "voc":

@@ -10,6 +10,7 @@ import numpy as np
 
 from tagseg.data.classes import voc_palette
 from tagseg.errors import DataError
+from tagseg.utils.safe_paths import check_id
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,36 @@ def labels_from_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
     return vec
 
 
-def read_id_list(path: Path) -> list[str]:
-    """One id per line (blank lines skipped; extra columns after whitespace ignored)."""
+def read_text_lines(path: Path, what: str) -> list[str]:
+    """The lines of a UTF-8 text file (a byte-order mark is skipped; LF, CRLF or CR line ends).
+    DataError naming the file when it is missing or not UTF-8 text."""
     if not path.is_file():
-        raise DataError(f"split list not found: {path}")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+        raise DataError(f"{what} not found: {path}")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
+    except OSError as exc:
+        raise DataError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    return text.splitlines()
+
+
+def read_id_list(path: Path) -> list[str]:
+    """One id per line (blank lines skipped; extra columns after whitespace ignored).
+
+    A UTF-8 byte-order mark and CRLF line ends are accepted. An id that is not a plain file
+    name (see :mod:`tagseg.utils.safe_paths`) or that appears twice is a DataError naming the
+    file and line.
+    """
+    ids: list[str] = []
+    first_line: dict[str, int] = {}
+    for line_no, line in enumerate(read_text_lines(path, "split list"), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        image_id = check_id(fields[0], path, line_no)
+        if image_id in first_line:
+            raise DataError(f"{path}:{line_no}: id {image_id!r} listed twice (first on line {first_line[image_id]})")
+        first_line[image_id] = line_no
+        ids.append(image_id)
     return ids

@@ -40,7 +40,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_bytes
 from torch import nn
 
-from tagseg.errors import TagsegError, TrainingError
+from tagseg.errors import OutputError, TagsegError, TrainingError
 from tagseg.utils.io import atomic_path
 
 EPOCH_DIR = re.compile(r"^epoch_(\d{4,})$")
@@ -273,17 +273,21 @@ def save_checkpoint(run_dir: Path, epoch: int, model: nn.Module, state: dict[str
     if bad is not None:
         raise TrainingError(f"epoch {epoch}: {bad} holds NaN/inf values; no checkpoint was written from these "
                             f"weights, the last good checkpoint is kept in {ckpt_root}")
-    ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"epoch_{epoch:04d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp_epoch_", dir=ckpt_root))
+    tmp: Optional[Path] = None
     try:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp_epoch_", dir=ckpt_root))
         write_safetensors(tmp / MODEL_FILE, state_tensors(model))
         write_safetensors(tmp / STATE_FILE, *encode_state(state))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):  # read-only folder, full disk: earlier checkpoints stay as they were
+            raise OutputError(f"cannot write checkpoint {final}: {exc.strerror or exc}") from exc
         raise
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)

@@ -67,7 +67,8 @@ def sweep_background_thresholds(model: torch.nn.Module, index: DatasetIndex, cfg
         fg = normalised_cams_for_image(model, image, rec.labels, cfg).float().cpu()
         gt = read_mask(rec.mask_path, k)
         if gt.shape != tuple(fg.shape[-2:]):
-            raise DataError(f"mask of {rec.id} is {gt.shape}, image is {tuple(fg.shape[-2:])}")
+            raise DataError(f"mask {rec.mask_path} is {gt.shape[1]}×{gt.shape[0]} px but image {rec.image_path} "
+                            f"is {fg.shape[-1]}×{fg.shape[-2]} px")
         for i, thr in enumerate(values):
             pred = cam_pseudo_mask(fg, thr).numpy().astype(np.uint8)
             cms[i].update(pred, gt, name=rec.id)

@@ -38,6 +38,9 @@ def evaluate_folder(pred_dir: str | Path, index: DatasetIndex, progress: bool = 
     for rec in tqdm(index.records, desc="scoring", unit="img", disable=not progress, leave=False):
         pred = read_mask(pred_dir / f"{rec.id}.png", k)
         gt = read_mask(rec.mask_path, k)
+        if pred.shape != gt.shape:
+            raise DataError(f"prediction {pred_dir / f'{rec.id}.png'} is {pred.shape[1]}×{pred.shape[0]} px but ground "
+                            f"truth {rec.mask_path} is {gt.shape[1]}×{gt.shape[0]} px (image {rec.image_path})")
         m = cm.update(pred, gt, name=rec.id)
         if boundary is not None:
             boundary.update(pred, gt, name=rec.id)

@@ -6,13 +6,19 @@ Writes ``<out>/masks/<id>.png``; with ``cfg.crf`` also ``<out>/crf/masks/<id>.pn
 with ``cfg.save_probs`` also ``<out>/probs/<id>.npz`` (float16 probabilities of the present
 classes). Files are written atomically; images whose outputs exist are skipped, so an
 interrupted run resumes. ``shard=(i, n)`` processes every n-th image starting at i, so several
-processes or machines can split a dataset; ``workers`` splits this shard over CPU processes.
+processes or machines can split a dataset; ``workers`` splits this shard over CPU processes,
+which exit on their own when the parent process dies (even by ``kill -9``). Every output path
+is checked to lie inside ``<out>`` before it is written.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -29,7 +35,9 @@ from tagseg.data.records import DatasetIndex, ImageRecord
 from tagseg.data.views import image_to_tensor
 from tagseg.errors import ConfigError, DataError
 from tagseg.methods.families import get_family
-from tagseg.utils.io import atomic_path, read_image, save_mask_png
+from tagseg.utils.io import (atomic_path, max_image_pixels, read_image, remove_stale_temp_files, save_mask_png,
+                             set_max_image_pixels)
+from tagseg.utils.safe_paths import path_inside
 
 
 @dataclass
@@ -64,18 +72,24 @@ def shard_records(records: list[ImageRecord], shard: tuple[int, int]) -> list[Im
     return records[i::n]
 
 
-def _done(out_dir: Path, rec_id: str, cfg: PseudoConfig) -> bool:
-    needed = [out_dir / "masks" / f"{rec_id}.png"]
+def output_paths(out_dir: Path, rec_id: str, cfg: PseudoConfig) -> dict[str, Path]:
+    """The files one image produces ('masks', and 'crf' / 'probs' when configured), each checked
+    to lie inside ``out_dir`` (DataError otherwise)."""
+    paths = {"masks": path_inside(out_dir, "masks", f"{rec_id}.png")}
     if cfg.crf != "none":
-        needed.append(out_dir / "crf" / "masks" / f"{rec_id}.png")
+        paths["crf"] = path_inside(out_dir, "crf", "masks", f"{rec_id}.png")
     if cfg.save_probs:
-        needed.append(out_dir / "probs" / f"{rec_id}.npz")
-    return all(p.is_file() for p in needed)
+        paths["probs"] = path_inside(out_dir, "probs", f"{rec_id}.npz")
+    return paths
 
 
-def save_probs_npz(path: Path, probs: torch.Tensor, labels: np.ndarray) -> None:
+def _done(out_dir: Path, rec_id: str, cfg: PseudoConfig) -> bool:
+    return all(p.is_file() for p in output_paths(out_dir, rec_id, cfg).values())
+
+
+def save_probs_npz(path: Path, probs: torch.Tensor, labels: np.ndarray, root: Optional[Path] = None) -> None:
     classes = np.flatnonzero(labels > 0.5)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, root) as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, probs=probs[classes].numpy().astype(np.float16), classes=classes)
 
@@ -83,15 +97,15 @@ def save_probs_npz(path: Path, probs: torch.Tensor, labels: np.ndarray) -> None:
 def process_record(model: nn.Module, rec: ImageRecord, out_dir: Path, cfg: PseudoConfig, palette: list[int],
                    device: torch.device | str = "cpu", family: str = "patch") -> None:
     """Write the outputs of one image (masks, and CRF masks / probabilities when configured)."""
+    paths = output_paths(out_dir, rec.id, cfg)
     image = read_image(rec.image_path)
     probs = merged_probabilities(model, image, rec.labels, cfg, device, family)
     if cfg.save_probs:
-        save_probs_npz(out_dir / "probs" / f"{rec.id}.npz", probs, rec.labels)
+        save_probs_npz(paths["probs"], probs, rec.labels, root=out_dir)
     if cfg.crf != "none":
         refined = refine_with_crf(image, probs, cfg, device)
-        save_mask_png(out_dir / "crf" / "masks" / f"{rec.id}.png", refined.argmax(0).cpu().numpy().astype(np.uint8),
-                      palette)
-    save_mask_png(out_dir / "masks" / f"{rec.id}.png", probs.argmax(0).numpy().astype(np.uint8), palette)
+        save_mask_png(paths["crf"], refined.argmax(0).cpu().numpy().astype(np.uint8), palette, root=out_dir)
+    save_mask_png(paths["masks"], probs.argmax(0).numpy().astype(np.uint8), palette, root=out_dir)
 
 
 @torch.no_grad()
@@ -101,10 +115,14 @@ def generate_pseudo_masks(model: nn.Module, index: DatasetIndex, out_dir: str | 
                           workers: int = 1, model_path: Optional[Path] = None) -> PseudoStats:
     """Write pseudo-masks for the images of ``index`` (this shard) into ``out_dir``.
 
-    workers > 1 runs that many CPU processes, each loading the model from ``model_path``.
+    workers > 1 runs that many CPU processes, each loading the model from ``model_path``. The
+    caller should hold this shard's lock (:func:`tagseg.utils.runlock.run_lock`): temporary files
+    left by a killed earlier run of the same images are removed first.
     """
     out_dir = Path(out_dir)
     records = shard_records(index.require_nonempty().records, shard)
+    # a run killed mid-write leaves hidden temporary files of this shard's images: remove them
+    remove_stale_temp_files([p for r in records for p in output_paths(out_dir, r.id, cfg).values()])
     todo = [r for r in records if overwrite or not _done(out_dir, r.id, cfg)]
     stats = PseudoStats(skipped=len(records) - len(todo))
     t0 = time.time()
@@ -130,12 +148,37 @@ def generate_pseudo_masks(model: nn.Module, index: DatasetIndex, out_dir: str | 
 
 
 _WORKER: dict = {}
+PARENT_POLL_SECONDS = 0.5
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _init_worker(model_path: str, threads: int) -> None:
+def _exit_with_parent(parent_pid: int) -> None:
+    """Make this (worker) process die when ``parent_pid`` does: the Linux parent-death signal,
+    plus a watchdog thread that polls ``os.getppid()`` (every platform, and a backstop)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watchdog below still works
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL_SECONDS)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="tagseg-parent-watchdog", daemon=True).start()
+
+
+def _init_worker(model_path: str, threads: int, parent_pid: int, max_pixels: int) -> None:
     from tagseg.pseudo.inference import load_trained_model
 
+    _exit_with_parent(parent_pid)
     torch.set_num_threads(threads)
+    set_max_image_pixels(max_pixels)
     _WORKER["model"] = load_trained_model(model_path, "cpu")[0]
 
 
@@ -153,8 +196,12 @@ def _run_pool(todo: list[ImageRecord], out_dir: Path, cfg: PseudoConfig, palette
     chunk = max(1, min(16, len(todo) // (4 * workers)))
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(str(model_path), threads)) as pool:
+                             initargs=(str(model_path), threads, os.getpid(), max_image_pixels())) as pool:
         futures = [pool.submit(_work, todo[i:i + chunk], out_dir, cfg, palette, family)
                    for i in range(0, len(todo), chunk)]
-        for fut in as_completed(futures):
-            yield fut.result()
+        try:
+            for fut in as_completed(futures):
+                yield fut.result()
+        except BaseException:  # e.g. a full disk: stop at once instead of running every queued chunk
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise

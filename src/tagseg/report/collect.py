@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tagseg.errors import TagsegError
+from tagseg.utils.safe_paths import check_id
 
 STAGE_FOLDERS = ("pseudo", "predictions")
 STAGE_LABELS = {"pseudo": "pseudo-mask", "predictions": "segmentation output"}
@@ -196,6 +197,12 @@ def read_eval(run_dir: Path, path: Path) -> EvalResult:
         raise TagsegError(f"{rel}: iou must be a list of numbers (or null)")
     if len(names) != len(iou):
         raise TagsegError(f"{rel}: {len(names)} class names but {len(iou)} IoU values")
+    per_image = summary.get("per_image") or []
+    if not isinstance(per_image, list):
+        raise TagsegError(f"{rel}: per_image must be a list")
+    for n, row in enumerate(per_image):
+        if isinstance(row, dict) and "id" in row:  # sample names become file names: plain names only
+            check_id(str(row["id"]), f"{rel} per_image[{n}]")
     return EvalResult(rel.as_posix(), _split_of(rel.parts[:-1], summary), summary)
 
 

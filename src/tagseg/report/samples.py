@@ -8,6 +8,7 @@ formula as ``tagseg.evaluation.evaluate.evaluate_folder``) and the classes prese
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -18,6 +19,7 @@ from tagseg.evaluation.miou import ConfusionMatrix, iou_from_matrix
 from tagseg.report.collect import MaskSource, RunContents
 from tagseg.report.figures import image_thumbnail, jpeg_data_uri, mask_data_uri, mask_thumbnail
 from tagseg.utils.io import read_image, read_mask
+from tagseg.utils.safe_paths import check_id, path_inside
 
 
 @dataclass
@@ -81,6 +83,14 @@ def order_ids(run: RunContents, index: Optional[DatasetIndex]) -> tuple[list[str
     return ids, "in dataset order (no eval.json with per-image scores: run tagseg eval to order worst first)"
 
 
+def _mask_file(mask_dir: Path, image_id: str) -> Optional[Path]:
+    """``mask_dir/<id>.png``, or None when the id is not a plain name inside that folder."""
+    try:
+        return path_inside(mask_dir, f"{check_id(image_id, mask_dir)}.png")
+    except TagsegError:
+        return None
+
+
 def _mask_cell(path, num_classes: int, max_side: int, palette: Sequence[int],
                truth: Optional[np.ndarray]) -> tuple[SampleCell, Optional[np.ndarray]]:
     if path is None or not path.is_file():
@@ -119,7 +129,7 @@ def build_sample_rows(run: RunContents, index: Optional[DatasetIndex], ids: Sequ
             truth_cell, truth = _mask_cell(rec.mask_path, num_classes, max_side, palette, None)
         else:
             truth_cell, truth = SampleCell(note="no ground truth" if rec else "dataset not available"), None
-        outputs = [_mask_cell(src.mask_dir / f"{image_id}.png", num_classes, max_side, palette, truth)[0]
+        outputs = [_mask_cell(_mask_file(src.mask_dir, image_id), num_classes, max_side, palette, truth)[0]
                    for src in run.sources]
         rows.append(SampleRow(image_id, image, truth_cell, outputs))
     return rows

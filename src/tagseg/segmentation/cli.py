@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from tagseg.errors import TagsegError
+from tagseg.utils.runlock import run_lock
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -86,8 +87,9 @@ def cmd_segment_train(args: argparse.Namespace) -> int:
 
     cfg = load_segment_config(args.config, args.overrides)
     out = Path(args.out or f"runs/{cfg.name}")
-    ensure_fresh_run_dir(out, args.resume)
-    result = SegmentationTrainer(cfg, out, resume=args.resume).fit(stop_after_epoch=args.stop_after_epoch)
+    with run_lock(out):
+        ensure_fresh_run_dir(out, args.resume)
+        result = SegmentationTrainer(cfg, out, resume=args.resume).fit(stop_after_epoch=args.stop_after_epoch)
     print(f"saved {result}")
     return 0
 

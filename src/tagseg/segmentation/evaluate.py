@@ -60,7 +60,7 @@ def evaluate_segmenter(model: SegmentationNet, index: DatasetIndex, inference: S
                             f"{rec.image_path} is {image.shape[1]}×{image.shape[0]} px")
         pred = predict_mask(model, image, inference, device)
         if save_dir is not None:
-            save_mask_png(Path(save_dir) / f"{rec.id}.png", pred, palette or index.palette)
+            save_mask_png(Path(save_dir) / f"{rec.id}.png", pred, palette or index.palette, root=save_dir)
         m = cm.update(pred, gt, name=rec.id)
         contour.update(pred, gt, name=rec.id)
         iou = iou_from_matrix(m)

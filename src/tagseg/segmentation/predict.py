@@ -3,8 +3,12 @@
 Inputs are image files and/or folders (their images, not recursive). For each image the
 outputs are ``<out>/masks/<name>.png`` (palette PNG of class indices, palette from the model
 file) and ``<out>/overlays/<name>.png`` (the photo with every non-background class tinted in
-its palette colour). Images that cannot be read are skipped and reported at the end together
-with empty or missing inputs; ``<out>/predictions.json`` lists what was written and what failed.
+its palette colour). Images are read in their displayed orientation (EXIF applied), so masks
+and overlays match what a viewer shows. Images that cannot be read, and file names that are not
+plain names (path separators, ``..``, control characters; see :mod:`tagseg.utils.safe_paths`),
+are skipped and reported at the end together with empty or missing inputs;
+``<out>/predictions.json`` lists what was written and what failed. Every output path is checked
+to lie inside ``<out>`` before it is written.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from tagseg.segmentation.evaluate import check_class_names
 from tagseg.segmentation.inference import load_segmenter, predict_mask
 from tagseg.segmentation.models import SegmentationNet
 from tagseg.utils.io import atomic_path, read_image, save_mask_png, write_json
+from tagseg.utils.safe_paths import check_id, path_inside
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 OVERLAY_ALPHA = 0.5
@@ -129,20 +134,22 @@ def resolve_model_path(spec: str | Path) -> Path:
 
 def predict_images(model: SegmentationNet, files: Sequence[Path], out_dir: Path, inference: SegInferenceConfig,
                    palette: Sequence[int], device: torch.device | str = "cpu", progress: bool = True) -> PredictReport:
-    """Write a mask and an overlay for every file; unreadable images become failures."""
+    """Write a mask and an overlay for every file; unreadable images and unsafe names become failures."""
     report = PredictReport()
     t0 = time.time()
     for path, name in tqdm(list(zip(files, output_names(files))), desc="predicting", unit="img",
                            disable=not progress, leave=False):
         try:
+            check_id(name, path)
+            mask_path = path_inside(out_dir, "masks", f"{name}.png")
+            overlay_path = path_inside(out_dir, "overlays", f"{name}.png")
             image = read_image(path)
         except DataError as exc:
             report.failures.append((str(path), str(exc)))
             continue
         mask = predict_mask(model, image, inference, device)
-        mask_path = out_dir / "masks" / f"{name}.png"
-        save_mask_png(mask_path, mask, palette)
-        with atomic_path(out_dir / "overlays" / f"{name}.png") as tmp:
+        save_mask_png(mask_path, mask, palette, root=out_dir)
+        with atomic_path(overlay_path, root=out_dir) as tmp:
             Image.fromarray(colour_overlay(image, mask, palette)).save(tmp, format="PNG")
         report.written.append(mask_path)
     report.seconds = time.time() - t0
@@ -188,7 +195,7 @@ def run_predict(inputs: Sequence[str | Path], model_spec: str | Path, out_dir: s
     with torch.no_grad():
         report = predict_images(model, files, out, inference, info["palette"], dev, progress)
     report.failures = problems + report.failures
-    write_json(out / "predictions.json", {"model": str(model_path), "class_names": info["class_names"],
+    write_json(path_inside(out, "predictions.json"), {"model": str(model_path), "class_names": info["class_names"],
                                           "inference": {"scales": list(inference.scales), "flip": inference.flip,
                                                         "crf": inference.crf},
                                           **report.to_json()})
