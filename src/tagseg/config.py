@@ -54,7 +54,11 @@ class ModelConfig:
     cnn_grid: str = "dilated"
     encoder: str = "vit_base_patch16_384"
     weights: Optional[str] = None  # local .pth/.safetensors/.npz, or 'lite' (tagseg[lite])
-    pretrained: bool = False  # timm hub weights (needs internet)
+    pretrained: bool = False  # timm hub weights (needs internet); weights='lite' or a file implies false
+    # encoder BatchNorm: frozen (statistics and weights fixed where the encoder is frozen; statistics
+    # fixed everywhere) | adapt (running statistics follow the training images over fixed weights) |
+    # train (statistics and affine weights train in every phase). See tagseg.engine.phases.
+    bn: str = "adapt"
     use_lstm: bool = True
     lstm_hidden: int = 192  # per direction; output is 4*hidden (rows + columns, both ways)
     dropout: float = 0.2  # on the grid before the LSTMs and before the classifier
@@ -216,6 +220,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
     Only the checks that need nothing but this module; the model family and the add-ons are
     checked by :func:`tagseg.experiment.validate_experiment`.
     """
+    if cfg.model.bn not in ("frozen", "adapt", "train"):
+        raise ConfigError(f"model.bn={cfg.model.bn!r}: choose frozen, adapt or train")
     if cfg.model.cnn_grid not in ("dilated", "cut"):
         raise ConfigError(f"model.cnn_grid={cfg.model.cnn_grid!r}: choose dilated or cut")
     m, d, t = cfg.method, cfg.data, cfg.train

@@ -64,9 +64,11 @@ class PatchClassifierNet(nn.Module):
 
     def encoder_is_frozen(self) -> bool:
         """True when the encoder neither trains nor changes between train and eval mode
-        (no trainable parameter, every leaf module in eval mode), so its output can be reused."""
+        (no trainable parameter, every leaf module and every BatchNorm layer -- timm's BatchNormAct2d
+        has children -- in eval mode), so its output can be reused."""
         return not any(p.requires_grad for p in self.encoder.parameters()) and \
-            not any(m.training for m in self.encoder.modules() if next(m.children(), None) is None)
+            not any(m.training for m in self.encoder.modules()
+                    if next(m.children(), None) is None or isinstance(m, nn.modules.batchnorm._BatchNorm))
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Everything but the encoder (trained from the first epoch)."""

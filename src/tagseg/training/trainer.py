@@ -53,7 +53,7 @@ def classifier_task(cfg: ExperimentConfig, select_epoch: Optional[SelectFn] = No
         t = cfg.train
         return Task(model=core, dataset=dataset,
                     loss=lambda model, core, batch, epoch: family.loss(model, core, batch, cfg, epoch),
-                    optimizer=optimizer, schedule=PhaseSchedule(core, t),
+                    optimizer=optimizer, schedule=PhaseSchedule(core, t, cfg.model.bn),
                     metadata=lambda: model_metadata(cfg, index.class_names, index.palette),
                     config=to_dict(cfg), config_yaml=config_to_yaml(cfg), epochs=t.epochs,
                     batch_size=t.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed,
