@@ -74,6 +74,9 @@ class MethodConfig:
     pce_weight: float = 0.01  # λ; 0 disables PCE
     pce_threshold: float = 0.85  # τ_h
     pce_num_low: int = 1  # size of the low-confidence set (1 = argmin)
+    # how Eqs. 5-6 reduce over patch pairs (unstated in the paper; docs/CHOICES.md): pair_mean (each term
+    # divided by its pair count) | class_sum (summed over the pairs of a class); both average over classes
+    pce_reduction: str = "pair_mean"
     et_weight: float = 1.0  # 0 disables L_ET (no second view, no mosaic pass)
     et_crop_prob: float = 0.3
     et_crop_size: int = 128  # pixels of the S×S view A; multiple of the patch size
@@ -231,6 +234,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"method.topk={m.topk}: must be >= 1")
     if not 0.0 <= m.pce_threshold < 1.0:
         raise ConfigError(f"method.pce_threshold={m.pce_threshold}: must be in [0, 1)")
+    if m.pce_reduction not in ("pair_mean", "class_sum"):
+        raise ConfigError(f"method.pce_reduction={m.pce_reduction!r}: choose pair_mean or class_sum")
     if m.pce_num_low < 1:
         raise ConfigError(f"method.pce_num_low={m.pce_num_low}: must be >= 1")
     for key in ("pce_weight", "et_weight", "l2_weight"):
