@@ -223,6 +223,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
     Only the checks that need nothing but this module; the model family and the add-ons are
     checked by :func:`tagseg.experiment.validate_experiment`.
     """
+    if cfg.model.weights is not None and cfg.model.pretrained:
+        cfg.model.pretrained = False  # a local file or 'lite' is the pretraining: no hub download on top
     if cfg.model.bn not in ("frozen", "adapt", "train"):
         raise ConfigError(f"model.bn={cfg.model.bn!r}: choose frozen, adapt or train")
     if cfg.model.cnn_grid not in ("dilated", "cut"):

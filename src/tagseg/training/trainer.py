@@ -23,6 +23,7 @@ from tagseg.engine.resume import check_resumable, truncate_history  # noqa: F401
 from tagseg.engine.schedule import PhaseSchedule
 from tagseg.engine.task import SelectFn, Task
 from tagseg.engine.threads import cpu_threads  # noqa: F401  (kept importable from here)
+from tagseg.engine.threads import loader_workers
 from tagseg.experiment import validate_experiment
 from tagseg.methods.families import get_family
 
@@ -81,6 +82,7 @@ class Trainer:
         """Train until ``train.epochs`` (or stop after ``stop_after_epoch`` finished epochs, for
         splitting a run); return the path of the final model (or of the last checkpoint)."""
         cfg = validate_experiment(self.cfg)  # the family, the add-on sections (typed here) and the rest
+        cfg.data.num_workers = loader_workers(cfg.data.num_workers)
         return loop.fit(classifier_task(cfg, self.select_epoch), self.run_dir, seed=cfg.seed, device=cfg.device,
                         resume=self.resume, show_progress=self.show_progress, stop_after_epoch=stop_after_epoch,
                         threads=(cfg.train.cpu_threads, cfg.data.num_workers))
