@@ -60,7 +60,7 @@ PATCH_VARIANTS: dict[str, list[str]] = {
 LABELS = {"cam": "CAM (GAP, soft-margin)", "avg": "avg pooling + L_ET", "max": "max pooling + L_ET (ViT-PCM)",
           "topk": "top-K + L_ET", "topk+pce": "top-K + PCE + L_ET (TKP-PCL)",
           "topk+pce-sum": "top-K + PCE (class_sum) + L_ET"}
-BG_THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
+BG_THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8)
 
 
 def common(args: argparse.Namespace) -> list[str]:

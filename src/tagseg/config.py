@@ -105,7 +105,7 @@ class TrainConfig:
     warmup_lr: float = 1e-3
     lr: float = 1e-4
     unfreeze_blocks: int = 5  # last N encoder blocks (+ final norm) trained after warm-up; -1 = all
-    batch_size: int = 16
+    batch_size: int = 16  # GLOBAL batch: under torchrun each of N processes takes batch_size / N (must divide)
     weight_decay: float = 0.0
     amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
     grad_clip: float = 0.0

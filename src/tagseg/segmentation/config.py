@@ -61,7 +61,7 @@ class SegTrainConfig:
     is ``head_lr_mult`` × lr."""
 
     epochs: int = 20
-    batch_size: int = 10
+    batch_size: int = 10  # GLOBAL batch: under torchrun each of N processes takes batch_size / N (must divide)
     optimizer: str = "sgd"
     lr: float = 2.5e-4
     head_lr_mult: float = 10.0

@@ -20,7 +20,7 @@ from tagseg.config import config_to_yaml, to_dict
 from tagseg.data.build import build_index
 from tagseg.data.classes import IGNORE_INDEX
 from tagseg.engine import loop
-from tagseg.engine.distributed import DistInfo
+from tagseg.engine.distributed import DistInfo, per_process_batch
 from tagseg.engine.schedule import PolySchedule, poly_lr, set_lr  # noqa: F401  (poly_lr, set_lr: re-exported)
 from tagseg.engine.task import SelectFn, Task
 from tagseg.segmentation.config import SegmentExperimentConfig, SegTrainConfig
@@ -83,12 +83,13 @@ def segmentation_task(cfg: SegmentExperimentConfig, select_epoch: Optional[Selec
         frozen_bn = freeze_batchnorm(core.backbone) if tcfg.freeze_backbone_bn else []
         core = core.to(device)
         optimizer = build_optimizer(core, tcfg)
-        total_steps = math.ceil(len(dataset) / (tcfg.batch_size * info.world_size)) * tcfg.epochs
+        batch = per_process_batch(tcfg.batch_size, info.world_size)  # train.batch_size is the global batch
+        total_steps = math.ceil(len(dataset) / (batch * info.world_size)) * tcfg.epochs
         return Task(model=core, dataset=dataset, loss=lambda *a: _loss(*a), optimizer=optimizer,
                     schedule=PolySchedule(tcfg.lr, total_steps, tcfg.poly_power, frozen_bn),
                     metadata=lambda: model_metadata(cfg, index.class_names, index.palette),
                     config=to_dict(cfg), config_yaml=config_to_yaml(cfg), epochs=tcfg.epochs,
-                    batch_size=tcfg.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed,
+                    batch_size=batch, num_workers=cfg.data.num_workers, seed=cfg.seed,
                     resume_may_change=RESUME_MAY_CHANGE, amp=tcfg.amp, grad_clip=tcfg.grad_clip,
                     log_every=tcfg.log_every, keep_checkpoints=tcfg.keep_checkpoints, total_name="loss",
                     select_epoch=select_epoch)

@@ -17,7 +17,7 @@ from tagseg.config import ExperimentConfig, config_to_yaml, to_dict
 from tagseg.data.build import build_index
 from tagseg.data.views import TrainingViews
 from tagseg.engine import loop
-from tagseg.engine.distributed import DistInfo
+from tagseg.engine.distributed import DistInfo, per_process_batch
 from tagseg.engine.loop import seed_everything  # noqa: F401  (kept importable from here)
 from tagseg.engine.resume import check_resumable, truncate_history  # noqa: F401  (kept importable from here)
 from tagseg.engine.schedule import PhaseSchedule
@@ -57,7 +57,8 @@ def classifier_task(cfg: ExperimentConfig, select_epoch: Optional[SelectFn] = No
                     optimizer=optimizer, schedule=PhaseSchedule(core, t, cfg.model.bn),
                     metadata=lambda: model_metadata(cfg, index.class_names, index.palette),
                     config=to_dict(cfg), config_yaml=config_to_yaml(cfg), epochs=t.epochs,
-                    batch_size=t.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed,
+                    batch_size=per_process_batch(t.batch_size, info.world_size), num_workers=cfg.data.num_workers,
+                    seed=cfg.seed,
                     resume_may_change=RESUME_MAY_CHANGE, amp=t.amp, grad_clip=t.grad_clip, log_every=t.log_every,
                     keep_checkpoints=t.keep_checkpoints, select_epoch=select_epoch)
 
