@@ -62,6 +62,8 @@ class ModelConfig:
     use_lstm: bool = True
     lstm_hidden: int = 192  # per direction; output is 4*hidden (rows + columns, both ways)
     dropout: float = 0.2  # on the grid before the LSTMs and before the classifier
+    lstm_input_dropout: float = 0.2  # input dropout of each row / column LSTM (one mask per sequence)
+    vit_dropout: float = 0.1  # patch family, ViT encoders: dropout after attention projection and in the MLP (timm proj_drop_rate); CNNs: unused
     classifier_init_std: float = 0.05
 
 
@@ -225,6 +227,9 @@ def validate_config(cfg: ExperimentConfig) -> None:
     """
     if cfg.model.weights is not None and cfg.model.pretrained:
         cfg.model.pretrained = False  # a local file or 'lite' is the pretraining: no hub download on top
+    for key in ("dropout", "lstm_input_dropout", "vit_dropout"):
+        if not 0.0 <= getattr(cfg.model, key) < 1.0:
+            raise ConfigError(f"model.{key}={getattr(cfg.model, key)}: must be in [0, 1)")
     if cfg.model.bn not in ("frozen", "adapt", "train"):
         raise ConfigError(f"model.bn={cfg.model.bn!r}: choose frozen, adapt or train")
     if cfg.model.cnn_grid not in ("dilated", "cut"):

@@ -29,6 +29,9 @@ class SegmentSourceConfig:
     """
 
     masks_dir: str = ""
+    # auto: the CRF-refined pseudo-masks (<pseudo>/crf/masks, as the papers train DeepLab) when they
+    # exist beside masks_dir, else the plain ones | crf: refined, error when absent | plain: masks_dir as given
+    mask_kind: str = "auto"
 
 
 @dataclass
@@ -150,6 +153,8 @@ def validate_segment_config(cfg: SegmentExperimentConfig) -> None:
         raise ConfigError(f"augment.crop_size={a.crop_size}: must be >= 16")
     if not 0.0 <= a.hflip_prob <= 1.0:
         raise ConfigError(f"augment.hflip_prob={a.hflip_prob}: must be in [0, 1]")
+    if cfg.segment.mask_kind not in ("auto", "crf", "plain"):
+        raise ConfigError(f"segment.mask_kind={cfg.segment.mask_kind!r}: choose auto, crf or plain")
     validate_inference(cfg.inference)
 
 

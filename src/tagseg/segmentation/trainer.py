@@ -24,7 +24,7 @@ from tagseg.engine.distributed import DistInfo, per_process_batch
 from tagseg.engine.schedule import PolySchedule, poly_lr, set_lr  # noqa: F401  (poly_lr, set_lr: re-exported)
 from tagseg.engine.task import SelectFn, Task
 from tagseg.segmentation.config import SegmentExperimentConfig, SegTrainConfig
-from tagseg.segmentation.data import SegmentationTrainSet, resolve_mask_paths
+from tagseg.segmentation.data import SegmentationTrainSet, choose_mask_folder, resolve_mask_paths
 from tagseg.segmentation.inference import model_metadata
 from tagseg.segmentation.models import SegmentationNet, build_segmenter
 
@@ -74,7 +74,10 @@ def segmentation_task(cfg: SegmentExperimentConfig, select_epoch: Optional[Selec
     def build(info: DistInfo, device: torch.device) -> Task:
         tcfg = cfg.train
         index = build_index(cfg.data, cfg.data.train_split).require_nonempty()
-        masks = resolve_mask_paths(index, cfg.segment.masks_dir)
+        folder, kind = choose_mask_folder(cfg.segment.masks_dir, cfg.segment.mask_kind)
+        masks = resolve_mask_paths(index, folder)
+        if info.is_main:
+            print(f"training masks: {folder} ({kind}; segment.mask_kind={cfg.segment.mask_kind})")
         core = build_segmenter(cfg.model, index.num_classes, cfg.augment.crop_size)
         pad_value = core.backbone.mean.flatten().tolist()
         dataset = SegmentationTrainSet(index, masks, cfg.augment, pad_value=pad_value, seed=cfg.seed)
@@ -87,7 +90,8 @@ def segmentation_task(cfg: SegmentExperimentConfig, select_epoch: Optional[Selec
         total_steps = math.ceil(len(dataset) / (batch * info.world_size)) * tcfg.epochs
         return Task(model=core, dataset=dataset, loss=lambda *a: _loss(*a), optimizer=optimizer,
                     schedule=PolySchedule(tcfg.lr, total_steps, tcfg.poly_power, frozen_bn),
-                    metadata=lambda: model_metadata(cfg, index.class_names, index.palette),
+                    metadata=lambda: {**model_metadata(cfg, index.class_names, index.palette),
+                                      "training_masks": folder, "training_masks_kind": kind},
                     config=to_dict(cfg), config_yaml=config_to_yaml(cfg), epochs=tcfg.epochs,
                     batch_size=batch, num_workers=cfg.data.num_workers, seed=cfg.seed,
                     resume_may_change=RESUME_MAY_CHANGE, amp=tcfg.amp, grad_clip=tcfg.grad_clip,
