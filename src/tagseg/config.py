@@ -114,6 +114,11 @@ class TrainConfig:
     log_every: int = 10  # steps between TensorBoard scalar writes
     keep_checkpoints: int = 2
     cpu_threads: int = 0  # CPU intra-op threads; 0 = auto (cores minus data-loader workers, at least 1)
+    # which epoch becomes model.safetensors: last | best (highest pseudo-mask mIoU on the first
+    # select_images images of data.val_split, scored every select_every epochs and at the last one)
+    select: str = "last"
+    select_every: int = 1
+    select_images: int = 100
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -266,6 +271,10 @@ def validate_config(cfg: ExperimentConfig) -> None:
                           "need epochs >= 1 and 0 <= warmup_epochs <= epochs")
     if t.batch_size < 1:
         raise ConfigError(f"train.batch_size={t.batch_size}: must be >= 1")
+    if t.select not in ("last", "best"):
+        raise ConfigError(f"train.select={t.select!r}: choose last or best")
+    if t.select_every < 1 or t.select_images < 1:
+        raise ConfigError(f"train.select_every={t.select_every}, train.select_images={t.select_images}: must be >= 1")
     if cfg.pseudo.image_size % 16:
         raise ConfigError(f"pseudo.image_size={cfg.pseudo.image_size}: must be a multiple of 16")
     if cfg.pseudo.crf not in ("none", "torch", "pydensecrf"):

@@ -27,6 +27,7 @@ from tagseg.segmentation.config import SegmentExperimentConfig, SegTrainConfig
 from tagseg.segmentation.data import SegmentationTrainSet, choose_mask_folder, resolve_mask_paths
 from tagseg.segmentation.inference import model_metadata
 from tagseg.segmentation.models import SegmentationNet, build_segmenter
+from tagseg.segmentation.selection import segmentation_selection_hook
 
 # Settings that may change between an interrupted run and its resumption (not train.epochs: the
 # poly schedule runs over all epochs' steps).
@@ -118,6 +119,7 @@ class SegmentationTrainer:
     def fit(self, stop_after_epoch: Optional[int] = None) -> Path:
         """Train until ``train.epochs`` (or stop after ``stop_after_epoch`` finished epochs);
         return the path of the final model (or of the last checkpoint)."""
-        return loop.fit(segmentation_task(self.cfg, self.select_epoch), self.run_dir, seed=self.cfg.seed,
+        select = self.select_epoch if self.select_epoch is not None else segmentation_selection_hook(self.cfg)
+        return loop.fit(segmentation_task(self.cfg, select), self.run_dir, seed=self.cfg.seed,
                         device=self.cfg.device, resume=self.resume, show_progress=self.show_progress,
                         stop_after_epoch=stop_after_epoch)

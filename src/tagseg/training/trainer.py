@@ -26,6 +26,7 @@ from tagseg.engine.threads import cpu_threads  # noqa: F401  (kept importable fr
 from tagseg.engine.threads import loader_workers
 from tagseg.experiment import validate_experiment
 from tagseg.methods.families import get_family
+from tagseg.training.selection import selection_hook
 
 # Settings that may change between an interrupted run and its resumption.
 RESUME_MAY_CHANGE = ("train.epochs", "train.cpu_threads", "train.log_every", "train.keep_checkpoints",
@@ -84,6 +85,7 @@ class Trainer:
         splitting a run); return the path of the final model (or of the last checkpoint)."""
         cfg = validate_experiment(self.cfg)  # the family, the add-on sections (typed here) and the rest
         cfg.data.num_workers = loader_workers(cfg.data.num_workers)
-        return loop.fit(classifier_task(cfg, self.select_epoch), self.run_dir, seed=cfg.seed, device=cfg.device,
+        select = self.select_epoch if self.select_epoch is not None else selection_hook(cfg)
+        return loop.fit(classifier_task(cfg, select), self.run_dir, seed=cfg.seed, device=cfg.device,
                         resume=self.resume, show_progress=self.show_progress, stop_after_epoch=stop_after_epoch,
                         threads=(cfg.train.cpu_threads, cfg.data.num_workers))
