@@ -60,9 +60,6 @@ def labels_from_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
 def read_id_list(path: Path) -> list[str]:
     """One id per line (blank lines skipped; extra columns after whitespace ignored)."""
     if not path.is_file():
-        present = sorted(p.stem for p in path.parent.glob("*.txt")) if path.parent.is_dir() else []
-        raise DataError(f"split list not found: {path}" + (
-            f" (lists there: {', '.join(present)}; choose one, e.g. data.pseudo_split={present[0]} or --split)"
-            if present else ""))
+        raise DataError(f"split list not found: {path}")
     ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
     return ids

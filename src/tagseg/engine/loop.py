@@ -32,7 +32,7 @@ from tagseg.engine.resume import check_resumable, truncate_history
 from tagseg.engine.task import Task
 from tagseg.engine.threads import cpu_threads
 from tagseg.errors import TrainingError
-from tagseg.utils.io import atomic_path, write_json, write_text
+from tagseg.utils.io import atomic_path, write_text
 
 BEST_WEIGHTS = "best.safetensors"  # under <run>/checkpoints/: the weights of the selected epoch so far
 
@@ -168,8 +168,8 @@ def _run(task: Task, run_dir: Path, info: D.DistInfo, device: torch.device, resu
         record = {"epoch": epoch + 1, "step": global_step, **({"phase": plan.name} if plan.name else {}),
                   lr_key: lr, "seconds": round(seconds, 2), **means}
         if task.select_epoch is not None:
-            selection, scored = _select(task, core, epoch, selection, run_dir, info)
-            if scored:
+            selection = _select(task, core, epoch, selection, run_dir, info)
+            if selection is not None and selection.get("epochs", [None])[-1] == epoch + 1:  # scored this epoch
                 record["selection_score"] = selection["scores"][-1]
         if info.is_main:
             for k, v in means.items():
@@ -205,11 +205,11 @@ def _run(task: Task, run_dir: Path, info: D.DistInfo, device: torch.device, resu
                     core.load_state_dict(load_file(str(run_dir / "checkpoints" / BEST_WEIGHTS)))
                 if show_progress:
                     print(f"selected epoch {selection['best_epoch']} (score {selection['best_score']:.4f})")
-                write_json(run_dir / "selection.json", {
+                write_text(run_dir / "selection.json", json.dumps({
                     "selection": "best", "selected_epoch": selection["best_epoch"],
                     "score": selection["best_score"], "metric": getattr(task.select_epoch, "description", None),
                     "scores": dict(zip(map(str, selection.get("epochs", [])), selection["scores"])),
-                    "why": "the highest score among the scored epochs (ties keep the earlier epoch)"})
+                    "why": "the highest score among the scored epochs (ties keep the earlier epoch)"}, indent=2) + "\n")
             save_final_model(final, core, meta)
         D.barrier(info)
         return final
@@ -217,13 +217,13 @@ def _run(task: Task, run_dir: Path, info: D.DistInfo, device: torch.device, resu
 
 
 def _select(task: Task, core: torch.nn.Module, epoch: int, selection: Optional[dict], run_dir: Path,
-            info: D.DistInfo) -> tuple[Optional[dict], bool]:
+            info: D.DistInfo) -> Optional[dict]:
     """Score the epoch just trained with the task's hook; keep the best epoch's weights (rank 0).
-    A hook that returns None skips this epoch (e.g. it scores every N epochs). Returns
-    (selection, whether this epoch was scored)."""
+    A hook that returns None skips this epoch (e.g. it scores every N epochs); ``epochs`` lists
+    the scored ones."""
     raw = task.select_epoch(core, epoch)
     if raw is None:
-        return selection, False
+        return selection
     score = float(raw)
     selection = dict(selection or {"scores": [], "best_epoch": None, "best_score": None})
     selection["scores"] = [*selection["scores"], score]
@@ -234,4 +234,4 @@ def _select(task: Task, core: torch.nn.Module, epoch: int, selection: Optional[d
             (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
             with atomic_path(run_dir / "checkpoints" / BEST_WEIGHTS) as tmp:
                 save_file(state_tensors(core), str(tmp))
-    return selection, True
+    return selection
