@@ -153,10 +153,34 @@ def test_fsl_two_cells_by_hand():
     delta = (0.6 + 0.0 + 0.3) / 3
     f = math.tanh(2.5 + math.log(delta / (1 - delta)))
     expected = -(2 * w * g * f) / 2  # pairs (0,1) and (1,0); the diagonal has g = 0
-    dense = feature_similarity_loss_dense(scores, labels, image, sigma=1.0, mu=2.5)
-    fast = feature_similarity_loss(scores, labels, image, sigma=1.0, mu=2.5, block=1)
-    assert dense.item() == pytest.approx(expected, rel=1e-6)
-    assert fast.item() == pytest.approx(expected, rel=1e-6)
+    # both classes reach 1 in every cell's max, so the background channel 1 − max r is 0 in both
+    # cells and adds nothing; background=False (foreground maps only) gives the same value
+    for bg in (True, False):
+        dense = feature_similarity_loss_dense(scores, labels, image, sigma=1.0, mu=2.5, background=bg)
+        fast = feature_similarity_loss(scores, labels, image, sigma=1.0, mu=2.5, block=1, background=bg)
+        assert dense.item() == pytest.approx(expected, rel=1e-6)
+        assert fast.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_fsl_includes_the_background_channel_by_hand():
+    # map 1x2, only class 1 present (class 2 absent -> zeroed), sigma 1, mu 2.5
+    scores = torch.tensor([[[[2.0, 1.0]], [[0.5, 1.0]]]])
+    labels = torch.tensor([[1.0, 1.0, 0.0]])
+    image = torch.tensor([[[[0.9, 0.3]], [[0.5, 0.5]], [[0.1, 0.4]]]])
+    r1 = [1.0, 0.5]  # class 1 per cell; class 2 is 0
+    bg = [1 - 1.0, 1 - 0.5]  # background channel 1 - max_c r_c
+    g_fg = 0.5 * (r1[0] - r1[1]) ** 2
+    g_bg = 0.5 * ((r1[0] - r1[1]) ** 2 + (bg[0] - bg[1]) ** 2)
+    w = math.exp(-1.0 / 2.0) / (2 * math.pi)
+    delta = (0.6 + 0.0 + 0.3) / 3
+    f = math.tanh(2.5 + math.log(delta / (1 - delta)))
+    for use_bg, g in ((True, g_bg), (False, g_fg)):
+        expected = -(2 * w * g * f) / 2
+        dense = feature_similarity_loss_dense(scores, labels, image, sigma=1.0, mu=2.5, background=use_bg)
+        fast = feature_similarity_loss(scores, labels, image, sigma=1.0, mu=2.5, block=1, background=use_bg)
+        assert dense.item() == pytest.approx(expected, rel=1e-6)
+        assert fast.item() == pytest.approx(expected, rel=1e-6)
+    assert g_bg == pytest.approx(2 * g_fg)  # the background doubles the pair term here
 
 
 def _fsl_inputs(dtype, seed=0, h=9, w=11):

@@ -147,7 +147,8 @@ def test_each_addon_switch_adds_its_part_and_turns_off():
 
     total, parts = _loss(cam_config(*RCA_FILLING), net, batch)
     assert set(parts) == {"cls", "rca_aux", "rca_rm"}
-    assert total.item() == pytest.approx(parts["cls"].item() + 0.4 * parts["rca_aux"].item()
+    # RCA Eq. 11: CE(GAP(O)) + 0.4·CE(GAP(P)) + 0.01·L_RM, O aggregated ('rca_aux'), P the base CAM ('cls')
+    assert total.item() == pytest.approx(0.4 * parts["cls"].item() + parts["rca_aux"].item()
                                          + 0.01 * parts["rca_rm"].item(), rel=1e-6)
 
     total, parts = _loss(base_cfg, net, batch)  # all off again: the baseline loss exactly
@@ -507,3 +508,24 @@ def test_patch_family_addons_use_the_configured_encoder(addon):
         b = get_family("patch").build(with_addon, 21).encoder
         assert a.out_channels == b.out_channels and a.output_stride == b.output_stride
         assert [n for n, _ in a.named_parameters()] == [n for n, _ in b.named_parameters()]
+
+
+def test_rca_loss_is_eq11_with_o_the_aggregated_cam():
+    """The family's total with RCA on equals rca_total_loss(O = aggregated maps, P = base maps):
+    weight 1 on the aggregated CAM O (from which pseudo-masks come), 0.4 on the intermediate P."""
+    from tagseg.addons.rca import RCAConfig, rca_total_loss
+
+    torch.manual_seed(4)
+    cfg = cam_config(*RCA_FILLING)
+    net = build_cam_net(cfg, K)
+    batch = toy_batch()
+    with torch.no_grad():
+        out = net(batch["image"])
+    total, parts = _loss(cfg, net, batch, epoch=0)
+    settings = RCAConfig(**{**cfg.addons.rca.__dict__})
+    expected, _ = rca_total_loss(out.cams_aggregated, out.cams, batch["labels"].float(), parts["rca_rm"], epoch=0,
+                                 cfg=settings)
+    assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+    swapped, _ = rca_total_loss(out.cams, out.cams_aggregated, batch["labels"].float(), parts["rca_rm"], epoch=0,
+                                cfg=settings)
+    assert abs(swapped.item() - expected.item()) > 1e-4  # the test tells the two weightings apart

@@ -13,7 +13,8 @@ def test_shipped_configs_load():
     tk, pcm, avg = load_config("tkpcl_voc"), load_config("vitpcm_voc"), load_config("avgpool_voc")
     assert (tk.method.pooling, tk.method.topk, tk.method.pce_weight, tk.method.et_weight) == ("topk", 6, 0.01, 1.0)
     assert (pcm.method.pooling, pcm.method.pce_weight, pcm.method.et_weight) == ("max", 0.0, 1.0)
-    assert (avg.method.pooling, avg.method.pce_weight, avg.method.et_weight) == ("avg", 0.0, 0.0)
+    # the paper's avg row is the same network with average pooling: L_ET stays on (issue 11, item 1)
+    assert (avg.method.pooling, avg.method.pce_weight, avg.method.et_weight) == ("avg", 0.0, 1.0)
     assert tk.pseudo.image_size == 960 and tk.data.image_size == 384
 
 

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from tagseg.errors import ConfigError, DataError
+from functools import partial
+
+from tagseg.evaluation.contour import ContourFAccumulator as _Accumulator
 from tagseg.evaluation.contour import (
-    ContourFAccumulator,
     boundary_map,
     count_matched_points,
     disk,
@@ -18,6 +20,10 @@ from tagseg.evaluation.contour import (
     matched_pixels_dilation,
     tolerance_radius,
 )
+
+# The tests below were worked out for the inner 4-neighbourhood boundary (the earlier default,
+# kept as boundary="inner4"); the DAVIS seg2bmap default has its own hand-made cases at the end.
+ContourFAccumulator = partial(_Accumulator, boundary="inner4")
 
 
 # ---------------------------------------------------------------- plain-loop references
@@ -458,3 +464,50 @@ def test_predicted_255_counts_as_background_for_boundaries():
     a.update(with_255, gt)
     b.update(gt, gt)
     assert a.result()["mean_F"] == b.result()["mean_F"] == 1.0
+
+
+# ---------------------------------------------------------------- DAVIS seg2bmap (default)
+
+def test_seg2bmap_square_by_hand():
+    from tagseg.evaluation.contour import seg2bmap
+
+    seg = np.zeros((4, 4), dtype=np.uint8)
+    seg[1:3, 1:3] = 1
+    # a pixel differs from its right, bottom or bottom-right neighbour (last row: right only,
+    # last column: bottom only, corner never): outer pixels above/left, inner pixels right/below
+    expected = np.array([[1, 1, 1, 0],
+                         [1, 0, 1, 0],
+                         [1, 1, 1, 0],
+                         [0, 0, 0, 0]], dtype=bool)
+    np.testing.assert_array_equal(seg2bmap(seg), expected)
+    full = np.ones((3, 5), dtype=np.uint8)  # a region filling the image: the image edge is no boundary
+    assert not seg2bmap(full).any()
+    edge = np.zeros((3, 3), dtype=np.uint8)
+    edge[:, 2] = 1  # the last column: its left neighbours (column 1) differ from their right
+    # neighbour (last row included: it compares right), the region itself compares only downwards
+    np.testing.assert_array_equal(seg2bmap(edge), [[0, 1, 0], [0, 1, 0], [0, 1, 0]])
+
+
+def test_seg2bmap_accumulator_by_hand_and_the_old_mode_by_key():
+    pred = np.zeros((4, 5), dtype=np.uint8)
+    pred[1:3, 1:3] = 1  # 2x2 square
+    gt = np.zeros((4, 5), dtype=np.uint8)
+    gt[1:3, 1:4] = 1  # 2x3 rectangle
+    # seg2bmap, radius 0: pred boundary (0,0) (0,1) (0,2) (1,0) (1,2) (2,0) (2,1) (2,2) = 8 pixels;
+    # gt boundary (0,0..3) (1,0) (1,3) (2,0..3) = 10; shared: all of pred's but (1,2) = 7
+    acc = _Accumulator(2, radius=0)
+    acc.update(pred, gt)
+    res = acc.result()
+    cat = res["per_class"]["1"]
+    assert (cat["matched_pred"], cat["total_pred"], cat["matched_gt"], cat["total_gt"]) == (7, 8, 7, 10)
+    assert cat["P"] == pytest.approx(7 / 8) and cat["R"] == pytest.approx(7 / 10)
+    assert res["mean_F"] == pytest.approx(7 / 9)
+    assert res["boundary"] == "seg2bmap" and "seg2bmap" in res["convention"]
+    # the earlier inner 4-neighbourhood rule: pred 4 pixels, gt all 6, every pred pixel on gt's boundary
+    old = _Accumulator(2, radius=0, boundary="inner4")
+    old.update(pred, gt)
+    o = old.result()["per_class"]["1"]
+    assert (o["matched_pred"], o["total_pred"], o["matched_gt"], o["total_gt"]) == (4, 4, 4, 6)
+    assert old.result()["mean_F"] == pytest.approx(0.8)
+    with pytest.raises(ConfigError, match="boundary"):
+        _Accumulator(2, boundary="davis")

@@ -39,6 +39,39 @@ def test_pce_hand_value():
     assert got_fg.item() == pytest.approx(pce_c1, rel=1e-5)
 
 
+def test_pce_class_sum_reduction_hand_value():
+    f, probs, labels = hand_example()
+    # class 1: H = {0, 1}: one pair (no division), two negatives summed (not averaged)
+    pce_c1 = -math.log(0.5) + (-math.log(1 - 1e-6) - math.log(0.5))
+    pce_bg = -math.log(0.5)  # H = {2}: no pair, one negative
+    got = patch_contrastive_error(f, probs, labels, threshold=0.85, reduction="class_sum")
+    assert got.item() == pytest.approx((pce_c1 + pce_bg) / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="reduction"):
+        patch_contrastive_error(f, probs, labels, reduction="sum")
+
+
+def test_pce_reduction_key_and_ratio_in_the_loss_parts():
+    from tagseg.config import load_config
+    from tagseg.errors import ConfigError
+    from tagseg.methods.objective import patch_classifier_loss
+    from tagseg.models.patch_classifier import build_patch_classifier
+
+    with pytest.raises(ConfigError, match="pce_reduction"):
+        load_config("demo", ["method.pce_reduction=sum"])
+    cfg = load_config("demo", ["method.et_weight=0", "method.pce_threshold=0.0", "method.pce_reduction=class_sum"])
+    torch.manual_seed(0)
+    core = build_patch_classifier(cfg.model, 3, 64)
+    batch = {"image": torch.rand(2, 3, 64, 64), "labels": torch.tensor([[1, 1, 0], [1, 0, 1]])}
+    _, parts = patch_classifier_loss(core, core, batch, cfg)
+    assert parts["pce_mce_ratio"].item() == pytest.approx(0.01 * parts["pce"].item() / parts["mce"].item(), rel=1e-5)
+    cfg.method.pce_reduction = "pair_mean"
+    torch.manual_seed(0)
+    core = build_patch_classifier(cfg.model, 3, 64)
+    _, parts_mean = patch_classifier_loss(core, core, batch, cfg)
+    # threshold 0: every patch is confident, 16 patches -> 120 pairs summed instead of averaged
+    assert parts["pce"].item() > 3 * parts_mean["pce"].item()
+
+
 def test_pce_bottom_m_option():
     f, probs, labels = hand_example()
     # class 1 with the two lowest patches (2 and 0) as the low set: H = {0,1}

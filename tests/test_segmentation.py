@@ -314,14 +314,15 @@ def test_torchrun_two_processes(tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "tagseg.segmentation.cli", "segment", "train", "--config", "segment_demo", "--out", str(out),
-           f"data.root={tmp_path / 'voc'}", *TINY, "train.epochs=1"]
+           f"data.root={tmp_path / 'voc'}", *TINY, "train.epochs=1", "train.batch_size=4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (out / "model.safetensors").is_file()
     assert [p.name for p in list_checkpoints(out)] == ["epoch_0001"]
     history = (out / "history.jsonl").read_text().splitlines()
-    assert len(history) == 1 and json.loads(history[0])["step"] == 2  # 6 images / (2 ranks × batch 2)
+    # train.batch_size is the global batch: 4 = 2 ranks × 2 images, so 6 images take 2 steps
+    assert len(history) == 1 and json.loads(history[0])["step"] == 2
 
 
 # ---------------------------------------------------------------- predict

@@ -139,3 +139,22 @@ def test_resume_refuses_another_configuration(tmp_path):
     # changing only the length of training is allowed
     Trainer(tiny_config(tmp_path / "voc", "train.epochs=3"), tmp_path / "run", resume=True,
             show_progress=False).fit()
+
+
+def test_batch_size_is_the_global_batch(tmp_path):
+    """train.batch_size is divided over the processes (DistInfo.world_size); not divisible -> ConfigError."""
+    from tagseg.engine.distributed import DistInfo, per_process_batch
+    from tagseg.errors import ConfigError
+    from tagseg.training.trainer import classifier_task
+
+    assert per_process_batch(16, 1) == 16 and per_process_batch(16, 4) == 4
+    with pytest.raises(ConfigError, match="train.batch_size=6 is the global batch"):
+        per_process_batch(6, 4)
+    make_voc(tmp_path / "voc", n=4)
+    cfg = tiny_config(tmp_path / "voc")
+    cfg.train.batch_size = 4
+    task = classifier_task(cfg)(DistInfo(rank=1, world_size=2, local_rank=1), torch.device("cpu"))
+    assert task.batch_size == 2
+    cfg.train.batch_size = 3
+    with pytest.raises(ConfigError, match="global batch"):
+        classifier_task(cfg)(DistInfo(rank=0, world_size=2), torch.device("cpu"))

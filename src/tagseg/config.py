@@ -57,10 +57,16 @@ class ModelConfig:
     cnn_grid: str = "dilated"
     encoder: str = "vit_base_patch16_384"
     weights: Optional[str] = None  # local .pth/.safetensors/.npz, or 'lite' (tagseg[lite])
-    pretrained: bool = False  # timm hub weights (needs internet)
+    pretrained: bool = False  # timm hub weights (needs internet); weights='lite' or a file implies false
+    # encoder BatchNorm: frozen (statistics and weights fixed where the encoder is frozen; statistics
+    # fixed everywhere) | adapt (running statistics follow the training images over fixed weights) |
+    # train (statistics and affine weights train in every phase). See tagseg.engine.phases.
+    bn: str = "adapt"
     use_lstm: bool = True
     lstm_hidden: int = 192  # per direction; output is 4*hidden (rows + columns, both ways)
     dropout: float = 0.2  # on the grid before the LSTMs and before the classifier
+    lstm_input_dropout: float = 0.2  # input dropout of each row / column LSTM (one mask per sequence)
+    vit_dropout: float = 0.1  # patch family, ViT encoders: dropout after attention projection and in the MLP (timm proj_drop_rate); CNNs: unused
     classifier_init_std: float = 0.05
 
 
@@ -73,6 +79,9 @@ class MethodConfig:
     pce_weight: float = 0.01  # λ; 0 disables PCE
     pce_threshold: float = 0.85  # τ_h
     pce_num_low: int = 1  # size of the low-confidence set (1 = argmin)
+    # how Eqs. 5-6 reduce over patch pairs (unstated in the paper; docs/CHOICES.md): pair_mean (each term
+    # divided by its pair count) | class_sum (summed over the pairs of a class); both average over classes
+    pce_reduction: str = "pair_mean"
     et_weight: float = 1.0  # 0 disables L_ET (no second view, no mosaic pass)
     et_crop_prob: float = 0.3
     et_crop_size: int = 128  # pixels of the S×S view A; multiple of the patch size
@@ -101,13 +110,18 @@ class TrainConfig:
     warmup_lr: float = 1e-3
     lr: float = 1e-4
     unfreeze_blocks: int = 5  # last N encoder blocks (+ final norm) trained after warm-up; -1 = all
-    batch_size: int = 16
+    batch_size: int = 16  # GLOBAL batch: under torchrun each of N processes takes batch_size / N (must divide)
     weight_decay: float = 0.0
     amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
     grad_clip: float = 0.0
     log_every: int = 10  # steps between TensorBoard scalar writes
     keep_checkpoints: int = 2
     cpu_threads: int = 0  # CPU intra-op threads; 0 = auto (cores minus data-loader workers, at least 1)
+    # which epoch becomes model.safetensors: last | best (highest pseudo-mask mIoU on the first
+    # select_images images of data.val_split, scored every select_every epochs and at the last one)
+    select: str = "last"
+    select_every: int = 1
+    select_images: int = 100
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -332,6 +346,13 @@ def validate_config(cfg: ExperimentConfig) -> None:
     Only the checks that need nothing but this module; the model family and the add-ons are
     checked by :func:`tagseg.experiment.validate_experiment`.
     """
+    if cfg.model.weights is not None and cfg.model.pretrained:
+        cfg.model.pretrained = False  # a local file or 'lite' is the pretraining: no hub download on top
+    for key in ("dropout", "lstm_input_dropout", "vit_dropout"):
+        if not 0.0 <= getattr(cfg.model, key) < 1.0:
+            raise ConfigError(f"model.{key}={getattr(cfg.model, key)}: must be in [0, 1)")
+    if cfg.model.bn not in ("frozen", "adapt", "train"):
+        raise ConfigError(f"model.bn={cfg.model.bn!r}: choose frozen, adapt or train")
     if cfg.model.cnn_grid not in ("dilated", "cut"):
         raise ConfigError(f"model.cnn_grid={cfg.model.cnn_grid!r}: choose dilated or cut")
     m, d, t = cfg.method, cfg.data, cfg.train
@@ -341,6 +362,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"method.topk={m.topk}: must be >= 1")
     if not 0.0 <= m.pce_threshold < 1.0:
         raise ConfigError(f"method.pce_threshold={m.pce_threshold}: must be in [0, 1)")
+    if m.pce_reduction not in ("pair_mean", "class_sum"):
+        raise ConfigError(f"method.pce_reduction={m.pce_reduction!r}: choose pair_mean or class_sum")
     if m.pce_num_low < 1:
         raise ConfigError(f"method.pce_num_low={m.pce_num_low}: must be >= 1")
     for key in ("pce_weight", "et_weight", "l2_weight"):
@@ -364,6 +387,10 @@ def validate_config(cfg: ExperimentConfig) -> None:
                           "need epochs >= 1 and 0 <= warmup_epochs <= epochs")
     if t.batch_size < 1:
         raise ConfigError(f"train.batch_size={t.batch_size}: must be >= 1")
+    if t.select not in ("last", "best"):
+        raise ConfigError(f"train.select={t.select!r}: choose last or best")
+    if t.select_every < 1 or t.select_images < 1:
+        raise ConfigError(f"train.select_every={t.select_every}, train.select_images={t.select_images}: must be >= 1")
     if cfg.pseudo.image_size % 16:
         raise ConfigError(f"pseudo.image_size={cfg.pseudo.image_size}: must be a multiple of 16")
     if cfg.pseudo.crf not in ("none", "torch", "pydensecrf"):

@@ -59,6 +59,7 @@ class HFPLConfig:
     fsl_weight: float = 1.0
     block: int = 1024  # map cells per block of the FSL pair sums
     window: Optional[float] = None  # FSL pairs within window·σ cells; None = all pairs (exact)
+    fsl_background: bool = True  # FSL over [1 − max_c r_c, r] (the paper's code); false: foreground maps only
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lam <= 1.0:
@@ -180,12 +181,20 @@ def hfpl_classification_loss(
 # ----------------------------------------------------------------------------- FSL
 
 
-def fsl_normalised_maps(scores: Tensor, labels: Tensor, *, has_background: bool = False) -> Tensor:
-    """r = ReLU(scores) / spatial max (guarded by 1e-5), absent classes zeroed; (B, C, h, w)."""
+def fsl_normalised_maps(scores: Tensor, labels: Tensor, *, has_background: bool = False,
+                        background: bool = True) -> Tensor:
+    """r = ReLU(scores) / spatial max (guarded by 1e-5), absent classes zeroed; (B, C, h, w).
+
+    With foreground-only maps (``has_background=False``) and ``background``, a background
+    channel 1 − max_c r_c is put first, (B, C+1, h, w), as the HFPL paper's code does before FSL;
+    ``background=False`` keeps the foreground channels only."""
     targets = channel_targets(scores, labels, has_background)
     r = F.relu(scores)
     r = r / r.flatten(2).amax(dim=2).clamp_min(1e-5)[:, :, None, None]
-    return r * (targets > 0)[:, :, None, None].to(r.dtype)
+    r = r * (targets > 0)[:, :, None, None].to(r.dtype)
+    if background and not has_background:
+        r = torch.cat([1.0 - r.amax(dim=1, keepdim=True), r], dim=1)
+    return r
 
 
 def fsl_image_at_map(image: Tensor, size: tuple[int, int]) -> Tensor:
@@ -226,10 +235,11 @@ def feature_similarity_loss_dense(
     mu: float = 2.5,
     *,
     has_background: bool = False,
+    background: bool = True,
 ) -> Tensor:
     """Reference FSL that materialises all (h*w)^2 pairs; use only on small maps."""
     _check_fsl_args(sigma, mu)
-    r = fsl_normalised_maps(scores, labels, has_background=has_background)
+    r = fsl_normalised_maps(scores, labels, has_background=has_background, background=background)
     b, c, h, w = r.shape
     n = h * w
     x = fsl_image_at_map(image, (h, w)).to(r.dtype).flatten(2).transpose(1, 2)  # (B, n, 3)
@@ -285,6 +295,7 @@ def feature_similarity_loss(
     window: float | None = None,
     *,
     has_background: bool = False,
+    background: bool = True,
 ) -> Tensor:
     """FSL computed by blocks of about ``block`` map cells (exact when ``window`` is None).
 
@@ -299,7 +310,7 @@ def feature_similarity_loss(
         raise ConfigError(f"FSL window must be > 0 or None, got {window}")
     if scores.dtype in (torch.float16, torch.bfloat16):
         scores = scores.float()  # the pair sums need at least single precision
-    r = fsl_normalised_maps(scores, labels, has_background=has_background)
+    r = fsl_normalised_maps(scores, labels, has_background=has_background, background=background)
     b, c, h, w = r.shape
     x = fsl_image_at_map(image, (h, w)).to(r.dtype)
     radius = None if window is None else window * sigma
@@ -326,7 +337,8 @@ def hfpl_loss(
         scores, labels, cfg, generator, has_background=has_background, from_logits=from_logits
     )
     fsl = feature_similarity_loss(
-        scores, labels, image, cfg.sigma, cfg.mu, cfg.block, cfg.window, has_background=has_background
+        scores, labels, image, cfg.sigma, cfg.mu, cfg.block, cfg.window, has_background=has_background,
+        background=cfg.fsl_background
     )
     total = cls + cfg.fsl_weight * fsl
     return total, {"cls": cls.detach(), "fsl": fsl.detach(), "total": total.detach()}
@@ -347,7 +359,8 @@ def _loss_terms(family: str, ctx: LossContext, s: HFPLConfig) -> tuple[dict[str,
             parts["isl"] = ctx.class_loss(importance_pooling(ctx.maps, s.n_samples))
         extra = extra + s.lam * (parts["isl"] - ctx.base)
     if s.fsl:
-        parts["fsl"] = feature_similarity_loss(ctx.maps, ctx.labels, ctx.images, s.sigma, s.mu, s.block, s.window)
+        parts["fsl"] = feature_similarity_loss(ctx.maps, ctx.labels, ctx.images, s.sigma, s.mu, s.block, s.window,
+                                               background=s.fsl_background)
         extra = extra + s.fsl_weight * parts["fsl"]
     return parts, extra
 

@@ -48,7 +48,7 @@ class RCAConfig:
     mixup_alpha: float = 8.0  # ω ~ Beta(a, a)
     prototypes_per_class: int = 10
     kmeans_iters: int = 50
-    aux_weight: float = 0.4  # L_CE(GAP(P)) (CAM family)
+    aux_weight: float = 0.4  # weight of L_CE(GAP(P)), P the intermediate (base) CAM; O (aggregated) has 1
     contrast_weight: float = 0.01  # L_RM
     contrast_start_epoch: int = 1  # 0-based: L_RM off in the first epoch
 
@@ -452,7 +452,7 @@ def rca_terms(memory: RegionMemoryBank, cams: Tensor, cams_aggregated: Tensor | 
     cams (B, C, h, w) give the regions (C = K−1 foreground maps, or K maps with
     ``has_background``); features (B, D, h, w) are pooled over them; cams_aggregated (B, C, h, w)
     or None (no aggregation head). image_scores (B, C) in [0, 1] decide which regions enter the
-    bank (default sigmoid(GAP(cams))). Returns 'rca_aux' (absent without an aggregation head) and
+    bank (default sigmoid(GAP(cams))). Returns 'rca_aux' = L_CE(GAP(O)) of the aggregated maps O (absent without an aggregation head) and
     'rca_rm' (0 before ``cfg.contrast_start_epoch``). L_RM is computed against the bank as it was
     before this batch's update.
     """
@@ -508,7 +508,10 @@ def _loss_terms(family: str, ctx: LossContext, s: RCAConfig) -> tuple[dict[str, 
     if family == "cam":
         terms = rca_terms(ctx.core.memory, ctx.maps, ctx.output.cams_aggregated, ctx.features, ctx.labels, ids,
                           ctx.epoch, s)
-        return terms, s.aux_weight * terms["rca_aux"] + s.contrast_weight * terms["rca_rm"]
+        # Eq. 11: CE(GAP(O)) + aux_weight·CE(GAP(P)) + contrast_weight·L_RM, with O the aggregated CAM
+        # ('rca_aux', weight 1) and P the intermediate (base) CAM, whose class loss the family already
+        # added with weight 1 (ctx.base): scale it down to aux_weight here
+        return terms, terms["rca_aux"] - (1.0 - s.aux_weight) * ctx.base + s.contrast_weight * terms["rca_rm"]
     terms = rca_terms(ctx.core.rca_memory, ctx.maps[:, 1:], None, ctx.features, ctx.labels, ids, ctx.epoch, s,
                       image_scores=ctx.scores[:, 1:].detach().float())
     return {"rca_rm": terms["rca_rm"]}, s.contrast_weight * terms["rca_rm"]

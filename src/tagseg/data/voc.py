@@ -27,6 +27,18 @@ def _find_mask_dir(root: Path, mask_dir: str) -> Path | None:
     return None
 
 
+def _split_list(root: Path, split: str) -> Path:
+    """``ImageSets/Segmentation/<split>.txt``; DataError naming it and the lists that exist when absent
+    (e.g. a config's ``data.pseudo_split=train`` on a copy that has only train_aug and val)."""
+    path = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if not path.is_file():
+        present = sorted(p.stem for p in path.parent.glob("*.txt")) if path.parent.is_dir() else []
+        hint = (f" (lists there: {', '.join(present)}; choose one, e.g. data.pseudo_split={present[0]} "
+                "or --split)") if present else ""
+        raise DataError(f"split list not found: {path}{hint}")
+    return path
+
+
 def load_cls_labels(path: Path, num_classes: int = len(VOC_CLASSES)) -> dict[str, np.ndarray]:
     """Read the field's ``cls_labels.npy`` (pickled dict: int id 2007000528 -> float[K-1]).
 
@@ -84,7 +96,7 @@ def read_voc(root: str | Path, split: str, label_source: str = "auto", mask_dir:
     images_dir = root / "JPEGImages"
     if not images_dir.is_dir():
         raise DataError(f"VOC images folder not found: {images_dir}")
-    ids = read_id_list(root / "ImageSets" / "Segmentation" / f"{split}.txt")
+    ids = read_id_list(_split_list(root, split))
     if max_images > 0:
         ids = ids[:max_images]
     masks = _find_mask_dir(root, mask_dir)

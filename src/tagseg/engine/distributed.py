@@ -24,6 +24,17 @@ class DistInfo:
         return self.world_size > 1
 
 
+def per_process_batch(global_batch: int, world_size: int, key: str = "train.batch_size") -> int:
+    """``key`` is the global batch (all processes together, as the papers state it): each of the
+    ``world_size`` processes takes ``global_batch / world_size``; ConfigError when it does not divide."""
+    from tagseg.errors import ConfigError
+
+    if world_size < 1 or global_batch % world_size:
+        raise ConfigError(f"{key}={global_batch} is the global batch and must divide evenly over the "
+                          f"{world_size} processes (choose a multiple of {world_size})")
+    return global_batch // world_size
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Join the process group torchrun set up (env WORLD_SIZE > 1); gloo on CPU, nccl on GPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

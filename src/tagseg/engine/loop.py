@@ -170,7 +170,8 @@ def _run(task: Task, run_dir: Path, info: D.DistInfo, device: torch.device, resu
                   lr_key: lr, "seconds": round(seconds, 2), **means}
         if task.select_epoch is not None:
             selection = _select(task, core, epoch, selection, run_dir, info)
-            record["selection_score"] = selection["scores"][-1]
+            if selection is not None and selection.get("epochs", [None])[-1] == epoch + 1:  # scored this epoch
+                record["selection_score"] = selection["scores"][-1]
         if info.is_main:
             for k, v in means.items():
                 writer.add_scalar(f"train_epoch/{k}", v, epoch + 1)
@@ -205,6 +206,11 @@ def _run(task: Task, run_dir: Path, info: D.DistInfo, device: torch.device, resu
                     core.load_state_dict(load_file(str(run_dir / "checkpoints" / BEST_WEIGHTS)))
                 if show_progress:
                     print(f"selected epoch {selection['best_epoch']} (score {selection['best_score']:.4f})")
+                write_text(run_dir / "selection.json", json.dumps({
+                    "selection": "best", "selected_epoch": selection["best_epoch"],
+                    "score": selection["best_score"], "metric": getattr(task.select_epoch, "description", None),
+                    "scores": dict(zip(map(str, selection.get("epochs", [])), selection["scores"])),
+                    "why": "the highest score among the scored epochs (ties keep the earlier epoch)"}, indent=2) + "\n")
             save_final_model(final, core, meta)
         D.barrier(info)
         return final
@@ -212,11 +218,17 @@ def _run(task: Task, run_dir: Path, info: D.DistInfo, device: torch.device, resu
 
 
 def _select(task: Task, core: torch.nn.Module, epoch: int, selection: Optional[dict], run_dir: Path,
-            info: D.DistInfo) -> dict:
-    """Score the epoch just trained with the task's hook; keep the best epoch's weights (rank 0)."""
-    score = float(task.select_epoch(core, epoch))
+            info: D.DistInfo) -> Optional[dict]:
+    """Score the epoch just trained with the task's hook; keep the best epoch's weights (rank 0).
+    A hook that returns None skips this epoch (e.g. it scores every N epochs); ``epochs`` lists
+    the scored ones."""
+    raw = task.select_epoch(core, epoch)
+    if raw is None:
+        return selection
+    score = float(raw)
     selection = dict(selection or {"scores": [], "best_epoch": None, "best_score": None})
     selection["scores"] = [*selection["scores"], score]
+    selection["epochs"] = [*selection.get("epochs", []), epoch + 1]
     if selection["best_score"] is None or score > selection["best_score"]:
         selection.update(best_epoch=epoch + 1, best_score=score)
         if info.is_main:

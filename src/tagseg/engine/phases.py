@@ -3,9 +3,18 @@
 Works with any model that has an ``encoder`` exposing ``block_groups()`` and ``final_norm()``
 (see :class:`tagseg.models.encoder.PatchEncoder`).
 
-Warm-up epochs: the encoder is frozen (eval mode, no gradient), head at ``warmup_lr``.
-Afterwards: the last ``unfreeze_blocks`` encoder blocks and the final norm train too, all at
-``lr``. The learning rate is a pure function of the epoch, so resuming needs no scheduler state.
+Warm-up epochs: the encoder is frozen (no gradient), head at ``warmup_lr``. Afterwards: the
+last ``unfreeze_blocks`` encoder blocks and the final norm train too, all at ``lr``. The learning
+rate is a pure function of the epoch, so resuming needs no scheduler state.
+
+BatchNorm (``model.bn``), for every BatchNorm layer of the encoder, nested ones included (timm's
+``BatchNormAct2d`` has child modules, so "every leaf in eval mode" misses it):
+
+- ``frozen``: eval mode in every phase: the running statistics (and ``num_batches_tracked``)
+  never change; the affine weights train only inside unfrozen blocks.
+- ``adapt``: in frozen parts the running statistics follow the training images (train mode) over
+  fixed affine weights; unfrozen blocks train as usual.
+- ``train``: like ``adapt``, and the affine weights train everywhere, in every phase.
 """
 
 from __future__ import annotations
@@ -13,8 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from tagseg.config import TrainConfig
+
+BN_MODES = ("frozen", "adapt", "train")
 
 
 @dataclass(frozen=True)
@@ -39,13 +51,40 @@ def trainable_encoder_modules(model: nn.Module, unfreeze_blocks: int) -> list[nn
     return model.encoder.block_groups()[-unfreeze_blocks:] + model.encoder.final_norm()
 
 
-def apply_phase(model: nn.Module, cfg: TrainConfig, phase: Phase) -> list[nn.Module]:
-    """Set requires_grad for ``phase``; return the encoder modules that stay frozen (keep them in eval mode)."""
-    for p in model.encoder.parameters():
+def is_batchnorm(module: nn.Module) -> bool:
+    """BatchNorm of any kind (timm's BatchNormAct2d and SyncBatchNorm included: they subclass it)."""
+    return isinstance(module, _BatchNorm)
+
+
+def apply_phase(model: nn.Module, cfg: TrainConfig, phase: Phase, bn: str = "frozen") -> list[nn.Module]:
+    """Set requires_grad for ``phase`` and the BatchNorm mode ``bn`` (frozen | adapt | train);
+    return the encoder modules to keep in eval mode this epoch (each one's whole subtree).
+
+    Frozen parts: every leaf module (dropout, ...) is returned, and so is every BatchNorm layer
+    under ``bn='frozen'`` (in unfrozen blocks too). Under ``adapt``/``train`` no BatchNorm layer
+    is returned, so the running statistics update; under ``train`` their affine weights train.
+    """
+    if bn not in BN_MODES:
+        raise ValueError(f"bn={bn!r}: choose one of {BN_MODES}")
+    encoder = model.encoder
+    for p in encoder.parameters():
         p.requires_grad_(False)
     trainable = trainable_encoder_modules(model, cfg.unfreeze_blocks) if phase.encoder_trainable else []
     for m in trainable:
         for p in m.parameters():
             p.requires_grad_(True)
-    return [m for m in model.encoder.modules() if not any(p.requires_grad for p in m.parameters(recurse=False))
-            and len(list(m.children())) == 0]
+    norms = [m for m in encoder.modules() if is_batchnorm(m)]
+    if bn == "train":
+        for m in norms:
+            for p in m.parameters(recurse=False):
+                p.requires_grad_(True)
+    in_trainable = {id(sub) for m in trainable for sub in m.modules()}
+    norm_children = {id(sub) for m in norms for sub in m.modules()}
+    frozen_leaves = [m for m in encoder.modules()
+                     if next(m.children(), None) is None and id(m) not in in_trainable
+                     and not is_batchnorm(m) and id(m) not in norm_children]
+    # a BatchNorm's own children (activation, dropout) follow the layer
+    frozen_norms = norms if bn == "frozen" else []
+    frozen_norm_children = [] if bn == "frozen" else [
+        sub for m in norms if id(m) not in in_trainable for sub in m.modules() if sub is not m]
+    return frozen_leaves + frozen_norms + frozen_norm_children

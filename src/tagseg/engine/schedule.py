@@ -55,12 +55,13 @@ class PhaseSchedule:
 
     lr_key = "lr"
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig) -> None:
-        self.model, self.cfg, self.lr = model, cfg, cfg.lr
+    def __init__(self, model: nn.Module, cfg: TrainConfig, bn: str = "adapt") -> None:
+        """bn: the BatchNorm mode of the encoder, frozen | adapt | train (see :mod:`tagseg.engine.phases`)."""
+        self.model, self.cfg, self.lr, self.bn = model, cfg, cfg.lr, bn
 
     def epoch_start(self, epoch: int, global_step: int, optimizer: torch.optim.Optimizer) -> EpochPlan:
         phase = phase_for_epoch(self.cfg, epoch)
-        frozen = apply_phase(self.model, self.cfg, phase)
+        frozen = apply_phase(self.model, self.cfg, phase, self.bn)
         for group in optimizer.param_groups:
             group["lr"] = phase.lr
         self.lr = phase.lr

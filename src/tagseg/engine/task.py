@@ -14,8 +14,9 @@ from tagseg.engine.schedule import Schedule
 # (model to differentiate through: the core or its DDP wrapper, core, batch on the device, 0-based epoch)
 #   -> (total loss, detached parts by name)
 LossFn = Callable[[nn.Module, nn.Module, dict, int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-# (core, 0-based epoch) -> score of the epoch just trained (higher is better)
-SelectFn = Callable[[nn.Module, int], float]
+# (core, 0-based epoch) -> score of the epoch just trained (higher is better), or None to skip the
+# epoch; an optional ``description`` attribute (str) names the metric in <run>/selection.json
+SelectFn = Callable[[nn.Module, int], Optional[float]]
 
 
 @dataclass

@@ -13,3 +13,13 @@ def cpu_threads(requested: int, loader_workers: int, processes: int = 1) -> int:
         return requested
     cores = os.cpu_count() or 1
     return max(1, cores // max(1, processes) - loader_workers)
+
+
+def loader_workers(requested: int) -> int:
+    """Data-loader workers: ``requested`` capped at the cores minus one (one core keeps computing);
+    on a 2-core machine 4 workers would leave PyTorch a single, oversubscribed thread."""
+    cap = max(0, (os.cpu_count() or 1) - 1)
+    if requested > cap:
+        print(f"note: data.num_workers={requested} capped at {cap} (cores minus one on this machine)")
+        return cap
+    return requested

@@ -2,11 +2,19 @@
 
 Conventions
 -----------
-* **Boundary.** A pixel of a region is a boundary pixel iff at least one of its
-  4-neighbours *inside the image* lies outside the region. Neighbours beyond the image
-  edge do not count, so a region is never given a boundary just for touching the image
-  edge (a class that fills the whole image has no boundary). The same rule is applied to
-  prediction and ground truth.
+* **Boundary** (``boundary=``), the same rule for prediction and ground truth, per class on
+  the binary map ``labels == c``:
+
+  - ``"seg2bmap"`` (default, the DAVIS toolkit's ``seg2bmap``): a pixel is a boundary pixel
+    iff its value differs from its right, bottom or bottom-right neighbour; in the last row
+    only the right neighbour counts, in the last column only the bottom one, and the
+    bottom-right pixel is never a boundary pixel. Pixels outside the image do not count, so
+    touching the image edge makes no boundary. The map is taken at the label map's own size
+    (the toolkit's default width/height). It marks both sides of a transition where the
+    region lies right of / below it (outer pixels on the left and top, inner pixels on the
+    right and bottom).
+  - ``"inner4"``: a pixel of the region is a boundary pixel iff at least one of its
+    4-neighbours inside the image lies outside the region (inner boundary only).
 * **Ground truth 255** (ignore) is treated as background before boundaries are taken.
 * **Tolerance.** ``r = ceil(ratio * sqrt(H**2 + W**2))`` pixels, ``ratio = 0.008``. A
   boundary pixel *matches* iff some pixel of the other boundary lies within Euclidean
@@ -44,6 +52,12 @@ from scipy.spatial import cKDTree
 from tagseg.data.classes import IGNORE_INDEX
 from tagseg.errors import ConfigError, DataError
 
+BOUNDARY_MODES = ("seg2bmap", "inner4")
+DEFAULT_BOUNDARY = "seg2bmap"
+_BOUNDARY_TEXT = {
+    "seg2bmap": "boundary = DAVIS seg2bmap (differs from the right, bottom or bottom-right neighbour)",
+    "inner4": "boundary = inner 4-neighbourhood",
+}
 MEAN_CONVENTION = (
     "mean F over foreground classes (1..K-1) present in the prediction or the ground truth "
     "of at least one image; per class P = matched/total prediction boundary pixels and "
@@ -51,6 +65,35 @@ MEAN_CONVENTION = (
     "zero total is 1; ground truth 255 counts as background; boundary = 4-neighbourhood, "
     "image edge is not a boundary"
 )
+
+
+def convention(boundary: str = DEFAULT_BOUNDARY) -> str:
+    """The text stored with a result: how the mean was taken and which boundary rule was used."""
+    return MEAN_CONVENTION.replace("boundary = 4-neighbourhood", _BOUNDARY_TEXT[boundary])
+
+
+def seg2bmap(seg: np.ndarray) -> np.ndarray:
+    """The DAVIS toolkit's boundary map of a binary mask at its own size (see the module docstring).
+
+    Args:
+        seg: (H, W) mask; nonzero = region.
+    Returns:
+        bool (H, W).
+    """
+    seg = np.asarray(seg) != 0
+    if seg.ndim != 2:
+        raise DataError(f"seg2bmap expects a 2-D mask, got shape {seg.shape}")
+    east = np.zeros_like(seg)
+    south = np.zeros_like(seg)
+    south_east = np.zeros_like(seg)
+    east[:, :-1] = seg[:, 1:]
+    south[:-1, :] = seg[1:, :]
+    south_east[:-1, :-1] = seg[1:, 1:]
+    b = (seg ^ east) | (seg ^ south) | (seg ^ south_east)
+    b[-1, :] = seg[-1, :] ^ east[-1, :]
+    b[:, -1] = seg[:, -1] ^ south[:, -1]
+    b[-1, -1] = False
+    return b
 
 
 def boundary_map(binary: np.ndarray) -> np.ndarray:
@@ -164,6 +207,15 @@ def count_matched_points(points: np.ndarray, other: np.ndarray, radius: int) -> 
     return int(np.count_nonzero(np.rint(distance[found] ** 2) <= radius * radius))
 
 
+def _seg2bmap_points_by_class(labels: np.ndarray, num_classes: int, classes: np.ndarray) -> list[np.ndarray]:
+    """:func:`seg2bmap` boundary coordinates (N_c, 2) of each class in ``classes`` (others empty)."""
+    empty = np.zeros((0, 2), dtype=np.int64)
+    points = [empty] * num_classes
+    for c in classes:
+        points[c] = np.argwhere(seg2bmap(labels == c))
+    return points
+
+
 def _boundary_points_by_class(labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
     """Boundary pixel coordinates of every class of a label map.
 
@@ -204,6 +256,8 @@ class ContourFAccumulator:
         ratio: tolerance as a fraction of the image diagonal.
         radius: fixed tolerance in pixels for every image (overrides ``ratio``).
         class_names: K names for the result; indices as strings when omitted.
+        boundary: ``"seg2bmap"`` (default, DAVIS) or ``"inner4"`` (the earlier rule); see the
+            module docstring.
     """
 
     def __init__(
@@ -212,7 +266,11 @@ class ContourFAccumulator:
         ratio: float = 0.008,
         radius: int | None = None,
         class_names: Sequence[str] | None = None,
+        boundary: str = DEFAULT_BOUNDARY,
     ) -> None:
+        if boundary not in BOUNDARY_MODES:
+            raise ConfigError(f"contour boundary mode {boundary!r}: choose one of {BOUNDARY_MODES}")
+        self.boundary = boundary
         if num_classes < 2 or num_classes > IGNORE_INDEX:
             raise ConfigError(f"num_classes must be in 2..{IGNORE_INDEX}, got {num_classes}")
         if not ratio > 0:
@@ -262,8 +320,12 @@ class ContourFAccumulator:
             return
         height, width = pred.shape
         radius = self.radius if self.radius is not None else tolerance_radius(height, width, self.ratio)
-        pred_points = _boundary_points_by_class(pred, self.num_classes)
-        gt_points = _boundary_points_by_class(gt, self.num_classes)
+        if self.boundary == "seg2bmap":
+            pred_points = _seg2bmap_points_by_class(pred, self.num_classes, classes)
+            gt_points = _seg2bmap_points_by_class(gt, self.num_classes, classes)
+        else:
+            pred_points = _boundary_points_by_class(pred, self.num_classes)
+            gt_points = _boundary_points_by_class(gt, self.num_classes)
         for c in classes:
             pred_c, gt_c = pred_points[c], gt_points[c]
             self.occurrences[c] += 1
@@ -312,7 +374,7 @@ class ContourFAccumulator:
             dict with ``per_class`` (name -> {"P", "R", "F", matched/total counts,
             "images"}; P, R, F are None for classes that never occur), ``mean_F`` (None when
             no foreground class occurred), ``num_classes_in_mean``, ``num_images``,
-            ``radius`` (fixed radius or None), ``ratio`` and ``convention``.
+            ``radius`` (fixed radius or None), ``ratio``, ``boundary`` and ``convention``.
         """
         per_class: dict[str, dict[str, Any]] = {}
         scores = []
@@ -340,7 +402,8 @@ class ContourFAccumulator:
             "num_images": self.num_images,
             "radius": self.radius,
             "ratio": self.ratio,
-            "convention": MEAN_CONVENTION,
+            "boundary": self.boundary,
+            "convention": convention(self.boundary),
         }
 
 

@@ -2,7 +2,11 @@
 
 Loss (all terms optional except the first):
 
-    L = L_cls + [fsl_weight · L_fs] + [L_PPC] + [aux_weight · L_CE(GAP(P)) + contrast_weight · L_RM]
+    L = L_cls + [fsl_weight · L_fs] + [L_PPC] + [L_CE(GAP(O)) − (1 − aux_weight) · L_cls + contrast_weight · L_RM]
+
+With RCA on this is RCA's Eq. 11, CE(GAP(O)) + 0.4·CE(GAP(P)) + 0.01·L_RM: O the aggregated CAM
+(part 'rca_aux', weight 1, the maps pseudo-masks come from), P the intermediate base CAM (L_cls,
+weight ``aux_weight`` = 0.4).
 
 L_cls is the multi-label soft-margin loss of GAP(O) over the K−1 foreground classes; with ISL on
 it becomes (1−λ)·soft-margin + λ·ISL (METHODS.md §3). L_PPC (§2) compares view 1 with view 2 =

@@ -83,7 +83,9 @@ def patch_classifier_loss(model: nn.Module, core: PatchClassifierNet, batch: dic
     parts: dict[str, torch.Tensor] = {"mce": multilabel_ce(scores, labels)}
     if cfg.pce_weight > 0:
         parts["pce"] = patch_contrastive_error(features.flatten(1, 2), z, labels, cfg.pce_threshold,
-                                               cfg.pce_num_low)
+                                               cfg.pce_num_low, reduction=cfg.pce_reduction)
+        # how much the weighted PCE weighs against MCE (history.jsonl: per-epoch mean of this ratio)
+        parts["pce_mce_ratio"] = (cfg.pce_weight * parts["pce"] / parts["mce"].clamp_min(1e-12)).detach()
     if use_et:
         grid_a = out.grid[:b] if out.grid is not None else None
         target = equivariance_target(eval_mode_probs(core, images, grid_a), batch["geom_a"], batch["geom_b"],

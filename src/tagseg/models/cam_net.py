@@ -26,7 +26,7 @@ class CAMOutput:
     """Outputs of one view.
 
     cams: O (B, K−1, h, w) raw scores; features: F (B, D, h, w); embeddings: PPC's v
-    (B, P, h, w) unit vectors or None; cams_aggregated: RCA's P (B, K−1, h, w) or None.
+    (B, P, h, w) unit vectors or None; cams_aggregated: RCA's aggregated CAM O (B, K−1, h, w) or None (``cams`` is its intermediate P).
     """
 
     cams: Tensor
@@ -39,7 +39,7 @@ class CAMNet(nn.Module):
     """Backbone + 1×1 CAM head; add-ons may set ``projector``, ``aggregation`` and ``memory``.
 
     num_classes: K including background (the head has K−1 outputs). inference_cam: 'base' (O) or
-    'aggregated' (P, needs an ``aggregation`` module): the maps pseudo-masks are made from.
+    'aggregated' (O, needs an ``aggregation`` module): the maps pseudo-masks are made from.
     """
 
     def __init__(self, encoder: PatchEncoder, num_classes: int, inference_cam: str = "base") -> None:

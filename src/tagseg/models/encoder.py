@@ -37,12 +37,14 @@ def _create_dilated(name: str, weights: str | None, pretrained: bool, output_str
         return None
 
 
-def _create_backbone(name: str, weights: str | None, pretrained: bool, image_size: int) -> nn.Module:
+def _create_backbone(name: str, weights: str | None, pretrained: bool, image_size: int,
+                     vit_dropout: float = 0.0) -> nn.Module:
     from tagseg.models.factory import build_timm_model
 
-    try:  # ViT-style models: resample position embeddings for any input size at run time
+    try:  # ViT-style models: resample position embeddings for any input size at run time; dropout
+        # after the attention projection and in the MLP (timm proj_drop_rate), as the original ViT
         return build_timm_model(name, weights=weights, pretrained=pretrained, num_classes=0,
-                                img_size=image_size, dynamic_img_size=True)
+                                img_size=image_size, dynamic_img_size=True, proj_drop_rate=vit_dropout)
     except TypeError:
         return build_timm_model(name, weights=weights, pretrained=pretrained, num_classes=0)
 
@@ -55,7 +57,7 @@ class PatchEncoder(nn.Module):
     """
 
     def __init__(self, name: str, weights: str | None = None, pretrained: bool = False,
-                 image_size: int = 384, output_stride: int | None = None) -> None:
+                 image_size: int = 384, output_stride: int | None = None, vit_dropout: float = 0.0) -> None:
         super().__init__()
         if output_stride not in (None, 8, PATCH_STRIDE):
             raise ConfigError(f"output stride {output_stride}: choose 16 or 8")
@@ -74,7 +76,7 @@ class PatchEncoder(nn.Module):
             self.backbone.prune_intermediate_layers([self.feature_index], prune_norm=True, prune_head=True)
             self.is_vit = False
         else:
-            self.backbone = _create_backbone(name, weights, pretrained, image_size)
+            self.backbone = _create_backbone(name, weights, pretrained, image_size, vit_dropout)
             self.is_vit = hasattr(self.backbone, "patch_embed") and hasattr(self.backbone, "blocks")
             self._select_grid(name)
         mean, std = self._normalization(weights)

@@ -37,12 +37,13 @@ class PatchOutput:
 
 class PatchClassifierNet(nn.Module):
     def __init__(self, encoder: PatchEncoder, num_classes: int, use_lstm: bool = True,
-                 lstm_hidden: int = 192, dropout: float = 0.2, init_std: float = 0.05) -> None:
+                 lstm_hidden: int = 192, dropout: float = 0.2, init_std: float = 0.05,
+                 lstm_input_dropout: float = 0.2) -> None:
         super().__init__()
         self.encoder = encoder
         self.num_classes = num_classes
         if use_lstm:
-            self.conditioning: nn.Module = HVBiLSTM(encoder.out_channels, lstm_hidden, dropout)
+            self.conditioning: nn.Module = HVBiLSTM(encoder.out_channels, lstm_hidden, dropout, lstm_input_dropout)
             feat_dim = self.conditioning.out_dim
         else:
             self.conditioning = nn.Identity()
@@ -64,9 +65,11 @@ class PatchClassifierNet(nn.Module):
 
     def encoder_is_frozen(self) -> bool:
         """True when the encoder neither trains nor changes between train and eval mode
-        (no trainable parameter, every leaf module in eval mode), so its output can be reused."""
+        (no trainable parameter, every leaf module and every BatchNorm layer -- timm's BatchNormAct2d
+        has children -- in eval mode), so its output can be reused."""
         return not any(p.requires_grad for p in self.encoder.parameters()) and \
-            not any(m.training for m in self.encoder.modules() if next(m.children(), None) is None)
+            not any(m.training for m in self.encoder.modules()
+                    if next(m.children(), None) is None or isinstance(m, nn.modules.batchnorm._BatchNorm))
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Everything but the encoder (trained from the first epoch)."""
@@ -81,11 +84,12 @@ class PatchClassifierNet(nn.Module):
 def build_patch_encoder(cfg: ModelConfig, image_size: int) -> PatchEncoder:
     """The patch encoder of the model config (every patch-family network builds it here)."""
     return PatchEncoder(cfg.encoder, weights=cfg.weights, pretrained=cfg.pretrained, image_size=image_size,
-                        output_stride=16 if cfg.cnn_grid == "dilated" else None)
+                        output_stride=16 if cfg.cnn_grid == "dilated" else None, vit_dropout=cfg.vit_dropout)
 
 
 def build_patch_classifier(cfg: ModelConfig, num_classes: int, image_size: int) -> PatchClassifierNet:
     """Build the network from its config section."""
     encoder = build_patch_encoder(cfg, image_size)
     return PatchClassifierNet(encoder, num_classes, use_lstm=cfg.use_lstm, lstm_hidden=cfg.lstm_hidden,
-                              dropout=cfg.dropout, init_std=cfg.classifier_init_std)
+                              dropout=cfg.dropout, init_std=cfg.classifier_init_std,
+                              lstm_input_dropout=cfg.lstm_input_dropout)

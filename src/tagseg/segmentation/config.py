@@ -29,6 +29,9 @@ class SegmentSourceConfig:
     """
 
     masks_dir: str = ""
+    # auto: the CRF-refined pseudo-masks (<pseudo>/crf/masks, as the papers train DeepLab) when they
+    # exist beside masks_dir, else the plain ones | crf: refined, error when absent | plain: masks_dir as given
+    mask_kind: str = "auto"
 
 
 @dataclass
@@ -61,7 +64,7 @@ class SegTrainConfig:
     is ``head_lr_mult`` × lr."""
 
     epochs: int = 20
-    batch_size: int = 10
+    batch_size: int = 10  # GLOBAL batch: under torchrun each of N processes takes batch_size / N (must divide)
     optimizer: str = "sgd"
     lr: float = 2.5e-4
     head_lr_mult: float = 10.0
@@ -73,6 +76,12 @@ class SegTrainConfig:
     grad_clip: float = 0.0
     log_every: int = 10  # steps between TensorBoard scalar writes
     keep_checkpoints: int = 2
+    # which epoch becomes model.safetensors: last | best (highest mIoU of single-scale predictions
+    # against the training masks in use on the first select_images images of data.train_split --
+    # no ground truth, and never the scored data.val_split), scored every select_every epochs + the last
+    select: str = "last"
+    select_every: int = 1
+    select_images: int = 100
 
 
 @dataclass
@@ -150,6 +159,12 @@ def validate_segment_config(cfg: SegmentExperimentConfig) -> None:
         raise ConfigError(f"augment.crop_size={a.crop_size}: must be >= 16")
     if not 0.0 <= a.hflip_prob <= 1.0:
         raise ConfigError(f"augment.hflip_prob={a.hflip_prob}: must be in [0, 1]")
+    if t.select not in ("last", "best"):
+        raise ConfigError(f"train.select={t.select!r}: choose last or best")
+    if t.select_every < 1 or t.select_images < 1:
+        raise ConfigError(f"train.select_every={t.select_every}, train.select_images={t.select_images}: must be >= 1")
+    if cfg.segment.mask_kind not in ("auto", "crf", "plain"):
+        raise ConfigError(f"segment.mask_kind={cfg.segment.mask_kind!r}: choose auto, crf or plain")
     validate_inference(cfg.inference)
 
 

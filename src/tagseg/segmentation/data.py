@@ -24,6 +24,30 @@ from tagseg.segmentation.config import GT_MASKS, SegAugmentConfig
 from tagseg.utils.io import read_image, read_mask
 
 
+def choose_mask_folder(masks_dir: str, kind: str = "auto") -> tuple[str, str]:
+    """Which pseudo-masks to train on: (folder, 'crf' | 'plain' | 'gt').
+
+    ``masks_dir`` is a ``tagseg pseudo`` output folder, its ``masks/`` folder, or ``gt``. The
+    CRF-refined masks of the same output (``<pseudo>/crf/masks``) are used when ``kind`` is
+    ``crf``, or ``auto`` and they exist; ``plain`` keeps ``masks_dir`` as given.
+    """
+    if masks_dir == GT_MASKS or not masks_dir:
+        return masks_dir, "gt" if masks_dir == GT_MASKS else "plain"
+    folder = Path(masks_dir)
+    if folder.name == "masks" and folder.parent.name == "crf":
+        return masks_dir, "crf"  # already the refined ones
+    root = folder.parent if folder.name == "masks" else folder
+    refined = root / "crf" / "masks"
+    if kind == "plain":
+        return masks_dir, "plain"
+    if refined.is_dir():
+        return str(refined), "crf"
+    if kind == "crf":
+        raise DataError(f"segment.mask_kind=crf, but the CRF-refined masks {refined} do not exist "
+                        "(make them with `tagseg pseudo --crf torch`, or set segment.mask_kind=plain)")
+    return masks_dir, "plain"
+
+
 def resolve_mask_paths(index: DatasetIndex, masks_dir: str) -> list[Path]:
     """The training mask of every record: ``<masks_dir>/<id>.png`` (or ``<masks_dir>/masks/<id>.png``
     for a ``tagseg pseudo`` output folder), or the ground truth when ``masks_dir == 'gt'``.

@@ -20,13 +20,14 @@ from tagseg.config import config_to_yaml, to_dict
 from tagseg.data.build import build_index
 from tagseg.data.classes import IGNORE_INDEX
 from tagseg.engine import loop
-from tagseg.engine.distributed import DistInfo
+from tagseg.engine.distributed import DistInfo, per_process_batch
 from tagseg.engine.schedule import PolySchedule, poly_lr, set_lr  # noqa: F401  (poly_lr, set_lr: re-exported)
 from tagseg.engine.task import SelectFn, Task
 from tagseg.segmentation.config import SegmentExperimentConfig, SegTrainConfig
-from tagseg.segmentation.data import SegmentationTrainSet, resolve_mask_paths
+from tagseg.segmentation.data import SegmentationTrainSet, choose_mask_folder, resolve_mask_paths
 from tagseg.segmentation.inference import model_metadata
 from tagseg.segmentation.models import SegmentationNet, build_segmenter
+from tagseg.segmentation.selection import segmentation_selection_hook
 
 # Settings that may change between an interrupted run and its resumption (not train.epochs: the
 # poly schedule runs over all epochs' steps).
@@ -74,7 +75,10 @@ def segmentation_task(cfg: SegmentExperimentConfig, select_epoch: Optional[Selec
     def build(info: DistInfo, device: torch.device) -> Task:
         tcfg = cfg.train
         index = build_index(cfg.data, cfg.data.train_split).require_nonempty()
-        masks = resolve_mask_paths(index, cfg.segment.masks_dir)
+        folder, kind = choose_mask_folder(cfg.segment.masks_dir, cfg.segment.mask_kind)
+        masks = resolve_mask_paths(index, folder)
+        if info.is_main:
+            print(f"training masks: {folder} ({kind}; segment.mask_kind={cfg.segment.mask_kind})")
         core = build_segmenter(cfg.model, index.num_classes, cfg.augment.crop_size)
         pad_value = core.backbone.mean.flatten().tolist()
         dataset = SegmentationTrainSet(index, masks, cfg.augment, pad_value=pad_value, seed=cfg.seed)
@@ -83,12 +87,14 @@ def segmentation_task(cfg: SegmentExperimentConfig, select_epoch: Optional[Selec
         frozen_bn = freeze_batchnorm(core.backbone) if tcfg.freeze_backbone_bn else []
         core = core.to(device)
         optimizer = build_optimizer(core, tcfg)
-        total_steps = math.ceil(len(dataset) / (tcfg.batch_size * info.world_size)) * tcfg.epochs
+        batch = per_process_batch(tcfg.batch_size, info.world_size)  # train.batch_size is the global batch
+        total_steps = math.ceil(len(dataset) / (batch * info.world_size)) * tcfg.epochs
         return Task(model=core, dataset=dataset, loss=lambda *a: _loss(*a), optimizer=optimizer,
                     schedule=PolySchedule(tcfg.lr, total_steps, tcfg.poly_power, frozen_bn),
-                    metadata=lambda: model_metadata(cfg, index.class_names, index.palette),
+                    metadata=lambda: {**model_metadata(cfg, index.class_names, index.palette),
+                                      "training_masks": folder, "training_masks_kind": kind},
                     config=to_dict(cfg), config_yaml=config_to_yaml(cfg), epochs=tcfg.epochs,
-                    batch_size=tcfg.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed,
+                    batch_size=batch, num_workers=cfg.data.num_workers, seed=cfg.seed,
                     resume_may_change=RESUME_MAY_CHANGE, amp=tcfg.amp, grad_clip=tcfg.grad_clip,
                     log_every=tcfg.log_every, keep_checkpoints=tcfg.keep_checkpoints, total_name="loss",
                     select_epoch=select_epoch)
@@ -113,6 +119,7 @@ class SegmentationTrainer:
     def fit(self, stop_after_epoch: Optional[int] = None) -> Path:
         """Train until ``train.epochs`` (or stop after ``stop_after_epoch`` finished epochs);
         return the path of the final model (or of the last checkpoint)."""
-        return loop.fit(segmentation_task(self.cfg, self.select_epoch), self.run_dir, seed=self.cfg.seed,
+        select = self.select_epoch if self.select_epoch is not None else segmentation_selection_hook(self.cfg)
+        return loop.fit(segmentation_task(self.cfg, select), self.run_dir, seed=self.cfg.seed,
                         device=self.cfg.device, resume=self.resume, show_progress=self.show_progress,
                         stop_after_epoch=stop_after_epoch)

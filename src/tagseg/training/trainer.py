@@ -17,14 +17,16 @@ from tagseg.config import ExperimentConfig, config_to_yaml, to_dict
 from tagseg.data.build import build_index
 from tagseg.data.views import TrainingViews
 from tagseg.engine import loop
-from tagseg.engine.distributed import DistInfo
+from tagseg.engine.distributed import DistInfo, per_process_batch
 from tagseg.engine.loop import seed_everything  # noqa: F401  (kept importable from here)
 from tagseg.engine.resume import check_resumable, truncate_history  # noqa: F401  (kept importable from here)
 from tagseg.engine.schedule import PhaseSchedule
 from tagseg.engine.task import SelectFn, Task
 from tagseg.engine.threads import cpu_threads  # noqa: F401  (kept importable from here)
+from tagseg.engine.threads import loader_workers
 from tagseg.experiment import validate_experiment
 from tagseg.methods.families import get_family
+from tagseg.training.selection import selection_hook
 
 # Settings that may change between an interrupted run and its resumption.
 RESUME_MAY_CHANGE = ("train.epochs", "train.cpu_threads", "train.log_every", "train.keep_checkpoints",
@@ -53,10 +55,11 @@ def classifier_task(cfg: ExperimentConfig, select_epoch: Optional[SelectFn] = No
         t = cfg.train
         return Task(model=core, dataset=dataset,
                     loss=lambda model, core, batch, epoch: family.loss(model, core, batch, cfg, epoch),
-                    optimizer=optimizer, schedule=PhaseSchedule(core, t),
+                    optimizer=optimizer, schedule=PhaseSchedule(core, t, cfg.model.bn),
                     metadata=lambda: model_metadata(cfg, index.class_names, index.palette),
                     config=to_dict(cfg), config_yaml=config_to_yaml(cfg), epochs=t.epochs,
-                    batch_size=t.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed,
+                    batch_size=per_process_batch(t.batch_size, info.world_size), num_workers=cfg.data.num_workers,
+                    seed=cfg.seed,
                     resume_may_change=RESUME_MAY_CHANGE, amp=t.amp, grad_clip=t.grad_clip, log_every=t.log_every,
                     keep_checkpoints=t.keep_checkpoints, select_epoch=select_epoch)
 
@@ -81,6 +84,8 @@ class Trainer:
         """Train until ``train.epochs`` (or stop after ``stop_after_epoch`` finished epochs, for
         splitting a run); return the path of the final model (or of the last checkpoint)."""
         cfg = validate_experiment(self.cfg)  # the family, the add-on sections (typed here) and the rest
-        return loop.fit(classifier_task(cfg, self.select_epoch), self.run_dir, seed=cfg.seed, device=cfg.device,
+        cfg.data.num_workers = loader_workers(cfg.data.num_workers)
+        select = self.select_epoch if self.select_epoch is not None else selection_hook(cfg)
+        return loop.fit(classifier_task(cfg, select), self.run_dir, seed=cfg.seed, device=cfg.device,
                         resume=self.resume, show_progress=self.show_progress, stop_after_epoch=stop_after_epoch,
                         threads=(cfg.train.cpu_threads, cfg.data.num_workers))

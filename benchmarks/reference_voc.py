@@ -1,0 +1,271 @@
+"""Reference result on real VOC photos: the CAM family and TKP-PCL with ImageNet Lite backbones.
+
+Trains on the image-level labels of the VOC subset's ``train_aug`` images, makes pseudo-masks for
+``train_aug`` and ``val`` and scores them against the ground-truth masks (METHODS.md §6). Every
+choice is made on ``val`` only, never on the scored ``train_aug`` masks:
+
+- the CAM background threshold (swept on ``val``, applied to ``train_aug``);
+- the patch family's inference size (``--infer-sizes`` scored on ``val`` for the TKP-PCL run,
+  the best one used for every patch-family run);
+- ``model.bn`` per family (``--bn-compare``: the other mode trained too, compared on ``val``).
+
+Runs (each cached as ``<work>/<name>-seed<s>/reference.json``, so an interrupted benchmark resumes):
+
+    cam             CAM baseline (GAP, soft-margin loss)                           [METHODS.md §2]
+    avg / max / topk / topk+pce   the TKP-PCL ordering at the same budget          [METHODS.md §1]
+    topk+pce-sum    top-K + PCE with method.pce_reduction=class_sum
+
+Dense CRF (METHODS.md §5 presets, pydensecrf backend) refines the first seed's CAM and TKP-PCL
+masks of the first ``--crf-images`` ids of each split (0 = all). Prints the table and writes
+``<work>/summary.json``; benchmarks/results/reference_voc.md is written from it.
+
+Usage (the command of the committed results is in benchmarks/results/reference_voc.md):
+
+    python benchmarks/reference_voc.py --voc ../shared/data/voc12-subset --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tagseg.config import PseudoConfig, load_config
+from tagseg.data.build import build_index
+from tagseg.data.views import image_to_tensor
+from tagseg.evaluation.miou import ConfusionMatrix
+from tagseg.methods.cam_objective import cam_pseudo_mask, cam_probabilities, normalised_cams_for_image
+from tagseg.methods.families import get_family
+from tagseg.pseudo.crf.dense import dense_crf
+from tagseg.pseudo.crf.params import get_preset
+from tagseg.pseudo.inference import load_trained_model
+from tagseg.training.trainer import Trainer
+from tagseg.utils.io import read_image, read_mask, write_json
+
+PATCH_VARIANTS: dict[str, list[str]] = {
+    "avg": ["method.pooling=avg", "method.pce_weight=0", "method.et_weight=1"],
+    "max": ["method.pooling=max", "method.pce_weight=0", "method.et_weight=1"],
+    "topk": ["method.pooling=topk", "method.pce_weight=0", "method.et_weight=1"],
+    "topk+pce": ["method.pooling=topk", "method.pce_weight=0.01", "method.et_weight=1"],
+    "topk+pce-sum": ["method.pooling=topk", "method.pce_weight=0.01", "method.et_weight=1",
+                     "method.pce_reduction=class_sum"],
+}
+LABELS = {"cam": "CAM (GAP, soft-margin)", "avg": "avg pooling + L_ET", "max": "max pooling + L_ET (ViT-PCM)",
+          "topk": "top-K + L_ET", "topk+pce": "top-K + PCE + L_ET (TKP-PCL)",
+          "topk+pce-sum": "top-K + PCE (class_sum) + L_ET"}
+BG_THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8)
+
+
+def common(args: argparse.Namespace) -> list[str]:
+    return [f"data.root={args.voc}", "data.dataset=voc", "data.train_split=train_aug", "data.pseudo_split=train_aug",
+            f"data.num_workers={args.workers}", f"train.cpu_threads={args.threads}", "model.weights=lite",
+            f"model.encoder={args.encoder}", f"train.batch_size={args.batch}", "device=cpu"]
+
+
+def run_config(name: str, args: argparse.Namespace, bn: str, seed: int):
+    if name == "cam":
+        over = [*common(args), f"data.image_size={args.cam_size}", f"train.epochs={args.cam_epochs}",
+                "train.warmup_epochs=1", f"train.unfreeze_blocks={args.cam_unfreeze}", f"pseudo.image_size={args.cam_size}",
+                "pseudo.scales=[1.0]", "pseudo.flip=false"]
+        base = "cam_voc"
+    else:
+        over = [*common(args), f"data.image_size={args.size}", f"train.epochs={args.epochs}",
+                f"train.warmup_epochs={args.epochs}", f"method.et_crop_size={args.size // 3 // 16 * 16}",
+                "model.cnn_grid=dilated", *PATCH_VARIANTS[name]]
+        base = "tkpcl_voc"
+    return load_config(base, [*over, f"model.bn={bn}", f"seed={seed}", f"name=reference-{name}"])
+
+
+def train(name: str, args: argparse.Namespace, bn: str, seed: int) -> tuple[Path, float]:
+    run_dir = args.work / f"{name}-{bn}-seed{seed}"
+    final = run_dir / "model.safetensors"
+    stamp = run_dir / "train_seconds.txt"
+    if final.is_file() and stamp.is_file():
+        return final, float(stamp.read_text())
+    t0 = time.time()
+    Trainer(run_config(name, args, bn, seed), run_dir, resume=True, show_progress=False).fit()
+    seconds = time.time() - t0
+    stamp.write_text(f"{seconds:.1f}")
+    return final, seconds
+
+
+@torch.no_grad()
+def score(model_path: Path, split: str, args: argparse.Namespace, infer_size: int, *,
+          thresholds=BG_THRESHOLDS, bg: float | None = None, crf: bool = False) -> dict:
+    """mIoU of one model's pseudo-masks on ``split``. CAM: one confusion matrix per background
+    threshold (``bg`` fixes it); with ``crf`` also the CRF-refined masks of the first
+    ``--crf-images`` ids."""
+    model, cfg, info = load_trained_model(model_path)
+    fam = get_family(info["family"])
+    cfg.data.max_images = args.max_images
+    index = build_index(cfg.data, split)
+    k = index.num_classes
+    pcfg = PseudoConfig(image_size=infer_size, scales=[1.0], flip=False)
+    is_cam = info["family"] == "cam"
+    taus = [bg] if bg is not None else list(thresholds)
+    cms = {t: ConfusionMatrix(k) for t in taus} if is_cam else {"plain": ConfusionMatrix(k)}
+    crf_cm, crf_plain_cm = ConfusionMatrix(k), ConfusionMatrix(k)
+    preset = get_preset("cam" if is_cam else "patch")
+    t0 = time.time()
+    for i, rec in enumerate(index.records):
+        image = read_image(rec.image_path)
+        x = image_to_tensor(image)
+        gt = read_mask(rec.mask_path, k)
+        if is_cam:
+            fg = normalised_cams_for_image(model, x, rec.labels, pcfg)
+            for t, cm in cms.items():
+                cm.update(cam_pseudo_mask(fg, t).numpy().astype(np.uint8), gt, rec.id)
+            probs = cam_probabilities(fg, taus[0]) if crf else None
+        else:
+            probs = fam.merged_probs(model, x, rec.labels, pcfg)
+            cms["plain"].update(probs.argmax(0).numpy().astype(np.uint8), gt, rec.id)
+        if crf and (args.crf_images == 0 or i < args.crf_images):
+            refined = dense_crf(image, probs.numpy(), preset, backend="pydensecrf")
+            crf_cm.update(refined.argmax(0).astype(np.uint8), gt, rec.id)
+            crf_plain_cm.update(probs.argmax(0).numpy().astype(np.uint8), gt, rec.id)
+    out = {"split": split, "images": len(index), "infer_size": infer_size, "seconds": round(time.time() - t0, 1)}
+    out["miou"] = {str(t): cm.summary(index.class_names)["miou"] for t, cm in cms.items()}
+    if crf:
+        n = len(index) if args.crf_images == 0 else min(args.crf_images, len(index))
+        out["crf"] = {"images": n, "miou": crf_cm.summary(index.class_names)["miou"],
+                      "plain_same_images": crf_plain_cm.summary(index.class_names)["miou"]}
+    return out
+
+
+def cached(path: Path, fn):
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = fn()
+    write_json(path, value)
+    return value
+
+
+def run_family_member(name: str, args: argparse.Namespace, bn: str, seed: int, infer_size: int,
+                      crf: bool) -> dict:
+    """Train and score one run on val and train_aug (CAM: threshold chosen on val)."""
+    run_dir = args.work / f"{name}-{bn}-seed{seed}"
+
+    def go() -> dict:
+        model, seconds = train(name, args, bn, seed)
+        val = score(model, "val", args, infer_size, crf=False)
+        rec = {"name": name, "bn": bn, "seed": seed, "train_seconds": round(seconds, 1), "val": val}
+        if name == "cam":
+            best = max(val["miou"], key=lambda t: val["miou"][t])
+            rec["bg_threshold"] = float(best)
+            rec["val_chosen"] = val["miou"][best]
+            rec["val_crf"] = score(model, "val", args, infer_size, bg=float(best), crf=crf).get("crf") if crf else None
+            rec["train_aug"] = score(model, "train_aug", args, infer_size, bg=float(best), crf=crf)
+        else:
+            rec["val_chosen"] = val["miou"]["plain"]
+            rec["val_crf"] = score(model, "val", args, infer_size, crf=True)["crf"] if crf else None
+            rec["train_aug"] = score(model, "train_aug", args, infer_size, crf=crf)
+        return rec
+
+    return cached(run_dir / f"reference-{infer_size}.json", go)
+
+
+def val_only(name: str, args: argparse.Namespace, bn: str, seed: int, infer_size: int) -> float:
+    """val mIoU of a run (CAM: at its best val threshold), trained if needed."""
+    run_dir = args.work / f"{name}-{bn}-seed{seed}"
+
+    def go() -> dict:
+        model, seconds = train(name, args, bn, seed)
+        return {"train_seconds": round(seconds, 1), "val": score(model, "val", args, infer_size)}
+
+    rec = cached(run_dir / f"val-{infer_size}.json", go)
+    return max(rec["val"]["miou"].values()), rec
+
+
+def fmt(values: list[float]) -> str:
+    vals = [100 * v for v in values if v is not None]
+    if not vals:
+        return "–"
+    if len(vals) == 1:
+        return f"{vals[0]:.1f}"
+    return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--voc", type=Path, default=Path("../shared/data/voc12-subset"))
+    p.add_argument("--work", type=Path, default=Path("runs/reference_voc"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--encoder", default="tf_efficientnet_lite0")
+    p.add_argument("--size", type=int, default=160, help="patch family: training input (px)")
+    p.add_argument("--epochs", type=int, default=1, help="patch family: epochs (all warm-up: encoder frozen)")
+    p.add_argument("--infer-sizes", type=int, nargs="+", default=[160, 224, 320],
+                   help="patch family: inference sizes compared on val (TKP-PCL run, first seed)")
+    p.add_argument("--cam-size", type=int, default=224, help="CAM: training and inference size (px)")
+    p.add_argument("--cam-epochs", type=int, default=2, help="CAM: epochs (1 warm-up, then fine-tuning)")
+    p.add_argument("--cam-unfreeze", type=int, default=3, help="CAM: block groups trained after warm-up")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--max-images", type=int, default=0, help="0 = every image of each split")
+    p.add_argument("--crf-images", type=int, default=300,
+                   help="CRF on the first N ids of each split (0 = all), for the first seed's CAM and TKP-PCL runs")
+    p.add_argument("--ordering-seeds", type=int, nargs="+", default=None,
+                   help="seeds of the avg / max / top-K / class_sum runs (default: --seeds)")
+    p.add_argument("--bn-compare", action="store_true", help="also train model.bn=frozen and compare on val")
+    p.add_argument("--variants", nargs="+", default=["cam", *PATCH_VARIANTS],
+                   choices=["cam", *PATCH_VARIANTS])
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    s0 = args.seeds[0]
+    notes: dict = {}
+    # 1. model.bn per family, chosen on val (first seed)
+    bn_choice = {"cam": "adapt", "patch": "adapt"}
+    if args.bn_compare:
+        for fam, name, size in (("cam", "cam", args.cam_size), ("patch", "topk+pce", args.size)):
+            scores = {bn: val_only(name, args, bn, s0, size)[0] for bn in ("adapt", "frozen")}
+            bn_choice[fam] = max(scores, key=scores.get)
+            notes[f"bn_{fam}"] = scores
+            print(f"model.bn for {fam}: val mIoU {scores} -> {bn_choice[fam]}", flush=True)
+    # 2. inference size of the patch family, chosen on val (TKP-PCL, first seed)
+    sizes = {s: val_only("topk+pce", args, bn_choice["patch"], s0, s)[0] for s in args.infer_sizes}
+    infer = max(sizes, key=sizes.get)
+    notes["infer_size_val"] = sizes
+    print(f"inference size on val: {sizes} -> {infer}", flush=True)
+    # 3. the runs
+    records: dict[str, list[dict]] = {}
+    for name in args.variants:
+        fam = "cam" if name == "cam" else "patch"
+        seeds = args.seeds if name in ("cam", "topk+pce") else (args.ordering_seeds or args.seeds)
+        for seed in seeds:
+            crf = name in ("cam", "topk+pce") and seed == s0
+            rec = run_family_member(name, args, bn_choice[fam], seed, args.cam_size if name == "cam" else infer, crf)
+            records.setdefault(name, []).append(rec)
+            tr = rec["train_aug"]["miou"]
+            print(f"{name:<13} seed {seed}: train_aug={100 * list(tr.values())[0]:.1f} "
+                  f"val={100 * rec['val_chosen']:.1f} ({rec['train_seconds']}s train)", flush=True)
+    elapsed = time.time() - t0
+    lines = ["| method | seeds | train_aug | val | train_aug + CRF (first N) | same N, no CRF | val + CRF (first N) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, recs in records.items():
+        tr = [list(r["train_aug"]["miou"].values())[0] for r in recs]
+        crf = [r["train_aug"].get("crf", {}).get("miou") for r in recs]
+        crf_plain = [r["train_aug"].get("crf", {}).get("plain_same_images") for r in recs]
+        vcrf = [(r.get("val_crf") or {}).get("miou") for r in recs]
+        lines.append(f"| {LABELS[name]} | {len(recs)} | {fmt(tr)} | {fmt([r['val_chosen'] for r in recs])} | "
+                     f"{fmt(crf)} | {fmt(crf_plain)} | {fmt(vcrf)} |")
+    table = "\n".join(lines)
+    print(table)
+    cmd = "python benchmarks/reference_voc.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    write_json(args.work / "summary.json", {
+        "command": cmd, "seconds_this_invocation": round(elapsed), "bn": bn_choice, "infer_size": infer,
+        "notes": notes, "records": records, "table": table,
+        "hardware": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"})
+    print(f"total {elapsed:.0f}s; summary in {args.work / 'summary.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

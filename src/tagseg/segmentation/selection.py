@@ -1,0 +1,65 @@
+"""Best-epoch selection for the segmentation stage (``train.select=best``).
+
+The papers report DeepLab's mIoU on ``val``, so ``val`` may not choose the epoch. The score is the
+mIoU of single-scale predictions (no flip, no CRF) against the training masks the run uses (the
+pseudo-masks, or the ground truth with ``segment.masks_dir=gt``) on the first
+``train.select_images`` images of ``data.train_split``: it needs no ground truth and never sees
+the scored split; it measures how well the network reproduces its targets, which stops a run
+whose later epochs diverge from keeping them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+from torch import nn
+
+from tagseg.data.build import build_index
+from tagseg.evaluation.miou import ConfusionMatrix
+from tagseg.segmentation.config import SegInferenceConfig, SegmentExperimentConfig
+from tagseg.segmentation.data import choose_mask_folder, resolve_mask_paths
+from tagseg.segmentation.inference import predict_mask
+from tagseg.utils.io import read_image, read_mask
+
+SINGLE_SCALE = SegInferenceConfig(scales=[1.0], flip=False, crf="none")
+
+
+class TrainMaskAgreement:
+    """SelectFn: (core, 0-based epoch) -> mIoU against the training masks, or None on epochs not scored."""
+
+    def __init__(self, cfg: SegmentExperimentConfig) -> None:
+        t = cfg.train
+        self.every, self.epochs = t.select_every, t.epochs
+        data = dataclasses.replace(cfg.data, max_images=t.select_images)
+        self.index = build_index(data, cfg.data.train_split).require_nonempty()
+        folder, kind = choose_mask_folder(cfg.segment.masks_dir, cfg.segment.mask_kind)
+        self.masks = resolve_mask_paths(self.index, folder)
+        self.description = (f"mIoU of single-scale predictions against the {kind} training masks on the first "
+                            f"{len(self.index)} images of {cfg.data.train_split!r} (not the scored "
+                            f"{cfg.data.val_split!r}), every {self.every} epoch(s) and the last")
+
+    @torch.no_grad()
+    def __call__(self, core: nn.Module, epoch: int) -> Optional[float]:
+        if not ((epoch + 1) % self.every == 0 or epoch + 1 == self.epochs):
+            return None
+        modes = [m.training for m in core.modules()]
+        core.eval()
+        device = next(core.parameters()).device
+        k = self.index.num_classes
+        cm = ConfusionMatrix(k)
+        try:
+            for rec, mask in zip(self.index.records, self.masks):
+                pred = predict_mask(core, read_image(rec.image_path), SINGLE_SCALE, device)
+                cm.update(pred, read_mask(mask, k), rec.id)
+        finally:
+            for m, mode in zip(core.modules(), modes):
+                m.training = mode
+        return float(cm.summary(self.index.class_names)["miou"])
+
+
+def segmentation_selection_hook(cfg: SegmentExperimentConfig) -> Optional[TrainMaskAgreement]:
+    """The hook ``train.select`` asks for (None = keep the last epoch)."""
+    return TrainMaskAgreement(cfg) if cfg.train.select == "best" else None
+

@@ -1,0 +1,89 @@
+"""Best-epoch selection for the tag classifier (``train.select=best``): the score of an epoch is the
+pseudo-mask mIoU on a fixed sample of ``data.val_split`` images, never on the images whose
+pseudo-masks are scored (``data.pseudo_split``).
+
+The sample is the first ``train.select_images`` ids of the val list (the list order, so every
+epoch and every run sees the same images). Pseudo-masks come from the family's ``merged_probs``
+with the run's ``pseudo`` settings, exactly as ``tagseg pseudo`` makes them; mIoU: one confusion
+matrix over pixels whose ground truth is not 255, mean over the classes present in the ground
+truth or the prediction (METHODS.md §6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from tagseg.config import ExperimentConfig
+from tagseg.data.build import build_index
+from tagseg.data.records import DatasetIndex
+from tagseg.data.views import image_to_tensor
+from tagseg.errors import DataError
+from tagseg.methods.families import get_family
+from tagseg.utils.io import read_image, read_mask
+
+
+def confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K, K) pixel counts, rows = ground truth, over pixels whose ground truth is not 255."""
+    valid = gt != 255
+    return np.bincount(gt[valid].astype(np.int64) * num_classes + pred[valid].astype(np.int64),
+                       minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def mean_iou(matrix: np.ndarray) -> float:
+    """Mean IoU over the classes present in the ground truth or the prediction (0 when none)."""
+    tp = np.diag(matrix).astype(np.float64)
+    union = matrix.sum(0) + matrix.sum(1) - tp
+    present = union > 0
+    return float((tp[present] / union[present]).mean()) if present.any() else 0.0
+
+
+def scheduled(epoch: int, every: int, epochs: int) -> bool:
+    """Score 0-based ``epoch`` when it ends a block of ``every`` epochs or is the last one."""
+    return (epoch + 1) % every == 0 or epoch + 1 == epochs
+
+
+class ValPseudoMaskMIoU:
+    """SelectFn: (core, 0-based epoch) -> val pseudo-mask mIoU, or None on epochs not scored."""
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        t = cfg.train
+        self.cfg, self.every, self.epochs = cfg, t.select_every, t.epochs
+        data = dataclasses.replace(cfg.data, max_images=t.select_images)
+        self.index: DatasetIndex = build_index(data, cfg.data.val_split).require_nonempty()
+        if any(r.mask_path is None for r in self.index.records):
+            raise DataError(f"train.select=best scores pseudo-masks on {cfg.data.val_split!r}, but some of its "
+                            "images have no ground-truth mask; use train.select=last")
+        self.description = (f"pseudo-mask mIoU on the first {len(self.index)} images of "
+                            f"{cfg.data.val_split!r} (not the scored {cfg.data.pseudo_split!r}), "
+                            f"every {self.every} epoch(s) and the last")
+
+    @torch.no_grad()
+    def __call__(self, core: nn.Module, epoch: int) -> Optional[float]:
+        if not scheduled(epoch, self.every, self.epochs):
+            return None
+        family = get_family(self.cfg.model.family)
+        modes = [m.training for m in core.modules()]
+        core.eval()
+        device = next(core.parameters()).device
+        k = self.index.num_classes
+        matrix = np.zeros((k, k), dtype=np.int64)
+        try:
+            for rec in self.index.records:
+                x = image_to_tensor(read_image(rec.image_path)).to(device)
+                probs = family.merged_probs(core, x, rec.labels, self.cfg.pseudo)
+                pred = probs.argmax(0).cpu().numpy()
+                matrix += confusion(pred, read_mask(rec.mask_path, k), k)
+        finally:
+            for m, mode in zip(core.modules(), modes):
+                m.training = mode
+        return mean_iou(matrix)
+
+
+def selection_hook(cfg: ExperimentConfig) -> Optional[ValPseudoMaskMIoU]:
+    """The best-epoch hook ``train.select`` asks for (None = keep the last epoch)."""
+    return ValPseudoMaskMIoU(cfg) if cfg.train.select == "best" else None

@@ -1,0 +1,60 @@
+"""The segmentation stage trains on the CRF-refined pseudo-masks when they exist, and says which."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from fixtures import make_voc
+from tagseg.engine.distributed import DistInfo
+from tagseg.errors import ConfigError, DataError
+from tagseg.segmentation.config import load_segment_config
+from tagseg.segmentation.data import choose_mask_folder
+from tagseg.segmentation.trainer import segmentation_task
+
+TINY = ["data.dataset=voc", "data.train_split=train", "data.val_split=val", "data.num_workers=0",
+        "model.encoder=test_resnet", "model.pretrained=false", "model.aspp_channels=16",
+        "model.low_level_channels=8", "augment.crop_size=32", "train.batch_size=2", "train.epochs=1", "seed=3"]
+
+
+def _pseudo(root: Path, ids: list[str], voc: Path, crf: bool) -> Path:
+    """A `tagseg pseudo` output folder: masks/ (and crf/masks/) holding the ground-truth masks."""
+    for sub in (["masks"] + (["crf/masks"] if crf else [])):
+        (root / sub).mkdir(parents=True)
+        for i in ids:
+            shutil.copy(voc / "SegmentationClassAug" / f"{i}.png", root / sub / f"{i}.png")
+    return root
+
+
+def test_choose_mask_folder(tmp_path):
+    plain = tmp_path / "p" / "masks"
+    plain.mkdir(parents=True)
+    assert choose_mask_folder(str(plain)) == (str(plain), "plain")  # nothing refined: the plain ones
+    with pytest.raises(DataError, match="crf/masks do not exist"):
+        choose_mask_folder(str(plain), "crf")
+    refined = tmp_path / "p" / "crf" / "masks"
+    refined.mkdir(parents=True)
+    assert choose_mask_folder(str(plain)) == (str(refined), "crf")
+    assert choose_mask_folder(str(tmp_path / "p")) == (str(refined), "crf")  # the output folder itself
+    assert choose_mask_folder(str(plain), "plain") == (str(plain), "plain")
+    assert choose_mask_folder(str(refined), "auto") == (str(refined), "crf")
+    assert choose_mask_folder("gt") == ("gt", "gt")
+    with pytest.raises(ConfigError, match="segment.mask_kind"):
+        load_segment_config("segment_demo", ["segment.mask_kind=refined"])
+
+
+@pytest.mark.parametrize("kind,expected", [("auto", "crf"), ("plain", "plain")])
+def test_the_run_records_which_masks_it_trained_on(tmp_path, capsys, kind, expected):
+    voc = tmp_path / "voc"
+    ids = make_voc(voc, n=2)
+    pseudo = _pseudo(tmp_path / "pseudo", ids, voc, crf=True)
+    cfg = load_segment_config("segment_demo", [f"data.root={voc}", *TINY, f"segment.masks_dir={pseudo / 'masks'}",
+                                               f"segment.mask_kind={kind}"])
+    task = segmentation_task(cfg)(DistInfo(), torch.device("cpu"))
+    meta = task.metadata()
+    assert meta["training_masks_kind"] == expected
+    assert meta["training_masks"] == str(pseudo / ("crf/masks" if expected == "crf" else "masks"))
+    assert f"({expected}; segment.mask_kind={kind})" in capsys.readouterr().out
