@@ -28,7 +28,8 @@ from tagseg.methods.families import get_family
 
 # Settings that may change between an interrupted run and its resumption.
 RESUME_MAY_CHANGE = ("train.epochs", "train.cpu_threads", "train.log_every", "train.keep_checkpoints",
-                     "data.num_workers", "device", "pseudo")
+                     "data.num_workers", "device",
+                     "train.precision", "train.compile", "train.channels_last", "pseudo")
 
 
 def model_metadata(cfg: ExperimentConfig, class_names: tuple[str, ...], palette: list[int]) -> dict:
@@ -57,7 +58,8 @@ def classifier_task(cfg: ExperimentConfig, select_epoch: Optional[SelectFn] = No
                     metadata=lambda: model_metadata(cfg, index.class_names, index.palette),
                     config=to_dict(cfg), config_yaml=config_to_yaml(cfg), epochs=t.epochs,
                     batch_size=t.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed,
-                    resume_may_change=RESUME_MAY_CHANGE, amp=t.amp, grad_clip=t.grad_clip, log_every=t.log_every,
+                    resume_may_change=RESUME_MAY_CHANGE, amp=t.amp, precision=t.precision, compile=t.compile,
+                    channels_last=t.channels_last, grad_clip=t.grad_clip, log_every=t.log_every,
                     keep_checkpoints=t.keep_checkpoints, select_epoch=select_epoch)
 
     return build
