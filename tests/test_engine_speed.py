@@ -207,3 +207,4 @@ def test_compile_gives_the_eager_loss(tmp_path):
     assert fast is not net and P.compiled(net, False) is net
     assert torch.allclose(fast(x), net(x), atol=1e-5)
     assert set(dict(net.named_parameters())) == {"0.weight", "0.bias", "3.weight", "3.bias"}  # saved names stay plain
+

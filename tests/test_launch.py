@@ -1,0 +1,41 @@
+"""Rank, world size and local rank from the launcher's environment (torchrun or SLURM)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tagseg.engine.distributed import Launch, launch_from_env
+from tagseg.errors import ConfigError
+
+
+def test_launch_from_torchrun_slurm_or_nothing():
+    assert launch_from_env({}) == Launch(0, 1, 0, "single")
+    assert launch_from_env({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}) == Launch(5, 8, 1, "torchrun")
+    slurm = launch_from_env({"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "3"})
+    assert slurm == Launch(3, 4, 3, "slurm") and slurm.shard == (3, 4)
+    # srun launching torchrun: torchrun's numbering is the one in force
+    both = {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_LOCALID": "0",
+            "RANK": "6", "WORLD_SIZE": "16", "LOCAL_RANK": "2"}
+    assert launch_from_env(both) == Launch(6, 16, 2, "torchrun")
+    assert launch_from_env({"RANK": "0", "WORLD_SIZE": "2"}).local_rank == 0  # no LOCAL_RANK: 0
+    assert launch_from_env({"SLURM_PROCID": "0"}) == Launch()  # a rank alone is no launch
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"RANK": "x", "WORLD_SIZE": "2"}, r"torchrun variable RANK='x' is not an integer"),
+    ({"RANK": "2", "WORLD_SIZE": "2"}, r"RANK=2, WORLD_SIZE=2: need 0 <= rank < world size"),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "0"}, r"slurm variable SLURM_NTASKS=0: need at least 1"),
+    ({"SLURM_PROCID": "-1", "SLURM_NTASKS": "2"}, r"SLURM_PROCID=-1 is negative"),
+])
+def test_launch_errors_name_the_variable(env, message):
+    with pytest.raises(ConfigError, match=message):
+        launch_from_env(env)
+
+
+def test_launch_reads_the_process_environment(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    assert launch_from_env() == Launch(1, 2, 1, "slurm")
