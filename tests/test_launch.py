@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tagseg.engine.distributed import Launch, launch_from_env
+from tagseg.engine.distributed import Launch, launch_device, launch_from_env
 from tagseg.errors import ConfigError
 
 
@@ -39,3 +39,14 @@ def test_launch_reads_the_process_environment(monkeypatch):
     monkeypatch.setenv("SLURM_NTASKS", "2")
     monkeypatch.setenv("SLURM_LOCALID", "1")
     assert launch_from_env() == Launch(1, 2, 1, "slurm")
+
+
+def test_one_gpu_per_process():
+    node_rank_3 = Launch(rank=11, world_size=16, local_rank=3, source="torchrun")
+    assert launch_device(node_rank_3, "auto", cuda_count=8) == "cuda:3"
+    assert launch_device(node_rank_3, "cuda", cuda_count=1) == "cuda:0"  # srun --gpus-per-task=1: one visible
+    assert launch_device(node_rank_3, "auto", cuda_count=0) == "cpu"
+    assert launch_device(node_rank_3, "cpu", cuda_count=8) == "cpu"
+    assert launch_device(node_rank_3, "cuda:5", cuda_count=8) == "cuda:5"  # an explicit index is kept
+    with pytest.raises(ConfigError, match="no CUDA device is visible"):
+        launch_device(node_rank_3, "cuda", cuda_count=0)

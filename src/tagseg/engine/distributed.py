@@ -84,6 +84,24 @@ def launch_from_env(env: Optional[Mapping[str, str]] = None) -> Launch:
     return Launch()
 
 
+def launch_device(launch: Launch, requested: str = "auto", cuda_count: Optional[int] = None) -> str:
+    """The device of a launched process: one GPU per process.
+
+    requested: auto | cpu | cuda | cuda:N (a given index is kept); cuda_count: visible GPUs
+    (default: torch's count). ``auto``/``cuda`` -> ``cuda:<local_rank mod visible GPUs>`` (a
+    launcher that gives each task its own GPU, e.g. ``srun --gpus-per-task=1``, leaves one
+    visible: cuda:0), ``cpu`` when no GPU is visible and ``auto`` was asked.
+    """
+    count = torch.cuda.device_count() if cuda_count is None else cuda_count
+    if requested == "cpu" or (requested == "auto" and count == 0):
+        return "cpu"
+    if requested in ("auto", "cuda"):
+        if count == 0:
+            raise ConfigError("device=cuda but no CUDA device is visible")
+        return f"cuda:{launch.local_rank % count}"
+    return requested
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Join the process group torchrun set up (env WORLD_SIZE > 1); gloo on CPU, nccl on GPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
