@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tagseg.engine.distributed import Launch, launch_device, launch_from_env
@@ -50,3 +52,14 @@ def test_one_gpu_per_process():
     assert launch_device(node_rank_3, "cuda:5", cuda_count=8) == "cuda:5"  # an explicit index is kept
     with pytest.raises(ConfigError, match="no CUDA device is visible"):
         launch_device(node_rank_3, "cuda", cuda_count=0)
+
+
+def test_a_secondary_rank_locks_its_own_shard_but_not_the_shared_folder(tmp_path, monkeypatch):
+    from tagseg.utils.runlock import run_lock
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with run_lock(tmp_path / "a", shard=(1, 2)) as path:  # --shard auto under torchrun: rank 1's shard
+        assert path.name == ".lock.shard-1-of-2" and path.read_text().strip() == str(os.getpid())
+    with run_lock(tmp_path / "b") as path:  # the run folder of a DDP job: rank 0 holds it
+        assert not path.exists()
