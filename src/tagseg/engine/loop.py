@@ -106,9 +106,11 @@ def make_loader(task: Task, info: D.DistInfo, device: torch.device) -> tuple[Dat
     """The run's one DataLoader (workers persist over epochs when there are any; pinned memory
     on CUDA) and its sampler, whose ``set_epoch`` selects the epoch's order and augmentations."""
     dataset = task.dataset
-    base = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                              seed=task.seed, drop_last=False) if info.enabled else _EpochRandomSampler(dataset,
-                                                                                                        task.seed)
+    if info.enabled:
+        base = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                  seed=task.seed, drop_last=False)
+    else:
+        base = _EpochRandomSampler(dataset, task.seed)
     sampler = _WithEpoch(base)
     loader = DataLoader(_EpochItems(dataset), batch_size=task.batch_size, sampler=sampler,
                         num_workers=task.num_workers, drop_last=False, pin_memory=device.type == "cuda",
