@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tagseg.engine.distributed import Launch, launch_device, launch_from_env
+from tagseg.engine.distributed import Launch, launch_device, launch_from_env, parse_shard, resolve_shard
 from tagseg.errors import ConfigError
 
 
@@ -63,3 +63,14 @@ def test_a_secondary_rank_locks_its_own_shard_but_not_the_shared_folder(tmp_path
         assert path.name == ".lock.shard-1-of-2" and path.read_text().strip() == str(os.getpid())
     with run_lock(tmp_path / "b") as path:  # the run folder of a DDP job: rank 0 holds it
         assert not path.exists()
+
+
+def test_shard_arguments():
+    assert parse_shard("1/4") == (1, 4) and parse_shard("auto") == "auto" and parse_shard("AUTO") == "auto"
+    for bad, message in (("4/4", "need 0 <= i < n"), ("x", "expects i/n"), ("1/2/3", "expects i/n")):
+        with pytest.raises(ValueError, match=message):
+            parse_shard(bad)
+    env = {"SLURM_PROCID": "2", "SLURM_NTASKS": "3", "SLURM_LOCALID": "0"}
+    assert resolve_shard("auto", env) == ((2, 3), Launch(2, 3, 0, "slurm"))
+    assert resolve_shard((0, 5), env)[0] == (0, 5)  # explicit shards stay
+    assert resolve_shard("auto", {})[0] == (0, 1)  # no launcher: the whole set

@@ -84,6 +84,33 @@ def launch_from_env(env: Optional[Mapping[str, str]] = None) -> Launch:
     return Launch()
 
 
+SHARD_HELP = ("process shard i of n (i/n), or auto: rank and world size from torchrun (RANK, WORLD_SIZE, "
+              "LOCAL_RANK) or SLURM (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID), one GPU per process "
+              "(cuda:LOCAL_RANK); without a launcher, auto is 0/1")
+
+
+def parse_shard(text: str) -> "tuple[int, int] | str":
+    """``"i/n"`` -> (i, n) with 0 <= i < n, or ``"auto"`` (resolved later by :func:`resolve_shard`);
+    ValueError with a readable message otherwise."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard expects i/n (e.g. 0/4) or auto, got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
+def resolve_shard(shard: "tuple[int, int] | str", env: Optional[Mapping[str, str]] = None
+                  ) -> tuple[tuple[int, int], Launch]:
+    """(shard (i, n), launch): ``auto`` takes i and n from the launcher (:func:`launch_from_env`);
+    an explicit i/n is kept (the launch then only tells the local rank, for the GPU)."""
+    launch = launch_from_env(env)
+    return (launch.shard if shard == "auto" else shard), launch
+
+
 def launch_device(launch: Launch, requested: str = "auto", cuda_count: Optional[int] = None) -> str:
     """The device of a launched process: one GPU per process.
 
