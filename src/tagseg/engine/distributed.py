@@ -84,11 +84,6 @@ def launch_from_env(env: Optional[Mapping[str, str]] = None) -> Launch:
     return Launch()
 
 
-SHARD_HELP = ("process shard i of n (i/n), or auto: rank and world size from torchrun (RANK, WORLD_SIZE, "
-              "LOCAL_RANK) or SLURM (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID), one GPU per process "
-              "(cuda:LOCAL_RANK); without a launcher, auto is 0/1")
-
-
 def parse_shard(text: str) -> "tuple[int, int] | str":
     """``"i/n"`` -> (i, n) with 0 <= i < n, or ``"auto"`` (resolved later by :func:`resolve_shard`);
     ValueError with a readable message otherwise."""

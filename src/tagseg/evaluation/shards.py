@@ -24,6 +24,14 @@ STATE_FORMAT = "tagseg-eval-state/1"
 CONTOUR_COUNTS = ("matched_pred", "total_pred", "matched_gt", "total_gt", "occurrences")
 
 
+def shard_of(records: Sequence[Any], shard: tuple[int, int]) -> list[Any]:
+    """The records shard i of n takes: every n-th from i (as ``pseudo --shard`` splits a set)."""
+    i, n = shard
+    if n < 1 or not 0 <= i < n:
+        raise DataError(f"invalid shard {i}/{n}: need 0 <= i < n")
+    return list(records[i::n])
+
+
 def shard_file_name(shard: tuple[int, int]) -> str:
     """``eval.json`` for the whole set, ``eval.shard-<i>-of-<n>.json`` for shard i of n > 1."""
     i, n = shard
@@ -84,7 +92,8 @@ def read_state(path: str | Path) -> dict[str, Any]:
                                                 and (r.get("miou") is None or isinstance(r.get("miou"), (int, float)))
                                                 for r in per_image)):
         raise DataError(f"{path}: per_image must be a list of {{id, miou}} records")
-    out = {"source": str(path), "class_names": names, "shard": (shard[0], shard[1]), "ids": ids,
+    dataset = doc.get("dataset")
+    out = {"source": str(path), "class_names": names, "dataset": dataset if isinstance(dataset, str) else None, "shard": (shard[0], shard[1]), "ids": ids,
            "per_image": per_image, "confusion": _counts(state.get("confusion"), (k, k + 1), "the confusion matrix",
                                                         str(path)), "contour": None}
     contour = state.get("contour")
@@ -113,8 +122,8 @@ def merge_states(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
     first = states[0]
     n = first["shard"][1]
     for s in states[1:]:
-        if s["class_names"] != first["class_names"]:
-            raise DataError(f"{s['source']} scores other classes than {first['source']}")
+        if s["class_names"] != first["class_names"] or s["dataset"] != first["dataset"]:
+            raise DataError(f"{s['source']} scores another data set or class list than {first['source']}")
         if s["shard"][1] != n:
             raise DataError(f"{s['source']} is shard {s['shard'][0]}/{s['shard'][1]}, "
                             f"{first['source']} one of {n}: merge the shards of one split")
@@ -141,7 +150,8 @@ def merge_states(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
     ordered = [by_index[i] for i in range(n)]
     ids = _interleave([s["ids"] for s in ordered])
     per_image = _interleave([s["per_image"] for s in ordered])
-    merged = {"source": "merged", "class_names": first["class_names"], "shard": (0, 1), "ids": ids,
+    merged = {"source": "merged", "class_names": first["class_names"], "dataset": first["dataset"],
+              "shard": (0, 1), "ids": ids,
               "per_image": per_image, "confusion": sum(s["confusion"] for s in ordered), "contour": None}
     if first["contour"] is not None:
         merged["contour"] = {"ratio": first["contour"]["ratio"], "radius": first["contour"]["radius"],
