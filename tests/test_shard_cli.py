@@ -95,3 +95,29 @@ def test_eval_merge_takes_only_shard_files(tmp_path, capsys):
     assert "cannot read an evaluation result" in capsys.readouterr().err
     assert main(["eval", str(tmp_path)]) == 2
     assert "give the dataset with --run RUN or --config CONFIG" in capsys.readouterr().err
+
+
+def test_segment_eval_shards_merge_into_the_unsharded_result(tmp_path, clean_env):
+    import shutil
+
+    from test_segmentation import TINY, tiny_voc
+
+    voc = tmp_path / "voc"
+    ids = tiny_voc(voc, n=N_IMAGES)
+    masks = tmp_path / "pseudo"
+    masks.mkdir()
+    for i in ids:
+        shutil.copy(voc / "SegmentationClassAug" / f"{i}.png", masks / f"{i}.png")
+    run = tmp_path / "run"
+    assert main(["segment", "train", "--config", "segment_demo", "--out", str(run), f"data.root={voc}", *TINY,
+                 f"segment.masks_dir={masks}", "train.epochs=1"]) == 0
+    assert main(["segment", "eval", "--run", str(run)]) == 0
+    as_launched(clean_env, 0, 2, slurm=True)
+    assert main(["segment", "eval", "--run", str(run), "--shard", "auto"]) == 0
+    as_launched(clean_env, 1, 2)
+    assert main(["segment", "eval", "--run", str(run), "--shard", "auto"]) == 0
+    shards = [run / "eval.shard-0-of-2.json", run / "eval.shard-1-of-2.json"]
+    assert main(["eval", "--merge", *map(str, shards), "--out", str(tmp_path / "merged.json")]) == 0
+    whole = json.loads((run / "eval.json").read_text())
+    assert json.loads((tmp_path / "merged.json").read_text()) == whole
+    assert whole["images"] == N_IMAGES and whole["split"] == "val" and "inference" in whole

@@ -61,6 +61,7 @@ def merge_eval_files(paths: list[str | Path]) -> dict:
     merged = merge_states([read_state(p) for p in paths])
     cm, boundary = accumulators(merged)
     summary = _summary(cm, boundary, merged["per_image"], merged["class_names"], merged["dataset"])
+    summary.update(merged["extras"])
     summary["state"] = eval_state(cm, boundary, merged["per_image"], merged["ids"], (0, 1))
     return summary
 

@@ -21,6 +21,7 @@ from tagseg.evaluation.contour import ContourFAccumulator
 from tagseg.evaluation.miou import ConfusionMatrix
 
 STATE_FORMAT = "tagseg-eval-state/1"
+SHARED_KEYS = ("inference", "split")  # settings a merged result keeps when every shard has the same
 CONTOUR_COUNTS = ("matched_pred", "total_pred", "matched_gt", "total_gt", "occurrences")
 
 
@@ -93,7 +94,7 @@ def read_state(path: str | Path) -> dict[str, Any]:
                                                 for r in per_image)):
         raise DataError(f"{path}: per_image must be a list of {{id, miou}} records")
     dataset = doc.get("dataset")
-    out = {"source": str(path), "class_names": names, "dataset": dataset if isinstance(dataset, str) else None, "shard": (shard[0], shard[1]), "ids": ids,
+    out = {"source": str(path), "extras": {k: doc[k] for k in SHARED_KEYS if k in doc}, "class_names": names, "dataset": dataset if isinstance(dataset, str) else None, "shard": (shard[0], shard[1]), "ids": ids,
            "per_image": per_image, "confusion": _counts(state.get("confusion"), (k, k + 1), "the confusion matrix",
                                                         str(path)), "contour": None}
     contour = state.get("contour")
@@ -150,7 +151,8 @@ def merge_states(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
     ordered = [by_index[i] for i in range(n)]
     ids = _interleave([s["ids"] for s in ordered])
     per_image = _interleave([s["per_image"] for s in ordered])
-    merged = {"source": "merged", "class_names": first["class_names"], "dataset": first["dataset"],
+    extras = {k: v for k, v in first["extras"].items() if all(s["extras"].get(k) == v for s in states)}
+    merged = {"source": "merged", "extras": extras, "class_names": first["class_names"], "dataset": first["dataset"],
               "shard": (0, 1), "ids": ids,
               "per_image": per_image, "confusion": sum(s["confusion"] for s in ordered), "contour": None}
     if first["contour"] is not None:
