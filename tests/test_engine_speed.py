@@ -208,3 +208,33 @@ def test_compile_gives_the_eager_loss(tmp_path):
     assert torch.allclose(fast(x), net(x), atol=1e-5)
     assert set(dict(net.named_parameters())) == {"0.weight", "0.bias", "3.weight", "3.bias"}  # saved names stay plain
 
+
+
+def test_pseudo_and_segmentation_inference_follow_their_precision_keys(tmp_path):
+    from tagseg.config import PseudoConfig
+    from tagseg.methods.families import get_family
+    from tagseg.pseudo.generate import merged_probabilities
+    from tagseg.segmentation.config import SegInferenceConfig, SegModelConfig
+    from tagseg.segmentation.inference import predict_probs
+    from tagseg.segmentation.models import build_segmenter
+
+    torch.manual_seed(0)
+    image = (torch.rand(48, 64, 3) * 255).to(torch.uint8).numpy()
+    cfg = tiny_config(tmp_path)
+    model = get_family(cfg.model.family).build(cfg, 21).eval()
+    labels = torch.zeros(21)
+    labels[[0, 8, 12]] = 1
+    probs = {p: merged_probabilities(model, image, labels.numpy(), PseudoConfig(image_size=64, precision=p))
+             for p in ("fp32", "bf16")}
+    assert probs["bf16"].dtype == torch.float32 and probs["bf16"].shape == (21, 48, 64)
+    assert torch.allclose(probs["bf16"], probs["fp32"], atol=0.03) and not torch.equal(probs["bf16"], probs["fp32"])
+    cl = merged_probabilities(model, image, labels.numpy(), PseudoConfig(image_size=64, channels_last=True))
+    assert torch.allclose(cl, probs["fp32"], atol=1e-5)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+    seg = build_segmenter(SegModelConfig(encoder="test_resnet", pretrained=False, aspp_channels=16,
+                                         low_level_channels=8), 21, 32).eval()
+    out = {p: predict_probs(seg, image, SegInferenceConfig(precision=p)) for p in ("fp32", "bf16")}
+    assert out["bf16"].dtype == torch.float32
+    assert torch.allclose(out["bf16"], out["fp32"], atol=0.03) and not torch.equal(out["bf16"], out["fp32"])

@@ -125,7 +125,6 @@ class PseudoConfig:
     batch_size: int = 1
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16: inference autocast
     channels_last: bool = False  # NHWC memory for CNN backbones
-    compile: bool = False  # torch.compile the inference network
     crf: str = "none"  # none | torch | pydensecrf: also write CRF-refined masks (<out>/crf/masks)
     crf_preset: str = "patch"  # CRF parameter set (METHODS.md §5): patch | cam | segmentation
     bg_threshold: float = 0.25  # CAM family: constant background score against the max-normalised CAMs

@@ -99,7 +99,6 @@ class SegInferenceConfig:
     crf_preset: str = "segmentation"
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16: inference autocast
     channels_last: bool = False  # NHWC memory for CNN backbones
-    compile: bool = False  # torch.compile the inference network
 
 
 @dataclass
