@@ -94,9 +94,10 @@ def read_state(path: str | Path) -> dict[str, Any]:
                                                 for r in per_image)):
         raise DataError(f"{path}: per_image must be a list of {{id, miou}} records")
     dataset = doc.get("dataset")
-    out = {"source": str(path), "extras": {k: doc[k] for k in SHARED_KEYS if k in doc}, "class_names": names, "dataset": dataset if isinstance(dataset, str) else None, "shard": (shard[0], shard[1]), "ids": ids,
-           "per_image": per_image, "confusion": _counts(state.get("confusion"), (k, k + 1), "the confusion matrix",
-                                                        str(path)), "contour": None}
+    out = {"source": str(path), "extras": {k: doc[k] for k in SHARED_KEYS if k in doc}, "class_names": names,
+           "dataset": dataset if isinstance(dataset, str) else None, "shard": (shard[0], shard[1]), "ids": ids,
+           "per_image": per_image, "contour": None,
+           "confusion": _counts(state.get("confusion"), (k, k + 1), "the confusion matrix", str(path))}
     contour = state.get("contour")
     if contour is not None:
         if not isinstance(contour, dict):
