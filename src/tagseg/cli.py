@@ -19,14 +19,18 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
                    help="config overrides, e.g. train.epochs=2 data.root=/data/VOC2012")
 
 
-def _parse_shard(text: str) -> tuple[int, int]:
+def _parse_shard(text: str) -> "tuple[int, int] | str":
+    from tagseg.engine.distributed import parse_shard
+
     try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard expects i/n (e.g. 0/4), got {text!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise argparse.ArgumentTypeError(f"--shard {text}: need 0 <= i < n")
-    return i, n
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+SHARD_HELP = ("process shard i of n (i/n), or auto: rank and world size from torchrun (RANK, WORLD_SIZE, "
+              "LOCAL_RANK) or SLURM (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID), one GPU per process "
+              "(cuda:LOCAL_RANK); without a launcher, auto is 0/1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run folder of `tagseg train` (holds model.safetensors)")
     p.add_argument("--split", help="split to process (default: data.pseudo_split of the run)")
     p.add_argument("--out", help="output folder (default: <run>/pseudo/<split>)")
-    p.add_argument("--shard", type=_parse_shard, default=(0, 1), help="process shard i of n (i/n)")
+    p.add_argument("--shard", type=_parse_shard, default=(0, 1), help=SHARD_HELP)
     p.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")
     p.add_argument("--crf", choices=["none", "torch", "pydensecrf"],
                    help="also write dense-CRF refined masks to <out>/crf/masks (default: pseudo.crf)")
@@ -61,12 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-bg", metavar="T1,T2,...",
                    help="CAM family: score these background thresholds from the run's model (needs --run); "
                         "the best is reported as chosen on the ground truth")
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--run", help="take the dataset from this run's config.yaml")
     src.add_argument("--config", help="take the dataset from this config (name or YAML)")
     p.add_argument("--split", help="split to score (default: data.pseudo_split)")
-    p.add_argument("--out", help="JSON file for the metrics (default: <pred>/../eval.json; several "
-                                 "folders: ./eval_runs.json)")
+    p.add_argument("--shard", type=_parse_shard, default=(0, 1),
+                   help=SHARD_HELP.replace("process shard", "score shard") + "; writes eval.shard-<i>-of-<n>.json "
+                        "with the sums `--merge` adds")
+    p.add_argument("--merge", nargs="+", metavar="EVAL_JSON",
+                   help="add the eval.json of every shard into the exact whole-set result (no --pred/--run)")
+    p.add_argument("--out", help="JSON file for the metrics (default: <pred>/../eval.json, "
+                                 "<pred>/../eval.shard-<i>-of-<n>.json for a shard; several folders: "
+                                 "./eval_runs.json; --merge: ./eval.json beside the first shard file)")
     _add_overrides(p)
 
     sub.add_parser("configs", help="list the shipped experiment configs")
@@ -109,12 +119,17 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
     from tagseg.pseudo.inference import load_trained_model
     from tagseg.engine.distributed import DistInfo, resolve_device
 
+    from tagseg.engine.distributed import launch_device, resolve_shard
+
     run = Path(args.run)
     overrides = [*args.overrides, *([f"pseudo.crf={args.crf}"] if args.crf else [])]
     cfg = _resolve_run_config(run, overrides)
     if args.workers < 1:
         raise TagsegError(f"--workers must be >= 1, got {args.workers}")
-    device = resolve_device(cfg.device, DistInfo())
+    args.shard, launch = resolve_shard(args.shard)
+    # one GPU per launched process: cuda:LOCAL_RANK (or the one GPU the launcher left visible)
+    device = resolve_device(launch_device(launch, cfg.device) if launch.source != "single" else cfg.device,
+                            DistInfo())
     model, _, info = load_trained_model(run / "model.safetensors", device)
     split = args.split or cfg.data.pseudo_split
     out = Path(args.out or run / "pseudo" / split)
@@ -132,10 +147,25 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from tagseg.config import load_config
     from tagseg.data.build import build_index
-    from tagseg.evaluation.evaluate import evaluate_folder, summarize_runs
+    from tagseg.engine.distributed import resolve_shard
+    from tagseg.evaluation.evaluate import evaluate_folder, merge_eval_files, summarize_runs
     from tagseg.evaluation.miou import format_table
+    from tagseg.evaluation.shards import shard_file_name
     from tagseg.utils.io import write_json
 
+    if args.merge:
+        if args.pred or args.run or args.config or args.sweep_bg:
+            raise TagsegError("--merge takes only the shards' eval.json files (and --out)")
+        summary = merge_eval_files(args.merge)
+        print(format_table(summary, title=f"{len(args.merge)} shards of {summary['dataset']} "
+                                          f"({summary['images']} images)") + "\n")
+        out = Path(args.out) if args.out else Path(args.merge[0]).resolve().parent / "eval.json"
+        write_json(out, summary)
+        print(f"metrics -> {out}")
+        return 0
+    if not (args.run or args.config):
+        raise TagsegError("give the dataset with --run RUN or --config CONFIG (or merge shards with --merge)")
+    shard, _ = resolve_shard(args.shard)
     cfg = _resolve_run_config(Path(args.run), args.overrides) if args.run else load_config(args.config, args.overrides)
     split = args.split or cfg.data.pseudo_split
     if args.sweep_bg:
@@ -152,13 +182,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.pred:
         raise TagsegError("give at least one folder of predicted masks (or --sweep-bg with --run)")
     index = build_index(cfg.data, split)
+    if shard[1] > 1 and len(args.pred) > 1:
+        raise TagsegError("--shard scores one prediction folder at a time")
     summaries = []
     for pred in args.pred:
-        summary = evaluate_folder(pred, index)
+        summary = evaluate_folder(pred, index, shard=shard)
         summaries.append(summary)
-        print(format_table(summary, title=f"{pred} vs {index.name} ({len(index)} images)") + "\n")
+        part = f"shard {shard[0]}/{shard[1]}: " if shard[1] > 1 else ""
+        print(format_table(summary, title=f"{pred} vs {index.name} ({part}{summary['images']} images)") + "\n")
     if len(summaries) == 1:
-        out = Path(args.out) if args.out else Path(args.pred[0]).resolve().parent / "eval.json"
+        out = Path(args.out) if args.out else Path(args.pred[0]).resolve().parent / shard_file_name(shard)
         write_json(out, summaries[0])
     else:
         runs = summarize_runs(summaries, args.pred)

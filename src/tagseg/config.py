@@ -112,7 +112,10 @@ class TrainConfig:
     unfreeze_blocks: int = 5  # last N encoder blocks (+ final norm) trained after warm-up; -1 = all
     batch_size: int = 16  # GLOBAL batch: under torchrun each of N processes takes batch_size / N (must divide)
     weight_decay: float = 0.0
-    amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    amp: bool = True  # older switch, replaced by precision: false = fp32 (with precision=auto)
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16 (autocast; fp16 + grad scaler)
+    compile: bool = False  # torch.compile the training forward pass
+    channels_last: bool = False  # NHWC memory for CNN backbones (GPU tensor cores)
     grad_clip: float = 0.0
     log_every: int = 10  # steps between TensorBoard scalar writes
     keep_checkpoints: int = 2
@@ -134,6 +137,8 @@ class PseudoConfig:
     flip: bool = False  # average with the horizontally flipped image
     save_probs: bool = False  # also write merged class probabilities (.npz, float16)
     batch_size: int = 1
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16: inference autocast
+    channels_last: bool = False  # NHWC memory for CNN backbones
     crf: str = "none"  # none | torch | pydensecrf: also write CRF-refined masks (<out>/crf/masks)
     crf_preset: str = "patch"  # CRF parameter set (METHODS.md §5): patch | cam | segmentation
     bg_threshold: float = 0.25  # CAM family: constant background score against the max-normalised CAMs
@@ -340,6 +345,19 @@ def to_dict(cfg: Any) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def check_speed_options(precision: str, amp: bool, section: str) -> None:
+    """ConfigError naming the key for an unknown ``<section>.precision`` or one that contradicts
+    the older ``train.amp`` switch (amp=false means fp32; precision replaces it)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"{section}.precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if not amp and precision not in ("auto", "fp32"):
+        raise ConfigError(f"train.amp=false contradicts {section}.precision={precision}: train.amp is replaced "
+                          f"by {section}.precision (fp32 | bf16 | fp16); drop train.amp")
+
+
 def validate_config(cfg: ExperimentConfig) -> None:
     """Reject contradictory or out-of-range settings at start-up, naming the key.
 
@@ -391,6 +409,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"train.select={t.select!r}: choose last or best")
     if t.select_every < 1 or t.select_images < 1:
         raise ConfigError(f"train.select_every={t.select_every}, train.select_images={t.select_images}: must be >= 1")
+    check_speed_options(t.precision, t.amp, "train")
+    check_speed_options(cfg.pseudo.precision, True, "pseudo")
     if cfg.pseudo.image_size % 16:
         raise ConfigError(f"pseudo.image_size={cfg.pseudo.image_size}: must be a multiple of 16")
     if cfg.pseudo.crf not in ("none", "torch", "pydensecrf"):

@@ -9,7 +9,6 @@ chosen by the task's ``select_epoch`` hook, else the last one).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
@@ -21,10 +20,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 from tqdm import tqdm
 
 from tagseg.engine import distributed as D
+from tagseg.engine import precision as P
 from tagseg.engine.checkpoint import (
     list_checkpoints, load_latest_checkpoint, rng_state, save_checkpoint, save_final_model, set_rng_state,
     state_tensors, write_safetensors,
@@ -55,6 +55,70 @@ def _call_hook(core: torch.nn.Module, name: str, epoch: int) -> None:
         hook(epoch)
 
 
+class _EpochRandomSampler(RandomSampler):
+    """RandomSampler whose order is a function of (seed, epoch) only (set with ``set_epoch``)."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        super().__init__(dataset)
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+
+
+class _WithEpoch(Sampler):
+    """Yields (epoch, index): the epoch travels with every index, so persistent data-loader
+    workers (whose copy of the dataset never sees ``set_epoch``) draw the right augmentations."""
+
+    def __init__(self, base: Sampler) -> None:
+        self.base, self.epoch = base, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.base.set_epoch(epoch)
+
+    def __iter__(self):
+        return ((self.epoch, i) for i in self.base)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+
+class _EpochItems(Dataset):
+    """``dataset[(epoch, i)]`` -> ``dataset.set_epoch(epoch)`` (when it changed), then ``dataset[i]``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset, self.epoch = dataset, None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, i = key
+        if epoch != self.epoch and hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+            self.epoch = epoch
+        return self.dataset[i]
+
+
+def make_loader(task: Task, info: D.DistInfo, device: torch.device) -> tuple[DataLoader, _WithEpoch]:
+    """The run's one DataLoader (workers persist over epochs when there are any; pinned memory
+    on CUDA) and its sampler, whose ``set_epoch`` selects the epoch's order and augmentations."""
+    dataset = task.dataset
+    if info.enabled:
+        base = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                  seed=task.seed, drop_last=False)
+    else:
+        base = _EpochRandomSampler(dataset, task.seed)
+    sampler = _WithEpoch(base)
+    loader = DataLoader(_EpochItems(dataset), batch_size=task.batch_size, sampler=sampler,
+                        num_workers=task.num_workers, drop_last=False, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(task.seed),
+                        persistent_workers=task.persistent_workers and task.num_workers > 0)
+    return loader, sampler
+
+
 def fit(build: Callable[[D.DistInfo, torch.device], Task], run_dir: str | Path, *, seed: int,
         device: str = "auto", resume: bool = False, show_progress: bool = True,
         stop_after_epoch: Optional[int] = None, threads: Optional[tuple[int, int]] = None) -> Path:
@@ -81,6 +145,10 @@ def fit(build: Callable[[D.DistInfo, torch.device], Task], run_dir: str | Path, 
 def _run(task: Task, run_dir: Path, info: D.DistInfo, device: torch.device, resume: bool, show_progress: bool,
          stop_after_epoch: Optional[int]) -> Path:
     core, optimizer, dataset = task.model, task.optimizer, task.dataset
+    precision = P.resolve_precision(task.precision, device, task.amp)
+    scaler = P.grad_scaler(precision, device)
+    if task.channels_last:
+        P.channels_last(core)
     start_epoch, selection = 0, None
     if resume:
         found = load_latest_checkpoint(run_dir, core, check=lambda st: check_resumable(
@@ -91,6 +159,8 @@ def _run(task: Task, run_dir: Path, info: D.DistInfo, device: torch.device, resu
             start_epoch = int(state["epoch"])
             set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)])
             selection = state.get("selection")
+            if scaler.is_enabled() and "scaler" in state:
+                scaler.load_state_dict(state["scaler"])
             if info.is_main:
                 print(f"resuming from {ckpt} (epoch {start_epoch} of {task.epochs} done)")
     steps_per_epoch = math.ceil(len(dataset) / (task.batch_size * info.world_size))
@@ -102,10 +172,8 @@ def _run(task: Task, run_dir: Path, info: D.DistInfo, device: torch.device, resu
         truncate_history(run_dir / "history.jsonl", start_epoch)
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(run_dir / "tb"), purge_step=global_step + 1 if start_epoch else None)
-    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                 seed=task.seed, drop_last=False) if info.enabled else None
+    loader, sampler = make_loader(task, info, device)
     end_epoch = task.epochs if stop_after_epoch is None else min(task.epochs, stop_after_epoch)
-    use_amp = task.amp and device.type == "cuda"
     lr_key = task.schedule.lr_key
     wrapped_for, model = object(), core
     for epoch in range(start_epoch, end_epoch):
@@ -114,17 +182,10 @@ def _run(task: Task, run_dir: Path, info: D.DistInfo, device: torch.device, resu
             wrapped_for = plan.name
             model = DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None) \
                 if info.enabled else core
+            model = P.compiled(model, task.compile)
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-            loader_sampler = sampler
-        else:
-            loader_sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(task.seed * 100003 + epoch))
-        loader = DataLoader(dataset, batch_size=task.batch_size, sampler=loader_sampler,
-                            num_workers=task.num_workers, drop_last=False, pin_memory=device.type == "cuda",
-                            generator=torch.Generator().manual_seed(task.seed + epoch),
-                            persistent_workers=task.persistent_workers)
+        sampler.set_epoch(epoch)
         core.train()
         for m in plan.frozen:
             m.eval()
@@ -136,9 +197,10 @@ def _run(task: Task, run_dir: Path, info: D.DistInfo, device: torch.device, resu
                    dynamic_ncols=True)
         for batch in bar:
             batch = _to_device(batch, device)
+            if task.channels_last:
+                batch = P.batch_channels_last(batch)
             lr = task.schedule.step(global_step, optimizer)
-            amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
-            with amp:
+            with P.autocast(precision, device):
                 loss, parts = task.loss(model, core, batch, epoch)
             if not D.all_true(bool(torch.isfinite(loss)), info, device):
                 detail = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
@@ -146,10 +208,12 @@ def _run(task: Task, run_dir: Path, info: D.DistInfo, device: torch.device, resu
                                     f"{f' ({detail})' if detail else ''}; "
                                     f"the last good checkpoint is kept in {run_dir / 'checkpoints'}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if task.grad_clip > 0:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(core.parameters(), task.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)  # skipped by an fp16 scaler when a gradient overflowed
+            scaler.update()
             n_batches += 1
             global_step += 1
             parts = {**parts, task.total_name: loss.detach()}
@@ -192,6 +256,8 @@ def _run(task: Task, run_dir: Path, info: D.DistInfo, device: torch.device, resu
                      "config": task.config}
             if selection is not None:
                 state["selection"] = selection
+            if scaler.is_enabled():
+                state["scaler"] = scaler.state_dict()
             save_checkpoint(run_dir, epoch + 1, core, state, keep=task.keep_checkpoints)
         D.barrier(info)
     if writer is not None:

@@ -27,7 +27,8 @@ class Task:
     ``set_epoch(epoch)`` is called when present); config: the run's configuration as a nested
     dict (stored in every checkpoint and compared on resume, except ``resume_may_change``);
     config_yaml: written to ``<run>/config.yaml``; metadata: () -> the final model file's
-    metadata. select_epoch: the best-epoch hook (None = the last epoch is the model); the
+    metadata. precision / compile / channels_last: speed options (:mod:`tagseg.engine.precision`).
+    select_epoch: the best-epoch hook (None = the last epoch is the model); the
     model's own ``on_epoch_start(epoch)`` / ``on_epoch_end(epoch)`` are called when present.
     """
 
@@ -44,10 +45,13 @@ class Task:
     num_workers: int
     seed: int
     resume_may_change: Sequence[str] = ()
-    amp: bool = True
+    amp: bool = True  # the older switch: False = fp32 (see tagseg.engine.precision.resolve_precision)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler)
+    compile: bool = False  # torch.compile the forward pass (the saved weights stay the core's)
+    channels_last: bool = False  # NHWC weights and image batches (CNN backbones on GPU)
     grad_clip: float = 0.0
     log_every: int = 10
     keep_checkpoints: int = 2
     total_name: str = "total"  # name of the total loss in logs and history
-    persistent_workers: bool = False
+    persistent_workers: bool = True  # keep data-loader workers over epochs (when num_workers > 0)
     select_epoch: Optional[SelectFn] = None

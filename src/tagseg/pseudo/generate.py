@@ -50,9 +50,17 @@ class PseudoStats:
 def merged_probabilities(model: nn.Module, image: np.ndarray, labels: np.ndarray, cfg: PseudoConfig,
                          device: torch.device | str = "cpu", family: str = "patch") -> torch.Tensor:
     """image uint8 (H, W, 3), labels (K,) -> label-restricted class probabilities (K, H, W), float32
-    on CPU, computed by the model family's own rule (patch classifier: label merge of Z)."""
-    x = image_to_tensor(image).to(device)
-    return get_family(family).merged_probs(model, x, labels, cfg).float().cpu()
+    on CPU, computed by the model family's own rule (patch classifier: label merge of Z), under
+    ``cfg.precision`` autocast and with channels-last weights when ``cfg.channels_last``."""
+    from tagseg.engine import precision as P
+
+    dev = torch.device(device)
+    if cfg.channels_last:
+        P.channels_last(model)
+    x = image_to_tensor(image).to(dev)
+    with P.autocast(P.resolve_precision(cfg.precision, dev, section="pseudo"), dev):
+        probs = get_family(family).merged_probs(model, x, labels, cfg)
+    return probs.float().cpu()
 
 
 def refine_with_crf(image: np.ndarray, probs: torch.Tensor, cfg: PseudoConfig,

@@ -46,7 +46,12 @@ def add_segment_commands(subparsers: argparse._SubParsersAction) -> None:
     p = seg_sub.add_parser("eval", help="score a trained network on a split with ground truth (mIoU, contour F, J&F)")
     p.add_argument("--run", required=True, help="run folder of `tagseg segment train`")
     p.add_argument("--split", help="split to score (default: data.val_split of the run)")
-    p.add_argument("--out", help="JSON file for the metrics (default: <run>/eval.json)")
+    p.add_argument("--shard", type=_parse_shard, default=(0, 1),
+                   help="score shard i of n (i/n), or auto: from torchrun (RANK, WORLD_SIZE, LOCAL_RANK) or SLURM "
+                        "(SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID), one GPU per process; writes "
+                        "eval.shard-<i>-of-<n>.json, added up by `tagseg eval --merge`")
+    p.add_argument("--out", help="JSON file for the metrics (default: <run>/eval.json, "
+                                 "<run>/eval.shard-<i>-of-<n>.json for a shard)")
     p.add_argument("--save-masks", action="store_true", help="also write the predictions to <run>/predictions/<split>/")
     _add_overrides(p)
     p.set_defaults(segment_handler=cmd_segment_eval)
@@ -94,31 +99,45 @@ def cmd_segment_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_shard(text: str) -> "tuple[int, int] | str":
+    from tagseg.engine.distributed import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_segment_eval(args: argparse.Namespace) -> int:
     from tagseg.data.build import build_index
     from tagseg.evaluation.miou import format_table
     from tagseg.segmentation.evaluate import check_class_names, evaluate_segmenter
     from tagseg.segmentation.inference import load_segmenter
-    from tagseg.engine.distributed import DistInfo, resolve_device
+    from tagseg.engine.distributed import DistInfo, launch_device, resolve_device, resolve_shard
+    from tagseg.evaluation.shards import shard_file_name
     from tagseg.utils.io import write_json
 
     run = Path(args.run)
     cfg = _run_config(run, args.overrides)
+    shard, launch = resolve_shard(args.shard)
     model_path = run / "model.safetensors"
     if not model_path.is_file():
         raise TagsegError(f"no model.safetensors in {run}: training has not finished "
                           "(continue it with `tagseg segment train --resume`)")
-    device = resolve_device(cfg.device, DistInfo())
+    device = resolve_device(launch_device(launch, cfg.device) if launch.source != "single" else cfg.device,
+                            DistInfo())
     model, _, info = load_segmenter(model_path, device)
     split = args.split or cfg.data.val_split
     index = build_index(cfg.data, split).require_nonempty()
     check_class_names(info["class_names"], index.class_names, f"model {model_path}", f"dataset {index.name}")
     save_dir = run / "predictions" / split if args.save_masks else None
-    summary = evaluate_segmenter(model, index, cfg.inference, device, save_dir=save_dir, palette=info["palette"])
+    summary = evaluate_segmenter(model, index, cfg.inference, device, save_dir=save_dir, palette=info["palette"],
+                                 shard=shard)
     summary["split"] = split
-    print(format_table(summary, title=f"{model_path} on {index.name} ({len(index)} images; scales "
+    part = f"shard {shard[0]}/{shard[1]}: " if shard[1] > 1 else ""
+    print(format_table(summary, title=f"{model_path} on {index.name} ({part}{summary['images']} images; scales "
                                       f"{list(cfg.inference.scales)}, flip={cfg.inference.flip}, crf={cfg.inference.crf})"))
-    out = Path(args.out) if args.out else run / "eval.json"
+    out = Path(args.out) if args.out else run / shard_file_name(shard)
     write_json(out, summary)
     print(f"metrics -> {out}")
     return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from tagseg.config import DataConfig, config_from_yaml, load_config
+from tagseg.config import DataConfig, check_speed_options, config_from_yaml, load_config
 from tagseg.errors import ConfigError
 
 HEADS = ("deeplabv2", "deeplabv3plus")
@@ -72,7 +72,10 @@ class SegTrainConfig:
     weight_decay: float = 5e-4
     poly_power: float = 0.9
     freeze_backbone_bn: bool = False  # keep the backbone's BatchNorm statistics fixed
-    amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    amp: bool = True  # older switch, replaced by precision: false = fp32 (with precision=auto)
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16 (autocast; fp16 + grad scaler)
+    compile: bool = False  # torch.compile the training forward pass
+    channels_last: bool = False  # NHWC memory for CNN backbones (GPU tensor cores)
     grad_clip: float = 0.0
     log_every: int = 10  # steps between TensorBoard scalar writes
     keep_checkpoints: int = 2
@@ -103,6 +106,8 @@ class SegInferenceConfig:
     flip: bool = False
     crf: str = "none"  # none | torch | pydensecrf
     crf_preset: str = "segmentation"
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16: inference autocast
+    channels_last: bool = False  # NHWC memory for CNN backbones
 
 
 @dataclass
@@ -124,6 +129,7 @@ def validate_inference(inf: SegInferenceConfig) -> None:
         raise ConfigError(f"inference.scales={list(inf.scales)}: need at least one positive scale")
     if inf.crf not in CRF_CHOICES:
         raise ConfigError(f"inference.crf={inf.crf!r}: choose one of {', '.join(CRF_CHOICES)}")
+    check_speed_options(inf.precision, True, "inference")
 
 
 def validate_segment_config(cfg: SegmentExperimentConfig) -> None:
@@ -143,6 +149,7 @@ def validate_segment_config(cfg: SegmentExperimentConfig) -> None:
         raise ConfigError(f"train.epochs={t.epochs}: must be >= 1")
     if t.batch_size < 1:
         raise ConfigError(f"train.batch_size={t.batch_size}: must be >= 1")
+    check_speed_options(t.precision, t.amp, "train")
     if t.optimizer not in OPTIMIZERS:
         raise ConfigError(f"train.optimizer={t.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
     if not t.lr > 0 or not t.head_lr_mult > 0:

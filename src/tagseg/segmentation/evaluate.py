@@ -12,6 +12,7 @@ from tagseg.data.records import DatasetIndex
 from tagseg.errors import DataError, TagsegError
 from tagseg.evaluation.contour import ContourFAccumulator, j_and_f
 from tagseg.evaluation.miou import ConfusionMatrix, iou_from_matrix
+from tagseg.evaluation.shards import eval_state, shard_of
 from tagseg.segmentation.config import SegInferenceConfig
 from tagseg.segmentation.inference import predict_mask
 from tagseg.segmentation.models import SegmentationNet
@@ -36,23 +37,26 @@ def check_class_names(model_names: Sequence[str], data_names: Sequence[str], mod
 @torch.no_grad()
 def evaluate_segmenter(model: SegmentationNet, index: DatasetIndex, inference: SegInferenceConfig,
                        device: torch.device | str = "cpu", progress: bool = True,
-                       save_dir: Optional[Path] = None, palette: Optional[Sequence[int]] = None) -> dict:
+                       save_dir: Optional[Path] = None, palette: Optional[Sequence[int]] = None,
+                       shard: tuple[int, int] = (0, 1)) -> dict:
     """Predict every image of ``index`` (which must have masks) and score it.
 
     Returns :func:`tagseg.evaluation.miou.summarize`'s dict plus ``images``, ``dataset``,
     ``per_image`` (mIoU, worst first), ``contour_f`` (mean F over foreground classes),
     ``contour`` (per-class P/R/F and conventions), ``j_and_f`` and ``inference`` (settings used).
-    ``save_dir``: also write the predicted masks there as ``<id>.png``.
+    ``save_dir``: also write the predicted masks there as ``<id>.png``. ``shard=(i, n)``: only
+    shard i of n; ``state`` holds the sums ``tagseg eval --merge`` adds over shards.
     """
     index.require_nonempty()
     if not index.has_masks:
         missing = [r.id for r in index.records if r.mask_path is None][:5]
         raise DataError(f"dataset {index.name} has images without ground-truth masks (e.g. {missing})")
+    records = shard_of(index.records, shard)
     k = index.num_classes
     cm = ConfusionMatrix(k)
     contour = ContourFAccumulator(k, class_names=index.class_names)
     per_image = []
-    for rec in tqdm(index.records, desc="evaluating", unit="img", disable=not progress, leave=False):
+    for rec in tqdm(records, desc="evaluating", unit="img", disable=not progress, leave=False):
         image = read_image(rec.image_path)
         gt = read_mask(rec.mask_path, k)
         if gt.shape != image.shape[:2]:
@@ -67,7 +71,7 @@ def evaluate_segmenter(model: SegmentationNet, index: DatasetIndex, inference: S
         per_image.append({"id": rec.id, "miou": float(iou[iou == iou].mean()) if (iou == iou).any() else None})
     summary = cm.summary(index.class_names)
     contour_result = contour.result()
-    summary["images"] = len(index)
+    summary["images"] = len(records)
     summary["dataset"] = index.name
     summary["per_image"] = sorted(per_image, key=lambda r: (r["miou"] is None, r["miou"] or 0.0))
     summary["contour_f"] = contour_result["mean_F"]
@@ -76,5 +80,6 @@ def evaluate_segmenter(model: SegmentationNet, index: DatasetIndex, inference: S
                           if contour_result["mean_F"] is not None and summary["miou"] == summary["miou"] else None)
     summary["inference"] = {"scales": list(inference.scales), "flip": inference.flip, "crf": inference.crf,
                             "crf_preset": inference.crf_preset}
+    summary["state"] = eval_state(cm, contour, per_image, [r.id for r in records], shard)
     return summary
 

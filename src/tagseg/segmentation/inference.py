@@ -104,8 +104,15 @@ def refine_with_crf(image: np.ndarray, probs: torch.Tensor, backend: str, preset
 def predict_probs(model: SegmentationNet, image: np.ndarray, inference: SegInferenceConfig,
                   device: torch.device | str = "cpu") -> torch.Tensor:
     """image uint8 (H, W, 3) -> class probabilities (K, H, W) float32 on the CPU (after the CRF if on)."""
-    x = image_to_tensor(image).to(device)
-    probs = torch.softmax(multiscale_logits(model, x, inference.scales, inference.flip), dim=0).cpu()
+    from tagseg.engine import precision as P
+
+    dev = torch.device(device)
+    if inference.channels_last:
+        P.channels_last(model)
+    x = image_to_tensor(image).to(dev)
+    with P.autocast(P.resolve_precision(inference.precision, dev, section="inference"), dev):
+        logits = multiscale_logits(model, x, inference.scales, inference.flip)
+    probs = torch.softmax(logits.float(), dim=0).cpu()
     if inference.crf != "none":
         probs = refine_with_crf(image, probs, inference.crf, inference.crf_preset)
     return probs

@@ -31,7 +31,8 @@ from tagseg.segmentation.selection import segmentation_selection_hook
 
 # Settings that may change between an interrupted run and its resumption (not train.epochs: the
 # poly schedule runs over all epochs' steps).
-RESUME_MAY_CHANGE = ("train.log_every", "train.keep_checkpoints", "data.num_workers", "device", "inference")
+RESUME_MAY_CHANGE = ("train.log_every", "train.keep_checkpoints", "data.num_workers", "device",
+                     "train.precision", "train.compile", "train.channels_last", "inference")
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -95,7 +96,8 @@ def segmentation_task(cfg: SegmentExperimentConfig, select_epoch: Optional[Selec
                                       "training_masks": folder, "training_masks_kind": kind},
                     config=to_dict(cfg), config_yaml=config_to_yaml(cfg), epochs=tcfg.epochs,
                     batch_size=batch, num_workers=cfg.data.num_workers, seed=cfg.seed,
-                    resume_may_change=RESUME_MAY_CHANGE, amp=tcfg.amp, grad_clip=tcfg.grad_clip,
+                    resume_may_change=RESUME_MAY_CHANGE, amp=tcfg.amp, precision=tcfg.precision, compile=tcfg.compile,
+                    channels_last=tcfg.channels_last, grad_clip=tcfg.grad_clip,
                     log_every=tcfg.log_every, keep_checkpoints=tcfg.keep_checkpoints, total_name="loss",
                     select_epoch=select_epoch)
 

@@ -30,7 +30,8 @@ from tagseg.training.selection import selection_hook
 
 # Settings that may change between an interrupted run and its resumption.
 RESUME_MAY_CHANGE = ("train.epochs", "train.cpu_threads", "train.log_every", "train.keep_checkpoints",
-                     "data.num_workers", "device", "pseudo")
+                     "data.num_workers", "device",
+                     "train.precision", "train.compile", "train.channels_last", "pseudo")
 
 
 def model_metadata(cfg: ExperimentConfig, class_names: tuple[str, ...], palette: list[int]) -> dict:
@@ -58,9 +59,9 @@ def classifier_task(cfg: ExperimentConfig, select_epoch: Optional[SelectFn] = No
                     optimizer=optimizer, schedule=PhaseSchedule(core, t, cfg.model.bn),
                     metadata=lambda: model_metadata(cfg, index.class_names, index.palette),
                     config=to_dict(cfg), config_yaml=config_to_yaml(cfg), epochs=t.epochs,
-                    batch_size=per_process_batch(t.batch_size, info.world_size), num_workers=cfg.data.num_workers,
-                    seed=cfg.seed,
-                    resume_may_change=RESUME_MAY_CHANGE, amp=t.amp, grad_clip=t.grad_clip, log_every=t.log_every,
+                    batch_size=per_process_batch(t.batch_size, info.world_size), num_workers=cfg.data.num_workers, seed=cfg.seed,
+                    resume_may_change=RESUME_MAY_CHANGE, amp=t.amp, precision=t.precision, compile=t.compile,
+                    channels_last=t.channels_last, grad_clip=t.grad_clip, log_every=t.log_every,
                     keep_checkpoints=t.keep_checkpoints, select_epoch=select_epoch)
 
     return build

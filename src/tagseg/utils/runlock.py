@@ -8,7 +8,8 @@ open file: children forked by the holder (e.g. data-loader workers still winding
 their parent was killed) do not keep it. The holding process must therefore never open and
 close the lock file itself (that would drop its lock). A second process that finds the lock
 taken stops at once with a :class:`RunLockedError` naming the holder's pid. Under ``torchrun``
-only rank 0 takes the lock (all ranks of one job share the folder).
+only rank 0 takes the folder's lock (all ranks of one job share the folder); a process working
+on a shard takes that shard's lock whatever its rank.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def run_lock(folder: str | os.PathLike, shard: Optional[tuple[int, int]] = None)
     """
     folder = Path(folder)
     path = folder / lock_name(shard)
-    if _is_secondary_rank():
+    if _is_secondary_rank() and (shard is None or shard[1] <= 1):  # a shard (e.g. --shard auto) locks its own
         yield path
         return
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
