@@ -23,15 +23,16 @@ from tagseg.errors import ConfigError, TagsegError
 from tagseg.evaluation.bg_sweep import BEST_LABEL, check_thresholds, sweep_background_thresholds, sweep_bg_cli
 from tagseg.evaluation.evaluate import evaluate_folder
 from tagseg.families import get_family
+from tagseg.inference.cam import cam_maps
+from tagseg.inference.cam import cam_merged_probabilities as cam_merged_probs
 from tagseg.methods.cam_objective import (
-    cam_classification_loss, cam_family_loss, cam_maps, cam_merged_probs, cam_probabilities, cam_pseudo_mask,
-    normalise_cams,
+    cam_classification_loss, cam_family_loss, cam_probabilities, cam_pseudo_mask, normalise_cams,
 )
 from tagseg.methods.objective import patch_classifier_loss
 from tagseg.models.cam_net import build_cam_net
 from tagseg.models.encoder import PatchEncoder
+from tagseg.inference.loading import load_trained_model
 from tagseg.pseudo.generate import generate_pseudo_masks
-from tagseg.pseudo.inference import load_trained_model
 from tagseg.training.checkpoint import list_checkpoints
 from tagseg.training.trainer import Trainer
 

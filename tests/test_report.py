@@ -28,7 +28,7 @@ from tagseg.report.figures import (
     fit_size, format_number, heatmap_svg, line_chart_svg, mask_data_uri, mask_thumbnail, nice_ticks,
     sequential_color,
 )
-from tagseg.report.samples import image_miou
+from tagseg.evaluation.scorer import image_miou
 from tagseg.utils.io import read_mask, write_json
 
 TINY = [
@@ -85,7 +85,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
     from tagseg.config import load_config
     from tagseg.pseudo.generate import generate_pseudo_masks
-    from tagseg.pseudo.inference import load_patch_classifier
+    from tagseg.inference.loading import load_patch_classifier
     from tagseg.training.trainer import Trainer
 
     torch.set_num_threads(1)

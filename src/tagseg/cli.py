@@ -102,7 +102,7 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
 
     from tagseg.data.build import build_index
     from tagseg.pseudo.generate import generate_pseudo_masks
-    from tagseg.pseudo.inference import load_trained_model
+    from tagseg.inference.loading import load_trained_model
     from tagseg.training.distributed import DistInfo, resolve_device
 
     run = Path(args.run)

@@ -14,7 +14,7 @@ from tagseg.evaluation.baselines import chance_baselines
 from tagseg.evaluation.evaluate import evaluate_folder
 from tagseg.evaluation.miou import format_table
 from tagseg.pseudo.generate import generate_pseudo_masks
-from tagseg.pseudo.inference import load_patch_classifier
+from tagseg.inference.loading import load_patch_classifier
 from tagseg.training.checkpoint import list_checkpoints
 from tagseg.training.trainer import Trainer
 from tagseg.utils.io import write_json

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tqdm import tqdm
-
 import statistics
+
+from tqdm import tqdm
 
 from tagseg.data.records import DatasetIndex
 from tagseg.errors import DataError
-from tagseg.evaluation.contour import ContourFAccumulator, j_and_f
-from tagseg.evaluation.miou import ConfusionMatrix, iou_from_matrix
+from tagseg.evaluation.scorer import Scorer, require_masks
 from tagseg.utils.io import read_mask
 
 
@@ -25,33 +24,17 @@ def evaluate_folder(pred_dir: str | Path, index: DatasetIndex, progress: bool = 
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise DataError(f"prediction folder not found: {pred_dir}")
-    if not index.has_masks:
-        missing = [r.id for r in index.records if r.mask_path is None][:5]
-        raise DataError(f"dataset {index.name} has images without ground-truth masks (e.g. {missing})")
+    require_masks(index)
     k = index.num_classes
-    cm = ConfusionMatrix(k)
-    boundary = ContourFAccumulator(k, class_names=list(index.class_names)) if contour else None
-    per_image = []
+    scorer = Scorer(k, index.class_names, contour=contour)
     missing_preds = [r.id for r in index.records if not (pred_dir / f"{r.id}.png").is_file()]
     if missing_preds:
         raise DataError(f"{len(missing_preds)} predictions missing in {pred_dir} (e.g. {missing_preds[:5]})")
     for rec in tqdm(index.records, desc="scoring", unit="img", disable=not progress, leave=False):
-        pred = read_mask(pred_dir / f"{rec.id}.png", k)
-        gt = read_mask(rec.mask_path, k)
-        m = cm.update(pred, gt, name=rec.id)
-        if boundary is not None:
-            boundary.update(pred, gt, name=rec.id)
-        iou = iou_from_matrix(m)
-        per_image.append({"id": rec.id, "miou": float(iou[~(iou != iou)].mean()) if (iou == iou).any() else None})
-    summary = cm.summary(index.class_names)
+        scorer.update(read_mask(pred_dir / f"{rec.id}.png", k), read_mask(rec.mask_path, k), name=rec.id)
+    summary = scorer.summary()
     summary["images"] = len(index)
     summary["dataset"] = index.name
-    if boundary is not None:
-        summary["contour"] = boundary.result()
-        summary["contour_f"] = summary["contour"]["mean_F"]
-        summary["j_and_f"] = (j_and_f(summary["miou"], summary["contour_f"])
-                              if summary["contour_f"] is not None else None)
-    summary["per_image"] = sorted(per_image, key=lambda r: (r["miou"] is None, r["miou"] or 0.0))
     return summary
 
 

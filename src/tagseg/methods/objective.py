@@ -148,7 +148,7 @@ def _build(cfg: ExperimentConfig, num_classes: int) -> PatchClassifierNet:
 
 
 def _merged_probs(core: PatchClassifierNet, image: torch.Tensor, labels: np.ndarray, cfg: PseudoConfig) -> torch.Tensor:
-    from tagseg.pseudo.inference import patch_merged_probabilities
+    from tagseg.inference.patch import patch_merged_probabilities
 
     return patch_merged_probabilities(core, image, labels, cfg)
 

@@ -26,9 +26,9 @@ from tqdm import tqdm
 
 from tagseg.config import PseudoConfig
 from tagseg.data.records import DatasetIndex, ImageRecord
-from tagseg.data.views import image_to_tensor
 from tagseg.errors import ConfigError, DataError
-from tagseg.families import get_family
+from tagseg.inference.pseudo import merged_probabilities
+from tagseg.inference.refine import refine_with_crf as crf_refine
 from tagseg.utils.io import atomic_path, read_image, save_mask_png
 
 
@@ -39,22 +39,10 @@ class PseudoStats:
     seconds: float = 0.0
 
 
-def merged_probabilities(model: nn.Module, image: np.ndarray, labels: np.ndarray, cfg: PseudoConfig,
-                         device: torch.device | str = "cpu", family: str = "patch") -> torch.Tensor:
-    """image uint8 (H, W, 3), labels (K,) -> label-restricted class probabilities (K, H, W), float32
-    on CPU, computed by the model family's own rule (patch classifier: label merge of Z)."""
-    x = image_to_tensor(image).to(device)
-    return get_family(family).merged_probs(model, x, labels, cfg).float().cpu()
-
-
 def refine_with_crf(image: np.ndarray, probs: torch.Tensor, cfg: PseudoConfig,
                     device: torch.device | str = "cpu") -> torch.Tensor:
     """Dense-CRF refinement of (K, H, W) probabilities on the present classes (METHODS.md §5)."""
-    from tagseg.pseudo.crf import CRF_PRESETS, dense_crf
-
-    probs = probs / probs.sum(0, keepdim=True).clamp_min(1e-12)  # exact normalisation after upsampling
-    dev = device if cfg.crf == "torch" else None
-    return torch.as_tensor(dense_crf(image, probs, CRF_PRESETS[cfg.crf_preset], backend=cfg.crf, device=dev))
+    return crf_refine(image, probs, cfg.crf, cfg.crf_preset, device, renormalise=True)
 
 
 def shard_records(records: list[ImageRecord], shard: tuple[int, int]) -> list[ImageRecord]:
@@ -133,7 +121,7 @@ _WORKER: dict = {}
 
 
 def _init_worker(model_path: str, threads: int) -> None:
-    from tagseg.pseudo.inference import load_trained_model
+    from tagseg.inference.loading import load_trained_model
 
     torch.set_num_threads(threads)
     _WORKER["model"] = load_trained_model(model_path, "cpu")[0]

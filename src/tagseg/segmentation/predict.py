@@ -177,9 +177,9 @@ def run_predict(inputs: Sequence[str | Path], model_spec: str | Path, out_dir: s
     validate_inference(inference)
     if inference.crf != "none":  # fail once, before any image, when the CRF module is unusable
         try:
-            import tagseg.pseudo.crf  # noqa: F401
+            import tagseg.inference.crf  # noqa: F401
         except ImportError as exc:
-            raise TagsegError(f"crf={inference.crf!r} needs tagseg.pseudo.crf, which cannot be imported: {exc}") from exc
+            raise TagsegError(f"crf={inference.crf!r} needs the dense CRF module tagseg.inference.crf, which cannot be imported: {exc}") from exc
     files, problems = collect_images(inputs)
     if not files:
         detail = "; ".join(f"{i}: {e}" for i, e in problems) or "no inputs given"

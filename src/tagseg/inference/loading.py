@@ -1,0 +1,43 @@
+"""Rebuilding a trained tag classifier (any family) from its model file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tagseg.config import ExperimentConfig, config_from_yaml
+from tagseg.errors import TagsegError
+from tagseg.models.patch_classifier import PatchClassifierNet
+from tagseg.training.checkpoint import read_model_file
+
+
+def load_trained_model(path: str | Path, device: torch.device | str = "cpu"
+                       ) -> tuple[torch.nn.Module, ExperimentConfig, dict]:
+    """Rebuild a trained network of any family from ``model.safetensors`` (weights + metadata),
+    in eval mode. Returns (model, its training config, info with 'class_names', 'palette' and
+    'family')."""
+    from tagseg.families import family_for_format
+
+    weights, meta = read_model_file(Path(path))
+    family = family_for_format(meta.get("format"))
+    cfg = config_from_yaml(meta["config"])
+    info = {"class_names": json.loads(meta["class_names"]), "palette": json.loads(meta["palette"]),
+            "family": family.name}
+    cfg.model.weights, cfg.model.pretrained = None, False  # the file holds every weight
+    model = family.build(cfg, len(info["class_names"]))
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise TagsegError(f"{path}: weights do not match the model its metadata describes: {exc}") from exc
+    return model.to(device).eval(), cfg, info
+
+
+def load_patch_classifier(path: str | Path, device: torch.device | str = "cpu"
+                          ) -> tuple[PatchClassifierNet, ExperimentConfig, dict]:
+    """:func:`load_trained_model` for a file that must hold a patch classifier."""
+    model, cfg, info = load_trained_model(path, device)
+    if not isinstance(model, PatchClassifierNet):
+        raise TagsegError(f"{path} holds a {info['family']!r} model, not a patch classifier")
+    return model, cfg, info
