@@ -3,7 +3,6 @@ missing pieces, escaping, and the page in headless Chromium."""
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import json
@@ -23,7 +22,7 @@ from tagseg.data.build import build_index
 from tagseg.errors import TagsegError
 from tagseg.evaluation.evaluate import evaluate_folder
 from tagseg.report import collect_run, render_report, write_report
-from tagseg.report.cli import add_report_command
+from tagseg.cli import build_parser
 from tagseg.report.figures import (
     fit_size, format_number, heatmap_svg, line_chart_svg, mask_data_uri, mask_thumbnail, nice_ticks,
     sequential_color,
@@ -202,8 +201,7 @@ def test_sample_count_split_and_output_options(tiny_run, tmp_path):
 
 
 def test_cli_handler_writes_the_page(tiny_run, tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="tagseg")
-    add_report_command(parser.add_subparsers(dest="command", required=True))
+    parser = build_parser()
     args = parser.parse_args(["report", str(tiny_run), "--out", str(tmp_path / "page.html"), "--samples", "3"])
     assert args.handler(args) == 0
     assert "report ->" in capsys.readouterr().out

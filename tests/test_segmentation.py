@@ -303,7 +303,7 @@ def test_torchrun_two_processes(tmp_path):
     tiny_voc(tmp_path / "voc", n=6)
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "tagseg.segmentation.cli", "segment", "train", "--config", "segment_demo", "--out", str(out),
+           "-m", "tagseg", "segment", "train", "--config", "segment_demo", "--out", str(out),
            f"data.root={tmp_path / 'voc'}", *TINY, "train.epochs=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

@@ -12,7 +12,6 @@ processes or machines can split a dataset; ``workers`` splits this shard over CP
 from __future__ import annotations
 
 import multiprocessing
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from tagseg.errors import ConfigError, DataError
 from tagseg.inference.pseudo import merged_probabilities
 from tagseg.inference.refine import refine_with_crf as crf_refine
 from tagseg.utils.io import atomic_path, read_image, save_mask_png
+from tagseg.utils.runtime import default_threads
 
 
 @dataclass
@@ -86,10 +86,12 @@ def process_record(model: nn.Module, rec: ImageRecord, out_dir: Path, cfg: Pseud
 def generate_pseudo_masks(model: nn.Module, index: DatasetIndex, out_dir: str | Path, cfg: PseudoConfig,
                           device: torch.device | str = "cpu", shard: tuple[int, int] = (0, 1),
                           overwrite: bool = False, progress: bool = True, family: str = "patch",
-                          workers: int = 1, model_path: Optional[Path] = None) -> PseudoStats:
+                          workers: int = 1, model_path: Optional[Path] = None,
+                          threads: Optional[int] = None) -> PseudoStats:
     """Write pseudo-masks for the images of ``index`` (this shard) into ``out_dir``.
 
-    workers > 1 runs that many CPU processes, each loading the model from ``model_path``.
+    workers > 1 runs that many CPU processes, each loading the model from ``model_path`` and
+    running ``threads`` intra-op threads (default: the machine's cores divided by ``workers``).
     """
     out_dir = Path(out_dir)
     records = shard_records(index.require_nonempty().records, shard)
@@ -102,7 +104,7 @@ def generate_pseudo_masks(model: nn.Module, index: DatasetIndex, out_dir: str | 
             raise ConfigError("parallel pseudo-mask generation needs the model file (model_path)")
         if torch.device(device).type != "cpu":
             raise ConfigError("--workers runs CPU processes; on a GPU split the set with --shard instead")
-        for n in _run_pool(todo, out_dir, cfg, index.palette, model_path, family, workers):
+        for n in _run_pool(todo, out_dir, cfg, index.palette, model_path, family, workers, threads):
             stats.written += n
             bar.update(n)
             bar.set_postfix(img_per_s=f"{stats.written / max(1e-9, time.time() - t0):.2f}")
@@ -135,9 +137,9 @@ def _work(chunk: list[ImageRecord], out_dir: Path, cfg: PseudoConfig, palette: l
 
 
 def _run_pool(todo: list[ImageRecord], out_dir: Path, cfg: PseudoConfig, palette: list[int], model_path: Path,
-              family: str, workers: int):
+              family: str, workers: int, threads: Optional[int] = None):
     """Yield the number of images finished per completed chunk."""
-    threads = max(1, (os.cpu_count() or workers) // workers)
+    threads = threads or default_threads(workers)
     chunk = max(1, min(16, len(todo) // (4 * workers)))
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,

@@ -1,0 +1,35 @@
+"""How a command runs on this machine: CPU threads per process and the ``--device`` override."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+
+def default_threads(processes: int = 1, loader_workers: int = 0) -> int:
+    """The machine's cores divided by ``processes``, minus each process's data-loader workers,
+    at least 1 (oversubscribed cores make PyTorch's threads spin-wait on each other)."""
+    cores = os.cpu_count() or 1
+    return max(1, cores // max(1, processes) - loader_workers)
+
+
+def apply_threads(requested: Optional[int], processes: int = 1, loader_workers: int = 0) -> int:
+    """Set torch's intra-op threads of this process to ``requested`` (or the default); returns it."""
+    import torch
+
+    threads = requested or default_threads(processes, loader_workers)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def world_size() -> int:
+    """Processes of this launch (``WORLD_SIZE`` of torchrun; 1 otherwise)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def device_overrides(device: Optional[str]) -> list[str]:
+    """``["device=<device>"]`` for a ``--device`` flag (put before the user's overrides, which win)."""
+    return [f"device={device}"] if device else []
