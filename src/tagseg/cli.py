@@ -81,6 +81,13 @@ def _add_overrides(p: argparse.ArgumentParser, example: str = "train.epochs=2 da
     p.add_argument("overrides", nargs="*", metavar="key=value", help=f"config overrides, e.g. {example}")
 
 
+def _add_training_args(p: argparse.ArgumentParser, config_help: str) -> None:
+    p.add_argument("--config", required=True, help=config_help)
+    p.add_argument("--out", help="run folder (default: runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--stop-after-epoch", type=int, default=None, help="stop after this many finished epochs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tagseg", description="Pseudo-masks from image-level tags (WSSS).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,10 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[common],
                        help="train a WSSS model (patch-classifier or CAM family) from a config")
-    p.add_argument("--config", required=True, help="a shipped config name (see `tagseg configs`) or a YAML path")
-    p.add_argument("--out", help="run folder (default: runs/<config name>)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    p.add_argument("--stop-after-epoch", type=int, default=None, help="stop after this many finished epochs")
+    _add_training_args(p, "a shipped config name (see `tagseg configs`) or a YAML path")
     _add_overrides(p)
     p.set_defaults(handler=cmd_train)
 
@@ -154,10 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg = sub.add_parser("segment", help="train or evaluate the DeepLab segmentation network on pseudo-masks")
     seg_sub = seg.add_subparsers(dest="segment_command", required=True)
     p = seg_sub.add_parser("train", parents=[common], help="train a DeepLab network on the pseudo-masks of a config")
-    p.add_argument("--config", required=True, help="a shipped config name (e.g. segment_voc) or a YAML path")
-    p.add_argument("--out", help="run folder (default: runs/<config name>)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    p.add_argument("--stop-after-epoch", type=int, default=None, help="stop after this many finished epochs")
+    _add_training_args(p, "a shipped config name (e.g. segment_voc) or a YAML path")
     _add_overrides(p, "train.epochs=2 segment.masks_dir=runs/x/pseudo/train_aug/masks")
     p.set_defaults(handler=cmd_segment_train)
 
