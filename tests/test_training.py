@@ -27,6 +27,7 @@ def tiny_config(root: Path, *extra: str):
     return load_config("tkpcl_voc", [f"data.root={root}", *TINY, *extra])
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path):
     make_voc(tmp_path / "voc", n=5)
     cfg = tiny_config(tmp_path / "voc")
@@ -130,6 +131,7 @@ def test_frozen_encoder_reuse_gives_the_same_target():
     assert not core.encoder_is_frozen()
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_configuration(tmp_path):
     make_voc(tmp_path / "voc", n=3)
     Trainer(tiny_config(tmp_path / "voc"), tmp_path / "run", show_progress=False).fit(stop_after_epoch=1)

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 from tagseg.errors import TagsegError
 from tagseg.report.cli import cmd_report
 from tagseg.segmentation.cli import cmd_predict, cmd_segment_eval, cmd_segment_train
-from tagseg.utils.runtime import apply_threads, device_overrides, world_size
+from tagseg.utils.runtime import apply_threads, default_workers, device_overrides, world_size
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*=")
 
@@ -113,8 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")
     p.add_argument("--crf", choices=["none", "torch", "pydensecrf"],
                    help="also write dense-CRF refined masks to <out>/crf/masks (default: pseudo.crf)")
-    p.add_argument("--workers", type=_positive_int, default=1,
-                   help="CPU processes (default 1); each gets --threads threads (default: cores / workers)")
+    p.add_argument("--workers", type=_positive_int, default=None,
+                   help="CPU processes, each running --threads threads (default: cores / workers). Default "
+                        "on a CPU: one per core, at most 4, and 1 for fewer than 8 images per process; "
+                        "on a GPU: 1")
     _add_overrides(p, "pseudo.flip=true pseudo.image_size=320")
     p.set_defaults(handler=cmd_pseudo)
 
@@ -249,19 +251,21 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
     run = Path(args.run)
     overrides = [*device_overrides(args.device), *args.overrides, *([f"pseudo.crf={args.crf}"] if args.crf else [])]
     cfg = _resolve_run_config(run, overrides)
-    threads = apply_threads(args.threads, args.workers)
     device = resolve_device(cfg.device, DistInfo())
-    model, _, info = load_trained_model(run / "model.safetensors", device)
     split = args.split or cfg.data.pseudo_split
     out = Path(args.out or run / "pseudo" / split)
     index = build_index(cfg.data, split)
+    workers = args.workers or default_workers(device.type, len(index) // args.shard[1])
+    threads = apply_threads(args.threads, workers)
+    model, _, info = load_trained_model(run / "model.safetensors", device)
     with torch.no_grad():
         stats = generate_pseudo_masks(model, index, out, cfg.pseudo, device, shard=args.shard,
-                                      overwrite=args.overwrite, family=info["family"], workers=args.workers,
+                                      overwrite=args.overwrite, family=info["family"], workers=workers,
                                       model_path=run / "model.safetensors", threads=threads)
     rate = f", {stats.written / stats.seconds:.2f} img/s" if stats.written and stats.seconds > 0 else ""
     print(f"pseudo-masks: {stats.written} written, {stats.skipped} already done, "
-          f"{stats.seconds:.1f}s{rate} ({args.workers} × {threads} threads) -> {out / 'masks'}"
+          f"{stats.seconds:.1f}s{rate} ({workers} process{'es' if workers > 1 else ''} × {threads} "
+          f"thread{'s' if threads > 1 else ''}) -> {out / 'masks'}"
           + (f" and {out / 'crf' / 'masks'}" if cfg.pseudo.crf != "none" else ""))
     return 0
 

@@ -33,3 +33,20 @@ def world_size() -> int:
 def device_overrides(device: Optional[str]) -> list[str]:
     """``["device=<device>"]`` for a ``--device`` flag (put before the user's overrides, which win)."""
     return [f"device={device}"] if device else []
+
+
+MAX_AUTO_WORKERS = 4
+MIN_IMAGES_PER_WORKER = 8
+
+
+def default_workers(device_type: str, images: int) -> int:
+    """Worker processes for CPU inference when none are asked for: one per core (at most
+    ``MAX_AUTO_WORKERS``), each then running 1 thread; 1 on a GPU or when there are fewer than
+    ``MIN_IMAGES_PER_WORKER`` images per extra process (starting a process costs seconds).
+
+    Single-threaded processes do not spin-wait on each other when other programs share the
+    cores, where one process with several threads can run many times slower."""
+    if device_type != "cpu":
+        return 1
+    cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_AUTO_WORKERS, images // MIN_IMAGES_PER_WORKER))
