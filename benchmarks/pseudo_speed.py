@@ -103,7 +103,8 @@ def main() -> int:
                + ("within 15%." if ratio >= 0.85 else "NOT within 15% of the best row."))
     setup = (f"{args.images} VOC images (train_aug, first {args.images}), pseudo.image_size={args.image_size}, "
              f"scales [1.0], no flip, no CRF; model: EfficientNet-Lite0 architecture with random initialisation, "
-             f"trained 1 epoch on 8 images at 128 px ({train_s:.0f} s); {cores} CPU cores, {platform.processor() or platform.machine()}, "
+             f"trained 1 epoch on 8 images at 128 px ({train_s:.0f} s); {cores} CPU cores, "
+             f"{platform.processor() or platform.machine()}, "
              f"Python {platform.python_version()}.")
     text = "\n".join([*lines, "", verdict, "", setup]) + "\n"
     print(text)

@@ -42,7 +42,7 @@ TINY = [
     "data.dataset=voc", "data.train_split=train", "data.pseudo_split=train", "data.image_size=64",
     "data.num_workers=0", "model.encoder=test_resnet", "model.pretrained=false", "train.batch_size=2",
     "train.epochs=1", "train.warmup_epochs=0", "train.unfreeze_blocks=1", "pseudo.image_size=64",
-    "pseudo.scales=[1.0]", "pseudo.flip=false", "seed=5",
+    "pseudo.scales=[1.0]", "pseudo.flip=false", "seed=5", "train.cpu_threads=1",
 ]
 PATCH_TINY = ["model.lstm_hidden=8", "method.et_crop_size=32", "method.pce_threshold=0.3"]
 PPC_SMALL = ["addons.ppc.enabled=true", "addons.ppc.view2_size=32"]

@@ -35,7 +35,8 @@ def test_train_pseudo_eval_on_real_voc(voc_root, tmp_path, capsys):
     run = tmp_path / "run"
     common = [f"data.root={voc_root}", "data.max_images=8", "data.image_size=64", "data.num_workers=0",
               "model.encoder=test_resnet", "model.pretrained=false", "model.lstm_hidden=8",
-              "method.et_crop_size=32", "train.epochs=1", "train.warmup_epochs=0", "train.batch_size=4",
+              "method.et_crop_size=32", "train.epochs=1", "train.warmup_epochs=0", "train.cpu_threads=1",
+              "train.batch_size=4",
               "pseudo.image_size=64", "data.pseudo_split=val"]
     assert main(["train", "--config", "tkpcl_voc", "--out", str(run), *common]) == 0
     assert main(["pseudo", "--run", str(run), "pseudo.flip=true", "pseudo.scales=[1.0,1.5]"]) == 0
@@ -58,7 +59,8 @@ def test_pseudo_with_crf_and_workers_then_eval_several_runs(tmp_path, capsys):
     run = tmp_path / "run"
     common = [f"data.root={tmp_path / 'voc'}", "data.dataset=voc", "data.train_split=train",
               "data.pseudo_split=train", "data.image_size=64", "data.num_workers=0", "model.encoder=test_resnet",
-              "model.pretrained=false", "model.lstm_hidden=8", "method.et_crop_size=32", "train.epochs=1", "train.warmup_epochs=0",
+              "model.pretrained=false", "model.lstm_hidden=8", "method.et_crop_size=32", "train.epochs=1",
+              "train.warmup_epochs=0", "train.cpu_threads=1",
               "train.batch_size=2", "pseudo.image_size=64"]
     assert main(["train", "--config", "tkpcl_voc", "--out", str(run), *common]) == 0
     assert main(["pseudo", "--run", str(run), "--crf", "torch", "--workers", "2"]) == 0
@@ -90,7 +92,7 @@ def test_train_refuses_a_folder_with_checkpoints_unless_resuming(tmp_path, capsy
     args = ["train", "--config", "tkpcl_voc", "--out", str(tmp_path / "run"), f"data.root={tmp_path / 'voc'}",
             "data.train_split=train", "data.image_size=64", "data.num_workers=0", "model.encoder=test_resnet",
             "model.pretrained=false", "model.lstm_hidden=8", "method.et_crop_size=32", "train.epochs=1",
-            "train.warmup_epochs=0", "train.batch_size=2"]
+            "train.warmup_epochs=0", "train.cpu_threads=1", "train.batch_size=2"]
     assert main(args) == 0
     assert main(args) == 2
     assert "already holds checkpoints" in capsys.readouterr().err
@@ -193,4 +195,5 @@ def test_a_second_background_sweep_does_not_replace_the_first(tmp_path):
     second = sweep_output_path(tmp_path, "train", cfg, [0.1, 0.3])
     assert second.name == "bg_sweep_train_320px_s1-0.5_flip_t0.1-0.3.json"
     second.write_text("{}")
-    assert sweep_output_path(tmp_path, "train", cfg, [0.1, 0.3]).name == "bg_sweep_train_320px_s1-0.5_flip_t0.1-0.3-2.json"
+    third = sweep_output_path(tmp_path, "train", cfg, [0.1, 0.3])
+    assert third.name == "bg_sweep_train_320px_s1-0.5_flip_t0.1-0.3-2.json"

@@ -95,7 +95,8 @@ def format_sweep_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def sweep_output_path(run_dir: Path, split: str, cfg: PseudoConfig | object, thresholds: Sequence[float]) -> Path:
+def sweep_output_path(run_dir: Path, split: str, cfg: PseudoConfig | object,
+                      thresholds: Sequence[float]) -> Path:
     """Where a sweep goes by default: ``<run>/bg_sweep_<split>.json`` for the first one; when that
     exists, a name that spells the settings (``bg_sweep_<split>_<size>px_s<scales>[_flip]_t<thresholds>``),
     numbered ``-2``, ``-3``... when that exists too. An earlier sweep's file is never replaced.
