@@ -377,11 +377,11 @@ def _train_pseudo_eval(cfg, run: Path) -> tuple[dict, dict]:
 @pytest.mark.parametrize("name,overrides,part", [
     ("cam", [], "cls"),
     ("cam+ppc", PPC_SMALL, "ppc"),
-    pytest.param("cam+isl", ["addons.hfpl.isl=true"], "isl", marks=pytest.mark.slow),
-    pytest.param("cam+fsl", ["addons.hfpl.fsl=true"], "fsl", marks=pytest.mark.slow),
+    ("cam+isl", ["addons.hfpl.isl=true"], "isl"),
+    ("cam+fsl", ["addons.hfpl.fsl=true"], "fsl"),
     ("cam+rca", RCA_FILLING, "rca_rm"),
-    pytest.param("cam-s8+all", ["cam.output_stride=8", *PPC_SMALL, "addons.hfpl.isl=true", "addons.hfpl.fsl=true",
-                                *RCA_FILLING], "rca_aux", marks=pytest.mark.slow),
+    ("cam-s8+all", ["cam.output_stride=8", *PPC_SMALL, "addons.hfpl.isl=true", "addons.hfpl.fsl=true", *RCA_FILLING],
+     "rca_aux"),
 ])
 def test_cam_family_train_pseudo_eval(voc, tmp_path, name, overrides, part):
     summary, history = _train_pseudo_eval(cam_config(*overrides, root=voc), tmp_path / name)
@@ -389,7 +389,6 @@ def test_cam_family_train_pseudo_eval(voc, tmp_path, name, overrides, part):
     assert 0.0 <= summary["miou"] <= 1.0 and summary["images"] == 4
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name,overrides,part", [
     ("patch+isl", ["addons.hfpl.isl=true"], "isl"),
     ("patch+ppc", PPC_SMALL, "ppc"),
@@ -401,7 +400,6 @@ def test_patch_family_train_pseudo_eval_with_addons(voc, tmp_path, name, overrid
     assert 0.0 <= summary["miou"] <= 1.0
 
 
-@pytest.mark.slow
 def test_rca_prototypes_are_saved_and_used_at_inference(voc, tmp_path):
     cfg = cam_config(*RCA_FILLING, "train.epochs=2", root=voc)
     path = Trainer(cfg, tmp_path / "run", show_progress=False).fit()
@@ -420,7 +418,6 @@ def test_rca_prototypes_are_saved_and_used_at_inference(voc, tmp_path):
     assert not torch.allclose(with_protos, without)
 
 
-@pytest.mark.slow
 def test_cam_rca_resume_is_exact(voc, tmp_path):
     cfg = cam_config(*PPC_SMALL, "addons.hfpl.isl=true", *RCA_FILLING, "train.epochs=2", root=voc)
     full = Trainer(cfg, tmp_path / "full", show_progress=False).fit()

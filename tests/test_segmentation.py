@@ -382,7 +382,6 @@ def test_predict_class_set_and_model_checks(tmp_path, capsys):
 
 # ---------------------------------------------------------------- command line
 
-@pytest.mark.slow
 def test_cli_segment_train_eval_predict(tmp_path, capsys):
     voc = tmp_path / "voc"
     ids = tiny_voc(voc, n=4)

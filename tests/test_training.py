@@ -18,7 +18,7 @@ from tagseg.training.trainer import Trainer
 TINY = [
     "data.dataset=voc", "data.train_split=train", "data.pseudo_split=train", "data.image_size=64",
     "data.num_workers=0", "model.encoder=test_resnet", "model.pretrained=false", "model.lstm_hidden=8",
-    "method.et_crop_size=32", "method.pce_threshold=0.3", "train.batch_size=2", "train.epochs=2",
+    "method.et_crop_size=32", "method.pce_threshold=0.3", "train.batch_size=2", "train.epochs=2", "train.cpu_threads=1",
     "train.warmup_epochs=1", "train.unfreeze_blocks=1", "pseudo.image_size=64", "seed=7",
 ]
 
@@ -27,7 +27,6 @@ def tiny_config(root: Path, *extra: str):
     return load_config("tkpcl_voc", [f"data.root={root}", *TINY, *extra])
 
 
-@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path):
     make_voc(tmp_path / "voc", n=5)
     cfg = tiny_config(tmp_path / "voc")
@@ -131,7 +130,6 @@ def test_frozen_encoder_reuse_gives_the_same_target():
     assert not core.encoder_is_frozen()
 
 
-@pytest.mark.slow
 def test_resume_refuses_another_configuration(tmp_path):
     make_voc(tmp_path / "voc", n=3)
     Trainer(tiny_config(tmp_path / "voc"), tmp_path / "run", show_progress=False).fit(stop_after_epoch=1)
