@@ -1,8 +1,8 @@
 """The sample grid's data: which images to show (worst first) and their thumbnails.
 
 A row holds the photo, its ground truth and one mask per mask folder of the split, each as a
-data URI, with the per-image mIoU of every mask (computed from the files, with the same
-formula as ``tagseg.evaluation.evaluate.evaluate_folder``) and the classes present.
+data URI, with the per-image mIoU of every mask (computed from the files by the one scorer,
+:func:`tagseg.evaluation.scorer.image_miou`) and the classes present.
 """
 
 from __future__ import annotations
