@@ -11,8 +11,9 @@ loading and, for 2 workers, process start-up included in the command's own timin
     python benchmarks/pseudo_speed.py --voc ../shared/data/voc12-subset --images 48 --rounds 2
 
 The default row is what ``tagseg pseudo`` does on a CPU without ``--threads``/``--workers``
-(:func:`tagseg.utils.runtime.default_workers`: one single-threaded process per core, at most 4;
-on 2 cores: 2 workers × 1 thread). The table says whether it is within 15 % of the best row.
+(:func:`tagseg.utils.runtime.inference_processes`: single-threaded processes, one per core when
+there are at least 128 images per process, else one). The table says whether it is within 15 %
+of the best row.
 """
 
 from __future__ import annotations
@@ -41,12 +42,11 @@ def tagseg(*args: str, env: dict) -> str:
 
 
 def default_setting(images: int) -> tuple[int, int]:
-    """(threads, workers) of ``tagseg pseudo`` on this machine without --threads / --workers."""
+    """(threads, workers) of ``tagseg pseudo`` on this machine's CPU without --threads / --workers."""
     sys.path.insert(0, str(REPO / "src"))
-    from tagseg.utils.runtime import default_threads, default_workers
+    from tagseg.utils.runtime import inference_processes
 
-    workers = default_workers("cpu", images)
-    return default_threads(workers), workers
+    return inference_processes("cpu", images)
 
 
 def main() -> int:

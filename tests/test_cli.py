@@ -197,3 +197,21 @@ def test_a_second_background_sweep_does_not_replace_the_first(tmp_path):
     second.write_text("{}")
     third = sweep_output_path(tmp_path, "train", cfg, [0.1, 0.3])
     assert third.name == "bg_sweep_train_320px_s1-0.5_flip_t0.1-0.3-2.json"
+
+
+def test_thread_and_process_defaults(monkeypatch):
+    from tagseg.utils import runtime
+
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 8)
+    assert runtime.default_threads() == 8 and runtime.default_threads(2) == 4 and runtime.default_threads(4, 1) == 1
+    assert runtime.default_threads(16) == 1  # never below 1
+    # pseudo on a CPU: single-threaded processes, one per 128 images up to min(cores, 4)
+    assert runtime.inference_processes("cpu", 100) == (1, 1)
+    assert runtime.inference_processes("cpu", 300) == (1, 2)
+    assert runtime.inference_processes("cpu", 5000) == (1, 4)
+    assert runtime.inference_processes("cuda", 5000) == (8, 1)  # a GPU: one process, cores as threads
+    # given values win; a missing thread count is cores / workers
+    assert runtime.inference_processes("cpu", 5000, workers=2) == (4, 2)
+    assert runtime.inference_processes("cpu", 10, threads=3) == (3, 1)
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
+    assert runtime.inference_processes("cpu", 5000) == (1, 2)

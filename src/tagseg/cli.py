@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 from tagseg.errors import TagsegError
 from tagseg.report.cli import cmd_report
 from tagseg.segmentation.cli import cmd_predict, cmd_segment_eval, cmd_segment_train
-from tagseg.utils.runtime import apply_threads, default_workers, device_overrides, world_size
+from tagseg.utils.runtime import apply_threads, device_overrides, inference_processes, world_size
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*=")
 
@@ -114,9 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crf", choices=["none", "torch", "pydensecrf"],
                    help="also write dense-CRF refined masks to <out>/crf/masks (default: pseudo.crf)")
     p.add_argument("--workers", type=_positive_int, default=None,
-                   help="CPU processes, each running --threads threads (default: cores / workers). Default "
-                        "on a CPU: one per core, at most 4, and 1 for fewer than 8 images per process; "
-                        "on a GPU: 1")
+                   help="CPU processes, each running --threads threads (default: cores / workers). With "
+                        "neither flag, on a CPU: single-threaded processes, one per core (at most 4) when "
+                        "there are at least 128 images per process, else one; on a GPU: 1 process")
     _add_overrides(p, "pseudo.flip=true pseudo.image_size=320")
     p.set_defaults(handler=cmd_pseudo)
 
@@ -255,8 +255,8 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
     split = args.split or cfg.data.pseudo_split
     out = Path(args.out or run / "pseudo" / split)
     index = build_index(cfg.data, split)
-    workers = args.workers or default_workers(device.type, len(index) // args.shard[1])
-    threads = apply_threads(args.threads, workers)
+    threads, workers = inference_processes(device.type, len(index) // args.shard[1], args.workers, args.threads)
+    apply_threads(threads)
     model, _, info = load_trained_model(run / "model.safetensors", device)
     with torch.no_grad():
         stats = generate_pseudo_masks(model, index, out, cfg.pseudo, device, shard=args.shard,

@@ -36,17 +36,30 @@ def device_overrides(device: Optional[str]) -> list[str]:
 
 
 MAX_AUTO_WORKERS = 4
-MIN_IMAGES_PER_WORKER = 8
+MIN_IMAGES_PER_WORKER = 128
 
 
 def default_workers(device_type: str, images: int) -> int:
     """Worker processes for CPU inference when none are asked for: one per core (at most
-    ``MAX_AUTO_WORKERS``), each then running 1 thread; 1 on a GPU or when there are fewer than
-    ``MIN_IMAGES_PER_WORKER`` images per extra process (starting a process costs seconds).
-
-    Single-threaded processes do not spin-wait on each other when other programs share the
-    cores, where one process with several threads can run many times slower."""
+    ``MAX_AUTO_WORKERS``), but only with at least ``MIN_IMAGES_PER_WORKER`` images per process
+    (starting one costs seconds: torch, the model); 1 on a GPU."""
     if device_type != "cpu":
         return 1
     cores = os.cpu_count() or 1
     return max(1, min(cores, MAX_AUTO_WORKERS, images // MIN_IMAGES_PER_WORKER))
+
+
+def inference_processes(device_type: str, images: int, workers: Optional[int] = None,
+                        threads: Optional[int] = None) -> tuple[int, int]:
+    """(threads per process, worker processes) for pseudo-mask inference.
+
+    Given values are kept; a missing thread count is the cores divided by the workers, except
+    on a CPU with neither given: then every process runs 1 thread (:func:`default_workers` of
+    them). Several threads in one process wait for each other when other programs share the
+    cores, which made them 4-5x slower than 1 thread on a shared 2-core machine
+    (benchmarks/results/pseudo_speed.md)."""
+    if workers is None:
+        workers = default_workers(device_type, images)
+        if threads is None and device_type == "cpu":
+            threads = 1
+    return threads or default_threads(workers), workers
