@@ -69,7 +69,8 @@ def main() -> int:
     common = [f"data.root={voc}", "data.train_split=train_aug", "data.pseudo_split=train_aug", "data.num_workers=0",
               "model.encoder=tf_efficientnet_lite0", "model.pretrained=false"]
     t0 = time.time()
-    if not (run / "model.safetensors").is_file():
+    reused = (run / "model.safetensors").is_file()
+    if not reused:
         tagseg("train", "--config", "tkpcl_voc", "--out", str(run), "--threads", "2", *common, "data.max_images=8",
                "data.image_size=128", "method.et_crop_size=48", "train.epochs=1", "train.warmup_epochs=0",
                "train.batch_size=4", env=env)
@@ -103,7 +104,8 @@ def main() -> int:
                + ("within 15%." if ratio >= 0.85 else "NOT within 15% of the best row."))
     setup = (f"{args.images} VOC images (train_aug, first {args.images}), pseudo.image_size={args.image_size}, "
              f"scales [1.0], no flip, no CRF; model: EfficientNet-Lite0 architecture with random initialisation, "
-             f"trained 1 epoch on 8 images at 128 px ({train_s:.0f} s); {cores} CPU cores, "
+             f"trained 1 epoch on 8 images at 128 px ({'reused from --work' if reused else f'{train_s:.0f} s'}); "
+             f"{cores} CPU cores, "
              f"{platform.processor() or platform.machine()}, "
              f"Python {platform.python_version()}.")
     text = "\n".join([*lines, "", verdict, "", setup]) + "\n"
