@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from tagseg.config import load_config
 from tagseg.data.build import build_index
 from tagseg.data.views import image_to_tensor
-from tagseg.evaluation.miou import ConfusionMatrix
+from tagseg.evaluation.scorer import Scorer
 from tagseg.methods.label_merge import label_merge
-from tagseg.pseudo.inference import load_patch_classifier
+from tagseg.inference.loading import load_patch_classifier
 from tagseg.training.trainer import Trainer
 from tagseg.utils.io import read_image, read_mask, save_mask_png, write_json
 
@@ -83,7 +83,8 @@ def score_run(model_path: Path, args: argparse.Namespace, save_dir: Path | None 
     for split in ("train_aug", "val"):
         cfg.data.max_images = args.max_images
         index = build_index(cfg.data, split)
-        cms = {"plain": ConfusionMatrix(index.num_classes), "flip": ConfusionMatrix(index.num_classes)}
+        scorers = {name: Scorer(index.num_classes, index.class_names, contour=False, per_image=False)
+                   for name in ("plain", "flip")}
         for rec in index.records:
             image = read_image(rec.image_path)
             x = F.interpolate(image_to_tensor(image)[None], size=(args.infer_size, args.infer_size),
@@ -96,11 +97,11 @@ def score_run(model_path: Path, args: argparse.Namespace, save_dir: Path | None 
                 merged = label_merge(zz, labels)
                 up = F.interpolate(merged, size=gt.shape, mode="bilinear", align_corners=False)
                 mask = up[0].argmax(0).numpy().astype(np.uint8)
-                cms[name].update(mask, gt, rec.id)
+                scorers[name].update(mask, gt, rec.id)
                 if save_dir is not None and split == "train_aug" and name == "plain":
                     save_mask_png(save_dir / f"{rec.id}.png", mask, index.palette)
-        for name, cm in cms.items():
-            s = cm.summary(index.class_names)
+        for name, scorer in scorers.items():
+            s = scorer.summary()
             out[f"{split}/{name}"] = {"miou": s["miou"], "iou": s["iou"], "classes": s["miou_classes"]}
     return out
 

@@ -44,11 +44,11 @@ import torch
 from tagseg.config import load_config
 from tagseg.data.build import build_index
 from tagseg.data.views import image_to_tensor
-from tagseg.evaluation.contour import ContourFAccumulator, j_and_f
-from tagseg.evaluation.miou import ConfusionMatrix
-from tagseg.methods.families import get_family
-from tagseg.methods.cam_objective import cam_pseudo_mask, normalised_cams_for_image
-from tagseg.pseudo.inference import load_trained_model
+from tagseg.evaluation.scorer import Scorer
+from tagseg.inference.cam import normalised_cams
+from tagseg.inference.loading import load_trained_model
+from tagseg.inference.pseudo import merged_probs_for
+from tagseg.methods.cam_objective import cam_pseudo_mask
 from tagseg.training.trainer import Trainer
 from tagseg.utils.io import read_image, read_mask, write_json
 
@@ -90,27 +90,6 @@ def family_overrides(config: str, args: argparse.Namespace) -> list[str]:
     return []
 
 
-class Scores:
-    """mIoU + contour F of one way of making masks, accumulated over images."""
-
-    def __init__(self, num_classes: int, contour: bool = True) -> None:
-        self.cm = ConfusionMatrix(num_classes)
-        self.contour = ContourFAccumulator(num_classes) if contour else None
-
-    def update(self, pred: np.ndarray, gt: np.ndarray, name: str) -> None:
-        self.cm.update(pred, gt, name)
-        if self.contour is not None:
-            self.contour.update(pred, gt, name)
-
-    def result(self, class_names) -> dict:
-        s = self.cm.summary(class_names)
-        out = {"miou": s["miou"], "iou": s["iou"]}
-        if self.contour is not None:
-            f = self.contour.result()["mean_F"]
-            out.update(contour_f=f, j_and_f=j_and_f(s["miou"], f) if f is not None else None)
-        return out
-
-
 @torch.no_grad()
 def score_run(model_path: Path, args: argparse.Namespace) -> dict:
     """Pseudo-mask scores on the training images (and the CAM background sweep)."""
@@ -118,23 +97,23 @@ def score_run(model_path: Path, args: argparse.Namespace) -> dict:
     cfg.data.max_images = args.max_images
     index = build_index(cfg.data, "train_aug")
     k = index.num_classes
-    main = Scores(k)
-    sweep = {thr: Scores(k, contour=False) for thr in BG_SWEEP} if info["family"] == "cam" else {}
-    family = get_family(info["family"])
+    main = Scorer(k, index.class_names, per_image=False)
+    sweep = {thr: Scorer(k, index.class_names, contour=False, per_image=False) for thr in BG_SWEEP} if info["family"] == "cam" else {}
+    merged_probs = merged_probs_for(info["family"])
     for rec in index.records:
         image = image_to_tensor(read_image(rec.image_path))
         gt = read_mask(rec.mask_path, k)
         if info["family"] == "cam":
-            fg = normalised_cams_for_image(model, image, rec.labels, cfg.pseudo)
+            fg = normalised_cams(model, image, rec.labels, cfg.pseudo)
             main.update(cam_pseudo_mask(fg, BG_DEFAULT).numpy().astype(np.uint8), gt, rec.id)
             for thr, acc in sweep.items():
                 acc.update(cam_pseudo_mask(fg, thr).numpy().astype(np.uint8), gt, rec.id)
         else:
-            probs = family.merged_probs(model, image, rec.labels, cfg.pseudo)
+            probs = merged_probs(model, image, rec.labels, cfg.pseudo)
             main.update(probs.argmax(0).numpy().astype(np.uint8), gt, rec.id)
-    out = {"train_aug": main.result(index.class_names), "images": len(index)}
+    out = {"train_aug": main.brief(), "images": len(index)}
     if sweep:
-        rows = {thr: acc.result(index.class_names)["miou"] for thr, acc in sweep.items()}
+        rows = {thr: acc.summary()["miou"] for thr, acc in sweep.items()}
         best = max(rows, key=lambda t: (rows[t], -t))
         out["bg_sweep"] = {"miou": {str(t): v for t, v in rows.items()}, "best_threshold": best,
                            "best_miou": rows[best], "label": "best threshold chosen on the ground truth"}

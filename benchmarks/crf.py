@@ -27,8 +27,8 @@ import torch
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from tagseg.pseudo.crf import CRF_PRESETS, dense_crf
-from tagseg.pseudo.crf.torch_backend import clear_lattice_cache
+from tagseg.inference.crf import CRF_PRESETS, dense_crf
+from tagseg.inference.crf.torch_backend import clear_lattice_cache
 
 NUM_CLASSES = 21
 IGNORE = 255

@@ -53,7 +53,7 @@ from tagseg.training.trainer import classifier_task  # noqa: E402
 try:  # the CRF's home after the inference layer landed; before, under pseudo/
     from tagseg.inference.crf import CRF_PRESETS, dense_crf, pydensecrf_available  # noqa: E402
 except ImportError:  # pragma: no cover
-    from tagseg.pseudo.crf import CRF_PRESETS, dense_crf, pydensecrf_available  # noqa: E402
+    from tagseg.inference.crf import CRF_PRESETS, dense_crf, pydensecrf_available  # noqa: E402
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendor's data sheets, matched
 # against torch.cuda.get_device_name(); the sparse figures are twice these.

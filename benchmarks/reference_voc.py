@@ -43,9 +43,9 @@ from tagseg.data.views import image_to_tensor
 from tagseg.evaluation.miou import ConfusionMatrix
 from tagseg.methods.cam_objective import cam_pseudo_mask, cam_probabilities, normalised_cams_for_image
 from tagseg.methods.families import get_family
-from tagseg.pseudo.crf.dense import dense_crf
-from tagseg.pseudo.crf.params import get_preset
-from tagseg.pseudo.inference import load_trained_model
+from tagseg.inference.crf.dense import dense_crf
+from tagseg.inference.crf.params import get_preset
+from tagseg.inference.loading import load_trained_model
 from tagseg.training.trainer import Trainer
 from tagseg.utils.io import read_image, read_mask, write_json
 

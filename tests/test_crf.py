@@ -12,8 +12,8 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from tagseg.errors import ConfigError, TagsegError
-from tagseg.pseudo.crf import CRF_PRESETS, CRFParams, PermutohedralLattice, dense_crf, get_preset
-from tagseg.pseudo.crf.torch_backend import clear_lattice_cache, crf_torch, pixel_features
+from tagseg.inference.crf import CRF_PRESETS, CRFParams, PermutohedralLattice, dense_crf, get_preset
+from tagseg.inference.crf.torch_backend import clear_lattice_cache, crf_torch, pixel_features
 
 torch.set_num_threads(1)
 
@@ -417,7 +417,7 @@ def test_agreement_with_pydensecrf_on_voc_images(voc_root):
 
 
 def test_neighbour_search_paths_agree():
-    from tagseg.pseudo.crf.permutohedral import _find_neighbours
+    from tagseg.inference.crf.permutohedral import _find_neighbours
 
     gen = torch.Generator().manual_seed(0)
     codes = torch.unique(torch.randint(0, 400, (300,), generator=gen))

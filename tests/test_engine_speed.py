@@ -213,7 +213,7 @@ def test_compile_gives_the_eager_loss(tmp_path):
 def test_pseudo_and_segmentation_inference_follow_their_precision_keys(tmp_path):
     from tagseg.config import PseudoConfig
     from tagseg.methods.families import get_family
-    from tagseg.pseudo.generate import merged_probabilities
+    from tagseg.inference.pseudo import merged_probabilities
     from tagseg.segmentation.config import SegInferenceConfig, SegModelConfig
     from tagseg.segmentation.inference import predict_probs
     from tagseg.segmentation.models import build_segmenter

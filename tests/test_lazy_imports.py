@@ -11,10 +11,7 @@ from conftest import REPO_ROOT
 PROBE = """
 import sys
 import tagseg.cli, tagseg.engine.loop, tagseg.engine.precision
-try:
-    import tagseg.inference.crf as crf
-except ImportError:
-    import tagseg.pseudo.crf as crf
+import tagseg.inference.crf as crf
 loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('pydensecrf', 'pydensecrf2'))
 print('BEFORE', loaded)
 if crf.pydensecrf_available():

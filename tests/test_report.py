@@ -3,7 +3,6 @@ missing pieces, escaping, and the page in headless Chromium."""
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import json
@@ -23,18 +22,18 @@ from tagseg.data.build import build_index
 from tagseg.errors import TagsegError
 from tagseg.evaluation.evaluate import evaluate_folder
 from tagseg.report import collect_run, render_report, write_report
-from tagseg.report.cli import add_report_command
+from tagseg.cli import build_parser
 from tagseg.report.figures import (
     fit_size, format_number, heatmap_svg, line_chart_svg, mask_data_uri, mask_thumbnail, nice_ticks,
     sequential_color,
 )
-from tagseg.report.samples import image_miou
+from tagseg.evaluation.scorer import image_miou
 from tagseg.utils.io import read_mask, write_json
 
 TINY = [
     "data.dataset=voc", "data.train_split=train", "data.pseudo_split=train", "data.image_size=64",
     "data.num_workers=0", "model.encoder=test_resnet", "model.pretrained=false", "model.lstm_hidden=8",
-    "method.et_crop_size=32", "method.pce_threshold=0.3", "train.batch_size=2", "train.epochs=2",
+    "method.et_crop_size=32", "method.pce_threshold=0.3", "train.batch_size=2", "train.epochs=2", "train.cpu_threads=1",
     "train.warmup_epochs=1", "train.unfreeze_blocks=1", "pseudo.image_size=64", "seed=3", "name=tiny_run",
 ]
 N_IMAGES = 6
@@ -85,7 +84,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
     from tagseg.config import load_config
     from tagseg.pseudo.generate import generate_pseudo_masks
-    from tagseg.pseudo.inference import load_patch_classifier
+    from tagseg.inference.loading import load_patch_classifier
     from tagseg.training.trainer import Trainer
 
     torch.set_num_threads(1)
@@ -202,8 +201,7 @@ def test_sample_count_split_and_output_options(tiny_run, tmp_path):
 
 
 def test_cli_handler_writes_the_page(tiny_run, tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="tagseg")
-    add_report_command(parser.add_subparsers(dest="command", required=True))
+    parser = build_parser()
     args = parser.parse_args(["report", str(tiny_run), "--out", str(tmp_path / "page.html"), "--samples", "3"])
     assert args.handler(args) == 0
     assert "report ->" in capsys.readouterr().out

@@ -21,11 +21,12 @@ from safetensors.torch import load_file
 from fixtures import make_folder, make_voc, write_mask
 from tagseg.data.classes import VOC_CLASSES, voc_palette
 from tagseg.errors import ConfigError, DataError, TagsegError, TrainingError
-from tagseg.segmentation.cli import main
+from tagseg.cli import main
 from tagseg.segmentation.config import SegAugmentConfig, SegInferenceConfig, SegModelConfig, load_segment_config
 from tagseg.segmentation.data import SegmentationTrainSet, random_scale_crop_flip, resolve_mask_paths
-from tagseg.segmentation.inference import load_segmenter, model_metadata, multiscale_logits, predict_probs, \
-    refine_with_crf
+from tagseg.inference.refine import refine_with_crf
+from tagseg.inference.segment import multiscale_logits
+from tagseg.segmentation.inference import load_segmenter, model_metadata, predict_probs
 from tagseg.segmentation.models import DeepLabV2Head, DeepLabV3PlusHead, build_segmenter
 from tagseg.segmentation.predict import colour_overlay, run_predict
 from tagseg.segmentation.trainer import SegmentationTrainer, build_optimizer, poly_lr, segmentation_loss, set_lr
@@ -237,7 +238,7 @@ def test_crf_refinement_and_missing_module(monkeypatch):
     assert refined.shape == plain.shape == (3, 24, 30)
     assert torch.allclose(refined.sum(0), torch.ones(24, 30), atol=1e-3)
     assert not torch.allclose(refined, plain, atol=1e-4)
-    monkeypatch.setitem(sys.modules, "tagseg.pseudo.crf", None)  # import now fails
+    monkeypatch.setitem(sys.modules, "tagseg.inference.crf", None)  # import now fails
     with pytest.raises(TagsegError, match="cannot be imported"):
         refine_with_crf(image, plain, "torch")
 
@@ -313,7 +314,7 @@ def test_torchrun_two_processes(tmp_path):
     tiny_voc(tmp_path / "voc", n=6)
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "tagseg.segmentation.cli", "segment", "train", "--config", "segment_demo", "--out", str(out),
+           "-m", "tagseg", "segment", "train", "--config", "segment_demo", "--out", str(out),
            f"data.root={tmp_path / 'voc'}", *TINY, "train.epochs=1", "train.batch_size=4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

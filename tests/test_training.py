@@ -18,7 +18,7 @@ from tagseg.training.trainer import Trainer
 TINY = [
     "data.dataset=voc", "data.train_split=train", "data.pseudo_split=train", "data.image_size=64",
     "data.num_workers=0", "model.encoder=test_resnet", "model.pretrained=false", "model.lstm_hidden=8",
-    "method.et_crop_size=32", "method.pce_threshold=0.3", "train.batch_size=2", "train.epochs=2",
+    "method.et_crop_size=32", "method.pce_threshold=0.3", "train.batch_size=2", "train.epochs=2", "train.cpu_threads=1",
     "train.warmup_epochs=1", "train.unfreeze_blocks=1", "pseudo.image_size=64", "seed=7",
 ]
 

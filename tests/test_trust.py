@@ -434,7 +434,7 @@ def test_fuzz_checkpoint_state(tmp_path):
 
 
 def test_fuzz_model_file(trained, tmp_path):
-    from tagseg.pseudo.inference import load_trained_model
+    from tagseg.inference.loading import load_trained_model
 
     valid = (trained[0] / "run" / "model.safetensors").read_bytes()
     for i, data in enumerate(_mutants(valid, random.Random(3), 60)):

@@ -1,22 +1,31 @@
-"""The ``tagseg`` command line: demo, train, pseudo, eval, configs."""
+"""The ``tagseg`` command line: one parser, one subcommand per verb.
+
+Verbs: demo, train, pseudo, eval, configs, report, segment train|eval, predict, prepare voc|coco. Every verb takes
+``key=value`` overrides (the configuration keys of its stage), ``--threads N`` (CPU threads per
+process; default: the machine's cores divided by the processes the verb runs) and ``--device``
+(report: ``--threads`` only, it runs no network). The handlers of the segmentation and report
+verbs live beside their stage (``segmentation/cli.py``, ``report/cli.py``); the parser is here.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from tagseg.data.prepare.cli import add_prepare_command, cmd_prepare
 from tagseg.errors import TagsegError
-from tagseg.report.cli import add_report_command, cmd_report
-from tagseg.segmentation.cli import SEGMENT_COMMANDS, add_segment_commands
+from tagseg.report.cli import cmd_report
+from tagseg.segmentation.cli import cmd_predict, cmd_segment_eval, cmd_segment_train
 from tagseg.utils.runlock import run_lock
+from tagseg.utils.runtime import apply_threads, device_overrides, inference_processes, world_size
+
+OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*=")
 
 
-def _add_overrides(p: argparse.ArgumentParser) -> None:
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, e.g. train.epochs=2 data.root=/data/VOC2012")
+# ------------------------------------------------------------------------------ argument types
 
 
 def _parse_shard(text: str) -> "tuple[int, int] | str":
@@ -33,22 +42,76 @@ SHARD_HELP = ("process shard i of n (i/n), or auto: rank and world size from tor
               "(cuda:LOCAL_RANK); without a launcher, auto is 0/1")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tagseg", description="Pseudo-masks from image-level tags (WSSS).")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _parse_scales(text: str) -> list[float]:
+    try:
+        scales = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--scales expects comma-separated numbers (e.g. 0.75,1,1.25), got {text!r}") from None
+    if not scales or any(s <= 0 for s in scales):
+        raise argparse.ArgumentTypeError(f"--scales {text}: need positive scales")
+    return scales
 
-    p = sub.add_parser("demo", help="generate the synthetic demo data, train TKP-PCL, make and score pseudo-masks")
-    p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
-    _add_overrides(p)
 
-    p = sub.add_parser("train", help="train a WSSS model (patch-classifier or CAM family) from a config")
-    p.add_argument("--config", required=True, help="a shipped config name (see `tagseg configs`) or a YAML path")
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+# ------------------------------------------------------------------------------- the parser
+
+
+def _common(device: bool = True) -> argparse.ArgumentParser:
+    """--threads (and --device) shared by the verbs."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="CPU threads per process (default: the machine's cores divided by the processes "
+                        "this command runs; use 1 on a machine busy with other work)")
+    if device:
+        p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the config's device)")
+    return p
+
+
+def _add_overrides(p: argparse.ArgumentParser, example: str = "train.epochs=2 data.root=/data/VOC2012") -> None:
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=f"config overrides, e.g. {example}")
+
+
+def _add_training_args(p: argparse.ArgumentParser, config_help: str) -> None:
+    p.add_argument("--config", required=True, help=config_help)
     p.add_argument("--out", help="run folder (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--stop-after-epoch", type=int, default=None, help="stop after this many finished epochs")
-    _add_overrides(p)
 
-    p = sub.add_parser("pseudo", help="write pseudo-masks with a trained model")
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tagseg", description="Pseudo-masks from image-level tags (WSSS).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    common, common_no_device = _common(), _common(device=False)
+
+    p = sub.add_parser("demo", parents=[common],
+                       help="generate the synthetic demo data, train TKP-PCL, make and score pseudo-masks")
+    p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
+    _add_overrides(p, "method.pooling=max")
+    p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser("train", parents=[common],
+                       help="train a WSSS model (patch-classifier or CAM family) from a config")
+    _add_training_args(p, "a shipped config name (see `tagseg configs`) or a YAML path")
+    _add_overrides(p)
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("pseudo", parents=[common], help="write pseudo-masks with a trained model")
     p.add_argument("--run", required=True, help="run folder of `tagseg train` (holds model.safetensors)")
     p.add_argument("--split", help="split to process (default: data.pseudo_split of the run)")
     p.add_argument("--out", help="output folder (default: <run>/pseudo/<split>)")
@@ -56,17 +119,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")
     p.add_argument("--crf", choices=["none", "torch", "pydensecrf"],
                    help="also write dense-CRF refined masks to <out>/crf/masks (default: pseudo.crf)")
-    p.add_argument("--workers", type=int, default=1, help="CPU processes (default 1)")
-    _add_overrides(p)
+    p.add_argument("--workers", type=_positive_int, default=None,
+                   help="CPU processes, each running --threads threads (default: cores / workers). With "
+                        "neither flag, on a CPU: single-threaded processes, one per core (at most 4) when "
+                        "there are at least 128 images per process, else one; on a GPU: 1 process")
+    _add_overrides(p, "pseudo.flip=true pseudo.image_size=320")
+    p.set_defaults(handler=cmd_pseudo)
 
-    p = sub.add_parser("eval", help="score predicted masks against ground truth (mIoU, contour F, J&F)")
-    p.add_argument("pred", nargs="*", help="folder(s) of <id>.png masks; several folders (e.g. one per "
-                                           "seed) are scored separately and averaged (mean ± std)")
+    p = sub.add_parser("eval", parents=[common],
+                       help="score predicted masks against ground truth (mIoU, contour F, J&F)")
+    p.add_argument("--pred", nargs="+", default=[], metavar="DIR",
+                   help="folder(s) of <id>.png masks; several folders (e.g. one per seed) are scored "
+                        "separately and averaged (mean ± std)")
     p.add_argument("--sweep-bg", metavar="T1,T2,...",
                    help="CAM family: score these background thresholds from the run's model (needs --run); "
                         "the best is reported as chosen on the ground truth")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--run", help="take the dataset from this run's config.yaml")
+    src.add_argument("--run", help="take the dataset (and, for --sweep-bg, the model) from this run folder")
     src.add_argument("--config", help="take the dataset from this config (name or YAML)")
     p.add_argument("--split", help="split to score (default: data.pseudo_split)")
     p.add_argument("--shard", type=_parse_shard, default=(0, 1),
@@ -76,14 +145,93 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add the eval.json of every shard into the exact whole-set result (no --pred/--run)")
     p.add_argument("--out", help="JSON file for the metrics (default: <pred>/../eval.json, "
                                  "<pred>/../eval.shard-<i>-of-<n>.json for a shard; several folders: "
-                                 "./eval_runs.json; --merge: ./eval.json beside the first shard file)")
-    _add_overrides(p)
+                                 "./eval_runs.json; --merge: ./eval.json beside the first shard file; --sweep-bg: "
+                                 "<run>/bg_sweep_<split>.json, or a name spelling the settings when that exists)")
+    _add_overrides(p, "data.max_images=100 pseudo.image_size=320")
+    p.set_defaults(handler=cmd_eval)
 
-    sub.add_parser("configs", help="list the shipped experiment configs")
-    add_report_command(sub)
-    add_segment_commands(sub)
+    p = sub.add_parser("configs", parents=[common],
+                       help="list the shipped experiment configs, or print one resolved with overrides")
+    p.add_argument("name", nargs="?", help="a config name or YAML path to print resolved (default: list the names)")
+    _add_overrides(p, "method.topk=3")
+    p.set_defaults(handler=cmd_configs)
+
+    p = sub.add_parser("report", parents=[common_no_device], help="write a self-contained HTML report of a run folder")
+    p.add_argument("run", metavar="RUN_DIR", help="run folder (config.yaml, history.jsonl, pseudo/, predictions/)")
+    p.add_argument("--out", help="HTML file to write (default: RUN_DIR/report.html)")
+    p.add_argument("--split", help="split whose masks the sample grid shows (default: data.pseudo_split "
+                                   "if it has masks, else data.val_split, else the first found)")
+    p.add_argument("--samples", type=_non_negative_int, default=24,
+                   help="sample rows, worst first by per-image mIoU (default: 24)")
+    p.add_argument("--thumb", type=_non_negative_int, default=200,
+                   help="thumbnail size in px, longer side (default: 200)")
+    p.add_argument("--data-root", help="dataset folder, when it moved since the run (replaces data.root)")
+    _add_overrides(p, "data.max_images=50 (data.* keys of the run's config)")
+    p.set_defaults(handler=cmd_report)
+
+    seg = sub.add_parser("segment", help="train or evaluate the DeepLab segmentation network on pseudo-masks")
+    seg_sub = seg.add_subparsers(dest="segment_command", required=True)
+    p = seg_sub.add_parser("train", parents=[common], help="train a DeepLab network on the pseudo-masks of a config")
+    _add_training_args(p, "a shipped config name (e.g. segment_voc) or a YAML path")
+    _add_overrides(p, "train.epochs=2 segment.masks_dir=runs/x/pseudo/train_aug/masks")
+    p.set_defaults(handler=cmd_segment_train)
+
+    p = seg_sub.add_parser("eval", parents=[common],
+                           help="score a trained network on a split with ground truth (mIoU, contour F, J&F)")
+    p.add_argument("--run", required=True, help="run folder of `tagseg segment train`")
+    p.add_argument("--split", help="split to score (default: data.val_split of the run)")
+    p.add_argument("--shard", type=_parse_shard, default=(0, 1),
+                   help="score shard i of n (i/n), or auto: from torchrun (RANK, WORLD_SIZE, LOCAL_RANK) or SLURM "
+                        "(SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID), one GPU per process; writes "
+                        "eval.shard-<i>-of-<n>.json, added up by `tagseg eval --merge`")
+    p.add_argument("--out", help="JSON file for the metrics (default: <run>/eval.json, "
+                                 "<run>/eval.shard-<i>-of-<n>.json for a shard)")
+    p.add_argument("--save-masks", action="store_true", help="also write the predictions to <run>/predictions/<split>/")
+    _add_overrides(p, "inference.flip=true data.max_images=50")
+    p.set_defaults(handler=cmd_segment_eval)
+
+    p = sub.add_parser("predict", parents=[common],
+                       help="write masks and colour overlays for images with a segmentation model")
+    p.add_argument("images", nargs="+", metavar="IMAGES",
+                   help="image files and/or folders of images, then any key=value overrides of the model's "
+                        "inference settings (inference.scales=[1.0,0.75] ...)")
+    p.add_argument("--model", required=True, help="model.safetensors of `tagseg segment train` (or its run folder)")
+    p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    p.add_argument("--scales", type=_parse_scales, default=None,
+                   help="comma-separated inference scales (default: those stored in the model)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="average with the mirrored image (default: as stored in the model)")
+    p.add_argument("--crf", choices=("none", "torch", "pydensecrf"), default=None,
+                   help="dense-CRF refinement (default: as stored in the model)")
+    p.add_argument("--classes", default=None,
+                   help="check the model's classes against 'voc', a classes file or a folder with classes.txt")
+    p.set_defaults(handler=cmd_predict)
+
     add_prepare_command(sub)
+    sub.choices["prepare"].set_defaults(handler=cmd_prepare)
     return parser
+
+
+def split_overrides(items: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separate ``key=value`` overrides from paths in a list of positional words: a word is an
+    override when it looks like ``dotted.key=value`` and is not an existing path."""
+    paths, overrides = [], []
+    for item in items:
+        (overrides if OVERRIDE.match(item) and not Path(item).exists() else paths).append(item)
+    return paths, overrides
+
+
+def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.command == "eval":
+        args.pred, extra = split_overrides(args.pred)
+        args.overrides = [*extra, *args.overrides]
+    elif args.command == "predict":
+        args.images, args.overrides = split_overrides(args.images)
+    return args
+
+
+# ---------------------------------------------------------------------------------- handlers
 
 
 def _resolve_run_config(run: Path, overrides: Sequence[str]):
@@ -102,10 +250,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if Path(args.config).stem.startswith("segment"):
         raise TagsegError(f"{args.config} is a segmentation-stage config: use `tagseg segment train --config {args.config}`")
-    cfg = load_config(args.config, args.overrides)
+    threads = [f"train.cpu_threads={args.threads}"] if args.threads else []
+    cfg = load_config(args.config, [*device_overrides(args.device), *threads, *args.overrides])
     out = Path(args.out or f"runs/{cfg.name}")
     with run_lock(out):
         ensure_fresh_run_dir(out, args.resume)
+        apply_threads(cfg.train.cpu_threads or None, world_size(), cfg.data.num_workers)  # the trainer keeps it
         result = Trainer(cfg, out, resume=args.resume).fit(stop_after_epoch=args.stop_after_epoch)
     print(f"saved {result}")
     return 0
@@ -115,32 +265,32 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
     import torch
 
     from tagseg.data.build import build_index
+    from tagseg.inference.loading import load_trained_model
     from tagseg.pseudo.generate import generate_pseudo_masks
-    from tagseg.pseudo.inference import load_trained_model
-    from tagseg.engine.distributed import DistInfo, resolve_device
-
-    from tagseg.engine.distributed import launch_device, resolve_shard
+    from tagseg.engine.distributed import DistInfo, launch_device, resolve_device, resolve_shard
 
     run = Path(args.run)
-    overrides = [*args.overrides, *([f"pseudo.crf={args.crf}"] if args.crf else [])]
+    overrides = [*device_overrides(args.device), *args.overrides, *([f"pseudo.crf={args.crf}"] if args.crf else [])]
     cfg = _resolve_run_config(run, overrides)
-    if args.workers < 1:
-        raise TagsegError(f"--workers must be >= 1, got {args.workers}")
     args.shard, launch = resolve_shard(args.shard)
     # one GPU per launched process: cuda:LOCAL_RANK (or the one GPU the launcher left visible)
     device = resolve_device(launch_device(launch, cfg.device) if launch.source != "single" else cfg.device,
                             DistInfo())
-    model, _, info = load_trained_model(run / "model.safetensors", device)
     split = args.split or cfg.data.pseudo_split
     out = Path(args.out or run / "pseudo" / split)
     index = build_index(cfg.data, split)
+    threads, workers = inference_processes(device.type, len(index) // args.shard[1], args.workers, args.threads)
+    apply_threads(threads)
+    model, _, info = load_trained_model(run / "model.safetensors", device)
     with torch.no_grad(), run_lock(out, shard=args.shard):
         stats = generate_pseudo_masks(model, index, out, cfg.pseudo, device, shard=args.shard,
-                                      overwrite=args.overwrite, family=info["family"], workers=args.workers,
-                                      model_path=run / "model.safetensors")
+                                      overwrite=args.overwrite, family=info["family"], workers=workers,
+                                      model_path=run / "model.safetensors", threads=threads)
     rate = f", {stats.written / stats.seconds:.2f} img/s" if stats.written and stats.seconds > 0 else ""
     print(f"pseudo-masks: {stats.written} written, {stats.skipped} already done, "
-          f"{stats.seconds:.1f}s{rate} -> {out / 'masks'}" + (f" and {out / 'crf' / 'masks'}" if cfg.pseudo.crf != "none" else ""))
+          f"{stats.seconds:.1f}s{rate} ({workers} process{'es' if workers > 1 else ''} × {threads} "
+          f"thread{'s' if threads > 1 else ''}) -> {out / 'masks'}"
+          + (f" and {out / 'crf' / 'masks'}" if cfg.pseudo.crf != "none" else ""))
     return 0
 
 
@@ -165,8 +315,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     if not (args.run or args.config):
         raise TagsegError("give the dataset with --run RUN or --config CONFIG (or merge shards with --merge)")
+    not_overrides = [o for o in args.overrides if "=" not in o]
+    if not_overrides:
+        raise TagsegError(f"{not_overrides[0]!r} is not a key=value override; prediction folders go behind "
+                          f"--pred (tagseg eval --pred DIR [DIR ...] --run RUN)")
     shard, _ = resolve_shard(args.shard)
-    cfg = _resolve_run_config(Path(args.run), args.overrides) if args.run else load_config(args.config, args.overrides)
+    overrides = [*device_overrides(args.device), *args.overrides]
+    cfg = _resolve_run_config(Path(args.run), overrides) if args.run else load_config(args.config, overrides)
+    apply_threads(args.threads)
     split = args.split or cfg.data.pseudo_split
     if args.sweep_bg:
         from tagseg.evaluation.bg_sweep import sweep_bg_cli
@@ -177,10 +333,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             thresholds = [float(x) for x in args.sweep_bg.split(",") if x.strip()]
         except ValueError:
             raise TagsegError(f"--sweep-bg expects comma-separated numbers, got {args.sweep_bg!r}") from None
-        sweep_bg_cli(Path(args.run), split, thresholds, args.overrides)
+        sweep_bg_cli(Path(args.run), split, thresholds, overrides, out=Path(args.out) if args.out else None)
         return 0
     if not args.pred:
-        raise TagsegError("give at least one folder of predicted masks (or --sweep-bg with --run)")
+        raise TagsegError("give at least one folder of predicted masks with --pred (or --sweep-bg with --run)")
     index = build_index(cfg.data, split)
     if shard[1] > 1 and len(args.pred) > 1:
         raise TagsegError("--shard scores one prediction folder at a time")
@@ -204,32 +360,42 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_configs(args: argparse.Namespace) -> int:
-    from tagseg.config import shipped_configs
+    from tagseg.config import config_to_yaml, load_config, shipped_configs
 
-    print("\n".join(shipped_configs()))
+    apply_threads(args.threads)
+    if args.name is None:
+        if args.overrides or args.device:
+            raise TagsegError("overrides and --device need a config name: tagseg configs NAME key=value ...")
+        print("\n".join(shipped_configs()))
+        return 0
+    if Path(args.name).stem.startswith("segment"):
+        from tagseg.segmentation.config import load_segment_config
+
+        cfg = load_segment_config(args.name, [*device_overrides(args.device), *args.overrides])
+    else:
+        cfg = load_config(args.name, [*device_overrides(args.device), *args.overrides])
+    print(config_to_yaml(cfg), end="")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from tagseg.demo import run_demo
 
-    run_demo(Path(args.out), args.overrides)
+    threads = [f"train.cpu_threads={args.threads}"] if args.threads else []
+    run_demo(Path(args.out), [*device_overrides(args.device), *threads, *args.overrides], threads=args.threads)
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "train": cmd_train, "pseudo": cmd_pseudo, "eval": cmd_eval, "configs": cmd_configs,
-            "report": cmd_report, "prepare": cmd_prepare, **SEGMENT_COMMANDS}
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
+    name = args.command + (f" {args.segment_command}" if args.command == "segment" else "")
     try:
-        return COMMANDS[args.command](args)
+        return args.handler(args)
     except TagsegError as exc:
-        print(f"tagseg {args.command}: error: {exc}", file=sys.stderr)
+        print(f"tagseg {name}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"tagseg {args.command}: interrupted; finished outputs are kept", file=sys.stderr)
+        print(f"tagseg {name}: interrupted; finished outputs are kept", file=sys.stderr)
         return 130
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+from tqdm import tqdm
 
 from tagseg.data.classes import IGNORE_INDEX, voc_palette
 from tagseg.errors import ConfigError
@@ -410,7 +411,7 @@ def _remove_previous(root: Path) -> None:
 
 def generate_dataset(root: str | Path, num_train: int = 320, num_val: int = 80,
                      size: int = 160, seed: int = 0, ignore_border: int = 0,
-                     overwrite: bool = False) -> Path:
+                     overwrite: bool = False, progress: bool = False) -> Path:
     """Write the synthetic dataset in the folder layout under ``root`` and return ``root``.
 
     Images ``syn_00000`` .. ``syn_{num_train-1}`` form the train split, the next
@@ -421,7 +422,7 @@ def generate_dataset(root: str | Path, num_train: int = 320, num_val: int = 80,
     parameters, or files missing) is replaced only when ``overwrite`` is true, otherwise
     ConfigError is raised; replacing deletes only the files this function writes.
     ``ignore_border`` > 0 sets every pixel within that many px of an object boundary (on
-    both sides) to 255.
+    both sides) to 255. ``progress`` shows a progress bar while images are written.
     """
     root = Path(root)
     if num_train < 1 or num_val < 0:
@@ -449,7 +450,7 @@ def generate_dataset(root: str | Path, num_train: int = 320, num_val: int = 80,
     palette = voc_palette()
     rows = ["image,labels"]
     ids = [sample_id(i) for i in range(num_train + num_val)]
-    for i, sid in enumerate(ids):
+    for i, sid in enumerate(tqdm(ids, desc="synthetic data", unit="img", disable=not progress, leave=False)):
         image, mask = render_sample(i, seed=seed, size=size)
         rows.append(f"{sid}.png,{';'.join(image_labels(mask))}")
         with atomic_path(root / "images" / f"{sid}.png") as tmp:

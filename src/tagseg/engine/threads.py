@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from tagseg.utils.runtime import default_threads
+
 
 def cpu_threads(requested: int, loader_workers: int, processes: int = 1) -> int:
     """Intra-op threads for CPU work: ``requested``, or (0) the cores left after the data-loader
@@ -11,8 +13,7 @@ def cpu_threads(requested: int, loader_workers: int, processes: int = 1) -> int:
     on each other, which costs far more than it gains."""
     if requested > 0:
         return requested
-    cores = os.cpu_count() or 1
-    return max(1, cores // max(1, processes) - loader_workers)
+    return default_threads(processes, loader_workers)
 
 
 def loader_workers(requested: int) -> int:

@@ -20,8 +20,8 @@ from tagseg.config import PseudoConfig
 from tagseg.data.records import DatasetIndex
 from tagseg.data.views import image_to_tensor
 from tagseg.errors import ConfigError, DataError, TagsegError
-from tagseg.evaluation.contour import ContourFAccumulator, j_and_f
-from tagseg.evaluation.miou import ConfusionMatrix
+from tagseg.evaluation.miou import MIOU_CONVENTION
+from tagseg.evaluation.scorer import Scorer, require_masks
 from tagseg.utils.io import read_image, read_mask, write_json
 
 BEST_LABEL = "best threshold chosen on the ground truth"
@@ -49,46 +49,35 @@ def sweep_background_thresholds(model: torch.nn.Module, index: DatasetIndex, cfg
     'j_and_f', 'iou'}], 'best': the result with the highest mIoU plus 'label', 'dataset',
     'images', 'miou_convention'}.
     """
-    from tagseg.methods.cam_objective import cam_pseudo_mask, normalised_cams_for_image
+    from tagseg.inference.cam import normalised_cams
+    from tagseg.methods.cam_objective import cam_pseudo_mask
     from tagseg.models.cam_net import CAMNet
 
     if not isinstance(model, CAMNet):
         raise TagsegError(f"the background-threshold sweep needs a CAM-family model, got {type(model).__name__}")
     values = check_thresholds(thresholds)
-    if not index.has_masks:
-        missing = [r.id for r in index.records if r.mask_path is None][:5]
-        raise DataError(f"dataset {index.name} has images without ground-truth masks (e.g. {missing})")
+    require_masks(index)
     k = index.num_classes
-    cms = [ConfusionMatrix(k) for _ in values]
-    boundaries = [ContourFAccumulator(k, class_names=list(index.class_names)) for _ in values] if contour else []
+    scorers = [Scorer(k, index.class_names, contour=contour, per_image=False) for _ in values]
     for rec in tqdm(index.require_nonempty().records, desc="bg sweep", unit="img", disable=not progress,
                     leave=False):
         image = image_to_tensor(read_image(rec.image_path)).to(device)
-        fg = normalised_cams_for_image(model, image, rec.labels, cfg).float().cpu()
+        fg = normalised_cams(model, image, rec.labels, cfg).float().cpu()
         gt = read_mask(rec.mask_path, k)
         if gt.shape != tuple(fg.shape[-2:]):
             raise DataError(f"mask {rec.mask_path} is {gt.shape[1]}×{gt.shape[0]} px but image {rec.image_path} "
                             f"is {fg.shape[-1]}×{fg.shape[-2]} px")
-        for i, thr in enumerate(values):
-            pred = cam_pseudo_mask(fg, thr).numpy().astype(np.uint8)
-            cms[i].update(pred, gt, name=rec.id)
-            if contour:
-                boundaries[i].update(pred, gt, name=rec.id)
+        for thr, scorer in zip(values, scorers):
+            scorer.update(cam_pseudo_mask(fg, thr).numpy().astype(np.uint8), gt, name=rec.id)
     results = []
-    for i, thr in enumerate(values):
-        s = cms[i].summary(index.class_names)
-        row = {"threshold": thr, "miou": s["miou"], "pixel_accuracy": s["pixel_accuracy"], "iou": s["iou"],
-               "contour_f": None, "j_and_f": None}
-        if contour:
-            row["contour_f"] = boundaries[i].result()["mean_F"]
-            if row["contour_f"] is not None:
-                row["j_and_f"] = j_and_f(row["miou"], row["contour_f"])
-        results.append(row)
+    for thr, scorer in zip(values, scorers):
+        s = scorer.summary()
+        results.append({"threshold": thr, "miou": s["miou"], "pixel_accuracy": s["pixel_accuracy"], "iou": s["iou"],
+                        "contour_f": s.get("contour_f"), "j_and_f": s.get("j_and_f")})
     best = max(results, key=lambda r: (r["miou"], -r["threshold"]))  # ties: the lower threshold
     return {"thresholds": values, "results": results, "best": {**best, "label": BEST_LABEL},
-            "dataset": index.name, "images": len(index), "miou_convention": cms[0].summary(index.class_names)[
-                "miou_convention"], "pseudo": {"image_size": cfg.image_size, "scales": list(cfg.scales),
-                                               "flip": cfg.flip}}
+            "dataset": index.name, "images": len(index), "miou_convention": MIOU_CONVENTION,
+            "pseudo": {"image_size": cfg.image_size, "scales": list(cfg.scales), "flip": cfg.flip}}
 
 
 def format_sweep_table(result: dict) -> str:
@@ -107,15 +96,35 @@ def format_sweep_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def sweep_output_path(run_dir: Path, split: str, cfg: PseudoConfig | object,
+                      thresholds: Sequence[float]) -> Path:
+    """Where a sweep goes by default: ``<run>/bg_sweep_<split>.json`` for the first one; when that
+    exists, a name that spells the settings (``bg_sweep_<split>_<size>px_s<scales>[_flip]_t<thresholds>``),
+    numbered ``-2``, ``-3``... when that exists too. An earlier sweep's file is never replaced.
+    ``cfg``: the run's ExperimentConfig (its ``pseudo`` settings name the file) or a PseudoConfig."""
+    pseudo = getattr(cfg, "pseudo", cfg)
+    first = run_dir / f"bg_sweep_{split}.json"
+    if not first.exists():
+        return first
+    scales = "-".join(f"{s:g}" for s in pseudo.scales)
+    thr = "-".join(f"{t:g}" for t in thresholds)
+    stem = f"bg_sweep_{split}_{pseudo.image_size}px_s{scales}{'_flip' if pseudo.flip else ''}_t{thr}"
+    path, n = run_dir / f"{stem}.json", 1
+    while path.exists():
+        n += 1
+        path = run_dir / f"{stem}-{n}.json"
+    return path
+
+
 def sweep_bg_cli(run_dir: Path, split: str | None, thresholds: list[float], overrides: Sequence[str] = (),
                  out: Path | None = None) -> dict:
     """Sweep the background threshold of the CAM model in ``run_dir`` on ``split`` (default:
-    data.pseudo_split of the run); print the table and write it as JSON (default
-    ``<run>/bg_sweep_<split>.json``). ``overrides``: key=value settings on top of the run's config
+    data.pseudo_split of the run); print the table and write it as JSON to ``out`` (default:
+    :func:`sweep_output_path`, which never replaces an earlier sweep). ``overrides``: key=value settings on top of the run's config
     (e.g. pseudo.scales). Returns the sweep result."""
     from tagseg.config import load_config
     from tagseg.data.build import build_index
-    from tagseg.pseudo.inference import load_trained_model
+    from tagseg.inference.loading import load_trained_model
     from tagseg.engine.distributed import DistInfo, resolve_device
 
     run_dir = Path(run_dir)
@@ -134,7 +143,7 @@ def sweep_bg_cli(run_dir: Path, split: str | None, thresholds: list[float], over
     result["split"] = split
     result["run"] = str(run_dir)
     print(format_sweep_table(result))
-    path = Path(out) if out else run_dir / f"bg_sweep_{split}.json"
+    path = Path(out) if out else sweep_output_path(run_dir, split, cfg, values)
     write_json(path, result)
     print(f"sweep -> {path}")
     return result

@@ -19,6 +19,7 @@ import numpy as np
 from tagseg.errors import DataError
 from tagseg.evaluation.contour import ContourFAccumulator
 from tagseg.evaluation.miou import ConfusionMatrix
+from tagseg.evaluation.scorer import Scorer
 
 STATE_FORMAT = "tagseg-eval-state/1"
 SHARED_KEYS = ("inference", "split")  # settings a merged result keeps when every shard has the same
@@ -185,3 +186,18 @@ def accumulators(state: dict[str, Any]) -> tuple[ConfusionMatrix, Optional[Conto
             setattr(contour, k, np.array(c[k], dtype=np.int64))
         contour.num_images = c["num_images"]
     return confusion, contour
+
+
+def scorer_state(scorer: Scorer, ids: Sequence[str], shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+    """:func:`eval_state` of a :class:`~tagseg.evaluation.scorer.Scorer` (its per-image mIoU in
+    scoring order)."""
+    return eval_state(scorer.confusion, scorer.contour, scorer.per_image, ids, shard)
+
+
+def scorer_from_state(state: dict[str, Any]) -> Scorer:
+    """A Scorer holding a (merged) state's sums and per-image mIoU, ready for ``summary()``."""
+    confusion, contour = accumulators(state)
+    scorer = Scorer(len(state["class_names"]), state["class_names"], contour=contour is not None)
+    scorer.confusion, scorer.contour = confusion, contour
+    scorer.per_image = list(state["per_image"])
+    return scorer

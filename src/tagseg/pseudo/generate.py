@@ -32,11 +32,12 @@ from tqdm import tqdm
 
 from tagseg.config import PseudoConfig
 from tagseg.data.records import DatasetIndex, ImageRecord
-from tagseg.data.views import image_to_tensor
 from tagseg.errors import ConfigError, DataError
-from tagseg.methods.families import get_family
+from tagseg.inference.pseudo import merged_probabilities
+from tagseg.inference.refine import refine_with_crf as crf_refine
 from tagseg.utils.io import (atomic_path, max_image_pixels, read_image, remove_stale_temp_files, save_mask_png,
                              set_max_image_pixels)
+from tagseg.utils.runtime import default_threads
 from tagseg.utils.safe_paths import path_inside
 
 
@@ -47,30 +48,10 @@ class PseudoStats:
     seconds: float = 0.0
 
 
-def merged_probabilities(model: nn.Module, image: np.ndarray, labels: np.ndarray, cfg: PseudoConfig,
-                         device: torch.device | str = "cpu", family: str = "patch") -> torch.Tensor:
-    """image uint8 (H, W, 3), labels (K,) -> label-restricted class probabilities (K, H, W), float32
-    on CPU, computed by the model family's own rule (patch classifier: label merge of Z), under
-    ``cfg.precision`` autocast and with channels-last weights when ``cfg.channels_last``."""
-    from tagseg.engine import precision as P
-
-    dev = torch.device(device)
-    if cfg.channels_last:
-        P.channels_last(model)
-    x = image_to_tensor(image).to(dev)
-    with P.autocast(P.resolve_precision(cfg.precision, dev, section="pseudo"), dev):
-        probs = get_family(family).merged_probs(model, x, labels, cfg)
-    return probs.float().cpu()
-
-
 def refine_with_crf(image: np.ndarray, probs: torch.Tensor, cfg: PseudoConfig,
                     device: torch.device | str = "cpu") -> torch.Tensor:
     """Dense-CRF refinement of (K, H, W) probabilities on the present classes (METHODS.md §5)."""
-    from tagseg.pseudo.crf import CRF_PRESETS, dense_crf
-
-    probs = probs / probs.sum(0, keepdim=True).clamp_min(1e-12)  # exact normalisation after upsampling
-    dev = device if cfg.crf == "torch" else None
-    return torch.as_tensor(dense_crf(image, probs, CRF_PRESETS[cfg.crf_preset], backend=cfg.crf, device=dev))
+    return crf_refine(image, probs, cfg.crf, cfg.crf_preset, device, renormalise=True)
 
 
 def shard_records(records: list[ImageRecord], shard: tuple[int, int]) -> list[ImageRecord]:
@@ -120,10 +101,12 @@ def process_record(model: nn.Module, rec: ImageRecord, out_dir: Path, cfg: Pseud
 def generate_pseudo_masks(model: nn.Module, index: DatasetIndex, out_dir: str | Path, cfg: PseudoConfig,
                           device: torch.device | str = "cpu", shard: tuple[int, int] = (0, 1),
                           overwrite: bool = False, progress: bool = True, family: str = "patch",
-                          workers: int = 1, model_path: Optional[Path] = None) -> PseudoStats:
+                          workers: int = 1, model_path: Optional[Path] = None,
+                          threads: Optional[int] = None) -> PseudoStats:
     """Write pseudo-masks for the images of ``index`` (this shard) into ``out_dir``.
 
-    workers > 1 runs that many CPU processes, each loading the model from ``model_path``. The
+    workers > 1 runs that many CPU processes, each loading the model from ``model_path`` and
+    running ``threads`` intra-op threads (default: the machine's cores divided by ``workers``). The
     caller should hold this shard's lock (:func:`tagseg.utils.runlock.run_lock`): temporary files
     left by a killed earlier run of the same images are removed first.
     """
@@ -140,7 +123,7 @@ def generate_pseudo_masks(model: nn.Module, index: DatasetIndex, out_dir: str | 
             raise ConfigError("parallel pseudo-mask generation needs the model file (model_path)")
         if torch.device(device).type != "cpu":
             raise ConfigError("--workers runs CPU processes; on a GPU split the set with --shard instead")
-        for n in _run_pool(todo, out_dir, cfg, index.palette, model_path, family, workers):
+        for n in _run_pool(todo, out_dir, cfg, index.palette, model_path, family, workers, threads):
             stats.written += n
             bar.update(n)
             bar.set_postfix(img_per_s=f"{stats.written / max(1e-9, time.time() - t0):.2f}")
@@ -182,7 +165,7 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 
 def _init_worker(model_path: str, threads: int, parent_pid: int, max_pixels: int) -> None:
-    from tagseg.pseudo.inference import load_trained_model
+    from tagseg.inference.loading import load_trained_model
 
     _exit_with_parent(parent_pid)
     torch.set_num_threads(threads)
@@ -198,9 +181,9 @@ def _work(chunk: list[ImageRecord], out_dir: Path, cfg: PseudoConfig, palette: l
 
 
 def _run_pool(todo: list[ImageRecord], out_dir: Path, cfg: PseudoConfig, palette: list[int], model_path: Path,
-              family: str, workers: int):
+              family: str, workers: int, threads: Optional[int] = None):
     """Yield the number of images finished per completed chunk."""
-    threads = max(1, (os.cpu_count() or workers) // workers)
+    threads = threads or default_threads(workers)
     chunk = max(1, min(16, len(todo) // (4 * workers)))
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,

@@ -20,7 +20,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import yaml
 from omegaconf import OmegaConf
@@ -260,12 +260,26 @@ def collect_run(run_dir: str | Path, split: Optional[str] = None) -> RunContents
     return run
 
 
-def data_section(config: Optional[dict], data_root: Optional[str] = None) -> dict:
-    """The config's ``data`` mapping restricted to DataConfig's fields (``data_root`` replaces root)."""
+def data_section(config: Optional[dict], data_root: Optional[str] = None,
+                 overrides: Sequence[str] = ()) -> dict:
+    """The config's ``data`` mapping restricted to DataConfig's fields, then ``data.key=value``
+    overrides (TagsegError for other keys), and ``data_root`` replacing root."""
     from tagseg.config import DataConfig
 
     names = {f.name for f in dataclasses.fields(DataConfig)}
     data = {k: v for k, v in ((config or {}).get("data") or {}).items() if k in names}
+    if overrides:
+        bad = [o for o in overrides if not o.startswith("data.") or "=" not in o]
+        if bad:
+            raise TagsegError(f"the report takes only data.key=value overrides (the dataset to show), got {bad[0]!r}")
+        try:
+            extra = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))["data"]
+        except OmegaConfBaseException as exc:
+            raise TagsegError(f"invalid override: {exc}") from exc
+        unknown = sorted(set(extra) - names)
+        if unknown:
+            raise TagsegError(f"unknown data key(s) {unknown}; known: {sorted(names)}")
+        data.update(extra)
     if data_root is not None:
         data["root"] = data_root
     return data
@@ -282,7 +296,7 @@ def resolve_data_root(root: str, run_dir: Path) -> Path:
     return path
 
 
-def load_dataset_index(run: RunContents, data_root: Optional[str] = None):
+def load_dataset_index(run: RunContents, data_root: Optional[str] = None, overrides: Sequence[str] = ()):
     """The DatasetIndex of the run's split (images + ground truth), never generating data.
 
     Raises TagsegError (naming what is missing) when the dataset cannot be read.
@@ -293,7 +307,7 @@ def load_dataset_index(run: RunContents, data_root: Optional[str] = None):
 
     if run.split is None:
         raise TagsegError("the run has no mask folders")
-    data = data_section(run.config, data_root)
+    data = data_section(run.config, data_root, overrides)
     if not data.get("root"):
         raise TagsegError("config.yaml has no data.root (pass --data-root)")
     data["root"] = str(resolve_data_root(str(data["root"]), run.run_dir))

@@ -20,7 +20,8 @@ import tagseg
 from tagseg.data.classes import IGNORE_INDEX, VOC_CLASSES, voc_palette
 from tagseg.errors import TagsegError
 from tagseg.evaluation.contour import j_and_f
-from tagseg.report.collect import EvalResult, RunContents, collect_run, load_dataset_index, numeric_history_keys
+from tagseg.report.collect import (EvalResult, RunContents, collect_run, data_section, load_dataset_index,
+                                    numeric_history_keys)
 from tagseg.report.figures import heatmap_svg, hex_color, line_chart_svg, text_color_on
 from tagseg.report.samples import SampleCell, SampleRow, build_sample_rows, order_ids
 from tagseg.utils.io import atomic_path
@@ -454,18 +455,19 @@ def config_html(run: RunContents) -> str:
 
 
 def render_report(run: RunContents, samples: int = 24, max_side: int = 200, data_root: Optional[str] = None,
-                  generated: Optional[str] = None) -> str:
+                  generated: Optional[str] = None, overrides: Sequence[str] = ()) -> str:
     """The full HTML page for a collected run (see :func:`tagseg.report.collect.collect_run`).
 
     samples: number of sample rows (worst first when an eval.json has per-image scores);
-    max_side: thumbnail size in px (longer side); data_root: dataset folder overriding the config's.
+    max_side: thumbnail size in px (longer side); data_root: dataset folder overriding the config's;
+    overrides: ``data.key=value`` settings over the run's data section.
     """
     if samples < 0:
         raise TagsegError(f"--samples must be >= 0, got {samples}")
     index, index_note = None, ""
     if run.split is not None:
         try:
-            index = load_dataset_index(run, data_root)
+            index = load_dataset_index(run, data_root, overrides)
         except TagsegError as exc:
             index_note = f"Images and ground truth not shown: {exc}"
             run.notes.append(index_note)
@@ -500,10 +502,12 @@ def render_report(run: RunContents, samples: int = 24, max_side: int = 200, data
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, split: Optional[str] = None,
-                 samples: int = 24, max_side: int = 200, data_root: Optional[str] = None) -> Path:
+                 samples: int = 24, max_side: int = 200, data_root: Optional[str] = None,
+                 overrides: Sequence[str] = ()) -> Path:
     """Collect ``run_dir`` and write its report (default ``run_dir/report.html``); returns the path."""
+    data_section({}, None, overrides)  # a bad override stops here, not as a note on the page
     run = collect_run(run_dir, split)
-    page = render_report(run, samples=samples, max_side=max_side, data_root=data_root)
+    page = render_report(run, samples=samples, max_side=max_side, data_root=data_root, overrides=overrides)
     path = Path(out) if out is not None else Path(run_dir) / "report.html"
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")

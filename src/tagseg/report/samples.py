@@ -1,8 +1,8 @@
 """The sample grid's data: which images to show (worst first) and their thumbnails.
 
 A row holds the photo, its ground truth and one mask per mask folder of the split, each as a
-data URI, with the per-image mIoU of every mask (computed from the files, with the same
-formula as ``tagseg.evaluation.evaluate.evaluate_folder``) and the classes present.
+data URI, with the per-image mIoU of every mask (computed from the files by the one scorer,
+:func:`tagseg.evaluation.scorer.image_miou`) and the classes present.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 
 from tagseg.data.records import DatasetIndex
 from tagseg.errors import TagsegError
-from tagseg.evaluation.miou import ConfusionMatrix, iou_from_matrix
+from tagseg.evaluation.scorer import image_miou
 from tagseg.report.collect import MaskSource, RunContents
 from tagseg.report.figures import image_thumbnail, jpeg_data_uri, mask_data_uri, mask_thumbnail
 from tagseg.utils.io import read_image, read_mask
@@ -49,13 +49,6 @@ class SampleRow:
         for cell in self.outputs:
             found.update(cell.classes)
         return sorted(found)
-
-
-def image_miou(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> Optional[float]:
-    """Per-image mIoU (fraction) over classes present in ``gt`` or ``pred``; None when no pixel counts."""
-    m = ConfusionMatrix(num_classes).update(pred, gt)
-    iou = iou_from_matrix(m)
-    return float(np.nanmean(iou)) if (~np.isnan(iou)).any() else None
 
 
 def ordering_source(sources: Sequence[MaskSource]) -> Optional[MaskSource]:

@@ -10,9 +10,8 @@ from tqdm import tqdm
 
 from tagseg.data.records import DatasetIndex
 from tagseg.errors import DataError, TagsegError
-from tagseg.evaluation.contour import ContourFAccumulator, j_and_f
-from tagseg.evaluation.miou import ConfusionMatrix, iou_from_matrix
-from tagseg.evaluation.shards import eval_state, shard_of
+from tagseg.evaluation.scorer import Scorer, require_masks
+from tagseg.evaluation.shards import scorer_state, shard_of
 from tagseg.segmentation.config import SegInferenceConfig
 from tagseg.segmentation.inference import predict_mask
 from tagseg.segmentation.models import SegmentationNet
@@ -48,14 +47,10 @@ def evaluate_segmenter(model: SegmentationNet, index: DatasetIndex, inference: S
     shard i of n; ``state`` holds the sums ``tagseg eval --merge`` adds over shards.
     """
     index.require_nonempty()
-    if not index.has_masks:
-        missing = [r.id for r in index.records if r.mask_path is None][:5]
-        raise DataError(f"dataset {index.name} has images without ground-truth masks (e.g. {missing})")
+    require_masks(index)
     records = shard_of(index.records, shard)
     k = index.num_classes
-    cm = ConfusionMatrix(k)
-    contour = ContourFAccumulator(k, class_names=index.class_names)
-    per_image = []
+    scorer = Scorer(k, index.class_names)
     for rec in tqdm(records, desc="evaluating", unit="img", disable=not progress, leave=False):
         image = read_image(rec.image_path)
         gt = read_mask(rec.mask_path, k)
@@ -65,21 +60,12 @@ def evaluate_segmenter(model: SegmentationNet, index: DatasetIndex, inference: S
         pred = predict_mask(model, image, inference, device)
         if save_dir is not None:
             save_mask_png(Path(save_dir) / f"{rec.id}.png", pred, palette or index.palette, root=save_dir)
-        m = cm.update(pred, gt, name=rec.id)
-        contour.update(pred, gt, name=rec.id)
-        iou = iou_from_matrix(m)
-        per_image.append({"id": rec.id, "miou": float(iou[iou == iou].mean()) if (iou == iou).any() else None})
-    summary = cm.summary(index.class_names)
-    contour_result = contour.result()
+        scorer.update(pred, gt, name=rec.id)
+    summary = scorer.summary()
     summary["images"] = len(records)
     summary["dataset"] = index.name
-    summary["per_image"] = sorted(per_image, key=lambda r: (r["miou"] is None, r["miou"] or 0.0))
-    summary["contour_f"] = contour_result["mean_F"]
-    summary["contour"] = contour_result
-    summary["j_and_f"] = (j_and_f(summary["miou"], contour_result["mean_F"])
-                          if contour_result["mean_F"] is not None and summary["miou"] == summary["miou"] else None)
     summary["inference"] = {"scales": list(inference.scales), "flip": inference.flip, "crf": inference.crf,
                             "crf_preset": inference.crf_preset}
-    summary["state"] = eval_state(cm, contour, per_image, [r.id for r in records], shard)
+    summary["state"] = scorer_state(scorer, [r.id for r in records], shard)
     return summary
 

@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from tagseg.data.classes import IGNORE_INDEX, VOC_CLASSES
-from tagseg.errors import DataError, TagsegError
+from tagseg.errors import ConfigError, DataError, TagsegError
 from tagseg.segmentation.config import SegInferenceConfig, validate_inference
 from tagseg.segmentation.evaluate import check_class_names
 from tagseg.segmentation.inference import load_segmenter, predict_mask
@@ -132,6 +132,24 @@ def resolve_model_path(spec: str | Path) -> Path:
     return path
 
 
+def inference_with_overrides(inference: SegInferenceConfig, overrides: Sequence[str]) -> SegInferenceConfig:
+    """``inference`` with ``inference.key=value`` overrides applied; ConfigError for other keys."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not overrides:
+        return inference
+    bad = [o for o in overrides if not o.startswith("inference.") or "=" not in o]
+    if bad:
+        raise ConfigError(f"predict takes only inference.key=value overrides (the model fixes the rest), "
+                          f"got {bad[0]!r}")
+    try:
+        extra = OmegaConf.from_dotlist([o[len("inference."):] for o in overrides])
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(inference), extra))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"invalid inference override: {exc}") from exc
+
+
 def predict_images(model: SegmentationNet, files: Sequence[Path], out_dir: Path, inference: SegInferenceConfig,
                    palette: Sequence[int], device: torch.device | str = "cpu", progress: bool = True) -> PredictReport:
     """Write a mask and an overlay for every file; unreadable images and unsafe names become failures."""
@@ -158,11 +176,12 @@ def predict_images(model: SegmentationNet, files: Sequence[Path], out_dir: Path,
 
 def run_predict(inputs: Sequence[str | Path], model_spec: str | Path, out_dir: str | Path,
                 scales: Optional[Sequence[float]] = None, flip: Optional[bool] = None, crf: Optional[str] = None,
-                classes: Optional[str] = None, device: str = "auto", progress: bool = True) -> PredictReport:
+                classes: Optional[str] = None, device: str = "auto", progress: bool = True,
+                overrides: Sequence[str] = ()) -> PredictReport:
     """Load the model, check its class set (when ``classes`` is given), predict every image.
 
-    Inference settings default to those stored in the model file; ``scales``, ``flip`` and ``crf``
-    override them. Missing inputs, folders without images and undecodable images are recorded
+    Inference settings default to those stored in the model file; ``overrides``
+    (``inference.key=value``), then ``scales``, ``flip`` and ``crf`` override them. Missing inputs, folders without images and undecodable images are recorded
     in the report (and in ``<out>/predictions.json``); the other images are still processed.
     Raises DataError when no input yields any image.
     """
@@ -174,7 +193,7 @@ def run_predict(inputs: Sequence[str | Path], model_spec: str | Path, out_dir: s
     if classes is not None:
         names, desc = read_class_list(classes)
         check_class_names(info["class_names"], names, f"model {model_path}", desc)
-    inference = cfg.inference
+    inference = inference_with_overrides(cfg.inference, overrides)
     if scales is not None:
         inference = replace(inference, scales=list(scales))
     if flip is not None:
@@ -184,9 +203,9 @@ def run_predict(inputs: Sequence[str | Path], model_spec: str | Path, out_dir: s
     validate_inference(inference)
     if inference.crf != "none":  # fail once, before any image, when the CRF module is unusable
         try:
-            import tagseg.pseudo.crf  # noqa: F401
+            import tagseg.inference.crf  # noqa: F401
         except ImportError as exc:
-            raise TagsegError(f"crf={inference.crf!r} needs tagseg.pseudo.crf, which cannot be imported: {exc}") from exc
+            raise TagsegError(f"crf={inference.crf!r} needs the dense CRF module tagseg.inference.crf, which cannot be imported: {exc}") from exc
     files, problems = collect_images(inputs)
     if not files:
         detail = "; ".join(f"{i}: {e}" for i, e in problems) or "no inputs given"

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from tagseg.data.build import build_index
-from tagseg.evaluation.miou import ConfusionMatrix
+from tagseg.evaluation.scorer import Scorer
 from tagseg.segmentation.config import SegInferenceConfig, SegmentExperimentConfig
 from tagseg.segmentation.data import choose_mask_folder, resolve_mask_paths
 from tagseg.segmentation.inference import predict_mask
@@ -48,15 +48,15 @@ class TrainMaskAgreement:
         core.eval()
         device = next(core.parameters()).device
         k = self.index.num_classes
-        cm = ConfusionMatrix(k)
+        scorer = Scorer(k, self.index.class_names, contour=False, per_image=False)
         try:
             for rec, mask in zip(self.index.records, self.masks):
                 pred = predict_mask(core, read_image(rec.image_path), SINGLE_SCALE, device)
-                cm.update(pred, read_mask(mask, k), rec.id)
+                scorer.update(pred, read_mask(mask, k), rec.id)
         finally:
             for m, mode in zip(core.modules(), modes):
                 m.training = mode
-        return float(cm.summary(self.index.class_names)["miou"])
+        return float(scorer.summary()["miou"])
 
 
 def segmentation_selection_hook(cfg: SegmentExperimentConfig) -> Optional[TrainMaskAgreement]:

@@ -11,7 +11,7 @@ from types import ModuleType
 import numpy as np
 
 from tagseg.errors import TagsegError
-from tagseg.pseudo.crf.params import CRFParams
+from tagseg.inference.crf.params import CRFParams
 
 __all__ = ["crf_pydensecrf", "pydensecrf_available"]
 

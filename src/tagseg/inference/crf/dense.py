@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from tagseg.errors import ConfigError, TagsegError
-from tagseg.pseudo.crf.params import CRFParams
-from tagseg.pseudo.crf.pydensecrf_backend import crf_pydensecrf
-from tagseg.pseudo.crf.torch_backend import crf_torch
+from tagseg.inference.crf.params import CRFParams
+from tagseg.inference.crf.pydensecrf_backend import crf_pydensecrf
+from tagseg.inference.crf.torch_backend import crf_torch
 
 __all__ = ["BACKENDS", "SUM_TOLERANCE", "dense_crf"]
 

@@ -27,8 +27,8 @@ from collections import OrderedDict
 
 import torch
 
-from tagseg.pseudo.crf.params import CRFParams
-from tagseg.pseudo.crf.permutohedral import PermutohedralLattice
+from tagseg.inference.crf.params import CRFParams
+from tagseg.inference.crf.permutohedral import PermutohedralLattice
 
 __all__ = ["clear_lattice_cache", "crf_torch", "pixel_features"]
 

@@ -1,4 +1,4 @@
-"""Loading trained models (any family) from their model files."""
+"""Rebuilding a trained tag classifier (any family) from its model file."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from tagseg.engine.checkpoint import model_classes, read_model_file
 def load_trained_model(path: str | Path, device: torch.device | str = "cpu"
                        ) -> tuple[torch.nn.Module, ExperimentConfig, dict]:
     """Rebuild a trained network of any family from ``model.safetensors`` (weights + metadata),
-    in eval mode. Returns (model, its training config, info with 'class_names' and 'palette')."""
+    in eval mode. Returns (model, its training config, info with 'class_names', 'palette' and
+    'family')."""
     from tagseg.methods.families import family_for_format
 
     weights, meta = read_model_file(Path(path))
@@ -41,7 +42,3 @@ def load_patch_classifier(path: str | Path, device: torch.device | str = "cpu"
     if not isinstance(model, PatchClassifierNet):
         raise TagsegError(f"{path} holds a {info['family']!r} model, not a patch classifier")
     return model, cfg, info
-
-
-# The patch classifier's per-image probabilities live with its family (tagseg.methods.patch_probs).
-from tagseg.methods.patch_probs import patch_merged_probabilities, patch_probs  # noqa: E402,F401

@@ -1,0 +1,77 @@
+"""The multi-scale + horizontal-flip loop shared by pseudo-masks, CAMs and segmentation.
+
+For every scale the image is resized by a *resize policy*:
+
+- ``"square"`` (patch classifier, CAM network): a square of side ``base_size·scale`` px
+  snapped to a multiple of ``snap`` (the patch size), at least ``snap``; always resampled
+  (bilinear, antialiased);
+- ``"aspect"`` (segmentation): (round(s·H), round(s·W)), resampled only when the size
+  changes (bilinear, antialiased when shrinking).
+
+With ``flip`` the mirrored copy goes through the network in the same batch as the original and
+its output is mirrored back. Every output is resized (bilinear) to ``out_size`` and the outputs
+are averaged (or, with ``average=False``, summed) over scales and flips.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+"""batch (B, 3, h, w) float in [0, 1] -> maps (B, C, h', w')."""
+
+ResizePolicy = Literal["square", "aspect"]
+
+
+def snapped_side(base: int, scale: float, snap: int = 16) -> int:
+    """Side of the square input at ``scale``: round(base·scale / snap)·snap, at least ``snap``."""
+    return max(snap, int(round(base * scale / snap)) * snap)
+
+
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """(round(s·H), round(s·W)), each at least 1."""
+    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
+def scaled_input(image: torch.Tensor, scale: float, policy: ResizePolicy, base_size: Optional[int] = None,
+                 snap: int = 16) -> torch.Tensor:
+    """image (3, H, W) float -> (1, 3, h, w): the network input at ``scale`` under ``policy``."""
+    x = image[None].float()
+    if policy == "square":
+        if base_size is None:
+            raise ValueError("resize policy 'square' needs base_size")
+        side = snapped_side(base_size, scale, snap)
+        return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+    if policy == "aspect":
+        size = scaled_size(*image.shape[-2:], scale)
+        if size == tuple(image.shape[-2:]):
+            return x
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+    raise ValueError(f"unknown resize policy {policy!r}: choose 'square' or 'aspect'")
+
+
+@torch.no_grad()
+def multiscale_maps(forward: Forward, image: torch.Tensor, scales: Sequence[float] = (1.0,), flip: bool = False,
+                    resize_policy: ResizePolicy = "aspect", out_size: Optional[tuple[int, int]] = None,
+                    base_size: Optional[int] = None, snap: int = 16, average: bool = True) -> torch.Tensor:
+    """Mean (``average=False``: sum) of ``forward``'s maps over scales and flips: image (3, H, W)
+    float in [0, 1] on the model's device -> (C, *out_size) (default out_size: H × W).
+    ``base_size``: the scale-1 side of the 'square' policy."""
+    out_size = tuple(out_size) if out_size is not None else tuple(image.shape[-2:])
+    acc = None
+    n = 0
+    for s in scales:
+        x = scaled_input(image, s, resize_policy, base_size, snap)
+        batch = torch.cat([x, x.flip(-1)]) if flip else x
+        maps = forward(batch)
+        if flip:
+            maps = torch.stack([maps[0], maps[1].flip(-1)])
+        if tuple(maps.shape[-2:]) != out_size:
+            maps = F.interpolate(maps, size=out_size, mode="bilinear", align_corners=False)
+        part = maps.sum(0)
+        acc = part if acc is None else acc + part
+        n += batch.shape[0]
+    return acc / n if average else acc
