@@ -16,7 +16,7 @@ from tagseg.inference.pseudo import merged_probabilities, merged_probs_for
 from tagseg.inference.segment import multiscale_logits, segmentation_probs
 from tagseg.methods.cam_objective import cam_probabilities, normalise_cams
 from tagseg.methods.label_merge import label_merge
-from tagseg.models.cam_net import build_cam_net
+from tagseg.methods.cam_objective import build_cam_net
 from tagseg.models.patch_classifier import build_patch_classifier
 from tagseg.segmentation.config import SegModelConfig
 from tagseg.segmentation.models import build_segmenter
