@@ -43,7 +43,7 @@ def test_prepared_tree_trains_pseudo_and_scores(dataset, tmp_path, capsys):
     n = len(list((run / "pseudo" / split / "masks").glob("*.png")))
     assert n == (5 if dataset == "voc" else 3)
     capsys.readouterr()
-    assert main(["eval", str(run / "pseudo" / split / "masks"), "--run", str(run)]) == 0
+    assert main(["eval", "--pred", str(run / "pseudo" / split / "masks"), "--run", str(run)]) == 0
     out = capsys.readouterr().out
     assert "mIoU" in out and ("toothbrush" in out if dataset == "coco" else "tvmonitor" in out)
     summary = json.loads((run / "pseudo" / split / "eval.json").read_text())

@@ -56,15 +56,15 @@ def test_shard_auto_pseudo_masks_and_merged_eval(tmp_path, clean_env, capsys):
     # unsharded scores
     for name in LAUNCH_VARS:
         monkeypatch.delenv(name, raising=False)
-    assert main(["eval", str(masks), "--run", str(run), "--out", str(tmp_path / "whole.json")]) == 0
+    assert main(["eval", "--pred", str(masks), "--run", str(run), "--out", str(tmp_path / "whole.json")]) == 0
     # per-shard scores: one from torchrun variables, one from SLURM's, one spelled out
     as_launched(monkeypatch, 0, 3)
-    assert main(["eval", str(masks), "--run", str(run), "--shard", "auto"]) == 0
+    assert main(["eval", "--pred", str(masks), "--run", str(run), "--shard", "auto"]) == 0
     as_launched(monkeypatch, 1, 3, slurm=True)
-    assert main(["eval", str(masks), "--run", str(run), "--shard", "auto"]) == 0
+    assert main(["eval", "--pred", str(masks), "--run", str(run), "--shard", "auto"]) == 0
     for name in LAUNCH_VARS:
         monkeypatch.delenv(name, raising=False)
-    assert main(["eval", str(masks), "--run", str(run), "--shard", "2/3"]) == 0
+    assert main(["eval", "--pred", str(masks), "--run", str(run), "--shard", "2/3"]) == 0
     shard_files = sorted(masks.parent.glob("eval.shard-*-of-3.json"))
     assert [p.name for p in shard_files] == [f"eval.shard-{i}-of-3.json" for i in range(3)]
     assert [json.loads(p.read_text())["images"] for p in shard_files] == [2, 2, 1]
