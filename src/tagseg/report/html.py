@@ -368,7 +368,7 @@ def confusion_html(run: RunContents) -> str:
 
 CURVE_ORDER = ("total", "loss", "mce", "pce", "et", "l2")
 CURVE_TAIL = ("lr", "lr_last", "seconds")
-NOT_CURVES = ("step", "global_step")  # counters, not measurements
+NOT_CURVES = ("step", "global_step", "pce_mce_ratio")  # counters, and a ratio of two plotted curves
 
 
 def curves_html(run: RunContents) -> str:
