@@ -20,16 +20,17 @@ from tagseg.engine.loop import seed_everything
 from tagseg.training.trainer import classifier_task
 
 # One warm-up step: the encoder is frozen and in eval mode (BatchNorm uses running statistics), the
-# head has no dropout, and PCE and L_ET are off (L_ET's mosaic tiles view-B images of the same
+# head and the LSTM inputs have no dropout, and PCE and L_ET are off (L_ET's mosaic tiles view-B images of the same
 # process's batch), so every loss term is a mean of per-image terms (or, L2, the same on every
 # process) and DDP's mean of the two processes' means equals one process's mean over the 4 images. The data
 # order does not matter: one step sees the whole set. Augmentations are seeded by (seed, epoch,
-# image), not by the process. train.batch_size is per process here: 2 per node x 2 nodes = the
-# single process's 4.
+# image), not by the process. model.bn=frozen keeps BatchNorm on its running statistics (adapt
+# would normalise each process's half batch by its own statistics). train.batch_size is the global
+# batch: 4 on one process, and 4 = 2 per node x 2 nodes under torchrun.
 TINY = [
     "data.dataset=voc", "data.train_split=train", "data.pseudo_split=train", "data.image_size=64",
     "data.num_workers=0", "model.encoder=test_resnet", "model.pretrained=false", "model.lstm_hidden=8",
-    "model.dropout=0", "method.et_crop_size=32", "method.pce_weight=0", "method.et_weight=0", "train.epochs=1",
+    "model.dropout=0", "model.lstm_input_dropout=0", "model.bn=frozen", "method.et_crop_size=32", "method.pce_weight=0", "method.et_weight=0", "train.epochs=1",
     "train.warmup_epochs=1", "train.cpu_threads=1", "pseudo.image_size=64", "seed=7",
 ]
 IMAGES = 4
@@ -58,7 +59,7 @@ def test_two_nodes_over_c10d_equal_one_process_with_the_same_global_batch(tmp_pa
     nodes = [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
          "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "tagseg-test",
-         "--local-addr", "127.0.0.1", *train_cmd(tmp_path / "voc", tmp_path / "ddp", IMAGES // 2)],
+         "--local-addr", "127.0.0.1", *train_cmd(tmp_path / "voc", tmp_path / "ddp", IMAGES)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for _ in range(2)]
     logs = []
     for node in nodes:
