@@ -37,7 +37,7 @@ from tagseg.engine.loop import seed_everything  # noqa: E402
 from tagseg.evaluation.contour import ContourFAccumulator  # noqa: E402
 from tagseg.evaluation.miou import ConfusionMatrix  # noqa: E402
 from tagseg.methods.families import get_family  # noqa: E402
-from tagseg.methods.patch_probs import patch_merged_probabilities  # noqa: E402
+from tagseg.inference.patch import patch_merged_probabilities  # noqa: E402
 from tagseg.training.trainer import classifier_task  # noqa: E402
 from tagseg.utils.io import read_image  # noqa: E402
 

@@ -41,7 +41,8 @@ from tagseg.config import PseudoConfig, load_config
 from tagseg.data.build import build_index
 from tagseg.data.views import image_to_tensor
 from tagseg.evaluation.miou import ConfusionMatrix
-from tagseg.methods.cam_objective import cam_pseudo_mask, cam_probabilities, normalised_cams_for_image
+from tagseg.inference.cam import normalised_cams
+from tagseg.methods.cam_objective import cam_pseudo_mask, cam_probabilities
 from tagseg.methods.families import get_family
 from tagseg.inference.crf.dense import dense_crf
 from tagseg.inference.crf.params import get_preset
@@ -119,7 +120,7 @@ def score(model_path: Path, split: str, args: argparse.Namespace, infer_size: in
         x = image_to_tensor(image)
         gt = read_mask(rec.mask_path, k)
         if is_cam:
-            fg = normalised_cams_for_image(model, x, rec.labels, pcfg)
+            fg = normalised_cams(model, x, rec.labels, pcfg)
             for t, cm in cms.items():
                 cm.update(cam_pseudo_mask(fg, t).numpy().astype(np.uint8), gt, rec.id)
             probs = cam_probabilities(fg, taus[0]) if crf else None

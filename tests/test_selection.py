@@ -12,7 +12,8 @@ from safetensors import safe_open
 from fixtures import make_voc
 from tagseg.config import load_config
 from tagseg.errors import ConfigError
-from tagseg.training.selection import confusion, mean_iou, scheduled
+from tagseg.evaluation.scorer import Scorer, matrix_miou
+from tagseg.training.selection import scheduled
 from tagseg.training.trainer import Trainer
 
 TINY = ["data.dataset=voc", "data.train_split=train", "data.pseudo_split=train", "data.val_split=val",
@@ -27,14 +28,16 @@ def _voc(root):
     shutil.copy(lists / "train.txt", lists / "val.txt")
 
 
-def test_confusion_and_mean_iou_by_hand():
-    gt = np.array([[0, 0, 1], [1, 255, 2]])
-    pred = np.array([[0, 1, 1], [1, 2, 0]])
-    m = confusion(pred, gt, 3)
+def test_the_selection_score_by_hand():
+    gt = np.array([[0, 0, 1], [1, 255, 2]], dtype=np.uint8)
+    pred = np.array([[0, 1, 1], [1, 2, 0]], dtype=np.uint8)
+    scorer = Scorer(3, contour=False, per_image=False)  # what the val pseudo-mask score uses
+    scorer.update(pred, gt)
+    m = scorer.confusion.matrix[:, :3]
     # gt 0: pred 0, 1; gt 1: pred 1, 1; gt 2: pred 0; the 255 pixel is left out
     assert m.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
     # IoU: class 0 = 1/(2+2-1) = 1/3, class 1 = 2/(2+3-2) = 2/3, class 2 = 0/(1+0-0) = 0
-    assert mean_iou(m) == pytest.approx((1 / 3 + 2 / 3 + 0) / 3)
+    assert matrix_miou(scorer.confusion.matrix) == pytest.approx((1 / 3 + 2 / 3 + 0) / 3)
     assert [scheduled(e, 2, 5) for e in range(5)] == [False, True, False, True, True]
 
 

@@ -23,7 +23,6 @@ CRF, and the pseudo-mask is their argmax (ties go to the lower class index, i.e.
 
 from __future__ import annotations
 
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -34,7 +33,7 @@ from tagseg.addons.rca import batch_image_ids, rca_terms  # noqa: F401  (re-expo
 from tagseg.addons.registry import (
     BuildContext, LossContext, addon_loss_terms, attach_addons, enabled_addons, extra_views,
 )
-from tagseg.config import ExperimentConfig, PseudoConfig
+from tagseg.config import ExperimentConfig
 from tagseg.errors import ConfigError
 from tagseg.methods.family import Family
 from tagseg.models.cam_net import CAMNet
@@ -112,31 +111,6 @@ def validate_cam_family(cfg: ExperimentConfig) -> None:
 # ----------------------------------------------------------------------------- pseudo-masks
 
 
-def _side(base: int, scale: float) -> int:
-    return max(16, int(round(base * scale / 16)) * 16)
-
-
-@torch.no_grad()
-def cam_maps(core: CAMNet, image: Tensor, size: int, scales: Sequence[float] = (1.0,), flip: bool = False
-             ) -> Tensor:
-    """ReLU CAMs (K−1, H, W) of ``image`` (3, H, W) in [0, 1]: for each scale the image resized to a
-    square of ``size·scale`` px (multiple of 16), with ``flip`` also mirrored; every map is
-    upsampled (bilinear) to H×W and the maps are summed."""
-    h, w = image.shape[-2:]
-    acc = None
-    for s in scales:
-        side = _side(size, s)
-        x = F.interpolate(image[None].float(), size=(side, side), mode="bilinear", align_corners=False,
-                          antialias=True)
-        batch = torch.cat([x, x.flip(-1)]) if flip else x
-        maps = F.relu(core.inference_maps(batch).float())
-        if flip:
-            maps = torch.stack([maps[0], maps[1].flip(-1)])
-        maps = F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False).sum(0)
-        acc = maps if acc is None else acc + maps
-    return acc
-
-
 def normalise_cams(maps: Tensor, labels: np.ndarray | Tensor) -> Tensor:
     """maps (K−1, H, W) >= 0, labels (K,) -> each present class divided by its maximum (guarded by
     1e-5), absent classes 0: (K−1, H, W) in [0, 1]."""
@@ -163,16 +137,4 @@ def cam_pseudo_mask(fg: Tensor, bg_threshold: float) -> Tensor:
     return torch.where(best > bg_threshold, cls + 1, torch.zeros_like(cls))
 
 
-@torch.no_grad()
-def normalised_cams_for_image(core: CAMNet, image: Tensor, labels: np.ndarray, cfg: PseudoConfig) -> Tensor:
-    """(K−1, H, W) normalised CAMs of one image at ``cfg.image_size`` / ``scales`` / ``flip``."""
-    return normalise_cams(cam_maps(core, image, cfg.image_size, cfg.scales, cfg.flip), labels)
-
-
-@torch.no_grad()
-def cam_merged_probs(core: CAMNet, image: Tensor, labels: np.ndarray, cfg: PseudoConfig) -> Tensor:
-    """Family hook: (K, H, W) class probabilities of one image (see the module docstring)."""
-    return cam_probabilities(normalised_cams_for_image(core, image, labels, cfg), cfg.bg_threshold)
-
-
-CAM_FAMILY = Family("cam", "tagseg.cam/1", build_cam_net, cam_family_loss, cam_merged_probs, validate_cam_family)
+CAM_FAMILY = Family("cam", "tagseg.cam/1", build_cam_net, cam_family_loss, validate_cam_family)

@@ -4,9 +4,10 @@
 - ``loss(model, core, batch, cfg, epoch) -> (total, parts)``: ``model`` is what to differentiate
   through (``core`` or its DDP wrapper); ``batch`` holds the items of
   :class:`tagseg.data.views.TrainingViews`;
-- ``merged_probs(core, image, labels, pseudo_cfg) -> (K, H, W)``: class probabilities for one
-  image (float (3, H, W) in [0, 1]) restricted to its labels, from which pseudo-masks are the argmax;
 - ``validate(cfg)``: family-specific checks at load time (ConfigError naming the key).
+
+How a family's network becomes pseudo-masks is the inference layer's job
+(:mod:`tagseg.inference.pseudo`, keyed by the family name).
 
 A family's network has an ``encoder`` with ``block_groups()`` / ``final_norm()`` (for the
 warm-up/unfreeze schedule) and ``head_parameters()``; it may define ``on_epoch_start(epoch)`` and
@@ -19,11 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
-from tagseg.config import ExperimentConfig, PseudoConfig
+from tagseg.config import ExperimentConfig
 
 
 @dataclass(frozen=True)
@@ -32,5 +32,4 @@ class Family:
     format: str
     build: Callable[[ExperimentConfig, int], nn.Module]
     loss: Callable[[nn.Module, nn.Module, dict, ExperimentConfig, int], tuple[torch.Tensor, dict]]
-    merged_probs: Callable[[nn.Module, torch.Tensor, np.ndarray, PseudoConfig], torch.Tensor]
     validate: Callable[[ExperimentConfig], None] = lambda cfg: None

@@ -31,7 +31,6 @@ from tagseg.methods.equivariance import build_mosaic, equivariance_loss, equivar
 from tagseg.methods.losses import l2_penalty, multilabel_ce
 from tagseg.methods.pce import patch_contrastive_error
 from tagseg.methods.pooling import pool_patch_scores
-from tagseg.methods.patch_probs import patch_merged_probabilities
 from tagseg.models.patch_classifier import PatchClassifierNet, build_patch_classifier
 
 PATCH = 16
@@ -128,4 +127,4 @@ def validate_patch_family(cfg: ExperimentConfig) -> None:
 
 
 PATCH_FAMILY = Family("patch", "tagseg.patch_classifier/1", build_patch_family, patch_classifier_loss,
-                      patch_merged_probabilities, validate_patch_family)
+                      validate_patch_family)

@@ -3,10 +3,10 @@ pseudo-mask mIoU on a fixed sample of ``data.val_split`` images, never on the im
 pseudo-masks are scored (``data.pseudo_split``).
 
 The sample is the first ``train.select_images`` ids of the val list (the list order, so every
-epoch and every run sees the same images). Pseudo-masks come from the family's ``merged_probs``
-with the run's ``pseudo`` settings, exactly as ``tagseg pseudo`` makes them; mIoU: one confusion
-matrix over pixels whose ground truth is not 255, mean over the classes present in the ground
-truth or the prediction (METHODS.md §6).
+epoch and every run sees the same images). Pseudo-masks come from the inference layer's rule for
+the family with the run's ``pseudo`` settings, exactly as ``tagseg pseudo`` makes them; mIoU: one
+confusion matrix over pixels whose ground truth is not 255, mean over the classes present in the
+ground truth or the prediction (METHODS.md §6, the scorer's convention).
 """
 
 from __future__ import annotations
@@ -23,23 +23,9 @@ from tagseg.data.build import build_index
 from tagseg.data.records import DatasetIndex
 from tagseg.data.views import image_to_tensor
 from tagseg.errors import DataError
-from tagseg.methods.families import get_family
+from tagseg.evaluation.scorer import Scorer, matrix_miou
+from tagseg.inference.pseudo import merged_probs_for
 from tagseg.utils.io import read_image, read_mask
-
-
-def confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
-    """(K, K) pixel counts, rows = ground truth, over pixels whose ground truth is not 255."""
-    valid = gt != 255
-    return np.bincount(gt[valid].astype(np.int64) * num_classes + pred[valid].astype(np.int64),
-                       minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def mean_iou(matrix: np.ndarray) -> float:
-    """Mean IoU over the classes present in the ground truth or the prediction (0 when none)."""
-    tp = np.diag(matrix).astype(np.float64)
-    union = matrix.sum(0) + matrix.sum(1) - tp
-    present = union > 0
-    return float((tp[present] / union[present]).mean()) if present.any() else 0.0
 
 
 def scheduled(epoch: int, every: int, epochs: int) -> bool:
@@ -66,22 +52,21 @@ class ValPseudoMaskMIoU:
     def __call__(self, core: nn.Module, epoch: int) -> Optional[float]:
         if not scheduled(epoch, self.every, self.epochs):
             return None
-        family = get_family(self.cfg.model.family)
+        rule = merged_probs_for(self.cfg.model.family)
         modes = [m.training for m in core.modules()]
         core.eval()
         device = next(core.parameters()).device
         k = self.index.num_classes
-        matrix = np.zeros((k, k), dtype=np.int64)
+        scorer = Scorer(k, contour=False, per_image=False)
         try:
             for rec in self.index.records:
                 x = image_to_tensor(read_image(rec.image_path)).to(device)
-                probs = family.merged_probs(core, x, rec.labels, self.cfg.pseudo)
-                pred = probs.argmax(0).cpu().numpy()
-                matrix += confusion(pred, read_mask(rec.mask_path, k), k)
+                probs = rule(core, x, rec.labels, self.cfg.pseudo)
+                scorer.update(probs.argmax(0).cpu().numpy().astype(np.uint8), read_mask(rec.mask_path, k), rec.id)
         finally:
             for m, mode in zip(core.modules(), modes):
                 m.training = mode
-        return mean_iou(matrix)
+        return matrix_miou(scorer.confusion.matrix) or 0.0
 
 
 def selection_hook(cfg: ExperimentConfig) -> Optional[ValPseudoMaskMIoU]:
