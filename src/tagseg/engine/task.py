@@ -55,3 +55,12 @@ class Task:
     total_name: str = "total"  # name of the total loss in logs and history
     persistent_workers: bool = True  # keep data-loader workers over epochs (when num_workers > 0)
     select_epoch: Optional[SelectFn] = None
+
+
+LOOP_OPTIONS = ("amp", "precision", "compile", "channels_last", "grad_clip", "log_every", "keep_checkpoints")
+
+
+def loop_options(train_cfg: Any) -> dict[str, Any]:
+    """The engine settings a ``train`` config section shares with :class:`Task` (precision, compile,
+    channels-last, clipping, logging, checkpoints kept), as keyword arguments."""
+    return {name: getattr(train_cfg, name) for name in LOOP_OPTIONS}

@@ -22,7 +22,7 @@ from tagseg.data.classes import IGNORE_INDEX
 from tagseg.engine import loop
 from tagseg.engine.distributed import DistInfo, per_process_batch
 from tagseg.engine.schedule import PolySchedule, poly_lr, set_lr  # noqa: F401  (poly_lr, set_lr: re-exported)
-from tagseg.engine.task import SelectFn, Task
+from tagseg.engine.task import SelectFn, Task, loop_options
 from tagseg.segmentation.config import SegmentExperimentConfig, SegTrainConfig
 from tagseg.segmentation.data import SegmentationTrainSet, choose_mask_folder, resolve_mask_paths
 from tagseg.segmentation.inference import model_metadata
@@ -96,10 +96,8 @@ def segmentation_task(cfg: SegmentExperimentConfig, select_epoch: Optional[Selec
                                       "training_masks": folder, "training_masks_kind": kind},
                     config=to_dict(cfg), config_yaml=config_to_yaml(cfg), epochs=tcfg.epochs,
                     batch_size=batch, num_workers=cfg.data.num_workers, seed=cfg.seed,
-                    resume_may_change=RESUME_MAY_CHANGE, amp=tcfg.amp, precision=tcfg.precision, compile=tcfg.compile,
-                    channels_last=tcfg.channels_last, grad_clip=tcfg.grad_clip,
-                    log_every=tcfg.log_every, keep_checkpoints=tcfg.keep_checkpoints, total_name="loss",
-                    select_epoch=select_epoch)
+                    resume_may_change=RESUME_MAY_CHANGE, total_name="loss", select_epoch=select_epoch,
+                    **loop_options(tcfg))
 
     return build
 

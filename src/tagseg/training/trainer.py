@@ -21,7 +21,7 @@ from tagseg.engine.distributed import DistInfo, per_process_batch
 from tagseg.engine.loop import seed_everything  # noqa: F401  (kept importable from here)
 from tagseg.engine.resume import check_resumable, truncate_history  # noqa: F401  (kept importable from here)
 from tagseg.engine.schedule import PhaseSchedule
-from tagseg.engine.task import SelectFn, Task
+from tagseg.engine.task import SelectFn, Task, loop_options
 from tagseg.engine.threads import cpu_threads  # noqa: F401  (kept importable from here)
 from tagseg.engine.threads import loader_workers
 from tagseg.experiment import validate_experiment
@@ -59,10 +59,8 @@ def classifier_task(cfg: ExperimentConfig, select_epoch: Optional[SelectFn] = No
                     optimizer=optimizer, schedule=PhaseSchedule(core, t, cfg.model.bn),
                     metadata=lambda: model_metadata(cfg, index.class_names, index.palette),
                     config=to_dict(cfg), config_yaml=config_to_yaml(cfg), epochs=t.epochs,
-                    batch_size=per_process_batch(t.batch_size, info.world_size), num_workers=cfg.data.num_workers, seed=cfg.seed,
-                    resume_may_change=RESUME_MAY_CHANGE, amp=t.amp, precision=t.precision, compile=t.compile,
-                    channels_last=t.channels_last, grad_clip=t.grad_clip, log_every=t.log_every,
-                    keep_checkpoints=t.keep_checkpoints, select_epoch=select_epoch)
+                    batch_size=per_process_batch(t.batch_size, info.world_size), num_workers=cfg.data.num_workers,
+                    seed=cfg.seed, resume_may_change=RESUME_MAY_CHANGE, select_epoch=select_epoch, **loop_options(t))
 
     return build
 
