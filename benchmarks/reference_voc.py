@@ -42,8 +42,8 @@ from tagseg.data.build import build_index
 from tagseg.data.views import image_to_tensor
 from tagseg.evaluation.miou import ConfusionMatrix
 from tagseg.inference.cam import normalised_cams
+from tagseg.inference.pseudo import merged_probs_for
 from tagseg.methods.cam_objective import cam_pseudo_mask, cam_probabilities
-from tagseg.methods.families import get_family
 from tagseg.inference.crf.dense import dense_crf
 from tagseg.inference.crf.params import get_preset
 from tagseg.inference.loading import load_trained_model
@@ -104,7 +104,7 @@ def score(model_path: Path, split: str, args: argparse.Namespace, infer_size: in
     threshold (``bg`` fixes it); with ``crf`` also the CRF-refined masks of the first
     ``--crf-images`` ids."""
     model, cfg, info = load_trained_model(model_path)
-    fam = get_family(info["family"])
+    rule = merged_probs_for(info["family"])
     cfg.data.max_images = args.max_images
     index = build_index(cfg.data, split)
     k = index.num_classes
@@ -125,7 +125,7 @@ def score(model_path: Path, split: str, args: argparse.Namespace, infer_size: in
                 cm.update(cam_pseudo_mask(fg, t).numpy().astype(np.uint8), gt, rec.id)
             probs = cam_probabilities(fg, taus[0]) if crf else None
         else:
-            probs = fam.merged_probs(model, x, rec.labels, pcfg)
+            probs = rule(model, x, rec.labels, pcfg)
             cms["plain"].update(probs.argmax(0).numpy().astype(np.uint8), gt, rec.id)
         if crf and (args.crf_images == 0 or i < args.crf_images):
             refined = dense_crf(image, probs.numpy(), preset, backend="pydensecrf")
