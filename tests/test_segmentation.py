@@ -29,7 +29,8 @@ from tagseg.inference.segment import multiscale_logits
 from tagseg.segmentation.inference import load_segmenter, model_metadata, predict_probs
 from tagseg.segmentation.models import DeepLabV2Head, DeepLabV3PlusHead, build_segmenter
 from tagseg.segmentation.predict import colour_overlay, run_predict
-from tagseg.segmentation.trainer import SegmentationTrainer, build_optimizer, poly_lr, segmentation_loss, set_lr
+from tagseg.engine.schedule import poly_lr, set_lr
+from tagseg.segmentation.trainer import SegmentationTrainer, build_optimizer, segmentation_loss
 from tagseg.engine.checkpoint import list_checkpoints, save_final_model
 
 TINY = ["data.dataset=voc", "data.train_split=train", "data.val_split=val", "data.num_workers=0",

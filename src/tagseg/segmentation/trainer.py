@@ -21,7 +21,7 @@ from tagseg.data.build import build_index
 from tagseg.data.classes import IGNORE_INDEX
 from tagseg.engine import loop
 from tagseg.engine.distributed import DistInfo, per_process_batch
-from tagseg.engine.schedule import PolySchedule, poly_lr, set_lr  # noqa: F401  (poly_lr, set_lr: re-exported)
+from tagseg.engine.schedule import PolySchedule
 from tagseg.engine.task import SelectFn, Task, loop_options
 from tagseg.segmentation.config import SegmentExperimentConfig, SegTrainConfig
 from tagseg.segmentation.data import SegmentationTrainSet, choose_mask_folder, resolve_mask_paths
