@@ -55,6 +55,11 @@ class ModelConfig:
     # CNN encoders only: 'dilated' runs the whole network with its last stages dilated so the
     # deepest (most semantic) map has stride 16; 'cut' stops at the stride-16 stage (cheaper).
     cnn_grid: str = "dilated"
+    # dilated CNN encoders only: 'last_block' = the output of the last block; 'head' = timm's
+    # forward_features (EfficientNet: + 1×1 conv_head, BatchNorm, activation; a ResNet: the same map).
+    # EfficientNet's last block ends in a linear BatchNorm, whose batch mean is pinned to its bias
+    # under model.bn=adapt|train, so a bias-free CAM head cannot learn the class priors without 'head'.
+    cnn_features: str = "last_block"
     encoder: str = "vit_base_patch16_384"
     weights: Optional[str] = None  # local .pth/.safetensors/.npz, or 'lite' (tagseg[lite])
     pretrained: bool = False  # timm hub weights (needs internet); weights='lite' or a file implies false
@@ -371,6 +376,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"model.{key}={getattr(cfg.model, key)}: must be in [0, 1)")
     if cfg.model.bn not in ("frozen", "adapt", "train"):
         raise ConfigError(f"model.bn={cfg.model.bn!r}: choose frozen, adapt or train")
+    if cfg.model.cnn_features not in ("last_block", "head"):
+        raise ConfigError(f"model.cnn_features={cfg.model.cnn_features!r}: choose last_block or head")
     if cfg.model.cnn_grid not in ("dilated", "cut"):
         raise ConfigError(f"model.cnn_grid={cfg.model.cnn_grid!r}: choose dilated or cut")
     m, d, t = cfg.method, cfg.data, cfg.train

@@ -79,7 +79,7 @@ def build_cam_net(cfg: ExperimentConfig, num_classes: int) -> CAMNet:
     enabled add-ons; ``cam.inference_cam=auto`` uses RCA's aggregated maps when RCA attached them."""
     m = cfg.model
     encoder = PatchEncoder(m.encoder, weights=m.weights, pretrained=m.pretrained, image_size=cfg.data.image_size,
-                           output_stride=cfg.cam.output_stride)
+                           output_stride=cfg.cam.output_stride, cnn_features=m.cnn_features)
     net = CAMNet(encoder, num_classes)
     attach_addons(cfg, "cam", net, BuildContext(num_classes=num_classes, feature_dim=encoder.out_channels,
                                                 last_epoch=cfg.train.epochs - 1, seed=cfg.seed))

@@ -9,6 +9,11 @@ feature map at reduction 16; later stages are removed.
 With ``output_stride`` given (16 or 8), a CNN is instead built with timm's ``output_stride``
 argument: its last stages are dilated and the grid is the deepest feature map, at that stride.
 At 16, a CNN without that argument, or a ViT, falls back to the plain grid above; 8 needs it.
+With ``cnn_features='head'`` that dilated CNN also keeps its feature head, the layers timm runs
+after the last block (``forward_features``: EfficientNet's 1×1 ``conv_head`` + BatchNorm +
+activation; nothing for a ResNet). EfficientNet's last block ends in a linear BatchNorm, so
+without the head the batch mean of every output channel is pinned to that BatchNorm's bias
+whenever its statistics are in train mode.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from torch import nn
 from tagseg.errors import ConfigError
 
 PATCH_STRIDE = 16
+CNN_FEATURES = ("last_block", "head")
 
 
 def _create_dilated(name: str, weights: str | None, pretrained: bool, output_stride: int) -> nn.Module | None:
@@ -57,10 +63,13 @@ class PatchEncoder(nn.Module):
     """
 
     def __init__(self, name: str, weights: str | None = None, pretrained: bool = False,
-                 image_size: int = 384, output_stride: int | None = None, vit_dropout: float = 0.0) -> None:
+                 image_size: int = 384, output_stride: int | None = None, vit_dropout: float = 0.0,
+                 cnn_features: str = "last_block") -> None:
         super().__init__()
         if output_stride not in (None, 8, PATCH_STRIDE):
             raise ConfigError(f"output stride {output_stride}: choose 16 or 8")
+        if cnn_features not in CNN_FEATURES:
+            raise ConfigError(f"cnn_features={cnn_features!r}: choose one of {CNN_FEATURES}")
         self.name = name
         self.output_stride = output_stride or PATCH_STRIDE
         dilated = _create_dilated(name, weights, pretrained, output_stride) if output_stride else None
@@ -73,9 +82,14 @@ class PatchEncoder(nn.Module):
                 raise ConfigError(f"encoder {name}: deepest feature map has stride "
                                   f"{info[self.feature_index]['reduction']}, not {output_stride}")
             self.out_channels = info[self.feature_index]["num_chs"]
-            self.backbone.prune_intermediate_layers([self.feature_index], prune_norm=True, prune_head=True)
+            self.with_head = cnn_features == "head"
+            if self.with_head:  # built with num_classes=0: no classifier; timm's pruning would drop the head
+                self.out_channels = self.backbone.num_features
+            else:
+                self.backbone.prune_intermediate_layers([self.feature_index], prune_norm=True, prune_head=True)
             self.is_vit = False
         else:
+            self.with_head = False
             self.backbone = _create_backbone(name, weights, pretrained, image_size, vit_dropout)
             self.is_vit = hasattr(self.backbone, "patch_embed") and hasattr(self.backbone, "blocks")
             self._select_grid(name)
@@ -116,6 +130,8 @@ class PatchEncoder(nn.Module):
         if images.shape[-1] % PATCH_STRIDE or images.shape[-2] % PATCH_STRIDE:
             raise ValueError(f"input size {tuple(images.shape[-2:])} is not a multiple of 16")
         x = (images - self.mean) / self.std
+        if self.with_head:
+            return self.backbone.forward_features(x)
         kwargs = {"norm": True} if self.is_vit else {}
         return self.backbone.forward_intermediates(x, indices=[self.feature_index],
                                                    intermediates_only=True, **kwargs)[0]
@@ -133,6 +149,10 @@ class PatchEncoder(nn.Module):
         return [b]
 
     def final_norm(self) -> list[nn.Module]:
-        """Modules after the last block that shape the output (ViT final norm)."""
+        """Modules after the last block that shape the output (ViT final norm; a CNN's feature head
+        with ``cnn_features='head'``)."""
+        if self.with_head:
+            return [m for m in (getattr(self.backbone, "conv_head", None), getattr(self.backbone, "bn2", None))
+                    if isinstance(m, nn.Module) and not isinstance(m, nn.Identity)]
         norm = getattr(self.backbone, "norm", None) if self.is_vit else None
         return [norm] if isinstance(norm, nn.Module) else []

@@ -84,7 +84,8 @@ class PatchClassifierNet(nn.Module):
 def build_patch_encoder(cfg: ModelConfig, image_size: int) -> PatchEncoder:
     """The patch encoder of the model config (every patch-family network builds it here)."""
     return PatchEncoder(cfg.encoder, weights=cfg.weights, pretrained=cfg.pretrained, image_size=image_size,
-                        output_stride=16 if cfg.cnn_grid == "dilated" else None, vit_dropout=cfg.vit_dropout)
+                        output_stride=16 if cfg.cnn_grid == "dilated" else None, vit_dropout=cfg.vit_dropout,
+                        cnn_features=cfg.cnn_features)
 
 
 def build_patch_classifier(cfg: ModelConfig, num_classes: int, image_size: int) -> PatchClassifierNet:
