@@ -65,20 +65,22 @@ BG_THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.6
 
 
 def common(args: argparse.Namespace) -> list[str]:
-    return [f"data.root={args.voc}", "data.dataset=voc", "data.train_split=train_aug", "data.pseudo_split=train_aug",
-            f"data.num_workers={args.workers}", f"train.cpu_threads={args.threads}", "model.weights=lite",
-            f"model.encoder={args.encoder}", f"train.batch_size={args.batch}", "device=cpu"]
+    return [*(["train.select=best", f"train.select_images={args.select_images}"] if args.select_images else []),
+            f"data.root={args.voc}", "data.dataset=voc", "data.train_split=train_aug", "data.pseudo_split=train_aug",
+            f"data.num_workers={args.workers}", f"data.max_images={args.max_images}", f"train.cpu_threads={args.threads}", "model.weights=lite",
+            f"model.encoder={args.encoder}", f"model.cnn_features={args.cnn_features}", f"train.batch_size={args.batch}", "device=cpu"]
 
 
 def run_config(name: str, args: argparse.Namespace, bn: str, seed: int):
     if name == "cam":
         over = [*common(args), f"data.image_size={args.cam_size}", f"train.epochs={args.cam_epochs}",
                 "train.warmup_epochs=1", f"train.unfreeze_blocks={args.cam_unfreeze}", f"pseudo.image_size={args.cam_size}",
-                "pseudo.scales=[1.0]", "pseudo.flip=false"]
+                "pseudo.scales=[1.0]", "pseudo.flip=false", f"cam.output_stride={args.output_stride}"]
         base = "cam_voc"
     else:
         over = [*common(args), f"data.image_size={args.size}", f"train.epochs={args.epochs}",
-                f"train.warmup_epochs={args.epochs}", f"method.et_crop_size={args.size // 3 // 16 * 16}",
+                f"train.warmup_epochs={args.warmup if args.warmup is not None else args.epochs}",
+                f"train.unfreeze_blocks={args.unfreeze}", f"method.et_crop_size={args.size // 3 // 16 * 16}",
                 "model.cnn_grid=dilated", *PATCH_VARIANTS[name]]
         base = "tkpcl_voc"
     return load_config(base, [*over, f"model.bn={bn}", f"seed={seed}", f"name=reference-{name}"])
@@ -98,17 +100,17 @@ def train(name: str, args: argparse.Namespace, bn: str, seed: int) -> tuple[Path
 
 
 @torch.no_grad()
-def score(model_path: Path, split: str, args: argparse.Namespace, infer_size: int, *,
+def score(model_path: Path, split: str, args: argparse.Namespace, infer: str, *,
           thresholds=BG_THRESHOLDS, bg: float | None = None, crf: bool = False) -> dict:
-    """mIoU of one model's pseudo-masks on ``split``. CAM: one confusion matrix per background
-    threshold (``bg`` fixes it); with ``crf`` also the CRF-refined masks of the first
-    ``--crf-images`` ids."""
+    """mIoU of one model's pseudo-masks on ``split`` under the inference setting ``infer``
+    (see ``inference_setting``). CAM: one confusion matrix per background threshold (``bg`` fixes
+    it); with ``crf`` also the CRF-refined masks of the first ``--crf-images`` ids."""
     model, cfg, info = load_trained_model(model_path)
     rule = merged_probs_for(info["family"])
     cfg.data.max_images = args.max_images
     index = build_index(cfg.data, split)
     k = index.num_classes
-    pcfg = PseudoConfig(image_size=infer_size, scales=[1.0], flip=False)
+    pcfg = inference_setting(infer, args)
     is_cam = info["family"] == "cam"
     taus = [bg] if bg is not None else list(thresholds)
     cms = {t: ConfusionMatrix(k) for t in taus} if is_cam else {"plain": ConfusionMatrix(k)}
@@ -131,13 +133,21 @@ def score(model_path: Path, split: str, args: argparse.Namespace, infer_size: in
             refined = dense_crf(image, probs.numpy(), preset, backend="pydensecrf")
             crf_cm.update(refined.argmax(0).astype(np.uint8), gt, rec.id)
             crf_plain_cm.update(probs.argmax(0).numpy().astype(np.uint8), gt, rec.id)
-    out = {"split": split, "images": len(index), "infer_size": infer_size, "seconds": round(time.time() - t0, 1)}
+    out = {"split": split, "images": len(index), "infer": infer, "seconds": round(time.time() - t0, 1)}
     out["miou"] = {str(t): cm.summary(index.class_names)["miou"] for t, cm in cms.items()}
     if crf:
         n = len(index) if args.crf_images == 0 else min(args.crf_images, len(index))
         out["crf"] = {"images": n, "miou": crf_cm.summary(index.class_names)["miou"],
                       "plain_same_images": crf_plain_cm.summary(index.class_names)["miou"]}
     return out
+
+
+def inference_setting(infer: str, args: argparse.Namespace) -> PseudoConfig:
+    """``"448"``: single scale at 448 px, no flip; ``"448ms"``: the scales of ``--ms-scales`` at
+    448 px, with horizontal flip."""
+    if infer.endswith("ms"):
+        return PseudoConfig(image_size=int(infer[:-2]), scales=list(args.ms_scales), flip=True)
+    return PseudoConfig(image_size=int(infer), scales=[1.0], flip=False)
 
 
 def cached(path: Path, fn):
@@ -148,39 +158,39 @@ def cached(path: Path, fn):
     return value
 
 
-def run_family_member(name: str, args: argparse.Namespace, bn: str, seed: int, infer_size: int,
+def run_family_member(name: str, args: argparse.Namespace, bn: str, seed: int, infer: str,
                       crf: bool) -> dict:
     """Train and score one run on val and train_aug (CAM: threshold chosen on val)."""
     run_dir = args.work / f"{name}-{bn}-seed{seed}"
 
     def go() -> dict:
         model, seconds = train(name, args, bn, seed)
-        val = score(model, "val", args, infer_size, crf=False)
+        val = score(model, "val", args, infer, crf=False)
         rec = {"name": name, "bn": bn, "seed": seed, "train_seconds": round(seconds, 1), "val": val}
         if name == "cam":
             best = max(val["miou"], key=lambda t: val["miou"][t])
             rec["bg_threshold"] = float(best)
             rec["val_chosen"] = val["miou"][best]
-            rec["val_crf"] = score(model, "val", args, infer_size, bg=float(best), crf=crf).get("crf") if crf else None
-            rec["train_aug"] = score(model, "train_aug", args, infer_size, bg=float(best), crf=crf)
+            rec["val_crf"] = score(model, "val", args, infer, bg=float(best), crf=crf).get("crf") if crf else None
+            rec["train_aug"] = score(model, "train_aug", args, infer, bg=float(best), crf=crf)
         else:
             rec["val_chosen"] = val["miou"]["plain"]
-            rec["val_crf"] = score(model, "val", args, infer_size, crf=True)["crf"] if crf else None
-            rec["train_aug"] = score(model, "train_aug", args, infer_size, crf=crf)
+            rec["val_crf"] = score(model, "val", args, infer, crf=True)["crf"] if crf else None
+            rec["train_aug"] = score(model, "train_aug", args, infer, crf=crf)
         return rec
 
-    return cached(run_dir / f"reference-{infer_size}.json", go)
+    return cached(run_dir / f"reference-{infer}{'-crf' if crf else ''}.json", go)
 
 
-def val_only(name: str, args: argparse.Namespace, bn: str, seed: int, infer_size: int) -> float:
+def val_only(name: str, args: argparse.Namespace, bn: str, seed: int, infer: str) -> tuple[float, dict]:
     """val mIoU of a run (CAM: at its best val threshold), trained if needed."""
     run_dir = args.work / f"{name}-{bn}-seed{seed}"
 
     def go() -> dict:
         model, seconds = train(name, args, bn, seed)
-        return {"train_seconds": round(seconds, 1), "val": score(model, "val", args, infer_size)}
+        return {"train_seconds": round(seconds, 1), "val": score(model, "val", args, infer)}
 
-    rec = cached(run_dir / f"val-{infer_size}.json", go)
+    rec = cached(run_dir / f"val-{infer}.json", go)
     return max(rec["val"]["miou"].values()), rec
 
 
@@ -201,8 +211,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoder", default="tf_efficientnet_lite0")
     p.add_argument("--size", type=int, default=160, help="patch family: training input (px)")
     p.add_argument("--epochs", type=int, default=1, help="patch family: epochs (all warm-up: encoder frozen)")
-    p.add_argument("--infer-sizes", type=int, nargs="+", default=[160, 224, 320],
-                   help="patch family: inference sizes compared on val (TKP-PCL run, first seed)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="patch family: warm-up epochs (encoder frozen; default: all of --epochs)")
+    p.add_argument("--unfreeze", type=int, default=3, help="patch family: block groups trained after warm-up")
+    p.add_argument("--cnn-features", default="head", choices=["last_block", "head"], help="model.cnn_features")
+    p.add_argument("--output-stride", type=int, default=16, choices=[8, 16], help="CAM: cam.output_stride")
+    p.add_argument("--select-images", type=int, default=0,
+                   help="train.select=best on this many val images every epoch (0 = keep the last epoch)")
+    p.add_argument("--train-only", nargs="*", metavar="NAME:SEED",
+                   help="only train these runs (e.g. cam:0 topk+pce:1) and exit; run several in parallel")
+    p.add_argument("--patch-infer", nargs="+", default=["160", "224", "320"],
+                   help="patch family: inference settings compared on val (TKP-PCL run, first seed): "
+                        "SIZE (single scale) or SIZEms (--ms-scales + flip)")
+    p.add_argument("--cam-infer", nargs="+", default=["224"],
+                   help="CAM: inference settings compared on val (first seed), as --patch-infer")
+    p.add_argument("--ms-scales", type=float, nargs="+", default=[0.75, 1.0, 1.25],
+                   help="scales of a SIZEms inference setting (relative to SIZE)")
     p.add_argument("--cam-size", type=int, default=224, help="CAM: training and inference size (px)")
     p.add_argument("--cam-epochs", type=int, default=2, help="CAM: epochs (1 warm-up, then fine-tuning)")
     p.add_argument("--cam-unfreeze", type=int, default=3, help="CAM: block groups trained after warm-up")
@@ -212,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-images", type=int, default=0, help="0 = every image of each split")
     p.add_argument("--crf-images", type=int, default=300,
                    help="CRF on the first N ids of each split (0 = all), for the first seed's CAM and TKP-PCL runs")
+    p.add_argument("--no-crf", action="store_true", help="skip the CRF columns")
     p.add_argument("--ordering-seeds", type=int, nargs="+", default=None,
                    help="seeds of the avg / max / top-K / class_sum runs (default: --seeds)")
     p.add_argument("--bn-compare", action="store_true", help="also train model.bn=frozen and compare on val")
@@ -219,30 +244,44 @@ def main(argv: list[str] | None = None) -> int:
                    choices=["cam", *PATCH_VARIANTS])
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.train_only:
+        for item in args.train_only:
+            name, seed = item.split(":")
+            bn = "adapt"
+            _, seconds = train(name, args, bn, int(seed))
+            print(f"trained {name} seed {seed} ({bn}) in {seconds:.0f}s", flush=True)
+        return 0
     t0 = time.time()
     s0 = args.seeds[0]
     notes: dict = {}
     # 1. model.bn per family, chosen on val (first seed)
+    families = {"cam" if name == "cam" else "patch" for name in args.variants}
     bn_choice = {"cam": "adapt", "patch": "adapt"}
     if args.bn_compare:
-        for fam, name, size in (("cam", "cam", args.cam_size), ("patch", "topk+pce", args.size)):
-            scores = {bn: val_only(name, args, bn, s0, size)[0] for bn in ("adapt", "frozen")}
+        for fam, name, infer in (("cam", "cam", str(args.cam_size)), ("patch", "topk+pce", str(args.size))):
+            if fam not in families:
+                continue
+            scores = {bn: val_only(name, args, bn, s0, infer)[0] for bn in ("adapt", "frozen")}
             bn_choice[fam] = max(scores, key=scores.get)
             notes[f"bn_{fam}"] = scores
             print(f"model.bn for {fam}: val mIoU {scores} -> {bn_choice[fam]}", flush=True)
-    # 2. inference size of the patch family, chosen on val (TKP-PCL, first seed)
-    sizes = {s: val_only("topk+pce", args, bn_choice["patch"], s0, s)[0] for s in args.infer_sizes}
-    infer = max(sizes, key=sizes.get)
-    notes["infer_size_val"] = sizes
-    print(f"inference size on val: {sizes} -> {infer}", flush=True)
+    # 2. inference setting (size, multi-scale + flip) per family, chosen on val (first seed)
+    infer_choice = {}
+    for fam, name, options in (("cam", "cam", args.cam_infer), ("patch", "topk+pce", args.patch_infer)):
+        if fam not in families:
+            continue
+        scores = {o: val_only(name, args, bn_choice[fam], s0, o)[0] for o in options}
+        infer_choice[fam] = max(scores, key=scores.get)
+        notes[f"infer_{fam}_val"] = scores
+        print(f"inference setting for {fam} on val: {scores} -> {infer_choice[fam]}", flush=True)
     # 3. the runs
     records: dict[str, list[dict]] = {}
     for name in args.variants:
         fam = "cam" if name == "cam" else "patch"
         seeds = args.seeds if name in ("cam", "topk+pce") else (args.ordering_seeds or args.seeds)
         for seed in seeds:
-            crf = name in ("cam", "topk+pce") and seed == s0
-            rec = run_family_member(name, args, bn_choice[fam], seed, args.cam_size if name == "cam" else infer, crf)
+            crf = name in ("cam", "topk+pce") and seed == s0 and not args.no_crf
+            rec = run_family_member(name, args, bn_choice[fam], seed, infer_choice[fam], crf)
             records.setdefault(name, []).append(rec)
             tr = rec["train_aug"]["miou"]
             print(f"{name:<13} seed {seed}: train_aug={100 * list(tr.values())[0]:.1f} "
@@ -260,11 +299,13 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines)
     print(table)
     cmd = "python benchmarks/reference_voc.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    write_json(args.work / "summary.json", {
-        "command": cmd, "seconds_this_invocation": round(elapsed), "bn": bn_choice, "infer_size": infer,
+    default = args.variants == ["cam", *PATCH_VARIANTS]
+    summary = args.work / ("summary.json" if default else f"summary-{'+'.join(args.variants)}.json")
+    write_json(summary, {
+        "command": cmd, "seconds_this_invocation": round(elapsed), "bn": bn_choice, "inference": infer_choice,
         "notes": notes, "records": records, "table": table,
         "hardware": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"})
-    print(f"total {elapsed:.0f}s; summary in {args.work / 'summary.json'}")
+    print(f"total {elapsed:.0f}s; summary in {summary}")
     return 0
 
 
