@@ -81,6 +81,7 @@ def run_config(name: str, args: argparse.Namespace, bn: str, seed: int):
         over = [*common(args), f"data.image_size={args.size}", f"train.epochs={args.epochs}",
                 f"train.warmup_epochs={args.warmup if args.warmup is not None else args.epochs}",
                 f"train.unfreeze_blocks={args.unfreeze}", f"method.et_crop_size={args.size // 3 // 16 * 16}",
+                f"pseudo.image_size={args.size}", "pseudo.scales=[1.0]", "pseudo.flip=false",  # best-epoch metric
                 "model.cnn_grid=dilated", *PATCH_VARIANTS[name]]
         base = "tkpcl_voc"
     return load_config(base, [*over, f"model.bn={bn}", f"seed={seed}", f"name=reference-{name}"])
@@ -101,10 +102,10 @@ def train(name: str, args: argparse.Namespace, bn: str, seed: int) -> tuple[Path
 
 @torch.no_grad()
 def score(model_path: Path, split: str, args: argparse.Namespace, infer: str, *,
-          thresholds=BG_THRESHOLDS, bg: float | None = None, crf: bool = False) -> dict:
+          thresholds=BG_THRESHOLDS, bg: float | None = None, crf: bool = False, first: int = 0) -> dict:
     """mIoU of one model's pseudo-masks on ``split`` under the inference setting ``infer``
     (see ``inference_setting``). CAM: one confusion matrix per background threshold (``bg`` fixes
-    it); with ``crf`` also the CRF-refined masks of the first ``--crf-images`` ids."""
+    it); with ``crf`` also the CRF-refined masks. ``first``: only the first N ids (0 = all)."""
     model, cfg, info = load_trained_model(model_path)
     rule = merged_probs_for(info["family"])
     cfg.data.max_images = args.max_images
@@ -117,7 +118,8 @@ def score(model_path: Path, split: str, args: argparse.Namespace, infer: str, *,
     crf_cm, crf_plain_cm = ConfusionMatrix(k), ConfusionMatrix(k)
     preset = get_preset("cam" if is_cam else "patch")
     t0 = time.time()
-    for i, rec in enumerate(index.records):
+    records = index.records[:first] if first else index.records
+    for rec in records:
         image = read_image(rec.image_path)
         x = image_to_tensor(image)
         gt = read_mask(rec.mask_path, k)
@@ -129,15 +131,14 @@ def score(model_path: Path, split: str, args: argparse.Namespace, infer: str, *,
         else:
             probs = rule(model, x, rec.labels, pcfg)
             cms["plain"].update(probs.argmax(0).numpy().astype(np.uint8), gt, rec.id)
-        if crf and (args.crf_images == 0 or i < args.crf_images):
+        if crf:
             refined = dense_crf(image, probs.numpy(), preset, backend="pydensecrf")
             crf_cm.update(refined.argmax(0).astype(np.uint8), gt, rec.id)
             crf_plain_cm.update(probs.argmax(0).numpy().astype(np.uint8), gt, rec.id)
-    out = {"split": split, "images": len(index), "infer": infer, "seconds": round(time.time() - t0, 1)}
+    out = {"split": split, "images": len(records), "infer": infer, "seconds": round(time.time() - t0, 1)}
     out["miou"] = {str(t): cm.summary(index.class_names)["miou"] for t, cm in cms.items()}
     if crf:
-        n = len(index) if args.crf_images == 0 else min(args.crf_images, len(index))
-        out["crf"] = {"images": n, "miou": crf_cm.summary(index.class_names)["miou"],
+        out["crf"] = {"images": len(records), "miou": crf_cm.summary(index.class_names)["miou"],
                       "plain_same_images": crf_plain_cm.summary(index.class_names)["miou"]}
     return out
 
@@ -160,26 +161,35 @@ def cached(path: Path, fn):
 
 def run_family_member(name: str, args: argparse.Namespace, bn: str, seed: int, infer: str,
                       crf: bool) -> dict:
-    """Train and score one run on val and train_aug (CAM: threshold chosen on val)."""
+    """Train and score one run on val and train_aug (CAM: threshold chosen on val); with ``crf``
+    also the CRF-refined masks of the first ``--crf-images`` ids of each split (cached apart)."""
     run_dir = args.work / f"{name}-{bn}-seed{seed}"
 
     def go() -> dict:
         model, seconds = train(name, args, bn, seed)
-        val = score(model, "val", args, infer, crf=False)
+        val = cached(run_dir / f"val-{infer}.json",
+                     lambda: {"train_seconds": round(seconds, 1), "val": score(model, "val", args, infer)})["val"]
         rec = {"name": name, "bn": bn, "seed": seed, "train_seconds": round(seconds, 1), "val": val}
         if name == "cam":
             best = max(val["miou"], key=lambda t: val["miou"][t])
             rec["bg_threshold"] = float(best)
             rec["val_chosen"] = val["miou"][best]
-            rec["val_crf"] = score(model, "val", args, infer, bg=float(best), crf=crf).get("crf") if crf else None
-            rec["train_aug"] = score(model, "train_aug", args, infer, bg=float(best), crf=crf)
+            rec["train_aug"] = score(model, "train_aug", args, infer, bg=float(best))
         else:
             rec["val_chosen"] = val["miou"]["plain"]
-            rec["val_crf"] = score(model, "val", args, infer, crf=True)["crf"] if crf else None
-            rec["train_aug"] = score(model, "train_aug", args, infer, crf=crf)
+            rec["train_aug"] = score(model, "train_aug", args, infer)
         return rec
 
-    return cached(run_dir / f"reference-{infer}{'-crf' if crf else ''}.json", go)
+    rec = cached(run_dir / f"reference-{infer}.json", go)
+    if crf:
+        def refine() -> dict:
+            model = run_dir / "model.safetensors"
+            bg = rec.get("bg_threshold")
+            return {split: score(model, split, args, infer, bg=bg, crf=True, first=args.crf_images)["crf"]
+                    for split in ("train_aug", "val")}
+
+        rec["crf"] = cached(run_dir / f"crf-{infer}-first{args.crf_images}.json", refine)
+    return rec
 
 
 def val_only(name: str, args: argparse.Namespace, bn: str, seed: int, infer: str) -> tuple[float, dict]:
@@ -291,9 +301,9 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|---|---|---|---|"]
     for name, recs in records.items():
         tr = [list(r["train_aug"]["miou"].values())[0] for r in recs]
-        crf = [r["train_aug"].get("crf", {}).get("miou") for r in recs]
-        crf_plain = [r["train_aug"].get("crf", {}).get("plain_same_images") for r in recs]
-        vcrf = [(r.get("val_crf") or {}).get("miou") for r in recs]
+        crf = [r.get("crf", {}).get("train_aug", {}).get("miou") for r in recs]
+        crf_plain = [r.get("crf", {}).get("train_aug", {}).get("plain_same_images") for r in recs]
+        vcrf = [r.get("crf", {}).get("val", {}).get("miou") for r in recs]
         lines.append(f"| {LABELS[name]} | {len(recs)} | {fmt(tr)} | {fmt([r['val_chosen'] for r in recs])} | "
                      f"{fmt(crf)} | {fmt(crf_plain)} | {fmt(vcrf)} |")
     table = "\n".join(lines)

@@ -45,7 +45,8 @@ def test_reference_runs_choose_on_val_and_score_train_aug(voc_root, tmp_path):
         assert rec["bg_threshold"] == float(max(val, key=val.get))  # threshold from val only
         assert list(rec["train_aug"]["miou"]) == [str(rec["bg_threshold"])]
     first = records["topk+pce"][0]
-    assert first["train_aug"]["crf"]["images"] == 2 and "crf" not in records["topk+pce"][1]["train_aug"]
+    assert first["crf"]["train_aug"]["images"] == 2 and first["crf"]["val"]["images"] == 2
+    assert first["train_aug"]["images"] == 4 and "crf" not in records["topk+pce"][1]
     selection = json.loads((work / "cam-adapt-seed0" / "selection.json").read_text())
     assert selection["metric"]  # train.select=best recorded its choice
     assert "| CAM (GAP, soft-margin) | 2 |" in summary["table"]
