@@ -247,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crf-images", type=int, default=300,
                    help="CRF on the first N ids of each split (0 = all), for the first seed's CAM and TKP-PCL runs")
     p.add_argument("--no-crf", action="store_true", help="skip the CRF columns")
+    p.add_argument("--cached-only", action="store_true",
+                   help="summarise the runs already scored (train and score nothing new after the val choices)")
     p.add_argument("--ordering-seeds", type=int, nargs="+", default=None,
                    help="seeds of the avg / max / top-K / class_sum runs (default: --seeds)")
     p.add_argument("--bn-compare", action="store_true", help="also train model.bn=frozen and compare on val")
@@ -291,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
         seeds = args.seeds if name in ("cam", "topk+pce") else (args.ordering_seeds or args.seeds)
         for seed in seeds:
             crf = name in ("cam", "topk+pce") and seed == s0 and not args.no_crf
+            run_dir = args.work / f"{name}-{bn_choice[fam]}-seed{seed}"
+            if args.cached_only and not (run_dir / f"reference-{infer_choice[fam]}.json").is_file():
+                print(f"{name:<13} seed {seed}: not scored yet, left out (--cached-only)", flush=True)
+                continue
+            crf = crf and not (args.cached_only and not (
+                run_dir / f"crf-{infer_choice[fam]}-first{args.crf_images}.json").is_file())
             rec = run_family_member(name, args, bn_choice[fam], seed, infer_choice[fam], crf)
             records.setdefault(name, []).append(rec)
             tr = rec["train_aug"]["miou"]
