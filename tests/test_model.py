@@ -87,3 +87,19 @@ def test_cnn_grid_dilated_uses_the_deepest_stage_at_stride_16():
     assert info[-1]["reduction"] == 32 and cut.encoder.out_channels == stride16["num_chs"]  # ... vs the cut
     with pytest.raises(ConfigError, match="cnn_grid"):
         load_config("tkpcl_voc", ["model.cnn_grid=deep"])
+
+
+def test_hv_bilstm_runs_in_fp32_under_cpu_autocast():
+    """oneDNN lacks a bf16 LSTM on CPUs without AVX512-BF16: under CPU autocast the LSTMs run in fp32,
+    so the output equals the plain fp32 one (eval mode: no dropout)."""
+    from tagseg.models.hv_bilstm import HVBiLSTM
+
+    torch.manual_seed(0)
+    m = HVBiLSTM(8, 4).eval()
+    x = torch.randn(2, 3, 5, 8)
+    with torch.no_grad():
+        plain = m(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = m(x)
+    assert auto.dtype == torch.float32
+    torch.testing.assert_close(auto, plain)

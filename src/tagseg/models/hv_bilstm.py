@@ -43,6 +43,14 @@ class HVBiLSTM(nn.Module):
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
         b, h, w, d = grid.shape
         x = self.dropout(grid)
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # oneDNN has no bf16 LSTM on CPUs without AVX512-BF16 ("could not create a primitive
+            # descriptor"): under CPU autocast the two LSTMs run in fp32; elsewhere autocast applies.
+            with torch.autocast("cpu", enabled=False):
+                return self._bilstm(x.float(), b, h, w, d)
+        return self._bilstm(x, b, h, w, d)
+
+    def _bilstm(self, x: torch.Tensor, b: int, h: int, w: int, d: int) -> torch.Tensor:
         rows, _ = self.row_lstm(self.row_input_dropout(x.reshape(b * h, w, d)))
         cols, _ = self.col_lstm(self.col_input_dropout(x.transpose(1, 2).reshape(b * w, h, d)))
         rows = rows.reshape(b, h, w, -1)
