@@ -90,9 +90,10 @@ def _masked_reference(net: HVBiLSTM, seq: torch.Tensor, seed: int) -> tuple[torc
     return net.row_input_dropout(seq), net.row_input_dropout(seq)
 
 
-def test_per_direction_dropout_draws_one_mask_per_direction():
+@pytest.mark.parametrize("masks", ["per_step", "per_direction"])
+def test_separate_directions_draw_their_own_masks(masks):
     torch.manual_seed(0)
-    net = HVBiLSTM(6, 4, dropout=0.0, input_dropout=0.5).train()
+    net = HVBiLSTM(6, 4, dropout=0.0, input_dropout=0.5, dropout_masks=masks).train()
     seq = torch.randn(5, 7, 6)
     torch.manual_seed(3)
     out = net._direction_pair(net.row_lstm, net.row_input_dropout, seq)
@@ -100,6 +101,15 @@ def test_per_direction_dropout_draws_one_mask_per_direction():
     assert not torch.equal(fwd_in, bwd_in)
     torch.testing.assert_close(out[..., :4], net.row_lstm(fwd_in)[0][..., :4])
     torch.testing.assert_close(out[..., 4:], net.row_lstm(bwd_in)[0][..., 4:])
+
+
+def test_per_step_masks_change_over_steps_and_per_sequence_masks_do_not():
+    seq = torch.ones(50, 7, 6)
+    torch.manual_seed(0)
+    per_step = HVBiLSTM(6, 4, input_dropout=0.5, dropout_masks="per_step").train().row_input_dropout(seq)
+    per_seq = HVBiLSTM(6, 4, input_dropout=0.5, dropout_masks="per_direction").train().row_input_dropout(seq)
+    assert not (per_step == per_step[:, :1]).all()
+    assert (per_seq == per_seq[:, :1]).all()
 
 
 def test_shared_dropout_uses_one_mask_for_both_directions():
@@ -163,7 +173,7 @@ def test_paper_configs_state_their_warmup_crop_and_selection():
     assert voc.train.select == coco.train.select == "best"
     for cfg in (voc, coco):
         assert cfg.model.frozen_dropout and cfg.model.lstm_init == "keras"
-        assert cfg.model.lstm_dropout_masks == "per_direction"
+        assert cfg.model.lstm_dropout_masks == "per_step"
         assert cfg.method.et_align_corners and cfg.method.et_crop_corners == "official"
 
 

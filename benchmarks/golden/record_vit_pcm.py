@@ -247,6 +247,37 @@ def main() -> None:
         "grads": {"grid": tolist(g_x)},
     })
 
+    # ---- HV-BiLSTM input dropout in training: where the official layer draws its masks ----
+    # Every LSTM made memoryless (recurrent kernel 0, input gate 1, forget gate 0, output gate 1) and
+    # fed a constant grid, so each output depends only on that step's dropped input: equal outputs
+    # along a sequence mean one mask for the sequence, unequal ones a mask per step.
+    d, hid, g = 3, 2, 6
+    layer = official.HVBiLSTM(hidden_dim=hid, dropout=0.5, name="dropout_probe")
+    layer.build(tf.TensorShape([None, g, g, d]))
+    fused = []
+    for bi in (layer.HBiLSTM.layer, layer.VBiLSTM.layer):
+        for lstm in (bi.forward_layer, bi.backward_layer):
+            kernel = np.zeros((d, 4 * hid), np.float32)
+            kernel[:, 2 * hid:3 * hid] = 1.0
+            bias = np.zeros(4 * hid, np.float32)
+            bias[:hid], bias[hid:2 * hid], bias[3 * hid:] = 100.0, -100.0, 100.0
+            lstm.cell.kernel.assign(kernel)
+            lstm.cell.recurrent_kernel.assign(np.zeros((hid, 4 * hid), np.float32))
+            lstm.cell.bias.assign(bias)
+            fused.append(bool(lstm._could_use_gpu_kernel))
+    rows = layer.HBiLSTM(tf.ones((4, g, g, d)), training=True).numpy()  # (B, Gh, Gw, 2H)
+    fwd, bwd = rows[..., :hid], rows[..., hid:]
+    varies = bool(np.any(np.abs(fwd - fwd[:, :, :1]) > 1e-6))
+    cases.append({
+        "name": "lstm_input_dropout",
+        "official": [lines_of(model_py, "class HVBiLSTM"), "tf_keras LSTM.call: fused path drops "
+                     "inputs * dropout_mask[0] with a mask of the whole (N, T, D) input"],
+        "inputs": {}, "params": {"dropout": 0.5, "hidden": hid, "grid": g},
+        "notes": "training=True on a constant grid with memoryless LSTMs (see the recorder)",
+        "outputs": {"fused_lstm_path": fused, "mask_varies_over_steps": varies,
+                    "directions_share_a_mask": bool(np.allclose(fwd, bwd))},
+    })
+
     record = {
         "source": {"repo": OFFICIAL_REPO, "commit": commit,
                    "files": {c["name"]: c.pop("official") for c in cases}},

@@ -78,9 +78,10 @@ class ModelConfig:
     # HV-BiLSTM initialisation: keras (glorot-uniform input kernel, orthogonal recurrent kernel, forget-gate
     # bias 1, the official code's) | torch (PyTorch's default uniform +-1/sqrt(hidden))
     lstm_init: str = "keras"
-    # LSTM input-dropout masks: per_direction (forward and backward draw their own, as Keras'
-    # Bidirectional) | shared (one mask for both directions)
-    lstm_dropout_masks: str = "per_direction"
+    # LSTM input-dropout masks: per_step (the official code: TF2 Keras' fused LSTM drops each step's input
+    # independently, forward and backward apart) | per_direction (one mask per sequence, drawn per
+    # direction: Keras' documented LSTM(dropout)) | shared (one mask per sequence for both directions)
+    lstm_dropout_masks: str = "per_step"
     classifier_init_std: float = 0.05
 
 
@@ -395,8 +396,9 @@ def validate_config(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"model.cnn_features={cfg.model.cnn_features!r}: choose last_block or head")
     if cfg.model.lstm_init not in ("keras", "torch"):
         raise ConfigError(f"model.lstm_init={cfg.model.lstm_init!r}: choose keras or torch")
-    if cfg.model.lstm_dropout_masks not in ("per_direction", "shared"):
-        raise ConfigError(f"model.lstm_dropout_masks={cfg.model.lstm_dropout_masks!r}: choose per_direction or shared")
+    if cfg.model.lstm_dropout_masks not in ("per_step", "per_direction", "shared"):
+        raise ConfigError(f"model.lstm_dropout_masks={cfg.model.lstm_dropout_masks!r}: "
+                          "choose per_step, per_direction or shared")
     if cfg.model.cnn_grid not in ("dilated", "cut"):
         raise ConfigError(f"model.cnn_grid={cfg.model.cnn_grid!r}: choose dilated or cut")
     m, d, t = cfg.method, cfg.data, cfg.train

@@ -160,3 +160,18 @@ def test_fresh_lstm_bias_follows_keras(name):
     suffix = "" if name.endswith("forward") else "_reverse"
     combined = getattr(lstm, f"bias_ih_l0{suffix}") + getattr(lstm, f"bias_hh_l0{suffix}")
     close(combined.detach(), keras_bias)
+
+
+def test_lstm_input_dropout_masks_follow_official_by_default():
+    """The official layer (TF2 Keras' fused LSTM) drops every step's input independently and its two
+    directions apart; tagseg's default ``lstm_dropout_masks='per_step'`` does the same."""
+    facts = CASES["lstm_input_dropout"]["outputs"]
+    assert all(facts["fused_lstm_path"])
+    assert facts["mask_varies_over_steps"] and not facts["directions_share_a_mask"]
+    torch.manual_seed(0)
+    net = HVBiLSTM(3, 2, dropout=0.0, input_dropout=0.5).train()  # defaults
+    seq = torch.ones(16, 6, 3)
+    torch.manual_seed(1)
+    first, second = net.row_input_dropout(seq), net.row_input_dropout(seq)
+    assert not (first == first[:, :1]).all() and not torch.equal(first, second)
+    assert net.per_direction

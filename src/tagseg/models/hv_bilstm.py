@@ -7,24 +7,30 @@ from torch import nn
 
 
 class SequenceInputDropout(nn.Module):
-    """Input dropout of a recurrent layer: one mask per sequence and feature, the same at every
-    step (as Keras' ``LSTM(dropout=p)`` draws it). x (N, T, D) -> same; identity in eval mode."""
+    """Input dropout of a recurrent layer. x (N, T, D) -> same; identity in eval mode.
 
-    def __init__(self, p: float = 0.2) -> None:
+    ``per_step=False``: one mask per sequence and feature, the same at every step (Keras' documented
+    ``LSTM(dropout=p)``, its per-step cell path). ``per_step=True``: a fresh mask at every step (plain
+    dropout), what TF2 Keras' fused LSTM path -- the one the official code runs -- applies.
+    """
+
+    def __init__(self, p: float = 0.2, per_step: bool = False) -> None:
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability {p}: must be in [0, 1)")
         self.p = p
+        self.per_step = per_step
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        keep = torch.empty(x.shape[0], 1, x.shape[2], device=x.device, dtype=x.dtype).bernoulli_(1.0 - self.p)
+        shape = x.shape if self.per_step else (x.shape[0], 1, x.shape[2])
+        keep = torch.empty(shape, device=x.device, dtype=x.dtype).bernoulli_(1.0 - self.p)
         return x * keep / (1.0 - self.p)
 
 
 LSTM_INITS = ("keras", "torch")
-DROPOUT_MASKS = ("per_direction", "shared")
+DROPOUT_MASKS = ("per_step", "per_direction", "shared")
 
 
 def keras_lstm_init_(lstm: nn.LSTM) -> None:
@@ -52,29 +58,32 @@ class HVBiLSTM(nn.Module):
     and another along every column (→ 2·hidden), each with its own input dropout
     (``input_dropout``, METHODS.md §1 "LSTM input dropout 0.2"), concatenated (rows first).
 
-    ``dropout_masks='per_direction'`` (the official Keras ``Bidirectional(LSTM(dropout=p))``: the
-    forward and backward LSTMs are two layers, each drawing its own input mask) or ``'shared'`` (one
-    mask for both directions). Per direction runs the bidirectional LSTM on both masked copies in
-    one batch and keeps each direction's half. ``init='keras'`` (glorot / orthogonal / forget-gate
+    ``dropout_masks``: ``'per_step'`` (the official code: Keras' ``Bidirectional`` runs two LSTM
+    layers, and TF2's fused LSTM drops every step's input independently, so each direction and step
+    has its own mask), ``'per_direction'`` (one mask per sequence, drawn separately per direction:
+    Keras' documented semantics) or ``'shared'`` (one mask per sequence for both directions). With
+    separate directions the bidirectional LSTM runs on both masked copies in one batch and each
+    direction keeps its half. ``init='keras'`` (glorot / orthogonal / forget-gate
     bias 1, as the official code) or ``'torch'`` (PyTorch's uniform ±1/sqrt(hidden)).
     """
 
     def __init__(self, in_dim: int, hidden: int = 192, dropout: float = 0.2, input_dropout: float = 0.2,
-                 init: str = "keras", dropout_masks: str = "per_direction") -> None:
+                 init: str = "keras", dropout_masks: str = "per_step") -> None:
         super().__init__()
         if init not in LSTM_INITS:
             raise ValueError(f"LSTM init {init!r}: choose one of {LSTM_INITS}")
         if dropout_masks not in DROPOUT_MASKS:
             raise ValueError(f"LSTM dropout masks {dropout_masks!r}: choose one of {DROPOUT_MASKS}")
         self.dropout = nn.Dropout(dropout)
-        self.row_input_dropout = SequenceInputDropout(input_dropout)
-        self.col_input_dropout = SequenceInputDropout(input_dropout)
+        per_step = dropout_masks == "per_step"
+        self.row_input_dropout = SequenceInputDropout(input_dropout, per_step)
+        self.col_input_dropout = SequenceInputDropout(input_dropout, per_step)
         self.row_lstm = nn.LSTM(in_dim, hidden, batch_first=True, bidirectional=True)
         self.col_lstm = nn.LSTM(in_dim, hidden, batch_first=True, bidirectional=True)
         if init == "keras":
             keras_lstm_init_(self.row_lstm)
             keras_lstm_init_(self.col_lstm)
-        self.per_direction = dropout_masks == "per_direction"
+        self.per_direction = dropout_masks != "shared"
         self.out_dim = 4 * hidden
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ class PatchClassifierNet(nn.Module):
     def __init__(self, encoder: PatchEncoder, num_classes: int, use_lstm: bool = True,
                  lstm_hidden: int = 192, dropout: float = 0.2, init_std: float = 0.05,
                  lstm_input_dropout: float = 0.2, lstm_init: str = "keras",
-                 lstm_dropout_masks: str = "per_direction") -> None:
+                 lstm_dropout_masks: str = "per_step") -> None:
         super().__init__()
         self.encoder = encoder
         self.num_classes = num_classes
