@@ -181,5 +181,34 @@ def test_demo_keeps_its_first_recipe():
     demo = load_config("demo")
     assert (demo.model.lstm_init, demo.model.lstm_dropout_masks, demo.model.frozen_dropout) == ("torch", "shared", False)
     assert (demo.method.et_crop_corners, demo.method.et_align_corners) == ("uniform", False)
+    assert not demo.pseudo.align_corners and load_config("vitpcm_voc").pseudo.align_corners
     with pytest.raises(ConfigError, match="method.et_crop_corners"):
         load_config("demo", ["method.et_crop_corners=centre"])
+
+
+def test_patch_pseudo_probabilities_with_aligned_corners_follow_a_plain_reference():
+    """pseudo.align_corners=true (default): the input is resized to image_size and the merged
+    probabilities back to the image size, both bilinear with align_corners=True, no antialiasing."""
+    import torch.nn.functional as F
+
+    from tagseg.config import PseudoConfig
+    from tagseg.inference.patch import patch_merged_probabilities
+    from tagseg.methods.label_merge import label_merge
+
+    class Grid(nn.Module):  # a stand-in classifier: the mean colour of each 16×16 patch, softmaxed
+        def forward(self, x):
+            class Out:
+                probs = F.avg_pool2d(x, 16).permute(0, 2, 3, 1).mul(4).softmax(-1)
+            return Out()
+
+    image = torch.rand(3, 45, 61, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([1.0, 0.0, 1.0])
+    cfg = PseudoConfig(image_size=64)
+    assert cfg.align_corners
+    got = patch_merged_probabilities(Grid(), image, labels, cfg)
+    x = F.interpolate(image[None], size=(64, 64), mode="bilinear", align_corners=True)
+    z = Grid()(x).probs.permute(0, 3, 1, 2)
+    want = F.interpolate(label_merge(z, labels[None]), size=(45, 61), mode="bilinear", align_corners=True)[0]
+    torch.testing.assert_close(got, want)
+    old = patch_merged_probabilities(Grid(), image, labels, PseudoConfig(image_size=64, align_corners=False))
+    assert not torch.allclose(got, old, atol=1e-3)

@@ -247,6 +247,21 @@ def main() -> None:
         "grads": {"grid": tolist(g_x)},
     })
 
+    # ---- utils.resize: the official bilinear resize (tf.compat.v1, align_corners=True) ----
+    import utils as official_utils
+
+    grid, s_up = draw(20, [1, 6, 7, 3])
+    photo, s_down = draw(21, [1, 40, 30, 3], dist="uniform")
+    up = official_utils.resize(tf.constant(grid), (17, 23))
+    down = official_utils.resize(tf.constant(photo), (16, 16))
+    cases.append({
+        "name": "resize", "official": ["utils.py: resize (tf.image.resize of tensorflow.compat.v1, align_corners=True)"],
+        "inputs": {"grid": s_up, "photo": s_down}, "params": {"up": [17, 23], "down": [16, 16]},
+        "notes": "channels last; the resize of view B, of the test image to its input size and of the "
+                 "predictions to the image size",
+        "outputs": {"up": tolist(up), "down": tolist(down)},
+    })
+
     # ---- HV-BiLSTM input dropout in training: where the official layer draws its masks ----
     # Every LSTM made memoryless (recurrent kernel 0, input gate 1, forget gate 0, output gate 1) and
     # fed a constant grid, so each output depends only on that step's dropped input: equal outputs

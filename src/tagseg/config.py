@@ -163,6 +163,9 @@ class PseudoConfig:
     crf: str = "none"  # none | torch | pydensecrf: also write CRF-refined masks (<out>/crf/masks)
     crf_preset: str = "patch"  # CRF parameter set (METHODS.md §5): patch | cam | segmentation
     bg_threshold: float = 0.25  # CAM family: constant background score against the max-normalised CAMs
+    # patch family: input resize and probability upsampling bilinear with align_corners=True and no
+    # antialiasing, as the official ViT-PCM test code; false = antialiased input, align_corners=False
+    align_corners: bool = True
 
 
 @dataclass

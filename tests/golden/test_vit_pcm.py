@@ -175,3 +175,23 @@ def test_lstm_input_dropout_masks_follow_official_by_default():
     first, second = net.row_input_dropout(seq), net.row_input_dropout(seq)
     assert not (first == first[:, :1]).all() and not torch.equal(first, second)
     assert net.per_direction
+
+
+def test_aligned_corner_resizes_match_official_resize():
+    """The official ``utils.resize`` (tf.compat.v1 bilinear, align_corners=True) against tagseg's
+    view-B resize (``method.et_align_corners``) and the patch family's inference resizes
+    (``pseudo.align_corners``)."""
+    from tagseg.data.geometry import crop_and_resize
+    from tagseg.inference.multiscale import multiscale_maps, scaled_input
+
+    case = CASES["resize"]
+    grid = torch.from_numpy(regenerate(case["inputs"]["grid"])).permute(0, 3, 1, 2)  # (1, 3, 6, 7)
+    photo = torch.from_numpy(regenerate(case["inputs"]["photo"]))[0].permute(2, 0, 1)  # (3, 40, 30)
+    up = multiscale_maps(lambda batch: grid, photo, out_size=(17, 23), resize_policy="square", base_size=16,
+                         align_corners=True)
+    close(up.permute(1, 2, 0)[None], case["outputs"]["up"])
+    close(crop_and_resize(photo, None, 16, align_corners=True).permute(1, 2, 0)[None], case["outputs"]["down"])
+    close(scaled_input(photo, 1.0, "square", base_size=16, align_corners=True)[0].permute(1, 2, 0)[None],
+          case["outputs"]["down"])
+    plain = crop_and_resize(photo, None, 16, align_corners=False).permute(1, 2, 0)[None]
+    assert not torch.allclose(plain.double(), t(case["outputs"]["down"]), atol=1e-3)
