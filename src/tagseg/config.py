@@ -70,7 +70,7 @@ class ModelConfig:
     use_lstm: bool = True
     lstm_hidden: int = 192  # per direction; output is 4*hidden (rows + columns, both ways)
     dropout: float = 0.2  # on the grid before the LSTMs and before the classifier
-    lstm_input_dropout: float = 0.2  # input dropout of each row / column LSTM (one mask per sequence)
+    lstm_input_dropout: float = 0.2  # input dropout of each row / column LSTM (masks: model.lstm_dropout_masks)
     vit_dropout: float = 0.1  # patch family, ViT encoders: dropout after attention projection and in the MLP (timm proj_drop_rate); CNNs: unused
     # dropout layers of frozen encoder parts: true = active in training as in every block of the official
     # Keras ViT (freezing there only stops gradients); false = eval mode like the rest of a frozen part
