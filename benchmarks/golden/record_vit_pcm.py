@@ -8,9 +8,9 @@ Needs TensorFlow (CPU is enough) and ``tf_keras`` (the Keras 2 API the official 
 for) in a separate environment -- never a tagseg dependency -- and a checkout of the official
 repository at the pinned commit (this script fetches nothing):
 
-    python -m venv /tmp/tfenv && /tmp/tfenv/bin/pip install tensorflow-cpu tf-keras
+    python -m venv tfenv && tfenv/bin/pip install tensorflow-cpu tf-keras
     git clone https://github.com/deepplants/ViT-PCM && git -C ViT-PCM checkout 1fea66f
-    TF_USE_LEGACY_KERAS=1 /tmp/tfenv/bin/python benchmarks/golden/record_vit_pcm.py \
+    TF_USE_LEGACY_KERAS=1 tfenv/bin/python benchmarks/golden/record_vit_pcm.py \
         --official ViT-PCM --out tests/golden/vit_pcm.json
 
 Inputs follow the golden conventions (benchmarks/golden/README.md): float32 ``offset + scale * draw``
