@@ -167,7 +167,8 @@ def test_patch_path_equals_the_old_loop(patch_net, flip):
         image = random_image(seed)
         new = patch_probs(patch_net, image, 64, SCALES, flip)
         assert torch.equal(new, old_patch_probs(patch_net, image, 64, SCALES, flip))
-        cfg = pseudo_cfg("patch", f"pseudo.flip={str(flip).lower()}", "pseudo.scales=[1.0,0.5,1.5]")
+        cfg = pseudo_cfg("patch", f"pseudo.flip={str(flip).lower()}", "pseudo.scales=[1.0,0.5,1.5]",
+                         "pseudo.align_corners=false")  # the old loop's resizes
         got = patch_merged_probabilities(patch_net, image, LABELS, cfg)
         want = old_patch_merged(patch_net, image, LABELS, cfg)
         assert torch.equal(got, want)
@@ -207,8 +208,9 @@ def test_segmentation_path_equals_the_old_loop(seg_net, flip):
 def test_pseudo_probabilities_are_keyed_by_family(patch_net, cam_net):
     image = (random_image(30).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
     x = torch.from_numpy(image).permute(2, 0, 1).float() / 255
-    p = merged_probabilities(patch_net, image, LABELS, pseudo_cfg("patch"), family="patch")
-    assert torch.equal(p, old_patch_merged(patch_net, x, LABELS, pseudo_cfg("patch")))
+    old_resizes = pseudo_cfg("patch", "pseudo.align_corners=false")  # the old loop's resizes
+    p = merged_probabilities(patch_net, image, LABELS, old_resizes, family="patch")
+    assert torch.equal(p, old_patch_merged(patch_net, x, LABELS, old_resizes))
     c = merged_probabilities(cam_net, image, LABELS, pseudo_cfg("cam"), family="cam")
     assert c.shape == (K, 45, 61) and torch.allclose(c.sum(0), torch.ones(45, 61), atol=1e-5)
     from tagseg.errors import ConfigError

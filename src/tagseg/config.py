@@ -70,8 +70,18 @@ class ModelConfig:
     use_lstm: bool = True
     lstm_hidden: int = 192  # per direction; output is 4*hidden (rows + columns, both ways)
     dropout: float = 0.2  # on the grid before the LSTMs and before the classifier
-    lstm_input_dropout: float = 0.2  # input dropout of each row / column LSTM (one mask per sequence)
+    lstm_input_dropout: float = 0.2  # input dropout of each row / column LSTM (masks: model.lstm_dropout_masks)
     vit_dropout: float = 0.1  # patch family, ViT encoders: dropout after attention projection and in the MLP (timm proj_drop_rate); CNNs: unused
+    # dropout layers of frozen encoder parts: true = active in training as in every block of the official
+    # Keras ViT (freezing there only stops gradients); false = eval mode like the rest of a frozen part
+    frozen_dropout: bool = True
+    # HV-BiLSTM initialisation: keras (glorot-uniform input kernel, orthogonal recurrent kernel, forget-gate
+    # bias 1, the official code's) | torch (PyTorch's default uniform +-1/sqrt(hidden))
+    lstm_init: str = "keras"
+    # LSTM input-dropout masks: per_step (the official code: TF2 Keras' fused LSTM drops each step's input
+    # independently, forward and backward apart) | per_direction (one mask per sequence, drawn per
+    # direction: Keras' documented LSTM(dropout)) | shared (one mask per sequence for both directions)
+    lstm_dropout_masks: str = "per_step"
     classifier_init_std: float = 0.05
 
 
@@ -90,6 +100,12 @@ class MethodConfig:
     et_weight: float = 1.0  # 0 disables L_ET (no second view, no mosaic pass)
     et_crop_prob: float = 0.3
     et_crop_size: int = 128  # pixels of the S×S view A; multiple of the patch size
+    # crop corner per axis: official (a multiple of the patch size drawn uniformly from 0..S, then clipped to
+    # S - crop: the last valid corner gets the mass of every larger draw) | uniform (over the valid corners)
+    et_crop_corners: str = "official"
+    # view B's resizes (image and patch grid): bilinear with align_corners=True as the official code's
+    # tf.compat.v1 resize; false = align_corners=False (a factor-2 reduction then averages 2×2 blocks)
+    et_align_corners: bool = True
     l2_weight: float = 0.01
 
 
@@ -147,6 +163,9 @@ class PseudoConfig:
     crf: str = "none"  # none | torch | pydensecrf: also write CRF-refined masks (<out>/crf/masks)
     crf_preset: str = "patch"  # CRF parameter set (METHODS.md §5): patch | cam | segmentation
     bg_threshold: float = 0.25  # CAM family: constant background score against the max-normalised CAMs
+    # patch family: input resize and probability upsampling bilinear with align_corners=True and no
+    # antialiasing, as the official ViT-PCM test code; false = antialiased input, align_corners=False
+    align_corners: bool = True
 
 
 @dataclass
@@ -378,6 +397,11 @@ def validate_config(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"model.bn={cfg.model.bn!r}: choose frozen, adapt or train")
     if cfg.model.cnn_features not in ("last_block", "head"):
         raise ConfigError(f"model.cnn_features={cfg.model.cnn_features!r}: choose last_block or head")
+    if cfg.model.lstm_init not in ("keras", "torch"):
+        raise ConfigError(f"model.lstm_init={cfg.model.lstm_init!r}: choose keras or torch")
+    if cfg.model.lstm_dropout_masks not in ("per_step", "per_direction", "shared"):
+        raise ConfigError(f"model.lstm_dropout_masks={cfg.model.lstm_dropout_masks!r}: "
+                          "choose per_step, per_direction or shared")
     if cfg.model.cnn_grid not in ("dilated", "cut"):
         raise ConfigError(f"model.cnn_grid={cfg.model.cnn_grid!r}: choose dilated or cut")
     m, d, t = cfg.method, cfg.data, cfg.train
@@ -405,6 +429,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
         if m.et_crop_size % 16 or not 16 <= m.et_crop_size <= d.image_size:
             raise ConfigError(f"method.et_crop_size={m.et_crop_size}: must be a multiple of 16 "
                               f"between 16 and data.image_size={d.image_size}")
+        if m.et_crop_corners not in ("official", "uniform"):
+            raise ConfigError(f"method.et_crop_corners={m.et_crop_corners!r}: choose official or uniform")
         if not 0.0 <= m.et_crop_prob <= 1.0:
             raise ConfigError(f"method.et_crop_prob={m.et_crop_prob}: must be in [0, 1]")
     if t.epochs < 1 or t.warmup_epochs < 0 or t.warmup_epochs > t.epochs:

@@ -60,7 +60,8 @@ def read_coco(root: str | Path, split: str, max_images: int = 0) -> DatasetIndex
     list_path = root / COCO_SPLIT_DIR / f"{split}.txt"
     if split == "val_part" and not list_path.is_file():
         raise DataError(f"split list not found: {list_path}; the 5,000-image val_part list is not shipped with "
-                        "this tagseg: give it to `tagseg prepare coco --val-part FILE`, or use split val")
+                        "this tagseg: `tagseg prepare coco` derives it from the standard 40,137-id val list "
+                        "(or give it with --val-part FILE), or use split val")
     ids = read_id_list(list_path)
     if max_images > 0:
         ids = ids[:max_images]

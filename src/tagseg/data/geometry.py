@@ -46,11 +46,13 @@ def _crop_box(geom: torch.Tensor) -> tuple[int, int, int] | None:
     return int(geom[4]), int(geom[5]), int(geom[6])
 
 
-def crop_and_resize(x: torch.Tensor, box: tuple[int, int, int] | None, out_size: int) -> torch.Tensor:
+def crop_and_resize(x: torch.Tensor, box: tuple[int, int, int] | None, out_size: int,
+                    align_corners: bool = False) -> torch.Tensor:
     """x (C, H, W) -> optional square crop (y0, x0, size) -> bilinear resize to out_size².
 
-    Bilinear without antialiasing, align_corners=False: an exact factor-2 reduction averages
-    2×2 blocks, so image-level and patch-level resizing agree on the patch grid.
+    Bilinear without antialiasing. align_corners=False: an exact factor-2 reduction averages
+    2×2 blocks, so image-level and patch-level resizing agree on the patch grid. align_corners=True
+    (the official ViT-PCM resize) maps the corner samples onto each other.
     """
     if box is not None:
         y0, x0, size = box
@@ -58,10 +60,11 @@ def crop_and_resize(x: torch.Tensor, box: tuple[int, int, int] | None, out_size:
     if x.shape[-1] == out_size and x.shape[-2] == out_size:
         return x
     return F.interpolate(x[None].float(), size=(out_size, out_size), mode="bilinear",
-                         align_corners=False)[0].to(x.dtype)
+                         align_corners=align_corners)[0].to(x.dtype)
 
 
-def view_b_image(image_a0: torch.Tensor, geom_b: torch.Tensor, out_size: int) -> torch.Tensor:
+def view_b_image(image_a0: torch.Tensor, geom_b: torch.Tensor, out_size: int,
+                 align_corners: bool = False) -> torch.Tensor:
     """Image-level view B from the un-flipped S×S image (C, S, S) -> (C, out_size, out_size)."""
-    x = crop_and_resize(image_a0, _crop_box(geom_b), out_size)
+    x = crop_and_resize(image_a0, _crop_box(geom_b), out_size, align_corners)
     return apply_flips(x, *_flips(geom_b))

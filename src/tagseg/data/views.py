@@ -41,6 +41,23 @@ def colour_jitter(x: torch.Tensor, aug: AugmentConfig, rng: np.random.Generator)
     return x.clamp(0.0, 1.0).contiguous()
 
 
+CROP_CORNERS = ("official", "uniform")
+
+
+def crop_corner(rng: np.random.Generator, image_size: int, crop_size: int, patch: int, corners: str) -> int:
+    """One crop corner (pixels, a multiple of ``patch``) along one axis.
+
+    'official': a multiple of ``patch`` drawn uniformly from 0..image_size inclusive, then clipped
+    to image_size - crop_size (so the last valid corner also takes every larger draw), as the
+    official ViT-PCM ``bbox_for_crop``; 'uniform': uniform over the valid corners.
+    """
+    if corners == "official":
+        return min(patch * int(rng.integers(image_size // patch + 1)), image_size - crop_size)
+    if corners == "uniform":
+        return patch * int(rng.integers((image_size - crop_size) // patch + 1))
+    raise ValueError(f"crop corners {corners!r}: choose one of {CROP_CORNERS}")
+
+
 def random_flips(aug: AugmentConfig, rng: np.random.Generator) -> list[float]:
     return [float(rng.random() < aug.hflip_prob), float(rng.random() < aug.vflip_prob),
             float(rng.random() < aug.transpose_prob)]
@@ -51,7 +68,10 @@ class TrainingViews(Dataset):
 
     def __init__(self, index: DatasetIndex, image_size: int, augment: AugmentConfig, seed: int = 0,
                  equivariance: bool = False, crop_prob: float = 0.3, crop_size: int = 128,
-                 patch_size: int = 16) -> None:
+                 patch_size: int = 16, crop_corners: str = "official", align_corners: bool = True) -> None:
+        """crop_corners / align_corners: ``method.et_crop_corners`` / ``method.et_align_corners``."""
+        if crop_corners not in CROP_CORNERS:
+            raise ValueError(f"crop corners {crop_corners!r}: choose one of {CROP_CORNERS}")
         self.index = index.require_nonempty()
         self.size = image_size
         self.aug = augment
@@ -60,6 +80,8 @@ class TrainingViews(Dataset):
         self.crop_prob = crop_prob
         self.crop_size = crop_size
         self.patch = patch_size
+        self.crop_corners = crop_corners
+        self.align_corners = align_corners
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -84,11 +106,12 @@ class TrainingViews(Dataset):
             flips_b = random_flips(self.aug, rng)
             crop = [0.0, 0.0, 0.0, 0.0]
             if rng.random() < self.crop_prob:
-                cells = (self.size - self.crop_size) // self.patch + 1
-                crop = [1.0, float(self.patch * rng.integers(cells)), float(self.patch * rng.integers(cells)),
-                        float(self.crop_size)]
+                y0, x0 = (crop_corner(rng, self.size, self.crop_size, self.patch, self.crop_corners)
+                          for _ in range(2))
+                crop = [1.0, float(y0), float(x0), float(self.crop_size)]
             geom_b = torch.tensor(flips_b + crop)
-            item["view_b"] = view_b_image(colour_jitter(base.clone(), self.aug, rng), geom_b, self.size // 2)
+            item["view_b"] = view_b_image(colour_jitter(base.clone(), self.aug, rng), geom_b, self.size // 2,
+                                          self.align_corners)
             item["geom_b"] = geom_b
         return item
 

@@ -15,6 +15,11 @@ BatchNorm (``model.bn``), for every BatchNorm layer of the encoder, nested ones 
 - ``adapt``: in frozen parts the running statistics follow the training images (train mode) over
   fixed affine weights; unfrozen blocks train as usual.
 - ``train``: like ``adapt``, and the affine weights train everywhere, in every phase.
+
+Dropout (``model.frozen_dropout``): with ``frozen_dropout`` the ``nn.Dropout`` layers of frozen parts
+stay in train mode, as Keras' dropout in the official ViT-PCM (freezing a Keras layer only stops
+its gradient; ``training=True`` still reaches its dropout), so ViT dropout is active in all blocks
+throughout; without it a frozen part is entirely in eval mode.
 """
 
 from __future__ import annotations
@@ -56,13 +61,16 @@ def is_batchnorm(module: nn.Module) -> bool:
     return isinstance(module, _BatchNorm)
 
 
-def apply_phase(model: nn.Module, cfg: TrainConfig, phase: Phase, bn: str = "frozen") -> list[nn.Module]:
+def apply_phase(model: nn.Module, cfg: TrainConfig, phase: Phase, bn: str = "frozen",
+                frozen_dropout: bool = False) -> list[nn.Module]:
     """Set requires_grad for ``phase`` and the BatchNorm mode ``bn`` (frozen | adapt | train);
     return the encoder modules to keep in eval mode this epoch (each one's whole subtree).
 
     Frozen parts: every leaf module (dropout, ...) is returned, and so is every BatchNorm layer
     under ``bn='frozen'`` (in unfrozen blocks too). Under ``adapt``/``train`` no BatchNorm layer
     is returned, so the running statistics update; under ``train`` their affine weights train.
+    ``frozen_dropout``: ``nn.Dropout`` layers with p > 0 are never returned (they drop in every block;
+    p = 0 ones stay in eval mode so a frozen encoder without dropout is still recognised as frozen).
     """
     if bn not in BN_MODES:
         raise ValueError(f"bn={bn!r}: choose one of {BN_MODES}")
@@ -82,7 +90,8 @@ def apply_phase(model: nn.Module, cfg: TrainConfig, phase: Phase, bn: str = "fro
     norm_children = {id(sub) for m in norms for sub in m.modules()}
     frozen_leaves = [m for m in encoder.modules()
                      if next(m.children(), None) is None and id(m) not in in_trainable
-                     and not is_batchnorm(m) and id(m) not in norm_children]
+                     and not is_batchnorm(m) and id(m) not in norm_children
+                     and not (frozen_dropout and isinstance(m, nn.Dropout) and m.p > 0)]
     # a BatchNorm's own children (activation, dropout) follow the layer
     frozen_norms = norms if bn == "frozen" else []
     frozen_norm_children = [] if bn == "frozen" else [

@@ -55,13 +55,15 @@ class PhaseSchedule:
 
     lr_key = "lr"
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, bn: str = "adapt") -> None:
-        """bn: the BatchNorm mode of the encoder, frozen | adapt | train (see :mod:`tagseg.engine.phases`)."""
+    def __init__(self, model: nn.Module, cfg: TrainConfig, bn: str = "adapt", frozen_dropout: bool = False) -> None:
+        """bn: the BatchNorm mode of the encoder, frozen | adapt | train; frozen_dropout: dropout layers
+        of frozen parts stay active (see :mod:`tagseg.engine.phases`)."""
         self.model, self.cfg, self.lr, self.bn = model, cfg, cfg.lr, bn
+        self.frozen_dropout = frozen_dropout
 
     def epoch_start(self, epoch: int, global_step: int, optimizer: torch.optim.Optimizer) -> EpochPlan:
         phase = phase_for_epoch(self.cfg, epoch)
-        frozen = apply_phase(self.model, self.cfg, phase, self.bn)
+        frozen = apply_phase(self.model, self.cfg, phase, self.bn, self.frozen_dropout)
         for group in optimizer.param_groups:
             group["lr"] = phase.lr
         self.lr = phase.lr

@@ -11,6 +11,9 @@ For every scale the image is resized by a *resize policy*:
 With ``flip`` the mirrored copy goes through the network in the same batch as the original and
 its output is mirrored back. Every output is resized (bilinear) to ``out_size`` and the outputs
 are averaged (or, with ``average=False``, summed) over scales and flips.
+
+``align_corners=True`` (the official ViT-PCM resize, ``tf.compat.v1.image.resize(align_corners=True)``)
+makes the 'square' input resize and the output resize bilinear with aligned corners and no antialiasing.
 """
 
 from __future__ import annotations
@@ -37,13 +40,15 @@ def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
 
 
 def scaled_input(image: torch.Tensor, scale: float, policy: ResizePolicy, base_size: Optional[int] = None,
-                 snap: int = 16) -> torch.Tensor:
+                 snap: int = 16, align_corners: bool = False) -> torch.Tensor:
     """image (3, H, W) float -> (1, 3, h, w): the network input at ``scale`` under ``policy``."""
     x = image[None].float()
     if policy == "square":
         if base_size is None:
             raise ValueError("resize policy 'square' needs base_size")
         side = snapped_side(base_size, scale, snap)
+        if align_corners:
+            return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=True)
         return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
     if policy == "aspect":
         size = scaled_size(*image.shape[-2:], scale)
@@ -56,21 +61,22 @@ def scaled_input(image: torch.Tensor, scale: float, policy: ResizePolicy, base_s
 @torch.no_grad()
 def multiscale_maps(forward: Forward, image: torch.Tensor, scales: Sequence[float] = (1.0,), flip: bool = False,
                     resize_policy: ResizePolicy = "aspect", out_size: Optional[tuple[int, int]] = None,
-                    base_size: Optional[int] = None, snap: int = 16, average: bool = True) -> torch.Tensor:
+                    base_size: Optional[int] = None, snap: int = 16, average: bool = True,
+                    align_corners: bool = False) -> torch.Tensor:
     """Mean (``average=False``: sum) of ``forward``'s maps over scales and flips: image (3, H, W)
     float in [0, 1] on the model's device -> (C, *out_size) (default out_size: H × W).
-    ``base_size``: the scale-1 side of the 'square' policy."""
+    ``base_size``: the scale-1 side of the 'square' policy; ``align_corners``: see the module docstring."""
     out_size = tuple(out_size) if out_size is not None else tuple(image.shape[-2:])
     acc = None
     n = 0
     for s in scales:
-        x = scaled_input(image, s, resize_policy, base_size, snap)
+        x = scaled_input(image, s, resize_policy, base_size, snap, align_corners)
         batch = torch.cat([x, x.flip(-1)]) if flip else x
         maps = forward(batch)
         if flip:
             maps = torch.stack([maps[0], maps[1].flip(-1)])
         if tuple(maps.shape[-2:]) != out_size:
-            maps = F.interpolate(maps, size=out_size, mode="bilinear", align_corners=False)
+            maps = F.interpolate(maps, size=out_size, mode="bilinear", align_corners=align_corners)
         part = maps.sum(0)
         acc = part if acc is None else acc + part
         n += batch.shape[0]

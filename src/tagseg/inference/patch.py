@@ -2,7 +2,8 @@
 
 Z (the patch class probabilities) is averaged over scales and flips on the scale-1 grid
 (h = w = image_size/16), restricted to the image's labels by the label merge, and upsampled
-(bilinear) to the image size.
+(bilinear) to the image size. ``pseudo.align_corners`` (default true, the official ViT-PCM code):
+the input resize and the upsampling are bilinear with aligned corners and no antialiasing.
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ def patch_forward(model: nn.Module) -> Forward:
 
 @torch.no_grad()
 def patch_probs(model: nn.Module, image: torch.Tensor, size: int, scales: Sequence[float] = (1.0,),
-                flip: bool = False) -> torch.Tensor:
+                flip: bool = False, align_corners: bool = False) -> torch.Tensor:
     """image float (3, H, W) in [0, 1] -> Z averaged over scales (and flips): (K, h, w) on the
     scale-1 grid (h = w = size/16). Each scale's input is the image resized to a square."""
     cells = size // PATCH
     return multiscale_maps(patch_forward(model), image, scales, flip, "square", (cells, cells), base_size=size,
-                           snap=PATCH)
+                           snap=PATCH, align_corners=align_corners)
 
 
 @torch.no_grad()
@@ -41,7 +42,8 @@ def patch_merged_probabilities(model: nn.Module, image: torch.Tensor, labels: np
                                cfg: PseudoConfig) -> torch.Tensor:
     """image float (3, H, W) in [0, 1], labels (K,) -> label-merged probabilities (K, H, W):
     Z at ``cfg.image_size`` (flip / multi-scale averaged), label merge, bilinear upsampling."""
-    z = patch_probs(model, image, cfg.image_size, cfg.scales, cfg.flip)  # (K, h, w)
+    z = patch_probs(model, image, cfg.image_size, cfg.scales, cfg.flip, cfg.align_corners)  # (K, h, w)
     t = torch.as_tensor(labels, device=z.device)[None]
     merged = label_merge(z[None], t)[0]
-    return F.interpolate(merged[None], size=image.shape[-2:], mode="bilinear", align_corners=False)[0].float()
+    return F.interpolate(merged[None], size=image.shape[-2:], mode="bilinear",
+                         align_corners=cfg.align_corners)[0].float()

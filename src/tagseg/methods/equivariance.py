@@ -23,19 +23,19 @@ from tagseg.data.geometry import (  # noqa: F401  (re-exported: the view geometr
 from tagseg.methods.label_merge import label_merge
 
 def target_grid_transform(grid_a: torch.Tensor, geom_a: torch.Tensor, geom_b: torch.Tensor,
-                          patch_size: int, out_cells: int) -> torch.Tensor:
+                          patch_size: int, out_cells: int, align_corners: bool = False) -> torch.Tensor:
     """Patch-level map from view A's grid to view B's grid for one sample.
 
     grid_a: (K, h, w) predictions on view A. Undo A's flips, crop B's box in patch units
-    (corner and size divisible by ``patch_size``), bilinear resize to out_cells², apply B's
-    flips. Returns (K, out_cells, out_cells).
+    (corner and size divisible by ``patch_size``), bilinear resize to out_cells² (``align_corners``
+    as the image-level view B), apply B's flips. Returns (K, out_cells, out_cells).
     """
     g = undo_flips(grid_a, *_flips(geom_a))
     box = _crop_box(geom_b)
     if box is not None:
         y0, x0, size = box
         box = (y0 // patch_size, x0 // patch_size, size // patch_size)
-    g = crop_and_resize(g, box, out_cells)
+    g = crop_and_resize(g, box, out_cells, align_corners)
     return apply_flips(g, *_flips(geom_b))
 
 
@@ -62,11 +62,11 @@ def split_mosaic(grid: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def equivariance_target(probs_a: torch.Tensor, geom_a: torch.Tensor, geom_b: torch.Tensor,
-                        labels: torch.Tensor, patch_size: int) -> torch.Tensor:
+                        labels: torch.Tensor, patch_size: int, align_corners: bool = False) -> torch.Tensor:
     """Target T (B, K, h/2, w/2) from view-A probabilities (B, K, h, w) (no gradient)."""
     out_cells = probs_a.shape[-1] // 2
     t = torch.stack([
-        target_grid_transform(probs_a[i].float(), geom_a[i], geom_b[i], patch_size, out_cells)
+        target_grid_transform(probs_a[i].float(), geom_a[i], geom_b[i], patch_size, out_cells, align_corners)
         for i in range(probs_a.shape[0])
     ])
     return label_merge(t, labels)

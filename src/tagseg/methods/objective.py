@@ -88,7 +88,7 @@ def patch_classifier_loss(model: nn.Module, core: PatchClassifierNet, batch: dic
     if use_et:
         grid_a = out.grid[:b] if out.grid is not None else None
         target = equivariance_target(eval_mode_probs(core, images, grid_a), batch["geom_a"], batch["geom_b"],
-                                     labels, PATCH)
+                                     labels, PATCH, cfg.et_align_corners)
         parts["et"] = equivariance_loss(mosaic_logits.permute(0, 3, 1, 2), tile_idx, target)
     parts["l2"] = l2_penalty(core.classifier.weight, cfg.l2_weight)
     total = parts["mce"] + parts["l2"]

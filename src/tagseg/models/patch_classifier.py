@@ -38,12 +38,14 @@ class PatchOutput:
 class PatchClassifierNet(nn.Module):
     def __init__(self, encoder: PatchEncoder, num_classes: int, use_lstm: bool = True,
                  lstm_hidden: int = 192, dropout: float = 0.2, init_std: float = 0.05,
-                 lstm_input_dropout: float = 0.2) -> None:
+                 lstm_input_dropout: float = 0.2, lstm_init: str = "keras",
+                 lstm_dropout_masks: str = "per_step") -> None:
         super().__init__()
         self.encoder = encoder
         self.num_classes = num_classes
         if use_lstm:
-            self.conditioning: nn.Module = HVBiLSTM(encoder.out_channels, lstm_hidden, dropout, lstm_input_dropout)
+            self.conditioning: nn.Module = HVBiLSTM(encoder.out_channels, lstm_hidden, dropout, lstm_input_dropout,
+                                                         init=lstm_init, dropout_masks=lstm_dropout_masks)
             feat_dim = self.conditioning.out_dim
         else:
             self.conditioning = nn.Identity()
@@ -93,4 +95,5 @@ def build_patch_classifier(cfg: ModelConfig, num_classes: int, image_size: int) 
     encoder = build_patch_encoder(cfg, image_size)
     return PatchClassifierNet(encoder, num_classes, use_lstm=cfg.use_lstm, lstm_hidden=cfg.lstm_hidden,
                               dropout=cfg.dropout, init_std=cfg.classifier_init_std,
-                              lstm_input_dropout=cfg.lstm_input_dropout)
+                              lstm_input_dropout=cfg.lstm_input_dropout, lstm_init=cfg.lstm_init,
+                              lstm_dropout_masks=cfg.lstm_dropout_masks)

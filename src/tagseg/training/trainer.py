@@ -47,7 +47,8 @@ def classifier_task(cfg: ExperimentConfig, select_epoch: Optional[SelectFn] = No
         index = build_index(cfg.data, cfg.data.train_split).require_nonempty()
         dataset = TrainingViews(index, cfg.data.image_size, cfg.train.augment, seed=cfg.seed,
                                 equivariance=cfg.method.et_weight > 0, crop_prob=cfg.method.et_crop_prob,
-                                crop_size=cfg.method.et_crop_size)
+                                crop_size=cfg.method.et_crop_size, crop_corners=cfg.method.et_crop_corners,
+                                align_corners=cfg.method.et_align_corners)
         family = get_family(cfg.model.family)
         core = family.build(cfg, index.num_classes).to(device)
         head, enc = core.head_parameters(), list(core.encoder.parameters())
@@ -56,7 +57,7 @@ def classifier_task(cfg: ExperimentConfig, select_epoch: Optional[SelectFn] = No
         t = cfg.train
         return Task(model=core, dataset=dataset,
                     loss=lambda model, core, batch, epoch: family.loss(model, core, batch, cfg, epoch),
-                    optimizer=optimizer, schedule=PhaseSchedule(core, t, cfg.model.bn),
+                    optimizer=optimizer, schedule=PhaseSchedule(core, t, cfg.model.bn, cfg.model.frozen_dropout),
                     metadata=lambda: model_metadata(cfg, index.class_names, index.palette),
                     config=to_dict(cfg), config_yaml=config_to_yaml(cfg), epochs=t.epochs,
                     batch_size=per_process_batch(t.batch_size, info.world_size), num_workers=cfg.data.num_workers,

@@ -49,7 +49,8 @@ def add_prepare_command(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--out", required=True, help="output folder (the data.root of the coco configs)")
     c.add_argument("--keep-unannotated", action="store_true",
                    help="keep images without annotations as pure background (lists then differ from the standard)")
-    c.add_argument("--val-part", help="the 5,000-id val_part list (one id per line) when not shipped")
+    c.add_argument("--val-part", help="a val_part list (one id per line); default: derived, the first 5,000 "
+                   "ids of the sorted standard val list")
     c.add_argument("overrides", nargs="*", metavar="key=value", help="mask settings, e.g. crowd=background")
     _common(c)
 

@@ -5,6 +5,7 @@ Input: one folder with ``train2014/*.jpg``, ``val2014/*.jpg`` and
 ``val2014.zip``, ``annotations_trainval2014.zip`` (read in place; images are then copied out).
 Output: the layout :func:`tagseg.data.coco.read_coco` reads (``JPEGImages``, ``SegmentationClass``,
 ``ImageSets/{train,val,val_part}.txt``, ``cls_labels.json``, ``classes.txt``, ``prepare.json``).
+``val_part`` is derived (:func:`derive_val_part`) unless a list is given.
 
 Mask rules (:class:`CocoMaskConfig`, recorded in ``prepare.json``):
 
@@ -273,6 +274,22 @@ def shipped_val_part() -> Optional[Path]:
     return Path(str(ref)) if ref.is_file() else None
 
 
+VAL_PART_SIZE = 5000
+
+
+def derive_val_part(val_ids: list[str]) -> Optional[list[str]]:
+    """The field's 5,000-image val_part: the first 5,000 ids of the sorted standard val list.
+
+    It equals rulixiang/ToCo's ``datasets/coco/val_part.txt`` (same ids, same order; its sha256 is
+    ``COCO_STANDARD_LISTS['val_part']``, checked by the verification). Derived only from a val list
+    of the standard 40,137 ids (None otherwise, e.g. under ``keep_unannotated``): the first ids of
+    another list are another sample.
+    """
+    if len(set(val_ids)) != COCO_STANDARD_LISTS["val"].count:
+        return None
+    return sorted(set(val_ids))[:VAL_PART_SIZE]
+
+
 def load_val_part(path: Optional[str | Path]) -> Optional[list[str]]:
     """Ids of the val_part list: ``path``, else the shipped list, else None (not available)."""
     src = Path(path) if path else shipped_val_part()
@@ -377,9 +394,12 @@ def prepare_coco(coco: str | Path, out: str | Path, cfg: Optional[CocoMaskConfig
             if outside:
                 raise DataError(f"{len(outside)} val_part ids are not in the val list: {outside[:5]}")
             lists["val_part"] = sorted(set(part))
+        elif (derived := derive_val_part(lists["val"])) is not None:
+            lists["val_part"] = derived
+            notes.append("val_part derived: the first 5,000 ids of the sorted val list (checked against its sha256)")
         else:
-            notes.append("val_part not written: the 5,000-id list is not shipped with this tagseg; pass "
-                          "--val-part FILE")
+            notes.append(f"val_part not written: it is derived from the standard {COCO_STANDARD_LISTS['val'].count:,}-id "
+                          f"val list and this val list has {len(lists['val']):,} ids; pass --val-part FILE")
         write_image_labels(out / COCO_LAYOUT.labels_file, COCO_CLASSES, labels)
         write_text(out / "classes.txt", "".join(f"{n}\n" for n in COCO_CLASSES))
         for name, ids in lists.items():
