@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image files and/or folders of images, then any key=value overrides of the model's "
                         "inference settings (inference.scales=[1.0,0.75] ...)")
     p.add_argument("--model", required=True, help="model.safetensors of `tagseg segment train` (or its run folder)")
-    p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    p.add_argument("--out", help="output folder (default: <folder of the model>/predict/<name of the first input>)")
     p.add_argument("--scales", type=_parse_scales, default=None,
                    help="comma-separated inference scales (default: those stored in the model)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,

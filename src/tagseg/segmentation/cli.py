@@ -77,13 +77,23 @@ def cmd_segment_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_predict_out(model: str | Path, images: Sequence[str]) -> Path:
+    """``<folder of the model>/predict/<name of the first input>``: beside the model, never the
+    current folder (which may be a source tree)."""
+    from tagseg.segmentation.predict import resolve_model_path
+
+    first = Path(images[0]).resolve() if images else Path("images")
+    name = (first.stem if first.is_file() else first.name) or "images"
+    return resolve_model_path(model).parent / "predict" / name
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Exit status 0 when every input was processed, 1 when some failed (the rest are written)."""
     from tagseg.utils.runtime import apply_threads
     from tagseg.segmentation.predict import run_predict
 
     apply_threads(args.threads)
-    out = Path(args.out)
+    out = Path(args.out) if args.out else default_predict_out(args.model, args.images)
     report = run_predict(args.images, args.model, out, scales=args.scales, flip=args.flip, crf=args.crf,
                          classes=args.classes, device=args.device or "auto", overrides=args.overrides)
     print(f"{len(report.written)} images -> {out / 'masks'} (masks) and {out / 'overlays'} (overlays) "
