@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tagseg.cli import main
@@ -28,3 +29,41 @@ def test_predict_writes_beside_the_model_not_into_the_current_folder(tmp_path, m
     assert main(["predict", str(images / "a.jpg"), "--model", str(run / "model.safetensors"), "--threads", "1"]) == 0
     assert (run / "predict" / "a" / "masks" / "a.png").is_file()
     assert list(cwd.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def cam_run(tmp_path_factory):
+    """A CAM run trained at 64 px on 4 VOC-layout images, without setting pseudo.image_size."""
+    from fixtures import make_voc
+
+    root = tmp_path_factory.mktemp("camrun")
+    make_voc(root / "voc", n=4)
+    run = root / "run"
+    assert main(["train", "--config", "cam_voc", "--out", str(run), f"data.root={root / 'voc'}",
+                 "data.train_split=train", "data.image_size=64", "data.num_workers=0", "model.encoder=test_resnet",
+                 "model.pretrained=false", "train.epochs=1", "train.warmup_epochs=0", "train.batch_size=2",
+                 "--threads", "1"]) == 0
+    return run
+
+
+@pytest.mark.slow
+def test_pseudo_size_follows_the_training_size_unless_set(cam_run, capsys):
+    from tagseg.config import load_config
+
+    assert load_config(str(cam_run / "config.yaml")).pseudo.image_size == 64
+    assert load_config("cam_voc", ["data.image_size=128"]).pseudo.image_size == 128
+    assert load_config("cam_voc", ["data.image_size=128", "pseudo.image_size=320"]).pseudo.image_size == 320
+    capsys.readouterr()
+    assert main(["pseudo", "--run", str(cam_run), "--threads", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "4 written" in captured.out and "note:" not in captured.err  # 4 scales + flip at 64 px: 15×
+
+
+@pytest.mark.slow
+def test_pseudo_notes_a_cost_far_above_training(cam_run, tmp_path, capsys):
+    assert main(["pseudo", "--run", str(cam_run), "--threads", "1", "--out", str(tmp_path / "p"),
+                 "pseudo.image_size=256", "data.max_images=1"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert notes == ["note: pseudo runs each image at 256 px × 4 scales (1, 0.5, 1.5, 2) + flip (largest 512 px, "
+                     "8.0× the training size 64 px): 240× the pixels of a training image; pseudo.image_size, "
+                     "pseudo.scales and pseudo.flip lower it"]

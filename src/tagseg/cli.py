@@ -278,6 +278,15 @@ def _resolve_run_config(run: Path, overrides: Sequence[str]):
     return load_config(str(cfg_path), overrides)
 
 
+def _note_cost(stage: str, cfg) -> None:
+    """One line on stderr when the stage's inference costs far more per image than training."""
+    from tagseg.utils.cost import cost_note
+
+    note = cost_note(stage, cfg.data.image_size, cfg.pseudo.image_size, cfg.pseudo.scales, cfg.pseudo.flip)
+    if note:
+        print(note, file=sys.stderr)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from tagseg.config import load_config
     from tagseg.engine.checkpoint import ensure_fresh_run_dir
@@ -313,6 +322,7 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
                             DistInfo())
     split = args.split or cfg.data.pseudo_split
     out = Path(args.out or run / "pseudo" / split)
+    _note_cost("pseudo", cfg)
     index = build_index(cfg.data, split)
     threads, workers = inference_processes(device.type, len(index) // args.shard[1], args.workers, args.threads)
     apply_threads(threads)
@@ -364,6 +374,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         if not args.run:
             raise TagsegError("--sweep-bg needs --run (the CAMs come from the run's model)")
+        _note_cost("the background sweep", cfg)
         try:
             thresholds = [float(x) for x in args.sweep_bg.split(",") if x.strip()]
         except ValueError:
