@@ -67,3 +67,29 @@ def test_pseudo_notes_a_cost_far_above_training(cam_run, tmp_path, capsys):
     assert notes == ["note: pseudo runs each image at 256 px × 4 scales (1, 0.5, 1.5, 2) + flip (largest 512 px, "
                      "8.0× the training size 64 px): 240× the pixels of a training image; pseudo.image_size, "
                      "pseudo.scales and pseudo.flip lower it"]
+
+
+@pytest.mark.slow
+def test_segment_train_resume_on_a_tag_classifier_run_says_what_the_folder_is(cam_run, capsys):
+    assert main(["segment", "train", "--config", "segment_demo", "--out", str(cam_run), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"tagseg segment train: error: {cam_run} is a tag-classifier run (made by `tagseg train`), "
+                   f"not a segmentation run: cannot resume it here; use `tagseg pseudo --run {cam_run}`, "
+                   f"or another --out")
+    assert main(["segment", "eval", "--run", str(cam_run)]) == 2
+    assert "is a tag-classifier run" in capsys.readouterr().err
+
+
+def test_train_resume_on_a_segmentation_run_says_what_the_folder_is(tmp_path, capsys):
+    from tagseg.config import config_to_yaml
+    from tagseg.segmentation.config import load_segment_config
+
+    run = tmp_path / "seg"
+    run.mkdir()
+    (run / "config.yaml").write_text(config_to_yaml(load_segment_config("segment_demo")))
+    for argv in (["train", "--config", "demo", "--out", str(run), "--resume"], ["pseudo", "--run", str(run)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{run} is a segmentation run (made by `tagseg segment train`)" in err[0]
+    assert main(["train", "--config", "demo", "--out", str(run)]) == 2
+    assert "cannot train into it here" in capsys.readouterr().err

@@ -272,9 +272,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def _resolve_run_config(run: Path, overrides: Sequence[str]):
     from tagseg.config import load_config
 
+    from tagseg.utils.run_kind import TAGS, require_run_kind
+
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
         raise TagsegError(f"{run} is not a tagseg run folder (no config.yaml)")
+    require_run_kind(run, TAGS, "use")
     return load_config(str(cfg_path), overrides)
 
 
@@ -291,6 +294,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tagseg.config import load_config
     from tagseg.engine.checkpoint import ensure_fresh_run_dir
     from tagseg.training.trainer import Trainer
+    from tagseg.utils.run_kind import TAGS, require_run_kind
 
     if Path(args.config).stem.startswith("segment"):
         raise TagsegError(f"{args.config} is a segmentation-stage config: use `tagseg segment train --config {args.config}`")
@@ -298,6 +302,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, [*device_overrides(args.device), *threads, *args.overrides])
     out = Path(args.out or f"runs/{cfg.name}")
     with run_lock(out):
+        require_run_kind(out, TAGS, "resume" if args.resume else "train into")
         ensure_fresh_run_dir(out, args.resume)
         apply_threads(cfg.train.cpu_threads or None, world_size(), cfg.data.num_workers)  # the trainer keeps it
         result = Trainer(cfg, out, resume=args.resume).fit(stop_after_epoch=args.stop_after_epoch)

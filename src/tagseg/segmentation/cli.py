@@ -21,6 +21,9 @@ def _run_config(run: Path, overrides: Sequence[str]):
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
         raise TagsegError(f"{run} is not a tagseg segmentation run folder (no config.yaml)")
+    from tagseg.utils.run_kind import SEGMENT, require_run_kind
+
+    require_run_kind(run, SEGMENT, "use")
     return load_segment_config(str(cfg_path), overrides)
 
 
@@ -29,10 +32,12 @@ def cmd_segment_train(args: argparse.Namespace) -> int:
     from tagseg.segmentation.config import load_segment_config
     from tagseg.segmentation.trainer import SegmentationTrainer
     from tagseg.engine.checkpoint import ensure_fresh_run_dir
+    from tagseg.utils.run_kind import SEGMENT, require_run_kind
 
     cfg = load_segment_config(args.config, [*device_overrides(args.device), *args.overrides])
     out = Path(args.out or f"runs/{cfg.name}")
     with run_lock(out):
+        require_run_kind(out, SEGMENT, "resume" if args.resume else "train into")
         ensure_fresh_run_dir(out, args.resume)
         apply_threads(args.threads, world_size(), cfg.data.num_workers)
         result = SegmentationTrainer(cfg, out, resume=args.resume).fit(stop_after_epoch=args.stop_after_epoch)
