@@ -438,7 +438,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_configs(args: argparse.Namespace) -> int:
     from tagseg.config import config_to_yaml, load_config, shipped_configs
 
-    apply_threads(args.threads)
+    # nothing is computed here: no torch threads to set (and no torch to import)
     if args.name is None:
         if args.overrides or args.device:
             raise TagsegError("overrides and --device need a config name: tagseg configs NAME key=value ...")
