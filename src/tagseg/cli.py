@@ -88,7 +88,6 @@ def _lazy(target: str) -> Callable[[argparse.Namespace], int]:
     return handler
 
 
-
 def _common(device: bool = True) -> argparse.ArgumentParser:
     """--threads (and --device) shared by the verbs."""
     p = argparse.ArgumentParser(add_help=False)
