@@ -72,3 +72,14 @@ def test_reachable_hub_goes_on_to_timm(monkeypatch, no_download):
 def test_untagged_or_unknown_weights_are_left_to_timm():
     assert weights.pretrained_locations("no_such_model.x") == []
     weights.check_hub_weights_reachable("no_such_model.x")
+
+
+def test_a_local_file_in_the_pretrained_overlay_needs_no_hub(no_download, monkeypatch):
+    called = []
+    monkeypatch.setattr(factory, "check_hub_weights_reachable", lambda name: called.append(name))
+    monkeypatch.setattr(timm, "create_model", lambda name, pretrained=False, **kw: ("built", pretrained))
+    assert factory.build_timm_model(NAME, pretrained=True, pretrained_cfg_overlay={"file": "w.pth"}) == \
+        ("built", True)
+    assert called == []
+    factory.build_timm_model(NAME, pretrained=True)
+    assert called == [NAME]

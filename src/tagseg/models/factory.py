@@ -38,7 +38,8 @@ def build_timm_model(
         raise ConfigError(f"unknown timm model name: {name!r}")
     if weights is not None and timm_kwargs.get("features_only"):
         return _build_feature_model(name, weights, timm_kwargs)
-    if pretrained:
+    overlay = timm_kwargs.get("pretrained_cfg_overlay") or {}
+    if pretrained and not (overlay.get("file") or overlay.get("state_dict")):
         check_hub_weights_reachable(name)  # offline: the message now, not after a minute of retries
     try:
         model = timm.create_model(name, pretrained=pretrained, **timm_kwargs)
