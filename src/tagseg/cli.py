@@ -310,7 +310,7 @@ def _check_data(cfg, requested: Optional[bool]) -> None:
     if should_check(requested, len(index)):
         progress = os.environ.get("RANK", "0") == "0" and sys.stderr.isatty()
         files = check_split(index, progress=progress)
-        print(f"checked {files} files of {index.name or cfg.data.train_split}: all decode", file=sys.stderr)
+        print(f"checked {files} files of {index.name or cfg.data.train_split}: all decode")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
