@@ -13,7 +13,8 @@
 # (no half-installed environment); TAGSEG_TORCH=pypi then takes PyPI's default build instead.
 #
 # Environment: PYTHON (default python3), TAGSEG_TORCH=auto|cpu|pypi (default auto: cpu when no
-# NVIDIA GPU is found on Linux x86_64), TAGSEG_TORCH_INDEX (default the CPU index below).
+# NVIDIA GPU is found on Linux x86_64), TAGSEG_TORCH_INDEX (default the CPU index below),
+# TAGSEG_INSTALL_DRY_RUN=1 (print the choice and the pip commands, run nothing).
 set -eu
 
 PYTHON=${PYTHON:-python3}
@@ -37,6 +38,16 @@ esac
 
 TARGET="."
 [ -n "$EXTRAS" ] && TARGET=".[$EXTRAS]"
+if [ "${TAGSEG_INSTALL_DRY_RUN:-0}" = 1 ]; then
+  echo "install.sh: torch build: $MODE"
+  if [ "$MODE" = cpu ]; then
+    echo "$PYTHON -m pip install --retries 0 --timeout 15 --index-url $CPU_INDEX" \
+      "$(sed -n 's/^torch==\([^ #]*\).*/torch==\1+cpu/p' constraints.txt)" \
+      "$(sed -n 's/^torchvision==\([^ #]*\).*/torchvision==\1+cpu/p' constraints.txt)"
+  fi
+  echo "$PYTHON -m pip install -c constraints.txt -e $TARGET"
+  exit 0
+fi
 
 if [ "$MODE" = cpu ]; then
   echo "install.sh: no NVIDIA GPU found: PyTorch's CPU build from $CPU_INDEX"
