@@ -65,3 +65,21 @@ def test_reading_the_umask_does_not_change_it(umask):
     umask(0o027)
     process_umask()
     assert os.umask(0o027) == 0o027
+
+
+def test_a_prepared_voc_tree_follows_the_umask(tmp_path, umask):
+    """The whole `prepare` tree (from the archives: every file is written by tagseg) is shareable."""
+    from prepare_fakes import EXPECTED_VOC, make_voc_archives, make_voc_sources
+    from tagseg.data.prepare.verify import ListExpectation, list_sha256
+    from tagseg.data.prepare.voc import prepare_voc
+
+    umask(0o022)
+    voc, sbd, _ = make_voc_sources(tmp_path / "src")
+    voc_tar, sbd_tgz = make_voc_archives(tmp_path, voc, sbd)
+    expected = {k: ListExpectation(len(v), list_sha256(v)) for k, v in EXPECTED_VOC.items()}
+    prepare_voc(voc_tar, sbd_tgz, tmp_path / "out", workers=1, expected=expected)
+    paths = sorted((tmp_path / "out").rglob("*"))
+    files = {str(p.relative_to(tmp_path)): oct(_mode(p)) for p in paths if p.is_file() and "lock" not in p.name}
+    folders = {str(p.relative_to(tmp_path)): oct(_mode(p)) for p in paths if p.is_dir()}
+    assert len(files) > 10 and set(files.values()) == {"0o644"}, files
+    assert set(folders.values()) == {"0o755"}, folders
