@@ -60,3 +60,19 @@ def test_train_stops_before_the_first_epoch_naming_the_file(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"tagseg train: error: cannot decode image {bad}")
     assert not (run / "checkpoints").exists() and not (run / "history.jsonl").exists()
+
+
+def test_segment_train_checks_the_masks_it_trains_on(tmp_path, capsys):
+    ids = make_voc(tmp_path / "voc", n=4)
+    pseudo = tmp_path / "pseudo" / "masks"
+    pseudo.mkdir(parents=True)
+    for i in ids:
+        (pseudo / f"{i}.png").write_bytes((tmp_path / "voc" / "SegmentationClassAug" / f"{i}.png").read_bytes())
+    bad = pseudo / f"{ids[1]}.png"
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated
+    run = tmp_path / "seg"
+    assert main(["segment", "train", "--config", "segment_demo", "--out", str(run), f"data.root={tmp_path / 'voc'}",
+                 "data.dataset=voc", "data.train_split=train", f"segment.masks_dir={pseudo}", "--threads", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"tagseg segment train: error: cannot decode mask {bad}")
+    assert not (run / "checkpoints").exists()

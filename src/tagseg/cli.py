@@ -110,11 +110,11 @@ def _add_training_args(p: argparse.ArgumentParser, config_help: str) -> None:
     p.add_argument("--stop-after-epoch", type=int, default=None, help="stop after this many finished epochs")
 
 
-def _add_check_data(p: argparse.ArgumentParser) -> None:
+def _add_check_data(p: argparse.ArgumentParser, masks: str = "masks") -> None:
     from tagseg.data.check import CHECK_DATA_DEFAULT_MAX  # tagseg.data.check imports no torch
 
     p.add_argument("--check-data", action=argparse.BooleanOptionalAction, default=None,
-                   help="decode every image and mask of the training split before training starts "
+                   help=f"decode every image and its {masks} of the training split before training starts "
                         f"(default: on for at most {CHECK_DATA_DEFAULT_MAX:,} images)")
 
 
@@ -199,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg_sub = seg.add_subparsers(dest="segment_command", required=True)
     p = seg_sub.add_parser("train", parents=[common], help="train a DeepLab network on the pseudo-masks of a config")
     _add_training_args(p, "a shipped config name (e.g. segment_voc) or a YAML path")
+    _add_check_data(p, "training masks (segment.masks_dir)")
     _add_overrides(p, "train.epochs=2 segment.masks_dir=runs/x/pseudo/train_aug/masks")
     p.set_defaults(handler=_lazy("tagseg.segmentation.cli:cmd_segment_train"))
 

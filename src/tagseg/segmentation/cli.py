@@ -27,6 +27,28 @@ def _run_config(run: Path, overrides: Sequence[str]):
     return load_segment_config(str(cfg_path), overrides)
 
 
+def _check_training_masks(cfg, requested) -> None:
+    """``segment train --check-data``: decode every training image and the mask it trains on
+    (pseudo-masks or ground truth, as the trainer chooses them) before the first epoch."""
+    import dataclasses
+    import os
+
+    from tagseg.data.build import build_index
+    from tagseg.data.check import check_split, should_check
+    from tagseg.segmentation.data import choose_mask_folder, resolve_mask_paths
+
+    index = build_index(cfg.data, cfg.data.train_split)
+    if not should_check(requested, len(index)):
+        return
+    folder, _ = choose_mask_folder(cfg.segment.masks_dir, cfg.segment.mask_kind)
+    masks = resolve_mask_paths(index, folder)
+    pairs = dataclasses.replace(index, records=[dataclasses.replace(r, mask_path=m)
+                                                for r, m in zip(index.records, masks)])
+    progress = os.environ.get("RANK", "0") == "0" and sys.stderr.isatty()
+    files = check_split(pairs, progress=progress)
+    print(f"checked {files} files of {index.name or cfg.data.train_split} and its training masks: all decode")
+
+
 def cmd_segment_train(args: argparse.Namespace) -> int:
     from tagseg.utils.runtime import apply_threads, device_overrides, world_size
     from tagseg.segmentation.config import load_segment_config
@@ -40,6 +62,7 @@ def cmd_segment_train(args: argparse.Namespace) -> int:
         require_run_kind(out, SEGMENT, "resume" if args.resume else "train into")
         ensure_fresh_run_dir(out, args.resume)
         apply_threads(args.threads, world_size(), cfg.data.num_workers)
+        _check_training_masks(cfg, args.check_data)
         result = SegmentationTrainer(cfg, out, resume=args.resume).fit(stop_after_epoch=args.stop_after_epoch)
     print(f"saved {result}")
     return 0
