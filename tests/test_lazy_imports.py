@@ -34,3 +34,37 @@ def test_the_command_line_imports_no_torch_before_a_verb_runs():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+HELP_PROBE = """
+import contextlib, io, sys
+from tagseg.cli import main
+for argv in ([], ['demo'], ['train'], ['pseudo'], ['eval'], ['configs'], ['report'], ['segment'],
+             ['segment', 'train'], ['segment', 'eval'], ['predict'], ['prepare'], ['prepare', 'voc'],
+             ['prepare', 'coco']):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        main([*argv, '--help'])
+with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+    main(['--version'])
+print(sorted(m for m in ('torch', 'timm', 'triton', 'numpy', 'scipy', 'PIL') if m in sys.modules))
+"""
+
+
+def test_help_of_every_verb_and_version_import_no_torch_numpy_or_scipy():
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
+    out = subprocess.run([sys.executable, "-c", HELP_PROBE], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_configs_verb_needs_no_torch():
+    """`tagseg configs [NAME]` only reads YAML: torch is not imported for it."""
+    probe = HELP_PROBE.split("for argv")[0] + (
+        "for argv in (['configs'], ['configs', 'demo'], ['configs', 'segment_demo', 'train.epochs=3']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        assert main(argv) == 0\n"
+        "print(sorted(m for m in ('torch', 'timm', 'triton') if m in sys.modules))\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

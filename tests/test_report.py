@@ -91,7 +91,7 @@ def tiny_run(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("report")
     make_voc(base / "voc", n=N_IMAGES)
     cfg = load_config("tkpcl_voc", [f"data.root={base / 'voc'}", *TINY])
-    run = base / "run"
+    run = base / "tiny_run"  # the report is titled by this folder's name
     Trainer(cfg, run, show_progress=False).fit()
     model, _, _ = load_patch_classifier(run / "model.safetensors")
     index = build_index(cfg.data, "train")
@@ -226,6 +226,14 @@ def test_missing_pieces_become_notes(tmp_path, tiny_run):
     assert page.count("dataset not available") == 2 * N_IMAGES  # photo and ground truth cells
     empty = render_report(collect_run(tmp_path / "bare" / "pseudo" / "train" / "masks"), generated="now")
     assert "No metrics and no training history" in empty and "no samples" in empty
+
+
+def test_the_report_is_titled_by_the_run_folder_not_the_config(tmp_path, tiny_run):
+    run = tmp_path / "seed-2"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("checkpoints", "tb", "*.safetensors"))
+    page = render_report(collect_run(run), generated="now")
+    assert "<title>tagseg report: seed-2</title>" in page and "<h1>tagseg report: seed-2</h1>" in page
+    assert "config <code>tiny_run</code>" in page and "tagseg report: tiny_run" not in page
 
 
 def test_a_moved_dataset_is_reported_and_data_root_fixes_it(tmp_path, tiny_run):

@@ -3,22 +3,26 @@
 Verbs: demo, train, pseudo, eval, configs, report, segment train|eval, predict, prepare voc|coco. Every verb takes
 ``key=value`` overrides (the configuration keys of its stage), ``--threads N`` (CPU threads per
 process; default: the machine's cores divided by the processes the verb runs) and ``--device``
-(report: ``--threads`` only, it runs no network). The handlers of the segmentation and report
-verbs live beside their stage (``segmentation/cli.py``, ``report/cli.py``); the parser is here.
+(report: ``--threads`` only, it runs no network). Overrides may stand anywhere among a verb's
+options (:func:`parse_args`). The handlers of the segmentation, report and prepare verbs live
+beside their stage (``segmentation/cli.py``, ``report/cli.py``, ``data/prepare/cli.py``) and are
+imported only when their verb runs (:func:`_lazy`), so ``--help`` loads neither torch nor numpy;
+the parser, which declares every verb, is here (:func:`build_parser`).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import re
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-from tagseg.data.prepare.cli import add_prepare_command, cmd_prepare
+from tagseg import __version__
+from tagseg.data.prepare.cli import add_prepare_command
 from tagseg.errors import TagsegError
-from tagseg.report.cli import cmd_report
-from tagseg.segmentation.cli import cmd_predict, cmd_segment_eval, cmd_segment_train
 from tagseg.utils.runlock import run_lock
 from tagseg.utils.runtime import apply_threads, device_overrides, inference_processes, world_size
 
@@ -72,6 +76,18 @@ def _positive_int(text: str) -> int:
 # ------------------------------------------------------------------------------- the parser
 
 
+def _lazy(target: str) -> Callable[[argparse.Namespace], int]:
+    """A handler ``"module:function"`` imported only when its verb runs, so that ``--help`` and
+    the other verbs never pay for its imports (torch, scipy, ...)."""
+    module, _, attr = target.partition(":")
+
+    def handler(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(module), attr)(args)
+
+    handler.__qualname__ = handler.__name__ = attr
+    return handler
+
+
 def _common(device: bool = True) -> argparse.ArgumentParser:
     """--threads (and --device) shared by the verbs."""
     p = argparse.ArgumentParser(add_help=False)
@@ -94,8 +110,17 @@ def _add_training_args(p: argparse.ArgumentParser, config_help: str) -> None:
     p.add_argument("--stop-after-epoch", type=int, default=None, help="stop after this many finished epochs")
 
 
+def _add_check_data(p: argparse.ArgumentParser, masks: str = "masks") -> None:
+    from tagseg.data.check import CHECK_DATA_DEFAULT_MAX  # tagseg.data.check imports no torch
+
+    p.add_argument("--check-data", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"decode every image and its {masks} of the training split before training starts "
+                        f"(default: on for at most {CHECK_DATA_DEFAULT_MAX:,} images)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tagseg", description="Pseudo-masks from image-level tags (WSSS).")
+    parser.add_argument("--version", action="version", version=f"tagseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     common, common_no_device = _common(), _common(device=False)
 
@@ -108,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", parents=[common],
                        help="train a WSSS model (patch-classifier or CAM family) from a config")
     _add_training_args(p, "a shipped config name (see `tagseg configs`) or a YAML path")
+    _add_check_data(p)
     _add_overrides(p)
     p.set_defaults(handler=cmd_train)
 
@@ -167,14 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="thumbnail size in px, longer side (default: 200)")
     p.add_argument("--data-root", help="dataset folder, when it moved since the run (replaces data.root)")
     _add_overrides(p, "data.max_images=50 (data.* keys of the run's config)")
-    p.set_defaults(handler=cmd_report)
+    p.set_defaults(handler=_lazy("tagseg.report.cli:cmd_report"))
 
     seg = sub.add_parser("segment", help="train or evaluate the DeepLab segmentation network on pseudo-masks")
     seg_sub = seg.add_subparsers(dest="segment_command", required=True)
     p = seg_sub.add_parser("train", parents=[common], help="train a DeepLab network on the pseudo-masks of a config")
     _add_training_args(p, "a shipped config name (e.g. segment_voc) or a YAML path")
+    _add_check_data(p, "training masks (segment.masks_dir)")
     _add_overrides(p, "train.epochs=2 segment.masks_dir=runs/x/pseudo/train_aug/masks")
-    p.set_defaults(handler=cmd_segment_train)
+    p.set_defaults(handler=_lazy("tagseg.segmentation.cli:cmd_segment_train"))
 
     p = seg_sub.add_parser("eval", parents=[common],
                            help="score a trained network on a split with ground truth (mIoU, contour F, J&F)")
@@ -188,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "<run>/eval.shard-<i>-of-<n>.json for a shard)")
     p.add_argument("--save-masks", action="store_true", help="also write the predictions to <run>/predictions/<split>/")
     _add_overrides(p, "inference.flip=true data.max_images=50")
-    p.set_defaults(handler=cmd_segment_eval)
+    p.set_defaults(handler=_lazy("tagseg.segmentation.cli:cmd_segment_eval"))
 
     p = sub.add_parser("predict", parents=[common],
                        help="write masks and colour overlays for images with a segmentation model")
@@ -196,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image files and/or folders of images, then any key=value overrides of the model's "
                         "inference settings (inference.scales=[1.0,0.75] ...)")
     p.add_argument("--model", required=True, help="model.safetensors of `tagseg segment train` (or its run folder)")
-    p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    p.add_argument("--out", help="output folder (default: <folder of the model>/predict/<name of the first input>)")
     p.add_argument("--scales", type=_parse_scales, default=None,
                    help="comma-separated inference scales (default: those stored in the model)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
@@ -205,10 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dense-CRF refinement (default: as stored in the model)")
     p.add_argument("--classes", default=None,
                    help="check the model's classes against 'voc', a classes file or a folder with classes.txt")
-    p.set_defaults(handler=cmd_predict)
+    p.set_defaults(handler=_lazy("tagseg.segmentation.cli:cmd_predict"))
 
     add_prepare_command(sub)
-    sub.choices["prepare"].set_defaults(handler=cmd_prepare)
+    sub.choices["prepare"].set_defaults(handler=_lazy("tagseg.data.prepare.cli:cmd_prepare"))
     return parser
 
 
@@ -221,13 +248,31 @@ def split_overrides(items: Sequence[str]) -> tuple[list[str], list[str]]:
     return paths, overrides
 
 
-def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """Parse the command line; ``key=value`` overrides may stand anywhere among a verb's options.
+
+    argparse fills a verb's ``key=value ...`` positional from one run of words only, so words after
+    a later option come back unrecognised: those that look like overrides join the verb's overrides
+    in the order given (``predict`` takes other such words as images); anything else is an error.
+    """
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
     if args.command == "eval":
-        args.pred, extra = split_overrides(args.pred)
-        args.overrides = [*extra, *args.overrides]
+        args.pred, overrides = split_overrides(args.pred)
+        args.overrides = [*overrides, *args.overrides]
     elif args.command == "predict":
         args.images, args.overrides = split_overrides(args.images)
+        more_images, extra = split_overrides(extra)
+        args.images += [p for p in more_images if not p.startswith("-")]
+        extra = [p for p in more_images if p.startswith("-")] + extra
+    late = [word for word in extra if OVERRIDE.match(word)]
+    unknown = [word for word in extra if not OVERRIDE.match(word)]
+    if late and not hasattr(args, "overrides"):
+        unknown = extra
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if late:
+        args.overrides = [*args.overrides, *late]
     return args
 
 
@@ -237,16 +282,43 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def _resolve_run_config(run: Path, overrides: Sequence[str]):
     from tagseg.config import load_config
 
+    from tagseg.utils.run_kind import TAGS, require_run_kind
+
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
         raise TagsegError(f"{run} is not a tagseg run folder (no config.yaml)")
+    require_run_kind(run, TAGS, "use")
     return load_config(str(cfg_path), overrides)
+
+
+def _note_cost(stage: str, cfg) -> None:
+    """One line on stderr when the stage's inference costs far more per image than training."""
+    from tagseg.utils.cost import cost_note
+
+    note = cost_note(stage, cfg.data.image_size, cfg.pseudo.image_size, cfg.pseudo.scales, cfg.pseudo.flip)
+    if note:
+        print(note, file=sys.stderr)
+
+
+def _check_data(cfg, requested: Optional[bool]) -> None:
+    """``train --check-data``: decode the training split before the first epoch (see tagseg.data.check)."""
+    from tagseg.data.build import build_index
+    from tagseg.data.check import check_split, should_check
+
+    if cfg.data.dataset == "synthetic":
+        return  # generated by the run itself
+    index = build_index(cfg.data, cfg.data.train_split)
+    if should_check(requested, len(index)):
+        progress = os.environ.get("RANK", "0") == "0" and sys.stderr.isatty()
+        files = check_split(index, progress=progress)
+        print(f"checked {files} files of {index.name or cfg.data.train_split}: all decode")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tagseg.config import load_config
     from tagseg.engine.checkpoint import ensure_fresh_run_dir
     from tagseg.training.trainer import Trainer
+    from tagseg.utils.run_kind import TAGS, require_run_kind
 
     if Path(args.config).stem.startswith("segment"):
         raise TagsegError(f"{args.config} is a segmentation-stage config: use `tagseg segment train --config {args.config}`")
@@ -254,8 +326,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, [*device_overrides(args.device), *threads, *args.overrides])
     out = Path(args.out or f"runs/{cfg.name}")
     with run_lock(out):
+        require_run_kind(out, TAGS, "resume" if args.resume else "train into")
         ensure_fresh_run_dir(out, args.resume)
         apply_threads(cfg.train.cpu_threads or None, world_size(), cfg.data.num_workers)  # the trainer keeps it
+        _check_data(cfg, args.check_data)
         result = Trainer(cfg, out, resume=args.resume).fit(stop_after_epoch=args.stop_after_epoch)
     print(f"saved {result}")
     return 0
@@ -278,6 +352,7 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
                             DistInfo())
     split = args.split or cfg.data.pseudo_split
     out = Path(args.out or run / "pseudo" / split)
+    _note_cost("pseudo", cfg)
     index = build_index(cfg.data, split)
     threads, workers = inference_processes(device.type, len(index) // args.shard[1], args.workers, args.threads)
     apply_threads(threads)
@@ -329,6 +404,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         if not args.run:
             raise TagsegError("--sweep-bg needs --run (the CAMs come from the run's model)")
+        _note_cost("the background sweep", cfg)
         try:
             thresholds = [float(x) for x in args.sweep_bg.split(",") if x.strip()]
         except ValueError:
@@ -362,7 +438,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_configs(args: argparse.Namespace) -> int:
     from tagseg.config import config_to_yaml, load_config, shipped_configs
 
-    apply_threads(args.threads)
+    # nothing is computed here: no torch threads to set (and no torch to import)
     if args.name is None:
         if args.overrides or args.device:
             raise TagsegError("overrides and --device need a config name: tagseg configs NAME key=value ...")
@@ -387,7 +463,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parse(argv)
+    args = parse_args(argv)
     name = args.command + (f" {args.segment_command}" if args.command == "segment" else "")
     try:
         return args.handler(args)

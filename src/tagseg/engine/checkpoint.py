@@ -41,7 +41,7 @@ from safetensors.torch import save as save_bytes
 from torch import nn
 
 from tagseg.errors import OutputError, TagsegError, TrainingError
-from tagseg.utils.io import atomic_path
+from tagseg.utils.io import atomic_path, umask_mode
 
 EPOCH_DIR = re.compile(r"^epoch_(\d{4,})$")
 MODEL_FILE = "model.safetensors"
@@ -278,6 +278,7 @@ def save_checkpoint(run_dir: Path, epoch: int, model: nn.Module, state: dict[str
     try:
         ckpt_root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp_epoch_", dir=ckpt_root))
+        tmp.chmod(umask_mode(folder=True))  # mkdtemp makes it private (0700); the folder follows the umask
         write_safetensors(tmp / MODEL_FILE, state_tensors(model))
         write_safetensors(tmp / STATE_FILE, *encode_state(state))
         if final.exists():

@@ -6,7 +6,8 @@ from torch import nn
 
 from tagseg.errors import ConfigError, TagsegError
 from tagseg.models.lite import LITE_VARIANTS, create_lite_model
-from tagseg.models.weights import _build_feature_model, load_local_weights
+from tagseg.models.weights import (_build_feature_model, check_hub_weights_reachable, hub_failure_message,
+                                   load_local_weights)
 
 
 def build_timm_model(
@@ -37,6 +38,9 @@ def build_timm_model(
         raise ConfigError(f"unknown timm model name: {name!r}")
     if weights is not None and timm_kwargs.get("features_only"):
         return _build_feature_model(name, weights, timm_kwargs)
+    overlay = timm_kwargs.get("pretrained_cfg_overlay") or {}
+    if pretrained and not (overlay.get("file") or overlay.get("state_dict")):
+        check_hub_weights_reachable(name)  # offline: the message now, not after a minute of retries
     try:
         model = timm.create_model(name, pretrained=pretrained, **timm_kwargs)
     except TypeError:
@@ -44,11 +48,7 @@ def build_timm_model(
     except Exception as exc:  # noqa: BLE001 - network / hub errors come in many types
         if not pretrained:
             raise
-        raise TagsegError(
-            f"could not fetch timm's pretrained weights for {name!r} ({type(exc).__name__}: {exc}). "
-            "Without internet access, give a local file with model.weights=PATH "
-            "(.pth/.safetensors/.npz) or train from scratch with model.pretrained=false"
-        ) from exc
+        raise TagsegError(hub_failure_message(name, f"{type(exc).__name__}: {exc}")) from exc
     if weights is not None:
         load_local_weights(model, name, weights)
     return model

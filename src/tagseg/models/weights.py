@@ -233,3 +233,88 @@ def _build_feature_model(name: str, path: str | Path, timm_kwargs: dict) -> nn.M
         torch.save(whole.state_dict(), verified)
         overlay["file"] = str(verified)
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **timm_kwargs)
+
+
+# ------------------------------------------------------------------ timm hub weights, offline
+
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def hub_failure_message(name: str, reason: str) -> str:
+    """The one message for pretrained weights that cannot be had, with the ways out."""
+    return (f"could not fetch timm's pretrained weights for {name!r} ({reason}). "
+            "Without internet access, give a local file with model.weights=PATH "
+            "(.pth/.safetensors/.npz) or train from scratch with model.pretrained=false")
+
+
+def _hub_offline() -> bool:
+    """True when the user asked huggingface_hub to stay offline (HF_HUB_OFFLINE=1)."""
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except Exception:  # noqa: BLE001 - no huggingface_hub: timm then uses plain URLs
+        return False
+
+
+def pretrained_locations(name: str) -> list[tuple[str, str]]:
+    """Where timm would take ``name``'s pretrained weights from: ``("hf-hub", repo_id)`` and/or
+    ``("url", url)``, in timm's order of preference; empty when timm declares none."""
+    try:
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name, allow_unregistered=False)
+    except Exception:  # noqa: BLE001 - an unknown tag: timm's own error explains it
+        return []
+    if cfg is None or cfg.file or cfg.state_dict:
+        return []
+    found = [("hf-hub", cfg.hf_hub_id)] if cfg.hf_hub_id else []
+    return found + ([("url", cfg.url)] if cfg.url else [])
+
+
+def hub_weights_cached(locations: Sequence[tuple[str, str]]) -> bool:
+    """True when one of ``locations`` is already in the local cache (nothing to download)."""
+    for kind, where in locations:
+        if kind == "hf-hub":
+            try:
+                from huggingface_hub import try_to_load_from_cache
+            except ImportError:
+                continue
+            repo, _, revision = where.partition("@")
+            for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+                if isinstance(try_to_load_from_cache(repo, filename, revision=revision or None), str):
+                    return True
+        elif kind == "url":
+            if (Path(torch.hub.get_dir()) / "checkpoints" / Path(where.split("?")[0]).name).is_file():
+                return True
+    return False
+
+
+def host_reachable(host: str, port: int = 443, timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """One TCP connection attempt (name lookup included), no retries."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def check_hub_weights_reachable(name: str) -> None:
+    """Fail at once, with :func:`hub_failure_message`, when timm's pretrained weights for ``name``
+    are neither cached nor downloadable: huggingface_hub set offline, or the weights' host not
+    answering one connection attempt (instead of a minute of download retries)."""
+    from urllib.parse import urlparse
+
+    locations = pretrained_locations(name)
+    if not locations or hub_weights_cached(locations):
+        return
+    if _hub_offline() and all(kind == "hf-hub" for kind, _ in locations):
+        raise TagsegError(hub_failure_message(name, "HF_HUB_OFFLINE is set and they are not in the local cache"))
+    hosts = ["huggingface.co" if kind == "hf-hub" else (urlparse(where).hostname or "") for kind, where in locations]
+    if _hub_offline():
+        hosts = [h for (kind, _), h in zip(locations, hosts) if kind != "hf-hub"]
+    if not any(host and host_reachable(host) for host in hosts):
+        raise TagsegError(hub_failure_message(name, f"not in the local cache and {', '.join(hosts)} "
+                                                    "cannot be reached"))

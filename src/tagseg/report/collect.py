@@ -74,9 +74,15 @@ class RunContents:
 
     @property
     def name(self) -> str:
+        """The run folder's name: what the report is titled by (several runs share a config)."""
+        return self.run_dir.resolve().name
+
+    @property
+    def config_name(self) -> Optional[str]:
+        """The ``name`` of the run's config, when it has one."""
         if self.config and isinstance(self.config.get("name"), str):
             return self.config["name"]
-        return self.run_dir.resolve().name
+        return None
 
 
 def read_run_config(path: Path) -> tuple[dict, str]:

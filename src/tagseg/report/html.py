@@ -202,6 +202,8 @@ def class_legend(class_names: Sequence[str], palette: Sequence[int]) -> str:
 
 def header_html(run: RunContents, run_label: str, dataset: str, generated: str) -> str:
     meta = [f"run folder <code>{escape(run_label)}</code>"]
+    if run.config_name:
+        meta.append(f"config <code>{escape(run.config_name)}</code>")
     if run.split:
         meta.append(f"split <code>{escape(run.split)}</code>")
     if dataset:

@@ -21,7 +21,32 @@ def _run_config(run: Path, overrides: Sequence[str]):
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
         raise TagsegError(f"{run} is not a tagseg segmentation run folder (no config.yaml)")
+    from tagseg.utils.run_kind import SEGMENT, require_run_kind
+
+    require_run_kind(run, SEGMENT, "use")
     return load_segment_config(str(cfg_path), overrides)
+
+
+def _check_training_masks(cfg, requested) -> None:
+    """``segment train --check-data``: decode every training image and the mask it trains on
+    (pseudo-masks or ground truth, as the trainer chooses them) before the first epoch."""
+    import dataclasses
+    import os
+
+    from tagseg.data.build import build_index
+    from tagseg.data.check import check_split, should_check
+    from tagseg.segmentation.data import choose_mask_folder, resolve_mask_paths
+
+    index = build_index(cfg.data, cfg.data.train_split)
+    if not should_check(requested, len(index)):
+        return
+    folder, _ = choose_mask_folder(cfg.segment.masks_dir, cfg.segment.mask_kind)
+    masks = resolve_mask_paths(index, folder)
+    pairs = dataclasses.replace(index, records=[dataclasses.replace(r, mask_path=m)
+                                                for r, m in zip(index.records, masks)])
+    progress = os.environ.get("RANK", "0") == "0" and sys.stderr.isatty()
+    files = check_split(pairs, progress=progress)
+    print(f"checked {files} files of {index.name or cfg.data.train_split} and its training masks: all decode")
 
 
 def cmd_segment_train(args: argparse.Namespace) -> int:
@@ -29,12 +54,15 @@ def cmd_segment_train(args: argparse.Namespace) -> int:
     from tagseg.segmentation.config import load_segment_config
     from tagseg.segmentation.trainer import SegmentationTrainer
     from tagseg.engine.checkpoint import ensure_fresh_run_dir
+    from tagseg.utils.run_kind import SEGMENT, require_run_kind
 
     cfg = load_segment_config(args.config, [*device_overrides(args.device), *args.overrides])
     out = Path(args.out or f"runs/{cfg.name}")
     with run_lock(out):
+        require_run_kind(out, SEGMENT, "resume" if args.resume else "train into")
         ensure_fresh_run_dir(out, args.resume)
         apply_threads(args.threads, world_size(), cfg.data.num_workers)
+        _check_training_masks(cfg, args.check_data)
         result = SegmentationTrainer(cfg, out, resume=args.resume).fit(stop_after_epoch=args.stop_after_epoch)
     print(f"saved {result}")
     return 0
@@ -77,13 +105,23 @@ def cmd_segment_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_predict_out(model: str | Path, images: Sequence[str]) -> Path:
+    """``<folder of the model>/predict/<name of the first input>``: beside the model, never the
+    current folder (which may be a source tree)."""
+    from tagseg.segmentation.predict import resolve_model_path
+
+    first = Path(images[0]).resolve() if images else Path("images")
+    name = (first.stem if first.is_file() else first.name) or "images"
+    return resolve_model_path(model).parent / "predict" / name
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Exit status 0 when every input was processed, 1 when some failed (the rest are written)."""
     from tagseg.utils.runtime import apply_threads
     from tagseg.segmentation.predict import run_predict
 
     apply_threads(args.threads)
-    out = Path(args.out)
+    out = Path(args.out) if args.out else default_predict_out(args.model, args.images)
     report = run_predict(args.images, args.model, out, scales=args.scales, flip=args.flip, crf=args.crf,
                          classes=args.classes, device=args.device or "auto", overrides=args.overrides)
     print(f"{len(report.written)} images -> {out / 'masks'} (masks) and {out / 'overlays'} (overlays) "

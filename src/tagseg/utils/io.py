@@ -54,6 +54,27 @@ def max_image_pixels() -> int:
     return _LIMITS["max_pixels"]
 
 
+def process_umask() -> int:
+    """The process's umask (read without changing it where the OS allows: /proc on Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic swap, restored at once
+    os.umask(mask)
+    return mask
+
+
+def umask_mode(folder: bool = False) -> int:
+    """The mode a plain ``open``/``mkdir`` would give under the current umask: 0o644 for files and
+    0o755 for folders under the usual 022. Temporary files and folders (0o600/0o700) get it
+    before they are renamed into place, so outputs are as shareable as the user asked for."""
+    return (0o777 if folder else 0o666) & ~process_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, root: Optional[str | os.PathLike] = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
@@ -69,7 +90,10 @@ def atomic_path(path: str | os.PathLike, root: Optional[str | os.PathLike] = Non
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-        os.close(fd)
+        try:
+            os.fchmod(fd, umask_mode())  # mkstemp makes it private (0600); the output follows the umask
+        finally:
+            os.close(fd)
         tmp_path = Path(tmp)
         yield tmp_path
         os.replace(tmp_path, path)
