@@ -247,12 +247,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tagseg.config import load_config
     from tagseg.engine.checkpoint import ensure_fresh_run_dir
     from tagseg.training.trainer import Trainer
+    from tagseg.utils.safe_paths import run_folder
 
     if Path(args.config).stem.startswith("segment"):
         raise TagsegError(f"{args.config} is a segmentation-stage config: use `tagseg segment train --config {args.config}`")
     threads = [f"train.cpu_threads={args.threads}"] if args.threads else []
     cfg = load_config(args.config, [*device_overrides(args.device), *threads, *args.overrides])
-    out = Path(args.out or f"runs/{cfg.name}")
+    out = Path(args.out) if args.out else run_folder(cfg.name)
     with run_lock(out):
         ensure_fresh_run_dir(out, args.resume)
         apply_threads(cfg.train.cpu_threads or None, world_size(), cfg.data.num_workers)  # the trainer keeps it

@@ -26,12 +26,13 @@ def _run_config(run: Path, overrides: Sequence[str]):
 
 def cmd_segment_train(args: argparse.Namespace) -> int:
     from tagseg.utils.runtime import apply_threads, device_overrides, world_size
+    from tagseg.utils.safe_paths import run_folder
     from tagseg.segmentation.config import load_segment_config
     from tagseg.segmentation.trainer import SegmentationTrainer
     from tagseg.engine.checkpoint import ensure_fresh_run_dir
 
     cfg = load_segment_config(args.config, [*device_overrides(args.device), *args.overrides])
-    out = Path(args.out or f"runs/{cfg.name}")
+    out = Path(args.out) if args.out else run_folder(cfg.name)
     with run_lock(out):
         ensure_fresh_run_dir(out, args.resume)
         apply_threads(args.threads, world_size(), cfg.data.num_workers)

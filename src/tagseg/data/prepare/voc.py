@@ -43,7 +43,8 @@ from tagseg.data.prepare.archives import Payload, iter_source, payload_name, rea
 from tagseg.data.prepare.parallel import resolve_workers, run_jobs
 from tagseg.data.prepare.verify import VOC_STANDARD_LISTS, ListExpectation, TreeLayout, VerifyReport, verify_tree
 from tagseg.errors import DataError
-from tagseg.utils.io import atomic_path, read_mask, save_mask_png, write_json, write_text
+from tagseg.utils.io import atomic_path, output_root, read_mask, save_mask_png, write_json, write_text
+from tagseg.utils.safe_paths import check_list_id, refuse_links_out
 
 VOC_ID = re.compile(r"[0-9]{4}_[0-9]{6}")
 VOC_LAYOUT = TreeLayout(lists_dir="ImageSets/Segmentation", images_dir="JPEGImages",
@@ -72,15 +73,21 @@ class PrepareResult:
 @contextlib.contextmanager
 def output_lock(out: Path):
     """Hold ``out/.prepare.lock`` so that two runs never write one tree at the same time, and clear
-    what a killed run left half-written."""
-    lock = FileLock(str(out / ".prepare.lock"), timeout=0.5)
+    what a killed run left half-written. Refuses a tree holding a folder linked to somewhere
+    outside it, and checks every write made meanwhile (tagseg.utils.io.output_root)."""
+    refuse_links_out(out, folders_only=True)  # image files may be links (images=symlink); folders may not
+    lock_path = out / ".prepare.lock"
+    if lock_path.is_symlink():
+        raise DataError(f"{lock_path} is a symbolic link; remove it (tagseg does not write through links)")
+    lock = FileLock(str(lock_path), timeout=0.5)
     try:
         lock.acquire()
     except Timeout:
         raise DataError(f"{out} is being prepared by another process (lock {out / '.prepare.lock'})") from None
     try:
         _remove_stale_temporaries(out)
-        yield
+        with output_root(out):
+            yield
     finally:
         lock.release()
 
@@ -88,7 +95,7 @@ def output_lock(out: Path):
 def _remove_stale_temporaries(out: Path) -> None:
     """Delete temporary files (``.<name>.*.tmp*``, see tagseg.utils.io.atomic_path) that a killed run
     left behind; safe because the lock is held. Finished files are never touched."""
-    for folder in [out, *(p for p in out.rglob("*") if p.is_dir())]:
+    for folder in [out, *(p for p in out.rglob("*") if p.is_dir() and not p.is_symlink())]:
         for tmp in folder.glob(".*.tmp*"):
             if tmp.is_file() or tmp.is_symlink():
                 tmp.unlink()
