@@ -57,6 +57,13 @@ def add_prepare_command(subparsers: argparse._SubParsersAction) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0, help="CPU processes (default 0: all cores)")
     p.add_argument("--check-only", action="store_true", help="only verify an existing --out tree")
+    p.add_argument("--max-file-mb", type=float, metavar="MB",
+                   help="largest image / mask / list file taken from a source (default 64); a decompression-bomb "
+                        "guard checked before anything is written")
+    p.add_argument("--max-archive-gb", type=float, metavar="GB",
+                   help="largest total taken from one archive (default 64)")
+    p.add_argument("--max-annotation-mb", type=float, metavar="MB",
+                   help="largest annotation JSON read (default 512)")
 
 
 def _print_report(report, seconds: float) -> None:
@@ -70,6 +77,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     if args.workers < 0:
         raise TagsegError(f"--workers must be >= 0, got {args.workers}")
+    from tagseg.data.prepare.archives import ExtractionLimits
+
+    limits = ExtractionLimits.from_options(args.max_file_mb, args.max_archive_gb, args.max_annotation_mb)
     out = Path(args.out)
     start = time.perf_counter()
     if args.prepare_command == "voc":
@@ -83,7 +93,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         if not args.voc or not args.sbd:
             raise TagsegError(f"give --voc and --sbd (or --check-only). {WHERE_TO_GET}")
         result = prepare_voc(args.voc, args.sbd, out, workers=args.workers, labels_from=args.labels_from,
-                             write_cls_labels_npy=args.write_cls_labels_npy)
+                             write_cls_labels_npy=args.write_cls_labels_npy, limits=limits)
     else:
         from tagseg.config import load_config
         from tagseg.data.prepare.coco import (WHERE_TO_GET, CocoMaskConfig, coco_expectations, prepare_coco,
@@ -98,7 +108,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             return 0
         if not args.coco:
             raise TagsegError(f"give --coco (or --check-only). {WHERE_TO_GET}")
-        result = prepare_coco(args.coco, out, cfg, workers=args.workers, val_part=args.val_part)
+        result = prepare_coco(args.coco, out, cfg, workers=args.workers, val_part=args.val_part, limits=limits)
     for note in result.notes:
         print(f"note: {note}")
     print(f"{result.written} files written, {result.skipped} already there -> {out}")

@@ -26,7 +26,12 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import shutil
+import struct
+import tempfile
 import time
+import warnings
+import zlib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -39,11 +44,13 @@ from tqdm import tqdm
 
 from tagseg.data.classes import IGNORE_INDEX, VOC_CLASSES, voc_palette
 from tagseg.data.image_labels import write_image_labels
-from tagseg.data.prepare.archives import Payload, iter_source, payload_name, read_payload
+from tagseg.data.prepare.archives import (DEFAULT_LIMITS, ExtractionLimits, Payload, discard, iter_source,
+                                          move_payload, payload_name, read_payload)
 from tagseg.data.prepare.parallel import resolve_workers, run_jobs
 from tagseg.data.prepare.verify import VOC_STANDARD_LISTS, ListExpectation, TreeLayout, VerifyReport, verify_tree
 from tagseg.errors import DataError
-from tagseg.utils.io import atomic_path, output_root, read_mask, save_mask_png, write_json, write_text
+from tagseg.utils.io import (atomic_path, max_image_pixels, output_root, read_mask, save_mask_png, write_json,
+                             write_text)
 from tagseg.utils.safe_paths import check_list_id, refuse_links_out
 
 VOC_ID = re.compile(r"[0-9]{4}_[0-9]{6}")
@@ -92,9 +99,24 @@ def output_lock(out: Path):
         lock.release()
 
 
+@contextlib.contextmanager
+def staging_folder(out: Path):
+    """A fresh ``out/.staging.*`` folder for archive members on their way to the tree (same file
+    system, so they are renamed into place), removed afterwards whatever happens."""
+    folder = Path(tempfile.mkdtemp(prefix=".staging.", dir=out))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _remove_stale_temporaries(out: Path) -> None:
-    """Delete temporary files (``.<name>.*.tmp*``, see tagseg.utils.io.atomic_path) that a killed run
-    left behind; safe because the lock is held. Finished files are never touched."""
+    """Delete temporary files (``.<name>.*.tmp*``, see tagseg.utils.io.atomic_path) and staging
+    folders that a killed run left behind; safe because the lock is held. Finished files are
+    never touched."""
+    for stale in out.glob(".staging.*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
     for folder in [out, *(p for p in out.rglob("*") if p.is_dir() and not p.is_symlink())]:
         for tmp in folder.glob(".*.tmp*"):
             if tmp.is_file() or tmp.is_symlink():
@@ -165,20 +187,55 @@ def _check_values(mask: np.ndarray, name: str, num_classes: int) -> np.ndarray:
 def decode_png_mask(data: bytes, name: str, num_classes: int = len(VOC_CLASSES)) -> np.ndarray:
     """A class-index PNG (palette or grayscale) -> uint8 (H, W); DataError on other modes or values."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            if im.mode not in ("P", "L"):
-                raise DataError(f"mask {name} has mode {im.mode!r}; expected an 8-bit class-index PNG")
-            arr = np.asarray(im)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot decode mask {name}: {exc}") from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                if im.size[0] * im.size[1] > max_image_pixels():
+                    raise DataError(f"mask {name} is {im.size[0]}x{im.size[1]} pixels, more than the limit of "
+                                    f"{max_image_pixels():,} (a decompression-bomb guard)")
+                im.load()
+                if im.mode not in ("P", "L"):
+                    raise DataError(f"mask {name} has mode {im.mode!r}; expected an 8-bit class-index PNG")
+                arr = np.asarray(im)
+    except DataError:
+        raise
+    except Exception as exc:  # PIL raises many types on hostile bytes (DecompressionBombError included)
+        raise DataError(f"cannot decode mask {name}: {type(exc).__name__}: {exc}") from exc
     return _check_values(arr, name, num_classes)
+
+
+def check_mat_expansion(data: bytes, name: str, limit: int) -> None:
+    """DataError when the zlib-compressed elements of a MATLAB v5 file would expand to more than
+    ``limit`` bytes in all. Decompressed in bounded chunks that are counted and dropped, before
+    scipy (which inflates a whole element at once) sees the file."""
+    pos, total = 128, 0  # the 128-byte header, then elements: uint32 type, uint32 byte count, data
+    order = "<" if data[126:128] == b"IM" else ">"
+    while pos + 8 <= len(data):
+        kind, nbytes = struct.unpack(order + "II", data[pos:pos + 8])
+        if kind & 0xFFFF0000:  # "small data element": 4 bytes of data packed beside the tag
+            pos += 8
+            continue
+        body = data[pos + 8:pos + 8 + nbytes]
+        if kind == 15:  # miCOMPRESSED
+            inflater = zlib.decompressobj()
+            chunk = inflater.decompress(body, CHUNK_BYTES)
+            while chunk:
+                total += len(chunk)
+                if total > limit:
+                    raise DataError(f"SBD file {name} expands to more than {limit:,} bytes (a decompression-bomb "
+                                    "guard; raise data.max_image_pixels if the file is trusted)")
+                chunk = inflater.decompress(inflater.unconsumed_tail, CHUNK_BYTES)
+        pos += 8 + nbytes + (-nbytes % 8 if kind != 15 else 0)
+
+
+CHUNK_BYTES = 1 << 20
 
 
 def decode_sbd_mat(data: bytes, name: str, num_classes: int = len(VOC_CLASSES)) -> np.ndarray:
     """SBD ``cls/<id>.mat`` -> uint8 (H, W) class indices, from ``GTcls.Segmentation``."""
     from scipy.io import loadmat
 
+    check_mat_expansion(data, name, 2 * max_image_pixels())
     try:
         mat = loadmat(io.BytesIO(data), squeeze_me=True, struct_as_record=False)
     except Exception as exc:  # scipy raises many types (MatReadError, ValueError, ...) on a broken file
@@ -203,9 +260,8 @@ def _write_mask_job(kind: str, payload: Payload, out_path: str, member: str) -> 
 
 
 def _copy_job(payload: Payload, out_path: str) -> str:
-    data = read_payload(payload)
     with atomic_path(out_path) as tmp:
-        tmp.write_bytes(data)
+        move_payload(payload, tmp)
     return out_path
 
 
@@ -234,13 +290,15 @@ def verify_voc(out: str | Path, expected: dict[str, ListExpectation] = VOC_STAND
 
 def prepare_voc(voc: str | Path, sbd: str | Path, out: str | Path, workers: int = 0, labels_from: str = "auto",
                 write_cls_labels_npy: bool = False, expected: dict[str, ListExpectation] = VOC_STANDARD_LISTS,
-                verify: bool = True) -> PrepareResult:
+                verify: bool = True, limits: ExtractionLimits = DEFAULT_LIMITS) -> PrepareResult:
     """Build the VOC 2012 + SBD tree under ``out`` (module docstring) and verify it.
 
     labels_from: 'xml' (VOC's Annotations: every annotated object), 'masks' (the classes with
     pixels in SegmentationClassAug) or 'auto' (XML where present, else the mask).
     expected: the list counts/checksums the verification demands (default: the standard lists).
-    Raises DataError for unreadable inputs, missing parts, or a failed verification.
+    limits: bounds on the members taken from the sources (tagseg.data.prepare.archives).
+    Raises DataError for unreadable inputs, missing parts, members over the limits, or a failed
+    verification.
     """
     if labels_from not in ("auto", "xml", "masks"):
         raise DataError(f"labels_from={labels_from!r}: choose auto, xml or masks")
@@ -249,7 +307,7 @@ def prepare_voc(voc: str | Path, sbd: str | Path, out: str | Path, workers: int 
     out.mkdir(parents=True, exist_ok=True)
     workers = resolve_workers(workers)
     images_dir, masks_dir = out / VOC_LAYOUT.images_dir, out / VOC_LAYOUT.masks_dir
-    with output_lock(out):
+    with output_lock(out), staging_folder(out) as staging:
         voc_lists: dict[str, list[str]] = {}
         sbd_lists: dict[str, list[str]] = {}
         xml_labels: dict[str, set[int]] = {}
@@ -259,7 +317,7 @@ def prepare_voc(voc: str | Path, sbd: str | Path, out: str | Path, workers: int 
         counters = {"written": 0, "skipped": 0}
 
         def voc_jobs():
-            for (kind, key), payload in iter_source(voc, _voc_key, "VOC 2012"):
+            for (kind, key), payload in iter_source(voc, _voc_key, "VOC 2012", staging, limits):
                 member = payload_name(payload, f"{voc}:{key}")
                 if kind == "list":
                     voc_lists[key] = parse_id_list(read_payload(payload), member)
@@ -272,6 +330,7 @@ def prepare_voc(voc: str | Path, sbd: str | Path, out: str | Path, workers: int 
                     target = images_dir / f"{key}.jpg"
                     if target.is_file():
                         counters["skipped"] += 1
+                        discard(payload)
                     else:
                         yield ("copy", payload, str(target))
                 elif kind == "mask":
@@ -281,11 +340,12 @@ def prepare_voc(voc: str | Path, sbd: str | Path, out: str | Path, workers: int 
                     target = masks_dir / f"{key}.png"
                     if target.is_file():
                         counters["skipped"] += 1
+                        discard(payload)
                     else:
                         yield ("mask", payload, str(target), member)
 
         def sbd_jobs():
-            for (kind, key), payload in iter_source(sbd, _sbd_key, "SBD"):
+            for (kind, key), payload in iter_source(sbd, _sbd_key, "SBD", staging, limits):
                 member = payload_name(payload, f"{sbd}:{key}")
                 if kind == "list":
                     sbd_lists[key] = parse_id_list(read_payload(payload), member)
@@ -295,9 +355,11 @@ def prepare_voc(voc: str | Path, sbd: str | Path, out: str | Path, workers: int 
                 sbd_mats.add(key)
                 target = masks_dir / f"{key}.png"
                 if key in voc_masks:
+                    discard(payload)
                     continue  # VOC's own mask wins where both exist
                 if target.is_file():
                     counters["skipped"] += 1
+                    discard(payload)
                 else:
                     yield ("mat", payload, str(target), member)
 
