@@ -21,6 +21,7 @@ from tagseg.report.cli import cmd_report
 from tagseg.segmentation.cli import cmd_predict, cmd_segment_eval, cmd_segment_train
 from tagseg.utils.runlock import run_lock
 from tagseg.utils.runtime import apply_threads, device_overrides, inference_processes, world_size
+from tagseg.utils.signals import EXIT_SIGINT, EXIT_SIGTERM, Terminated, sigterm_as_interrupt
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*=")
 
@@ -391,13 +392,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parse(argv)
     name = args.command + (f" {args.segment_command}" if args.command == "segment" else "")
     try:
-        return args.handler(args)
+        with sigterm_as_interrupt():
+            return args.handler(args)
     except TagsegError as exc:
         print(f"tagseg {name}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"tagseg {name}: interrupted; finished outputs are kept", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        how = "interrupted by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+        print(f"tagseg {name}: {how}; finished outputs and the last checkpoint are kept", file=sys.stderr)
+        return EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT
 
 
 if __name__ == "__main__":
