@@ -10,6 +10,8 @@ verbs live beside their stage (``segmentation/cli.py``, ``report/cli.py``); the 
 from __future__ import annotations
 
 import argparse
+import errno
+import math
 import re
 import sys
 from pathlib import Path
@@ -43,13 +45,16 @@ SHARD_HELP = ("process shard i of n (i/n), or auto: rank and world size from tor
               "(cuda:LOCAL_RANK); without a launcher, auto is 0/1")
 
 
+MAX_SCALE = 8.0  # an image resized beyond 8x its size is a typo, and an allocation that fails
+
+
 def _parse_scales(text: str) -> list[float]:
     try:
         scales = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--scales expects comma-separated numbers (e.g. 0.75,1,1.25), got {text!r}") from None
-    if not scales or any(s <= 0 for s in scales):
-        raise argparse.ArgumentTypeError(f"--scales {text}: need positive scales")
+    if not scales or not all(math.isfinite(s) and 0 < s <= MAX_SCALE for s in scales) or len(scales) > 16:
+        raise argparse.ArgumentTypeError(f"--scales {text[:60]}: need 1 to 16 finite scales in (0, {MAX_SCALE:g}]")
     return scales
 
 
@@ -396,6 +401,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return args.handler(args)
     except TagsegError as exc:
         print(f"tagseg {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        shown = str(exc.filename)[:60] + "..." if exc.filename else "a path"
+        print(f"tagseg {name}: error: a path is too long for the file system ({shown})", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         how = "interrupted by SIGTERM" if isinstance(exc, Terminated) else "interrupted"

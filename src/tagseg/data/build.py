@@ -10,6 +10,7 @@ from tagseg.data.records import DatasetIndex
 from tagseg.data.voc import read_voc
 from tagseg.errors import ConfigError
 from tagseg.utils.io import set_max_image_pixels
+from tagseg.utils.safe_paths import check_path_text
 
 
 def build_index(cfg: DataConfig, split: str) -> DatasetIndex:
@@ -18,6 +19,7 @@ def build_index(cfg: DataConfig, split: str) -> DatasetIndex:
     set_max_image_pixels(cfg.max_image_pixels)
     if not cfg.root:
         raise ConfigError("data.root is empty: set it to the dataset folder (e.g. data.root=/path/to/VOC2012)")
+    check_path_text(cfg.root, "data.root")
     if cfg.dataset == "voc":
         return read_voc(cfg.root, split, cfg.label_source, cfg.mask_dir, cfg.max_images)
     if cfg.dataset == "coco":
