@@ -298,3 +298,32 @@ def test_peak_memory_stays_far_below_a_large_member_streaming_through(tmp_path):
     assert "Traceback" not in proc.stderr
     assert peak_mb < 384, f"peak {peak_mb:.0f} MB: the member was held in memory"
     assert not list((tmp_path / "out").glob(".staging.*"))
+
+
+@pytest.mark.slow
+def test_failed_archive_reads_leave_no_temporary_folders(tmp_path):
+    """Failing prepare runs over a worker pool (truncated tar, bomb, damaged zip) leave nothing in the
+    temporary folder (multiprocessing's pymp-*, staging) nor staging folders in the output."""
+    voc, sbd, _ = make_voc_sources(tmp_path / "src")
+    voc_tar, sbd_tgz = make_voc_archives(tmp_path, voc, sbd)
+    truncated = tmp_path / "truncated.tar"
+    truncated.write_bytes(voc_tar.read_bytes()[:30_000])
+    bomb = tmp_path / "bomb.tar"
+    info = tarfile.TarInfo("VOCdevkit/VOC2012/JPEGImages/2008_000001.jpg")
+    info.size = 2 * 1024 ** 3
+    bomb.write_bytes(info.tobuf(tarfile.GNU_FORMAT))
+    downloads = _coco_zips(tmp_path)
+    raw = (downloads / "val2014.zip").read_bytes()
+    (downloads / "val2014.zip").write_bytes(raw[:len(raw) // 2])
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "OMP_NUM_THREADS": "1", "TMPDIR": str(private_tmp)}
+    runs = [["voc", "--voc", str(truncated), "--sbd", str(sbd_tgz)], ["voc", "--voc", str(bomb), "--sbd", str(sbd_tgz)],
+            ["voc", "--voc", str(voc_tar), "--sbd", str(truncated)], ["coco", "--coco", str(downloads)]]
+    for i, args in enumerate(runs):
+        out = tmp_path / f"out{i}"
+        proc = subprocess.run([sys.executable, "-m", "tagseg", "prepare", *args, "--out", str(out), "--workers", "2"],
+                              capture_output=True, text=True, env=env)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert not list(out.glob(".staging.*")), args
+    assert sorted(p.name for p in private_tmp.iterdir()) == []
