@@ -327,8 +327,12 @@ def load_val_part(path: Optional[str | Path]) -> Optional[list[str]]:
     return ids
 
 
-def coco_expectations(cfg: CocoMaskConfig) -> dict[str, ListExpectation]:
-    """The standard lists' counts/checksums; with keep_unannotated, only the full image counts."""
+def coco_expectations(cfg: CocoMaskConfig, custom: bool = False) -> dict[str, ListExpectation]:
+    """The standard lists' counts/checksums; with keep_unannotated, only the full image counts;
+    custom (a partial or custom set in COCO's layout): the lists must exist, their counts and
+    checksums are not compared."""
+    if custom:
+        return {"train": ListExpectation(), "val": ListExpectation(), "val_part": ListExpectation()}
     if not cfg.keep_unannotated:
         return dict(COCO_STANDARD_LISTS)
     return {"train": ListExpectation(ALL_IMAGES_COUNTS["train"]), "val": ListExpectation(ALL_IMAGES_COUNTS["val"]),
@@ -346,7 +350,7 @@ def verify_coco(out: str | Path, expected: Optional[dict[str, ListExpectation]] 
 
 def prepare_coco(coco: str | Path, out: str | Path, cfg: Optional[CocoMaskConfig] = None, workers: int = 0,
                  val_part: Optional[str | Path] = None, expected: Optional[dict[str, ListExpectation]] = None,
-                 verify: bool = True, limits: ExtractionLimits = DEFAULT_LIMITS) -> PrepareResult:
+                 verify: bool = True, limits: ExtractionLimits = DEFAULT_LIMITS, custom: bool = False) -> PrepareResult:
     """Build the COCO tree under ``out`` from the extracted COCO 2014 folder ``coco`` and verify it.
 
     expected: counts/checksums for the verification (default: the standard lists, see
@@ -360,7 +364,8 @@ def prepare_coco(coco: str | Path, out: str | Path, cfg: Optional[CocoMaskConfig
     coco, out = Path(coco), Path(out)
     if not coco.is_dir():
         raise DataError(f"COCO folder not found: {coco}. {WHERE_TO_GET}")
-    part = load_val_part(val_part)  # before the long work: a wrong path fails at once
+    # before the long work: a wrong path fails at once; a custom set gets val_part only when given one
+    part = load_val_part(val_part) if val_part or not custom else None
     out.mkdir(parents=True, exist_ok=True)
     workers = resolve_workers(workers)
     with output_lock(out):
@@ -432,6 +437,9 @@ def prepare_coco(coco: str | Path, out: str | Path, cfg: Optional[CocoMaskConfig
             if outside:
                 raise DataError(f"{len(outside)} val_part ids are not in the val list: {outside[:5]}")
             lists["val_part"] = sorted(set(part))
+        elif custom:
+            notes.append("custom set: val_part not written (pass --val-part FILE for one); lists checked for "
+                         "structure, not against the standard COCO lists")
         else:
             notes.append("val_part not written: the 5,000-id list is not shipped with this tagseg; pass "
                           "--val-part FILE")
@@ -443,7 +451,7 @@ def prepare_coco(coco: str | Path, out: str | Path, cfg: Optional[CocoMaskConfig
                                    "mask_config": asdict(cfg), "counts": {k: len(v) for k, v in lists.items()}})
     result = PrepareResult(out, {k: len(v) for k, v in lists.items()}, written, skipped, notes=notes)
     if verify:
-        result.report = verify_coco(out, expected or coco_expectations(cfg), workers)
+        result.report = verify_coco(out, expected or coco_expectations(cfg, custom), workers)
         result.report.raise_if_failed()
     result.seconds = time.perf_counter() - start
     return result

@@ -54,6 +54,7 @@ from tagseg.utils.io import (atomic_path, max_image_pixels, output_root, read_ma
 from tagseg.utils.safe_paths import check_list_id, refuse_links_out
 
 VOC_ID = re.compile(r"[0-9]{4}_[0-9]{6}")
+CUSTOM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # ids of a custom set (--custom): plain file stems
 VOC_LAYOUT = TreeLayout(lists_dir="ImageSets/Segmentation", images_dir="JPEGImages",
                         masks_dir="SegmentationClassAug")
 
@@ -123,18 +124,27 @@ def _remove_stale_temporaries(out: Path) -> None:
                 tmp.unlink()
 
 
-def _voc_key(name: PurePosixPath) -> Optional[tuple[str, str]]:
+def _voc_key(name: PurePosixPath, custom: bool = False) -> Optional[tuple[str, str]]:
+    """What a VOC source member is: ('list', train|val), ('image'|'mask'|'xml', id) or None.
+    custom: also train_aug.txt and SegmentationClassAug masks, and any plain id (not only 2008_000123)."""
     parts = name.parts
-    if len(parts) >= 3 and parts[-3:-1] == ("ImageSets", "Segmentation") and parts[-1] in ("train.txt", "val.txt"):
+    lists = ("train.txt", "val.txt", "train_aug.txt") if custom else ("train.txt", "val.txt")
+    if len(parts) >= 3 and parts[-3:-1] == ("ImageSets", "Segmentation") and parts[-1] in lists:
         return ("list", parts[-1][:-4])
     if len(parts) < 2:
         return None
     folder, stem, suffix = parts[-2], PurePosixPath(parts[-1]).stem, PurePosixPath(parts[-1]).suffix
-    if not VOC_ID.fullmatch(stem):
+    if not (CUSTOM_ID if custom else VOC_ID).fullmatch(stem) or ".." in stem:
         return None
-    kind = {("JPEGImages", ".jpg"): "image", ("SegmentationClass", ".png"): "mask",
-            ("Annotations", ".xml"): "xml"}.get((folder, suffix))
+    kinds = {("JPEGImages", ".jpg"): "image", ("SegmentationClass", ".png"): "mask", ("Annotations", ".xml"): "xml"}
+    if custom:
+        kinds[("SegmentationClassAug", ".png")] = "mask"
+    kind = kinds.get((folder, suffix))
     return (kind, stem) if kind else None
+
+
+def _custom_voc_key(name: PurePosixPath) -> Optional[tuple[str, str]]:
+    return _voc_key(name, custom=True)
 
 
 def _sbd_key(name: PurePosixPath) -> Optional[tuple[str, str]]:
@@ -147,15 +157,21 @@ def _sbd_key(name: PurePosixPath) -> Optional[tuple[str, str]]:
     return None
 
 
-def parse_id_list(data: bytes, name: str) -> list[str]:
-    """Ids of a VOC/SBD list file (one per line); DataError naming the file and line otherwise."""
+def parse_id_list(data: bytes, name: str, custom: bool = False) -> list[str]:
+    """Ids of a VOC/SBD list file (one per line); DataError naming the file and line otherwise.
+    custom: any plain id (letters, digits, '_', '-', '.') instead of VOC's 2008_000123 form."""
     ids = []
     for line_no, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
         line = line.strip()
         if not line:
             continue
-        if not VOC_ID.fullmatch(line):
-            raise DataError(f"{name}:{line_no}: {line[:40]!r} is not a VOC id (like 2008_000123)")
+        if custom:
+            check_list_id(line, name, line_no)
+            if not CUSTOM_ID.fullmatch(line):
+                raise DataError(f"{name}:{line_no}: {line[:40]!r} is not a plain id (letters, digits, _ - .)")
+        elif not VOC_ID.fullmatch(line):
+            raise DataError(f"{name}:{line_no}: {line[:40]!r} is not a VOC id (like 2008_000123)"
+                            + ("; for a custom set use --custom" if " " not in line else ""))
         ids.append(line)
     return ids
 
@@ -279,29 +295,45 @@ def _dispatch(kind: str, *args):
     return _write_mask_job(kind, *args)
 
 
-def verify_voc(out: str | Path, expected: dict[str, ListExpectation] = VOC_STANDARD_LISTS,
+def custom_expectations(out: str | Path) -> dict[str, ListExpectation]:
+    """For a custom set (--custom): val and train_aug must be there, train when the tree has it;
+    their counts and checksums are not compared with the standard lists'."""
+    names = ["train_aug", "val"] + (["train"] if (Path(out) / VOC_LAYOUT.lists_dir / "train.txt").is_file() else [])
+    return {name: ListExpectation() for name in names}
+
+
+def verify_voc(out: str | Path, expected: Optional[dict[str, ListExpectation]] = None,
                workers: int = 0) -> VerifyReport:
     """Check a prepared VOC tree (see :func:`tagseg.data.prepare.verify.verify_tree`): counts and
-    checksums of train_aug / train / val, train_aug ∩ val = ∅, train ∩ val = ∅, train ⊆ train_aug,
-    images and masks."""
+    checksums of train_aug / train / val (default: the standard lists'), train_aug ∩ val = ∅,
+    train ∩ val = ∅, train ⊆ train_aug, images and masks."""
+    expected = VOC_STANDARD_LISTS if expected is None else expected
     return verify_tree(out, VOC_LAYOUT, VOC_CLASSES, expected, disjoint=[("train_aug", "val"), ("train", "val")],
                        subsets=[("train", "train_aug")], workers=workers)
 
 
-def prepare_voc(voc: str | Path, sbd: str | Path, out: str | Path, workers: int = 0, labels_from: str = "auto",
-                write_cls_labels_npy: bool = False, expected: dict[str, ListExpectation] = VOC_STANDARD_LISTS,
-                verify: bool = True, limits: ExtractionLimits = DEFAULT_LIMITS) -> PrepareResult:
+def prepare_voc(voc: str | Path, sbd: Optional[str | Path], out: str | Path, workers: int = 0,
+                labels_from: str = "auto", write_cls_labels_npy: bool = False,
+                expected: Optional[dict[str, ListExpectation]] = None, verify: bool = True,
+                limits: ExtractionLimits = DEFAULT_LIMITS, custom: bool = False) -> PrepareResult:
     """Build the VOC 2012 + SBD tree under ``out`` (module docstring) and verify it.
 
     labels_from: 'xml' (VOC's Annotations: every annotated object), 'masks' (the classes with
     pixels in SegmentationClassAug) or 'auto' (XML where present, else the mask).
     expected: the list counts/checksums the verification demands (default: the standard lists).
     limits: bounds on the members taken from the sources (tagseg.data.prepare.archives).
+    custom: a partial or custom set in VOC's layout: SBD optional, ids of any plain form, lists
+    ``val`` and ``train`` and/or ``train_aug`` (ImageSets/Segmentation), masks in
+    SegmentationClass or SegmentationClassAug; the structure is verified (lists, overlaps, every
+    image with a mask of its size, labels), not the standard lists' counts and checksums.
     Raises DataError for unreadable inputs, missing parts, members over the limits, or a failed
     verification.
     """
     if labels_from not in ("auto", "xml", "masks"):
         raise DataError(f"labels_from={labels_from!r}: choose auto, xml or masks")
+    if sbd is None and not custom:
+        raise DataError(f"give the SBD source too (or --custom for a set without it). {WHERE_TO_GET}")
+    key_of = _custom_voc_key if custom else _voc_key
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -317,10 +349,10 @@ def prepare_voc(voc: str | Path, sbd: str | Path, out: str | Path, workers: int 
         counters = {"written": 0, "skipped": 0}
 
         def voc_jobs():
-            for (kind, key), payload in iter_source(voc, _voc_key, "VOC 2012", staging, limits):
+            for (kind, key), payload in iter_source(voc, key_of, "VOC 2012", staging, limits):
                 member = payload_name(payload, f"{voc}:{key}")
                 if kind == "list":
-                    voc_lists[key] = parse_id_list(read_payload(payload), member)
+                    voc_lists[key] = parse_id_list(read_payload(payload), member, custom)
                 elif kind == "xml":
                     xml_labels[key] = parse_voc_xml(read_payload(payload), member)
                 elif kind == "image":
@@ -348,7 +380,7 @@ def prepare_voc(voc: str | Path, sbd: str | Path, out: str | Path, workers: int 
             for (kind, key), payload in iter_source(sbd, _sbd_key, "SBD", staging, limits):
                 member = payload_name(payload, f"{sbd}:{key}")
                 if kind == "list":
-                    sbd_lists[key] = parse_id_list(read_payload(payload), member)
+                    sbd_lists[key] = parse_id_list(read_payload(payload), member, custom)
                     continue
                 if key in sbd_mats:
                     raise DataError(f"{sbd}: two files cls/{key}.mat")
@@ -365,25 +397,34 @@ def prepare_voc(voc: str | Path, sbd: str | Path, out: str | Path, workers: int 
 
         def all_jobs():
             yield from voc_jobs()
-            for name in ("train", "val"):  # a wrong --voc fails before SBD is read
-                if name not in voc_lists:
-                    raise DataError(f"{voc}: no ImageSets/Segmentation/{name}.txt found; give the VOC 2012 folder "
-                                    f"(VOCdevkit/VOC2012) or VOCtrainval_11-May-2012.tar. {WHERE_TO_GET}")
+            needed = [("val",), ("train", "train_aug")] if custom else [("train",), ("val",)]
+            for names in needed:  # a wrong --voc fails before SBD is read
+                if not any(name in voc_lists for name in names):
+                    found = " or ".join(f"ImageSets/Segmentation/{name}.txt" for name in names)
+                    hint = ("a custom set needs val.txt and train.txt or train_aug.txt" if custom else
+                            "give the VOC 2012 folder (VOCdevkit/VOC2012) or VOCtrainval_11-May-2012.tar. "
+                            + WHERE_TO_GET)
+                    raise DataError(f"{voc}: no {found} found; {hint}")
             if not voc_masks:
-                raise DataError(f"{voc}: no SegmentationClass/*.png masks found")
-            yield from sbd_jobs()
+                raise DataError(f"{voc}: no SegmentationClass/*.png masks found"
+                                + (" (nor SegmentationClassAug/*.png)" if custom else ""))
+            if sbd is not None:
+                yield from sbd_jobs()
 
         for _ in run_jobs(_dispatch, all_jobs(), workers):
             counters["written"] += 1
 
         for name in ("train", "val"):
-            if name not in sbd_lists:
+            if sbd is not None and name not in sbd_lists:
                 raise DataError(f"{sbd}: no dataset/{name}.txt found; give SBD's benchmark_RELEASE folder or "
                                 f"benchmark.tgz. {WHERE_TO_GET}")
         val = sorted(set(voc_lists["val"]))
-        train = sorted(set(voc_lists["train"]))
-        train_aug = sorted((set(train) | set(sbd_lists["train"]) | set(sbd_lists["val"])) - set(val))
+        train = sorted(set(voc_lists.get("train", [])))
+        extra = set(sbd_lists.get("train", [])) | set(sbd_lists.get("val", [])) | set(voc_lists.get("train_aug", []))
+        train_aug = sorted((set(train) | extra) - set(val))
         lists = {"train_aug": train_aug, "train": train, "val": val}
+        if custom and "train" not in voc_lists:
+            del lists["train"]  # a custom set without VOC's train list: train_aug and val only
         no_mask = sorted(i for i in set(train_aug) | set(val) if i not in voc_masks and i not in sbd_mats)
         if no_mask:
             raise DataError(f"{len(no_mask)} listed ids have neither a VOC mask nor an SBD .mat: {no_mask[:5]}")
@@ -398,14 +439,18 @@ def prepare_voc(voc: str | Path, sbd: str | Path, out: str | Path, workers: int 
         notes = []
         if from_masks:
             notes.append(f"labels of {from_masks} images taken from their masks (no annotation XML)")
+        if custom:
+            notes.append("custom set: the lists were checked for structure, not against the standard VOC lists")
         write_json(out / "prepare.json", {
-            "dataset": "voc2012+sbd", "command": "tagseg prepare voc", "complete": True,
+            "dataset": "voc-custom" if custom else "voc2012+sbd", "command": "tagseg prepare voc", "complete": True,
             "counts": {k: len(v) for k, v in lists.items()}, "voc_masks": len(voc_masks),
             "sbd_masks": len(sbd_mats), "labels_from": labels_from, "labels_from_masks": from_masks,
         })
     result = PrepareResult(out, {k: len(v) for k, v in lists.items()}, counters["written"], counters["skipped"],
                            notes=notes)
     if verify:
+        if expected is None:
+            expected = custom_expectations(out) if custom else VOC_STANDARD_LISTS
         result.report = verify_voc(out, expected, workers)
         result.report.raise_if_failed()
     result.seconds = time.perf_counter() - start
