@@ -182,7 +182,8 @@ def test_prepare_voc_refuses_list_lines_with_a_space(tmp_path):
 
 
 def _argument_cases(rng: random.Random, n: int) -> list[list[str]]:
-    bad_numbers = ["nan", "inf", "-inf", "1e308", "-1", "0", "abc", "", "1,,nan", "1e-320", ",".join(["1"] * 40)]
+    bad_numbers = ["nan", "inf", "-inf", "1e308", "-1", "0", "abc", "", "1,,nan", "1e-320", ",".join(["1"] * 40),
+                   "99999999999", str(2**63), "-0"]
     cases = []
     for _ in range(n):
         value = rng.choice(bad_numbers)

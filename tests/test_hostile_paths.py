@@ -188,3 +188,19 @@ def test_prepare_with_workers_checks_links_made_after_the_start(tmp_path, outsid
         prepare_voc(voc, sbd, out, workers=2, expected=fake_voc_expected())
     assert snapshot(outside) == before
     assert os.path.islink(out / "JPEGImages")
+
+
+@pytest.mark.slow
+def test_pseudo_refuses_a_pre_planted_link_in_its_output_and_writes_nothing_outside(tmp_path, outside, capsys):
+    run, data = tmp_path / "run", tmp_path / "data"
+    tiny = [f"data.root={data}", "data.synthetic_train=8", "data.synthetic_val=4", "data.synthetic_size=64",
+            "data.image_size=64", "data.num_workers=0", "train.epochs=1", "train.batch_size=8",
+            "method.et_crop_size=32", "pseudo.image_size=64", "model.encoder=test_resnet"]
+    assert main(["train", "--config", "demo", "--out", str(run), *tiny]) == 0
+    (run / "pseudo" / "val").mkdir(parents=True)
+    (run / "pseudo" / "val" / "masks").symlink_to(outside, target_is_directory=True)
+    before = snapshot(outside)
+    capsys.readouterr()
+    assert main(["pseudo", "--run", str(run), "--split", "val", "--workers", "1"]) == 2
+    assert "outside the output folder" in capsys.readouterr().err
+    assert snapshot(outside) == before

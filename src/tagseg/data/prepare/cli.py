@@ -78,8 +78,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     """Run ``tagseg prepare voc`` or ``tagseg prepare coco``."""
     import time
 
-    if args.workers < 0:
-        raise TagsegError(f"--workers must be >= 0, got {args.workers}")
+    if not 0 <= args.workers <= 1024:
+        raise TagsegError(f"--workers must be 0..1024 (0: all cores), got {args.workers}")
     from tagseg.data.prepare.archives import ExtractionLimits
 
     limits = ExtractionLimits.from_options(args.max_file_mb, args.max_archive_gb, args.max_annotation_mb)
