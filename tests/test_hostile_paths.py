@@ -204,3 +204,15 @@ def test_pseudo_refuses_a_pre_planted_link_in_its_output_and_writes_nothing_outs
     assert main(["pseudo", "--run", str(run), "--split", "val", "--workers", "1"]) == 2
     assert "outside the output folder" in capsys.readouterr().err
     assert snapshot(outside) == before
+
+
+@pytest.mark.parametrize("split", ["../../escape", "a/b", "/abs", ".."])
+def test_split_names_that_would_leave_their_folders_are_refused(tmp_path, split):
+    from tagseg.config import load_config
+    from tagseg.data.build import build_index
+    from tagseg.errors import ConfigError
+
+    cfg = load_config("demo", [f"data.root={tmp_path / 'data'}"])
+    with pytest.raises(ConfigError, match="split .* plain names"):
+        build_index(cfg.data, split)
+    assert not (tmp_path / "data").exists()
