@@ -327,3 +327,54 @@ def test_failed_archive_reads_leave_no_temporary_folders(tmp_path):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
         assert not list(out.glob(".staging.*")), args
     assert sorted(p.name for p in private_tmp.iterdir()) == []
+
+
+def _hostile_member(rng: random.Random, outside: Path) -> tarfile.TarInfo:
+    """A generated member that tries to leave the archive or to plant something."""
+    base = "VOCdevkit/VOC2012/JPEGImages/2008_000001.jpg"
+    kind = rng.choice(["dotdot", "absolute", "inner_dotdot", "symlink", "hardlink", "fifo", "long", "backslash",
+                       "unicode", "dir_link"])
+    name = {"dotdot": "../" * rng.randrange(1, 6) + f"{outside.name}/x.jpg",
+            "absolute": str(outside / "x.jpg"),
+            "inner_dotdot": f"VOCdevkit/VOC2012/JPEGImages/../../../../{outside.name}/2008_000009.jpg",
+            "long": "VOCdevkit/VOC2012/JPEGImages/" + "a" * rng.randrange(200, 5000) + ".jpg",
+            "backslash": "VOCdevkit\\..\\..\\x.jpg",
+            "unicode": "VOCdevkit/VOC2012/JPEGImages/2008_00000\u0661.jpg",
+            "dir_link": "VOCdevkit/VOC2012/SegmentationClass"}.get(kind, base)
+    info = tarfile.TarInfo(name)
+    if kind == "symlink" or kind == "dir_link":
+        info.type, info.linkname = tarfile.SYMTYPE, str(outside)
+    elif kind == "hardlink":
+        info.type, info.linkname = tarfile.LNKTYPE, str(outside / "keep.txt")
+    elif kind == "fifo":
+        info.type = tarfile.FIFOTYPE
+    else:
+        info.size = rng.randrange(0, 64)
+    return info
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_generated_hostile_member_names_never_write_outside(tmp_path, seed):
+    rng = random.Random(seed)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("untouched\n")
+    voc, sbd, _ = make_voc_sources(tmp_path / "src")
+    voc_tar, sbd_tgz = make_voc_archives(tmp_path, voc, sbd)
+    hostile = [_hostile_member(rng, outside) for _ in range(4)]
+    with tarfile.open(voc_tar) as src:
+        members = [(m, src.extractfile(m).read() if m.isfile() else None) for m in src.getmembers()]
+    with tarfile.open(voc_tar, "w", format=tarfile.PAX_FORMAT) as dst:
+        for i, (m, data) in enumerate(members):
+            if i == len(members) // 2:  # hostile members in the middle of the stream
+                for h in hostile:
+                    dst.addfile(h, io.BytesIO(bytes(h.size)) if h.isfile() else None)
+            dst.addfile(m, io.BytesIO(data) if data is not None else None)
+    out = tmp_path / "out"
+    try:
+        prepare_voc(voc_tar, sbd_tgz, out, workers=1, expected=voc_expected())
+    except DataError:
+        pass
+    assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
+    assert (outside / "keep.txt").read_text() == "untouched\n"
+    assert not [p for p in out.rglob("*") if p.is_symlink()]
