@@ -78,3 +78,28 @@ def test_sigterm_during_training_keeps_the_last_checkpoint_and_exits_143(tmp_pat
     assert "Traceback" not in err
     assert lines[-1].endswith("interrupted by SIGTERM; finished outputs and the last checkpoint are kept")
     assert list_checkpoints(run)  # kept, and complete (written atomically)
+
+
+@pytest.mark.slow
+def test_sigterm_during_pseudo_with_workers_exits_143_and_keeps_finished_masks(tmp_path):
+    run, data = tmp_path / "run", tmp_path / "data"
+    tiny = [f"data.root={data}", "data.synthetic_train=8", "data.synthetic_val=48", "data.synthetic_size=64",
+            "data.image_size=64", "data.num_workers=0", "train.epochs=1", "train.batch_size=8",
+            "method.et_crop_size=32", "pseudo.image_size=64", "model.encoder=test_resnet"]
+    assert cli.main(["train", "--config", "demo", "--out", str(run), *tiny]) == 0
+    masks = run / "pseudo" / "val" / "masks"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "tagseg", "pseudo", "--run", str(run), "--split", "val",
+                             "--workers", "2"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for(proc, lambda: masks.is_dir() and any(masks.glob("[!.]*.png")))
+    assert proc.poll() is None, "pseudo finished before it could be terminated"
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate()[1]
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err and "interrupted by SIGTERM" in err
+    done = sorted(masks.glob("[!.]*.png"))
+    assert 0 < len(done) < 48
+    from tagseg.utils.io import read_mask
+    for path in done:  # every mask left is complete
+        read_mask(path, 256)
