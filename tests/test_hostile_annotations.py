@@ -4,9 +4,7 @@ file, record and field -- never a traceback, never silently wrong masks. The cas
 
 from __future__ import annotations
 
-import copy
 import json
-import math
 import random
 import subprocess
 import sys

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import os
 import random
 import struct
@@ -18,7 +17,6 @@ import zipfile
 import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
@@ -27,7 +25,7 @@ from tagseg.cli import main
 from tagseg.data.prepare.archives import MB, ExtractionLimits, copy_bounded
 from tagseg.data.prepare.coco import prepare_coco
 from tagseg.data.prepare.verify import ListExpectation
-from tagseg.data.prepare.voc import check_mat_expansion, decode_png_mask, decode_sbd_mat, prepare_voc
+from tagseg.data.prepare.voc import check_mat_expansion, decode_png_mask, prepare_voc
 from tagseg.errors import DataError
 
 

@@ -14,7 +14,7 @@ from tagseg.cli import main
 from tagseg.data.prepare.coco import prepare_coco
 from tagseg.data.prepare.verify import ListExpectation
 from tagseg.data.prepare.voc import prepare_voc
-from tagseg.errors import DataError
+from tagseg.errors import ConfigError, DataError
 from tagseg.utils.io import atomic_path, output_root, save_mask_png, write_json, write_text
 from tagseg.utils.safe_paths import refuse_links_out, run_folder
 
@@ -36,7 +36,7 @@ def outside(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("name", ESCAPING_NAMES)
 def test_run_folder_refuses_names_that_leave_runs(name):
-    with pytest.raises(DataError, match="config name .* plain name"):
+    with pytest.raises(ConfigError, match="config name .* plain name"):
         run_folder(name)
 
 

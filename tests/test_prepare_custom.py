@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import find_voc_subset
 from prepare_fakes import make_coco_source, make_voc_sources, voc_mask, write_png_mask
 from tagseg.cli import main
 from tagseg.data.voc import read_voc

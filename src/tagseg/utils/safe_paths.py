@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from tagseg.errors import DataError
+from tagseg.errors import ConfigError, DataError
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -87,11 +87,11 @@ def check_path_text(value: str | os.PathLike, what: str) -> Path:
 
 
 def run_folder(name: str, base: str | os.PathLike = "runs") -> Path:
-    """The default run folder ``base/name`` of a config named ``name``; ConfigError-like DataError
-    when the name is not a plain name (``../x``, ``a/b``, absolute, control characters)."""
+    """The default run folder ``base/name`` of a config named ``name``; ConfigError when the name
+    is not a plain name (``../x``, ``a/b``, absolute, control characters)."""
     problem = id_problem(name)
     if problem is not None:
-        raise DataError(f"config name {name!r} {problem}; it becomes the run folder {base}/<name>, so it must "
+        raise ConfigError(f"config name {name!r} {problem}; it becomes the run folder {base}/<name>, so it must "
                         "be a plain name (or give --out)")
     return Path(base) / name
 
