@@ -216,3 +216,36 @@ def test_split_names_that_would_leave_their_folders_are_refused(tmp_path, split)
     with pytest.raises(ConfigError, match="split .* plain names"):
         build_index(cfg.data, split)
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("argv", [["eval", "--run", "{run}"], ["report", "{run}"], ["pseudo", "--run", "{run}"],
+                                  ["segment", "eval", "--run", "{run}"], ["predict", "--model", "m", "--out", "{run}", "x"]])
+def test_every_verb_refuses_a_run_or_output_folder_holding_a_link_out(tmp_path, outside, monkeypatch, capsys, argv):
+    import tagseg.cli as cli
+
+    run = tmp_path / "run"
+    (run / "pseudo").mkdir(parents=True)
+    (run / "pseudo" / "val").symlink_to(outside, target_is_directory=True)
+    called = []
+    for handler in ("cmd_eval", "cmd_report", "cmd_pseudo", "cmd_segment_eval", "cmd_predict"):
+        monkeypatch.setattr(cli, handler, lambda args: called.append(args) or 0)
+    assert cli.main([a.replace("{run}", str(run)) for a in argv]) == 2
+    assert "symbolic link" in capsys.readouterr().err and not called
+    assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
+
+
+def test_a_link_planted_while_a_verb_runs_is_not_written_through(tmp_path, outside, monkeypatch, capsys):
+    import tagseg.cli as cli
+
+    run = tmp_path / "run"
+    run.mkdir()
+
+    def plant_then_write(args):
+        (run / "late").symlink_to(outside, target_is_directory=True)
+        write_json(run / "late" / "eval.json", {"miou": 1.0})
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_report", plant_then_write)
+    assert cli.main(["report", str(run)]) == 2
+    assert "outside the output folder" in capsys.readouterr().err
+    assert not (outside / "eval.json").exists()

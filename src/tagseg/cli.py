@@ -10,6 +10,7 @@ verbs live beside their stage (``segmentation/cli.py``, ``report/cli.py``); the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import math
 import re
@@ -23,6 +24,7 @@ from tagseg.report.cli import cmd_report
 from tagseg.segmentation.cli import cmd_predict, cmd_segment_eval, cmd_segment_train
 from tagseg.utils.runlock import run_lock
 from tagseg.utils.runtime import apply_threads, device_overrides, inference_processes, world_size
+from tagseg.utils.safe_paths import check_path_text, refuse_links_out
 from tagseg.utils.signals import EXIT_SIGINT, EXIT_SIGTERM, Terminated, sigterm_as_interrupt
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*=")
@@ -393,11 +395,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _output_folders(args: argparse.Namespace) -> list[Path]:
+    """The run and output folders a verb writes into (``--run``, ``--out``); ``prepare`` guards its
+    own tree (its image files may be links on purpose)."""
+    if args.command == "prepare":
+        return []
+    found = []
+    for attr in ("run", "out"):
+        value = getattr(args, attr, None)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, (str, Path)) and str(item):
+                found.append(check_path_text(item, f"--{attr}"))
+    return found
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parse(argv)
     name = args.command + (f" {args.segment_command}" if args.command == "segment" else "")
     try:
-        with sigterm_as_interrupt():
+        from tagseg.utils.io import output_root  # here: numpy and Pillow load only when a verb runs
+
+        with sigterm_as_interrupt(), contextlib.ExitStack() as roots:
+            for root in _output_folders(args):
+                refuse_links_out(root)  # a pre-planted link to elsewhere is refused before any work
+                roots.enter_context(output_root(root))  # and every atomic write under the folder is checked
             return args.handler(args)
     except TagsegError as exc:
         print(f"tagseg {name}: error: {exc}", file=sys.stderr)
