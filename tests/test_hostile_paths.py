@@ -249,3 +249,27 @@ def test_a_link_planted_while_a_verb_runs_is_not_written_through(tmp_path, outsi
     assert cli.main(["report", str(run)]) == 2
     assert "outside the output folder" in capsys.readouterr().err
     assert not (outside / "eval.json").exists()
+
+
+@pytest.mark.parametrize("verb", ["voc", "coco"])
+def test_prepare_into_a_file_or_below_one_is_a_one_line_error(tmp_path, capsys, verb):
+    voc, sbd, _ = make_voc_sources(tmp_path / "src")
+    coco, _ = make_coco_source(tmp_path / "coco")
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "below"):
+        args = ["--voc", str(voc), "--sbd", str(sbd)] if verb == "voc" else ["--coco", str(coco)]
+        assert main(["prepare", verb, *args, "--out", str(out), "--workers", "1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.splitlines()[-1].startswith("tagseg prepare: error: cannot create the output folder")
+        assert "Traceback" not in err
+
+
+def test_an_os_error_no_command_anticipated_is_one_line(monkeypatch, capsys):
+    import tagseg.cli as cli
+
+    def disk_trouble(args):
+        raise PermissionError(13, "Permission denied", "/some/where/file.bin")
+
+    monkeypatch.setattr(cli, "cmd_configs", disk_trouble)
+    assert cli.main(["configs"]) == 2
+    assert capsys.readouterr().err == "tagseg configs: error: Permission denied (/some/where/file.bin)\n"

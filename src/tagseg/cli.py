@@ -423,11 +423,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except TagsegError as exc:
         print(f"tagseg {name}: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        if exc.errno != errno.ENAMETOOLONG:
-            raise
-        shown = str(exc.filename)[:60] + "..." if exc.filename else "a path"
-        print(f"tagseg {name}: error: a path is too long for the file system ({shown})", file=sys.stderr)
+    except OSError as exc:  # what the commands do not turn into a TagsegError themselves: one line, not a traceback
+        where = str(exc.filename) if exc.filename else ""
+        where = f" ({where[:80]}{'...' if len(where) > 80 else ''})" if where else ""
+        if exc.errno == errno.ENAMETOOLONG:
+            print(f"tagseg {name}: error: a path is too long for the file system{where}", file=sys.stderr)
+        else:
+            print(f"tagseg {name}: error: {exc.strerror or type(exc).__name__}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         how = "interrupted by SIGTERM" if isinstance(exc, Terminated) else "interrupted"

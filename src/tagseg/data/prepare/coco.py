@@ -50,7 +50,7 @@ from tagseg.data.prepare.archives import DEFAULT_LIMITS, ExtractionLimits, check
 from tagseg.data.prepare.coco_checks import check_real_size, validate_instances
 from tagseg.data.prepare.parallel import resolve_workers, run_jobs
 from tagseg.data.prepare.verify import COCO_STANDARD_LISTS, ListExpectation, TreeLayout, VerifyReport, verify_tree
-from tagseg.data.prepare.voc import PrepareResult, output_lock
+from tagseg.data.prepare.voc import PrepareResult, make_output_folder, output_lock
 from tagseg.errors import ConfigError, DataError
 from tagseg.utils.io import atomic_path, max_image_pixels, save_mask_png, write_json, write_text
 from tagseg.utils.safe_paths import check_list_id
@@ -366,7 +366,7 @@ def prepare_coco(coco: str | Path, out: str | Path, cfg: Optional[CocoMaskConfig
         raise DataError(f"COCO folder not found: {coco}. {WHERE_TO_GET}")
     # before the long work: a wrong path fails at once; a custom set gets val_part only when given one
     part = load_val_part(val_part) if val_part or not custom else None
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_folder(out)
     workers = resolve_workers(workers)
     with output_lock(out):
         manifest_path = out / "prepare.json"

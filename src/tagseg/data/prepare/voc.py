@@ -48,7 +48,7 @@ from tagseg.data.prepare.archives import (DEFAULT_LIMITS, ExtractionLimits, Payl
                                           move_payload, payload_name, read_payload)
 from tagseg.data.prepare.parallel import resolve_workers, run_jobs
 from tagseg.data.prepare.verify import VOC_STANDARD_LISTS, ListExpectation, TreeLayout, VerifyReport, verify_tree
-from tagseg.errors import DataError
+from tagseg.errors import DataError, OutputError
 from tagseg.utils.io import (atomic_path, max_image_pixels, output_root, read_mask, save_mask_png, write_json,
                              write_text)
 from tagseg.utils.safe_paths import check_list_id, refuse_links_out
@@ -76,6 +76,15 @@ class PrepareResult:
     seconds: float = 0.0
     report: Optional[VerifyReport] = None
     notes: list[str] = field(default_factory=list)
+
+
+def make_output_folder(out: Path) -> None:
+    """Create ``out`` (and its parents); OutputError naming it when that is impossible (a file of
+    that name, no permission, a read-only file system)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder {out}: {exc.strerror or exc}") from exc
 
 
 @contextlib.contextmanager
@@ -336,7 +345,7 @@ def prepare_voc(voc: str | Path, sbd: Optional[str | Path], out: str | Path, wor
     key_of = _custom_voc_key if custom else _voc_key
     start = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_folder(out)
     workers = resolve_workers(workers)
     images_dir, masks_dir = out / VOC_LAYOUT.images_dir, out / VOC_LAYOUT.masks_dir
     with output_lock(out), staging_folder(out) as staging:
