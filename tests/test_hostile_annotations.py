@@ -241,3 +241,37 @@ def test_no_traceback_from_the_installed_entry_point_for_a_hostile_file(coco_sou
     assert proc.returncode == 2
     lines = _error_lines(proc.stderr)
     assert len(lines) == 1 and "annotations[1] (id 2): field 'segmentation'[0][2] is str" in lines[0], lines
+
+
+# ------------------------------------------------------------------ compressed RLE
+
+
+def test_compressed_rle_runs_match_pycocotools_on_random_masks():
+    import numpy as np
+
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    from tagseg.data.prepare.coco_checks import rle_string_counts
+
+    rng = np.random.default_rng(0)
+    for t in range(200):
+        h, w = (int(v) for v in rng.integers(1, 60, 2))
+        m = (rng.random((h, w)) > rng.random()).astype(np.uint8)
+        m[:] = 0 if t % 7 == 0 else m  # all background now and then
+        text = mask_utils.encode(np.asfortranarray(m))["counts"].decode()
+        flat = m.T.reshape(-1)  # COCO runs: column-major, starting with a run of zeros
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], flat, [2]])))
+        expected = np.diff(np.concatenate([[0], edges])).tolist()
+        assert rle_string_counts(text, h * w, "t") == expected
+
+
+@pytest.mark.parametrize("counts", ["", "!!!!", "0" * 1000, "zzzz", "o", "\u00e9abc", "1" * 200])
+def test_garbage_compressed_rle_is_refused_not_rasterised(coco_source, counts):
+    from tagseg.data.prepare.coco import decode_rle
+
+    data = _valid(coco_source)
+    data["annotations"][3]["segmentation"] = {"size": [32, 48], "counts": counts}
+    with pytest.raises(DataError, match=r"annotations\[3\] \(id 4\): field 'segmentation.counts'"):
+        validate_instances(data, "f.json", 89_478_485)
+    pytest.importorskip("pycocotools")
+    with pytest.raises(DataError, match="segmentation.counts"):
+        decode_rle({"size": [32, 48], "counts": counts}, 32, 48, "ann 4")

@@ -47,7 +47,7 @@ from tagseg.data.classes import IGNORE_INDEX, voc_palette
 from tagseg.data.coco import COCO_CATEGORIES, COCO_CLASSES, COCO_SPLIT_DIR, check_id
 from tagseg.data.image_labels import write_image_labels
 from tagseg.data.prepare.archives import DEFAULT_LIMITS, ExtractionLimits, check_declared, copy_bounded
-from tagseg.data.prepare.coco_checks import check_real_size, validate_instances
+from tagseg.data.prepare.coco_checks import check_real_size, rle_string_counts, validate_instances
 from tagseg.data.prepare.parallel import resolve_workers, run_jobs
 from tagseg.data.prepare.verify import COCO_STANDARD_LISTS, ListExpectation, TreeLayout, VerifyReport, verify_tree
 from tagseg.data.prepare.voc import PrepareResult, make_output_folder, output_lock
@@ -107,8 +107,12 @@ def decode_rle(rle: dict, height: int, width: int, where: str) -> np.ndarray:
             from pycocotools import mask as mask_utils
         except ImportError:
             raise DataError(f"{where}: compressed RLE needs pycocotools: pip install 'tagseg[coco]'") from None
-        raw = counts.encode("ascii") if isinstance(counts, str) else counts
-        return mask_utils.decode({"size": [height, width], "counts": raw}).astype(bool)
+        text = counts.decode("ascii", errors="replace") if isinstance(counts, bytes) else counts
+        rle_string_counts(text, height * width, where)  # pycocotools returns arbitrary masks for bad strings
+        try:
+            return mask_utils.decode({"size": [height, width], "counts": text.encode("ascii")}).astype(bool)
+        except (ValueError, UnicodeEncodeError) as exc:
+            raise DataError(f"{where}: invalid compressed RLE: {exc}") from exc
     raise DataError(f"{where}: RLE counts must be a list or a string")
 
 

@@ -135,8 +135,46 @@ def _check_rle(rle: dict, size: tuple[int, int], where: str) -> None:
         if sum(counts) != height * width:
             raise DataError(f"{where}: field 'segmentation.counts' adds up to {sum(counts):,} pixels, not "
                             f"{height}x{width}")
-    elif not isinstance(counts, str):
+    elif isinstance(counts, str):
+        rle_string_counts(counts, height * width, where)
+    else:
         raise DataError(f"{where}: field 'segmentation.counts' is {_kind(counts)}, expected a list or a string")
+
+
+def rle_string_counts(text: str, pixels: int, where: str) -> list[int]:
+    """The run lengths of COCO's compressed RLE string (6-bit groups offset from '0', 5 data bits
+    and a continuation bit each, sign-extended; from the third run on, stored as the difference
+    to the run two before). DataError unless it decodes to non-negative runs covering exactly
+    ``pixels`` pixels -- pycocotools itself accepts such strings and returns arbitrary masks."""
+    runs: list[int] = []
+    pos, total = 0, 0
+    while pos < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= len(text):
+                raise DataError(f"{where}: field 'segmentation.counts' is a truncated compressed RLE string")
+            code = ord(text[pos]) - 48
+            if not 0 <= code < 64:
+                raise DataError(f"{where}: field 'segmentation.counts' holds {text[pos]!r}, not compressed RLE")
+            value |= (code & 0x1F) << shift
+            more = bool(code & 0x20)
+            pos += 1
+            shift += 5
+            if shift > 60:
+                raise DataError(f"{where}: field 'segmentation.counts' holds an impossibly long run")
+            if not more and code & 0x10:
+                value |= -1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        if value < 0:
+            raise DataError(f"{where}: field 'segmentation.counts' decodes to a negative run")
+        runs.append(value)
+        total += value
+        if total > pixels:
+            break
+    if total != pixels:
+        raise DataError(f"{where}: field 'segmentation.counts' covers {total:,} pixels, not the image's {pixels:,}")
+    return runs
 
 
 def check_real_size(path: str | Path, height: int, width: int, where: str) -> None:
