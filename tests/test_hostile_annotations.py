@@ -275,3 +275,42 @@ def test_garbage_compressed_rle_is_refused_not_rasterised(coco_source, counts):
     pytest.importorskip("pycocotools")
     with pytest.raises(DataError, match="segmentation.counts"):
         decode_rle({"size": [32, 48], "counts": counts}, 32, 48, "ann 4")
+
+
+# ------------------------------------------------------------------ VOC annotation XML
+
+
+def _xml_cases(rng: random.Random, n: int) -> list[bytes]:
+    good = b"<annotation><filename>x.jpg</filename><object><name>dog</name></object></annotation>"
+    bomb = (b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">'
+            + b"".join(b'<!ENTITY %c "%s">' % (98 + i, b"&%c;" % (97 + i) * 10) for i in range(8))
+            + b"]><annotation><object><name>&i;</name></object></annotation>")
+    external = (b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+                b"<annotation><object><name>&x;</name></object></annotation>")
+    cases = [bomb, external, b"", b"\xff\xfe", b"<annotation>" * 50_000]
+    for _ in range(n):
+        raw = bytearray(good)
+        op = rng.randrange(4)
+        if op == 0:
+            raw = raw[:rng.randrange(len(raw))]
+        elif op == 1:
+            for _ in range(rng.randrange(1, 6)):
+                raw[rng.randrange(len(raw))] = rng.randrange(256)
+        elif op == 2:
+            raw = raw.replace(b"dog", rng.choice([b"", b"cat dog", b"Dog", b"background", b"\x00", b"x" * 5000]))
+        else:
+            raw = raw.replace(b"<name>dog</name>", rng.choice([b"", b"<name/>", b"<name><b>dog</b></name>"]))
+        cases.append(bytes(raw))
+    return cases
+
+
+@pytest.mark.parametrize("data", _xml_cases(random.Random(1), 30))
+def test_generated_voc_xml_is_parsed_or_refused_in_one_line(data):
+    from tagseg.data.prepare.voc import parse_voc_xml
+
+    try:
+        found = parse_voc_xml(data, "Annotations/2008_000001.xml")
+    except DataError as exc:
+        assert "Annotations/2008_000001.xml" in str(exc) and "\n" not in str(exc)
+    else:
+        assert found <= set(range(1, 21))

@@ -196,7 +196,7 @@ def parse_voc_xml(data: bytes, name: str) -> set[int]:
     for obj in root.findall("object"):
         cls = (obj.findtext("name") or "").strip()
         if cls not in lookup or lookup[cls] == 0:
-            raise DataError(f"annotation {name}: unknown object class {cls!r}")
+            raise DataError(f"annotation {name}: unknown object class {cls[:40]!r}")
         found.add(lookup[cls])
     return found
 
