@@ -276,8 +276,9 @@ def decode_sbd_mat(data: bytes, name: str, num_classes: int = len(VOC_CLASSES)) 
     return _check_values(seg, name, num_classes)
 
 
-def _write_mask_job(kind: str, payload: Payload, out_path: str, member: str) -> str:
-    data = read_payload(payload)
+def _write_mask_job(kind: str, payload: Payload, out_path: str, member: str,
+                    limit: int = DEFAULT_LIMITS.max_file) -> str:
+    data = read_payload(payload, limit)
     name = payload_name(payload, member)
     mask = decode_sbd_mat(data, name) if kind == "mat" else decode_png_mask(data, name)
     save_mask_png(out_path, mask, voc_palette())
@@ -361,9 +362,9 @@ def prepare_voc(voc: str | Path, sbd: Optional[str | Path], out: str | Path, wor
             for (kind, key), payload in iter_source(voc, key_of, "VOC 2012", staging, limits):
                 member = payload_name(payload, f"{voc}:{key}")
                 if kind == "list":
-                    voc_lists[key] = parse_id_list(read_payload(payload), member, custom)
+                    voc_lists[key] = parse_id_list(read_payload(payload, limits.max_file), member, custom)
                 elif kind == "xml":
-                    xml_labels[key] = parse_voc_xml(read_payload(payload), member)
+                    xml_labels[key] = parse_voc_xml(read_payload(payload, limits.max_file), member)
                 elif kind == "image":
                     if key in voc_images:
                         raise DataError(f"{voc}: two images {key}.jpg (give the VOC2012 folder itself)")
@@ -383,13 +384,13 @@ def prepare_voc(voc: str | Path, sbd: Optional[str | Path], out: str | Path, wor
                         counters["skipped"] += 1
                         discard(payload)
                     else:
-                        yield ("mask", payload, str(target), member)
+                        yield ("mask", payload, str(target), member, limits.max_file)
 
         def sbd_jobs():
             for (kind, key), payload in iter_source(sbd, _sbd_key, "SBD", staging, limits):
                 member = payload_name(payload, f"{sbd}:{key}")
                 if kind == "list":
-                    sbd_lists[key] = parse_id_list(read_payload(payload), member, custom)
+                    sbd_lists[key] = parse_id_list(read_payload(payload, limits.max_file), member, custom)
                     continue
                 if key in sbd_mats:
                     raise DataError(f"{sbd}: two files cls/{key}.mat")
@@ -402,7 +403,7 @@ def prepare_voc(voc: str | Path, sbd: Optional[str | Path], out: str | Path, wor
                     counters["skipped"] += 1
                     discard(payload)
                 else:
-                    yield ("mat", payload, str(target), member)
+                    yield ("mat", payload, str(target), member, limits.max_file)
 
         def all_jobs():
             yield from voc_jobs()
