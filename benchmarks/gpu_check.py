@@ -84,7 +84,7 @@ class Sizes:
 
 
 GPU = Sizes("vit_base_patch16_384", 384, 32, 10, 3, 960, 8, 32, 8, 0, True)
-TINY = Sizes("test_vit", 64, 2, 2, 1, 64, 2, 2, 1, 64, True)
+TINY = Sizes("test_vit", 64, 2, 2, 1, 64, 2, 2, 1, 64, False)  # no torch.compile on the CPU unless --compile
 
 
 def sync(device: torch.device) -> None:
@@ -332,6 +332,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", type=Path, help="markdown file (default on CUDA: benchmarks/results/gpu_<device>.md)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores on a GPU machine, 1 on CPU)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
+    parser.add_argument("--compile", action="store_true",
+                        help="measure the torch.compile row on the CPU path too (compiling takes minutes there)")
     args = parser.parse_args(argv)
 
     cuda = torch.cuda.is_available()
@@ -340,6 +342,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     sizes = GPU if cuda else TINY
     if args.no_compile:
         sizes.compile = False
+    elif args.compile:
+        sizes.compile = True
     name = torch.cuda.get_device_name(device) if cuda else f"CPU ({platform.processor() or platform.machine()})"
     if not cuda:
         print("no CUDA device: running the tiny CPU path only (same code, tiny sizes); these are not GPU numbers")
@@ -378,6 +382,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             flops = training_flops(sizes, root, device)
             peak = peak_tflops(name) if cuda else None
             variants = [("fp32", False), ("bf16", False)] + ([("bf16", True)] if sizes.compile else [])
+            if not sizes.compile and not cuda and not args.no_compile:
+                rows.append((f"training img/s, {sizes.encoder} at {sizes.train_size} px, bf16 + compile", "skipped",
+                             "not compiled on the CPU path (minutes of compiling for a tiny model); pass --compile"))
             for precision, compile in variants:
                 ips = training_speed(sizes, root, device, precision, compile)
                 achieved = ips * flops / 1e12

@@ -472,7 +472,7 @@ def test_torchrun_two_processes_cam_with_every_addon(voc, tmp_path):
            "-m", "tagseg", "train", "--config", "cam_voc", "--out", str(out), f"data.root={voc}", *TINY,
            *PPC_SMALL, "addons.hfpl.isl=true", "addons.hfpl.fsl=true", *RCA_FILLING, "train.epochs=2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert len(history) == 2 and {"ppc", "isl", "fsl", "rca_aux", "rca_rm"} <= set(history[-1])

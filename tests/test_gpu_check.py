@@ -23,13 +23,15 @@ def test_gpu_check_runs_its_cpu_path_and_exits_0(tmp_path):
     cmd = [sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_check.py"), "--out", str(out)]
     if voc is not None:
         cmd += ["--voc-root", str(voc)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)  # no timeout: a loaded machine is only slower
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "no CUDA device" in proc.stdout
     table = out.read_text()
     assert "not GPU numbers" in table
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
     assert len([r for r in rows if r.startswith("training img/s")]) == 3  # fp32, bf16, bf16 + compile
+    compile_row = [line for r, line in rows.items() if r.endswith("bf16 + compile")][0]
+    assert "| skipped |" in compile_row and "--compile" in compile_row  # the CPU path does not compile unless asked
     assert len([r for r in rows if r.startswith("pseudo-mask img/s")]) == 2  # with and without CRF
     rel = float(re.search(r"relative difference ([0-9.e+-]+)", table).group(1))
     assert rel < 0.03  # bf16 step within 3% of fp32

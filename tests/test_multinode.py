@@ -52,7 +52,7 @@ def test_two_nodes_over_c10d_equal_one_process_with_the_same_global_batch(tmp_pa
     make_voc(tmp_path / "voc", n=IMAGES)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
     single = subprocess.run([sys.executable, *train_cmd(tmp_path / "voc", tmp_path / "single", IMAGES)],
-                            capture_output=True, text=True, env=env, timeout=300)
+                            capture_output=True, text=True, env=env, timeout=3600)
     assert single.returncode == 0, single.stderr[-3000:]
 
     port = free_port()
@@ -64,7 +64,7 @@ def test_two_nodes_over_c10d_equal_one_process_with_the_same_global_batch(tmp_pa
     logs = []
     for node in nodes:
         try:
-            logs.append(node.communicate(timeout=300)[0])
+            logs.append(node.communicate(timeout=3600)[0])
         finally:
             node.kill()
     for node, log in zip(nodes, logs):

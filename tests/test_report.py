@@ -392,7 +392,7 @@ document.body.setAttribute("data-probe-sort", th.getAttribute("aria-sort"));
 def run_chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
     exe = shutil.which("chromium")
     return subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args], capture_output=True,
-                          text=True, timeout=90)
+                          text=True, timeout=3600)
 
 
 def console_messages(stderr: str) -> list[str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 from fixtures import make_folder, make_voc, write_mask
 from tagseg.cli import main
@@ -234,12 +234,13 @@ def test_second_process_on_a_run_folder_stops_at_once_naming_the_holder(tmp_path
         with pytest.raises(RunLockedError, match=f"pid {proc.pid}"):
             with run_lock(run):
                 pass
-        t0 = time.time()
         assert main(["train", "--config", "demo", "--out", str(run), f"data.root={tmp_path / 'data'}"]) == 2
         assert main(["segment", "train", "--config", "segment_demo", "--out", str(run)]) == 2
-        err = capsys.readouterr().err
+        captured = capsys.readouterr()
+        err = captured.err
         assert err.count(f"in use by another tagseg process (pid {proc.pid}") == 2
-        assert time.time() - t0 < 30 and not (tmp_path / "data").exists()  # refused before any work
+        # refused before any work (not timed: a loaded machine is slower, not wrong): no data, no epoch
+        assert not (tmp_path / "data").exists() and "epoch" not in captured.out
         proc.send_signal(signal.SIGKILL)  # kill -9: the OS drops the lock with the process
         proc.wait()
     with run_lock(run) as path:
@@ -304,8 +305,7 @@ def test_kill_9_of_pseudo_leaves_no_workers_and_resume_gives_the_same_masks(tmp_
                              "--workers", "2"], env=env, cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers: list[int] = []
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
+    while proc.poll() is None:  # no deadline: a loaded machine only takes longer to write the first mask
         workers = sorted(set(workers) | set(_children(proc.pid)))
         if (out / "masks").is_dir() and any((out / "masks").glob("*.png")):
             break
@@ -316,13 +316,13 @@ def test_kill_9_of_pseudo_leaves_no_workers_and_resume_gives_the_same_masks(tmp_
     proc.wait()
     assert len(workers) >= 2
     t0 = time.time()
-    while any(_alive(w) for w in workers) and time.time() - t0 < 5:
+    while any(_alive(w) for w in workers) and time.time() - t0 < 120:  # a bound for the failure case only
         time.sleep(0.05)
     survivors = [w for w in workers if _alive(w)]
     for w in survivors:  # do not leave them behind when the check fails
         with contextlib.suppress(OSError):
             os.kill(w, signal.SIGKILL)
-    assert not survivors, f"workers outlived their parent by 5 s: {survivors}"
+    assert not survivors, f"workers outlived their parent by 120 s: {survivors}"
     done = len(list((out / "masks").glob("[!.]*.png")))
     assert 0 < done < 64
     capsys.readouterr()
@@ -478,12 +478,17 @@ def _big_png(path: Path, width: int, height: int) -> None:
 def test_decompression_bomb_limit_and_its_config_key(tmp_path):
     _big_png(tmp_path / "bomb.png", 20000, 20000)
     assert (tmp_path / "bomb.png").stat().st_size < 2_000_000
-    t0 = time.time()
-    with pytest.raises(DataError, match=r"bomb\.png has 400000000 pixels, more than the limit of 89478485 .*data\.max_image_pixels"):
-        read_image(tmp_path / "bomb.png")
-    with pytest.raises(DataError, match="bomb.png"):
-        read_mask(tmp_path / "bomb.png", 21)
-    assert time.time() - t0 < 5  # refused from the header, never decoded
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+    ImageFile.ImageFile.load = lambda self: decoded.append(1) or real_load(self)  # records any decoding
+    try:
+        with pytest.raises(DataError, match=r"bomb\.png has 400000000 pixels, more than the limit of 89478485 .*data\.max_image_pixels"):
+            read_image(tmp_path / "bomb.png")
+        with pytest.raises(DataError, match="bomb.png"):
+            read_mask(tmp_path / "bomb.png", 21)
+    finally:
+        ImageFile.ImageFile.load = real_load
+    assert not decoded  # refused from the header, never decoded (checked, not timed)
     Image.fromarray(np.full((300, 300), 7, np.uint8)).save(tmp_path / "mid.png")
     try:
         set_max_image_pixels(50_000)

@@ -13,7 +13,10 @@ the parser, which declares every verb, is here (:func:`build_parser`).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib
+import math
 import os
 import re
 import sys
@@ -25,6 +28,8 @@ from tagseg.data.prepare.cli import add_prepare_command
 from tagseg.errors import TagsegError
 from tagseg.utils.runlock import run_lock
 from tagseg.utils.runtime import apply_threads, device_overrides, inference_processes, world_size
+from tagseg.utils.safe_paths import check_path_text, refuse_links_out
+from tagseg.utils.signals import EXIT_SIGINT, EXIT_SIGTERM, Terminated, sigterm_as_interrupt
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*=")
 
@@ -46,13 +51,16 @@ SHARD_HELP = ("process shard i of n (i/n), or auto: rank and world size from tor
               "(cuda:LOCAL_RANK); without a launcher, auto is 0/1")
 
 
+MAX_SCALE = 8.0  # an image resized beyond 8x its size is a typo, and an allocation that fails
+
+
 def _parse_scales(text: str) -> list[float]:
     try:
         scales = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--scales expects comma-separated numbers (e.g. 0.75,1,1.25), got {text!r}") from None
-    if not scales or any(s <= 0 for s in scales):
-        raise argparse.ArgumentTypeError(f"--scales {text}: need positive scales")
+    if not scales or not all(math.isfinite(s) and 0 < s <= MAX_SCALE for s in scales) or len(scales) > 16:
+        raise argparse.ArgumentTypeError(f"--scales {text[:60]}: need 1 to 16 finite scales in (0, {MAX_SCALE:g}]")
     return scales
 
 
@@ -319,12 +327,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tagseg.engine.checkpoint import ensure_fresh_run_dir
     from tagseg.training.trainer import Trainer
     from tagseg.utils.run_kind import TAGS, require_run_kind
+    from tagseg.utils.safe_paths import run_folder
 
     if Path(args.config).stem.startswith("segment"):
         raise TagsegError(f"{args.config} is a segmentation-stage config: use `tagseg segment train --config {args.config}`")
     threads = [f"train.cpu_threads={args.threads}"] if args.threads else []
     cfg = load_config(args.config, [*device_overrides(args.device), *threads, *args.overrides])
-    out = Path(args.out or f"runs/{cfg.name}")
+    out = Path(args.out) if args.out else run_folder(cfg.name)
     with run_lock(out):
         require_run_kind(out, TAGS, "resume" if args.resume else "train into")
         ensure_fresh_run_dir(out, args.resume)
@@ -462,17 +471,46 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _output_folders(args: argparse.Namespace) -> list[Path]:
+    """The run and output folders a verb writes into (``--run``, ``--out``); ``prepare`` guards its
+    own tree (its image files may be links on purpose)."""
+    if args.command == "prepare":
+        return []
+    found = []
+    for attr in ("run", "out"):
+        value = getattr(args, attr, None)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, (str, Path)) and str(item):
+                found.append(check_path_text(item, f"--{attr}"))
+    return found
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     name = args.command + (f" {args.segment_command}" if args.command == "segment" else "")
     try:
-        return args.handler(args)
+        from tagseg.utils.io import output_root  # here: numpy and Pillow load only when a verb runs
+
+        with sigterm_as_interrupt(), contextlib.ExitStack() as roots:
+            for root in _output_folders(args):
+                refuse_links_out(root)  # a pre-planted link to elsewhere is refused before any work
+                roots.enter_context(output_root(root))  # and every atomic write under the folder is checked
+            return args.handler(args)
     except TagsegError as exc:
         print(f"tagseg {name}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"tagseg {name}: interrupted; finished outputs are kept", file=sys.stderr)
-        return 130
+    except OSError as exc:  # what the commands do not turn into a TagsegError themselves: one line, not a traceback
+        where = str(exc.filename) if exc.filename else ""
+        where = f" ({where[:80]}{'...' if len(where) > 80 else ''})" if where else ""
+        if exc.errno == errno.ENAMETOOLONG:
+            print(f"tagseg {name}: error: a path is too long for the file system{where}", file=sys.stderr)
+        else:
+            print(f"tagseg {name}: error: {exc.strerror or type(exc).__name__}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        how = "interrupted by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+        print(f"tagseg {name}: {how}; finished outputs and the last checkpoint are kept", file=sys.stderr)
+        return EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT
 
 
 if __name__ == "__main__":

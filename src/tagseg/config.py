@@ -7,6 +7,7 @@ Shipped experiments live in ``tagseg/configs/<name>.yaml`` and are referred to b
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
@@ -280,6 +281,11 @@ def parse_yaml(text: str, source: str = "config") -> Any:
     try:
         return OmegaConf.create(text) if text.strip() else OmegaConf.create({})
     except (yaml.YAMLError, OmegaConfBaseException, ValueError, TypeError) as exc:
+        if "expansion exceeds" in str(exc):  # omegaconf >= 2.4's alias-bomb guard; its hint on lifting it is not ours
+            found = re.search(r"limit of (\d+)", str(exc))
+            limit = f" ({found.group(1)} nodes)" if found else ""
+            raise ConfigError(f"{source}: its YAML aliases expand beyond the limit{limit} (an alias bomb?); "
+                              "configs are plain data, write the values out") from exc
         raise ConfigError(f"{source}: unusable YAML: {yaml_message(exc)}") from exc
 
 

@@ -10,6 +10,7 @@ from tagseg.data.records import DatasetIndex
 from tagseg.data.voc import read_voc
 from tagseg.errors import ConfigError
 from tagseg.utils.io import set_max_image_pixels
+from tagseg.utils.safe_paths import check_path_text, id_problem
 
 
 def build_index(cfg: DataConfig, split: str) -> DatasetIndex:
@@ -18,6 +19,10 @@ def build_index(cfg: DataConfig, split: str) -> DatasetIndex:
     set_max_image_pixels(cfg.max_image_pixels)
     if not cfg.root:
         raise ConfigError("data.root is empty: set it to the dataset folder (e.g. data.root=/path/to/VOC2012)")
+    check_path_text(cfg.root, "data.root")
+    problem = id_problem(split)
+    if problem is not None:  # a split names a list file and the stages' output folders (<run>/pseudo/<split>)
+        raise ConfigError(f"split {split!r} {problem}; split names are plain names (train, val, train_aug, ...)")
     if cfg.dataset == "voc":
         return read_voc(cfg.root, split, cfg.label_source, cfg.mask_dir, cfg.max_images)
     if cfg.dataset == "coco":

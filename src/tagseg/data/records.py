@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -10,7 +11,7 @@ import numpy as np
 
 from tagseg.data.classes import voc_palette
 from tagseg.errors import DataError
-from tagseg.utils.safe_paths import check_id
+from tagseg.utils.safe_paths import check_list_id
 
 
 @dataclass(frozen=True)
@@ -72,12 +73,16 @@ def read_text_lines(path: Path, what: str) -> list[str]:
     return text.splitlines()
 
 
+_FLAG = re.compile(r"[+-]?[0-9]+")
+
+
 def read_id_list(path: Path) -> list[str]:
-    """One id per line (blank lines skipped; extra columns after whitespace ignored).
+    """One id per line (blank lines skipped; numeric columns after the id, like the ``1`` / ``-1``
+    flags of VOC's per-class lists, ignored).
 
     A UTF-8 byte-order mark and CRLF line ends are accepted. An id that is not a plain file
-    name (see :mod:`tagseg.utils.safe_paths`) or that appears twice is a DataError naming the
-    file and line.
+    name (see :mod:`tagseg.utils.safe_paths`), that holds whitespace (``2008_000123 copy`` is
+    refused, never cut at the space) or that appears twice is a DataError naming the file and line.
     """
     ids: list[str] = []
     first_line: dict[str, int] = {}
@@ -85,7 +90,8 @@ def read_id_list(path: Path) -> list[str]:
         fields = line.split()
         if not fields:
             continue
-        image_id = check_id(fields[0], path, line_no)
+        flags = len(fields) > 1 and all(_FLAG.fullmatch(f) for f in fields[1:])
+        image_id = check_list_id(fields[0] if flags else line.strip(), path, line_no)
         if image_id in first_line:
             raise DataError(f"{path}:{line_no}: id {image_id!r} listed twice (first on line {first_line[image_id]})")
         first_line[image_id] = line_no

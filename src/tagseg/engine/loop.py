@@ -33,7 +33,8 @@ from tagseg.engine.resume import check_resumable, truncate_history
 from tagseg.engine.task import Task
 from tagseg.engine.threads import cpu_threads
 from tagseg.errors import TrainingError
-from tagseg.utils.io import write_text
+from tagseg.utils.io import output_root, write_text
+from tagseg.utils.safe_paths import refuse_links_out
 
 BEST_WEIGHTS = "best.safetensors"  # under <run>/checkpoints/: the weights of the selected epoch so far
 
@@ -129,6 +130,8 @@ def fit(build: Callable[[D.DistInfo, torch.device], Task], run_dir: str | Path, 
     (requested, data-loader workers) for :func:`cpu_threads` on CPU, None = leave torch's setting.
     Returns the final model file (or the last checkpoint when stopped early).
     """
+    run_dir = Path(run_dir)
+    refuse_links_out(run_dir)  # before any work: a pre-planted link would be written through
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     info = D.init_distributed("cuda" if cuda else "cpu")
     dev = D.resolve_device(device, info)
@@ -137,7 +140,8 @@ def fit(build: Callable[[D.DistInfo, torch.device], Task], run_dir: str | Path, 
     try:
         seed_everything(seed + info.rank)
         task = build(info, dev)
-        return _run(task, Path(run_dir), info, dev, resume, show_progress, stop_after_epoch)
+        with output_root(run_dir):
+            return _run(task, run_dir, info, dev, resume, show_progress, stop_after_epoch)
     finally:
         D.shutdown(info)
 

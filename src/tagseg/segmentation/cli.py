@@ -51,13 +51,14 @@ def _check_training_masks(cfg, requested) -> None:
 
 def cmd_segment_train(args: argparse.Namespace) -> int:
     from tagseg.utils.runtime import apply_threads, device_overrides, world_size
+    from tagseg.utils.safe_paths import run_folder
     from tagseg.segmentation.config import load_segment_config
     from tagseg.segmentation.trainer import SegmentationTrainer
     from tagseg.engine.checkpoint import ensure_fresh_run_dir
     from tagseg.utils.run_kind import SEGMENT, require_run_kind
 
     cfg = load_segment_config(args.config, [*device_overrides(args.device), *args.overrides])
-    out = Path(args.out or f"runs/{cfg.name}")
+    out = Path(args.out) if args.out else run_folder(cfg.name)
     with run_lock(out):
         require_run_kind(out, SEGMENT, "resume" if args.resume else "train into")
         ensure_fresh_run_dir(out, args.resume)

@@ -75,17 +75,43 @@ def umask_mode(folder: bool = False) -> int:
     return (0o777 if folder else 0o666) & ~process_umask()
 
 
+_OUTPUT_ROOTS: list[Path] = []
+
+
+@contextlib.contextmanager
+def output_root(root: str | os.PathLike) -> Iterator[Path]:
+    """While open, every atomic write to a path under ``root`` (by its plain, unresolved name) is
+    checked with :func:`path_inside`, as if ``root=root`` had been given: a folder inside the
+    tree that is a symlink to somewhere outside is refused, not written through. Forked worker
+    processes inherit the roots open when they start."""
+    root_path = Path(os.path.abspath(root))
+    _OUTPUT_ROOTS.append(root_path)
+    try:
+        yield root_path
+    finally:
+        _OUTPUT_ROOTS.remove(root_path)
+
+
+def _guard_roots(path: Path) -> None:
+    absolute = Path(os.path.abspath(path))
+    for root in _OUTPUT_ROOTS:
+        if absolute == root or root in absolute.parents:
+            path_inside(root, absolute.relative_to(root))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, root: Optional[str | os.PathLike] = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
 
     Readers never see a half-written file, and a failure leaves nothing behind. With ``root``,
-    ``path`` must lie inside that folder (DataError otherwise, before anything is written). An
+    ``path`` must lie inside that folder (DataError otherwise, before anything is written), as
+inside every :func:`output_root` that holds it. An
     OSError (read-only folder, full disk, no permission) becomes an OutputError naming ``path``.
     """
     path = Path(path)
     if root is not None:
-        path_inside(root, path)
+        path_inside(root, os.path.abspath(path))  # absolute: a relative path would be joined onto root twice
+    _guard_roots(path)
     tmp_path: Optional[Path] = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

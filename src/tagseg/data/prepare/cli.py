@@ -58,6 +58,16 @@ def add_prepare_command(subparsers: argparse._SubParsersAction) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0, help="CPU processes (default 0: all cores)")
     p.add_argument("--check-only", action="store_true", help="only verify an existing --out tree")
+    p.add_argument("--custom", action="store_true",
+                   help="a partial or custom set in the dataset's layout: verify its structure (lists, overlaps, "
+                        "every image with a mask of its size, labels), not the standard lists' counts and checksums")
+    p.add_argument("--max-file-mb", type=float, metavar="MB",
+                   help="largest image / mask / list file taken from a source (default 64); a decompression-bomb "
+                        "guard checked before anything is written")
+    p.add_argument("--max-archive-gb", type=float, metavar="GB",
+                   help="largest total taken from one archive (default 64)")
+    p.add_argument("--max-annotation-mb", type=float, metavar="MB",
+                   help="largest annotation JSON read (default 512)")
 
 
 def _print_report(report, seconds: float) -> None:
@@ -69,22 +79,25 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     """Run ``tagseg prepare voc`` or ``tagseg prepare coco``."""
     import time
 
-    if args.workers < 0:
-        raise TagsegError(f"--workers must be >= 0, got {args.workers}")
+    if not 0 <= args.workers <= 1024:
+        raise TagsegError(f"--workers must be 0..1024 (0: all cores), got {args.workers}")
+    from tagseg.data.prepare.archives import ExtractionLimits
+
+    limits = ExtractionLimits.from_options(args.max_file_mb, args.max_archive_gb, args.max_annotation_mb)
     out = Path(args.out)
     start = time.perf_counter()
     if args.prepare_command == "voc":
-        from tagseg.data.prepare.voc import WHERE_TO_GET, prepare_voc, verify_voc
+        from tagseg.data.prepare.voc import WHERE_TO_GET, custom_expectations, prepare_voc, verify_voc
 
         if args.check_only:
-            report = verify_voc(out, workers=args.workers)
+            report = verify_voc(out, custom_expectations(out) if args.custom else None, workers=args.workers)
             report.raise_if_failed()
             _print_report(report, time.perf_counter() - start)
             return 0
-        if not args.voc or not args.sbd:
-            raise TagsegError(f"give --voc and --sbd (or --check-only). {WHERE_TO_GET}")
+        if not args.voc or not (args.sbd or args.custom):
+            raise TagsegError(f"give --voc and --sbd (--voc alone with --custom), or --check-only. {WHERE_TO_GET}")
         result = prepare_voc(args.voc, args.sbd, out, workers=args.workers, labels_from=args.labels_from,
-                             write_cls_labels_npy=args.write_cls_labels_npy)
+                             write_cls_labels_npy=args.write_cls_labels_npy, limits=limits, custom=args.custom)
     else:
         from tagseg.config import load_config
         from tagseg.data.prepare.coco import (WHERE_TO_GET, CocoMaskConfig, coco_expectations, prepare_coco,
@@ -92,14 +105,16 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
         overrides = [*args.overrides, *(["keep_unannotated=true"] if args.keep_unannotated else [])]
         cfg = load_config(None, overrides, schema_class=CocoMaskConfig, validate=validate_mask_config)
+        expected = coco_expectations(cfg, custom=args.custom)
         if args.check_only:
-            report = verify_coco(out, coco_expectations(cfg), workers=args.workers)
+            report = verify_coco(out, expected, workers=args.workers)
             report.raise_if_failed()
             _print_report(report, time.perf_counter() - start)
             return 0
         if not args.coco:
             raise TagsegError(f"give --coco (or --check-only). {WHERE_TO_GET}")
-        result = prepare_coco(args.coco, out, cfg, workers=args.workers, val_part=args.val_part)
+        result = prepare_coco(args.coco, out, cfg, workers=args.workers, val_part=args.val_part, limits=limits,
+                              expected=expected, custom=args.custom)
     for note in result.notes:
         print(f"note: {note}")
     print(f"{result.written} files written, {result.skipped} already there -> {out}")

@@ -34,6 +34,7 @@ import os
 import shutil
 import time
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -46,11 +47,14 @@ from tqdm import tqdm
 from tagseg.data.classes import IGNORE_INDEX, voc_palette
 from tagseg.data.coco import COCO_CATEGORIES, COCO_CLASSES, COCO_SPLIT_DIR, check_id
 from tagseg.data.image_labels import write_image_labels
+from tagseg.data.prepare.archives import DEFAULT_LIMITS, ExtractionLimits, check_declared, copy_bounded
+from tagseg.data.prepare.coco_checks import check_real_size, rle_string_counts, validate_instances
 from tagseg.data.prepare.parallel import resolve_workers, run_jobs
 from tagseg.data.prepare.verify import COCO_STANDARD_LISTS, ListExpectation, TreeLayout, VerifyReport, verify_tree
-from tagseg.data.prepare.voc import PrepareResult, output_lock
+from tagseg.data.prepare.voc import PrepareResult, make_output_folder, output_lock
 from tagseg.errors import ConfigError, DataError
-from tagseg.utils.io import atomic_path, save_mask_png, write_json, write_text
+from tagseg.utils.io import atomic_path, max_image_pixels, save_mask_png, write_json, write_text
+from tagseg.utils.safe_paths import check_list_id
 
 COCO_LAYOUT = TreeLayout(lists_dir=COCO_SPLIT_DIR, images_dir="JPEGImages", masks_dir="SegmentationClass")
 ALL_IMAGES_COUNTS = {"train": 82783, "val": 40504}
@@ -104,8 +108,12 @@ def decode_rle(rle: dict, height: int, width: int, where: str) -> np.ndarray:
             from pycocotools import mask as mask_utils
         except ImportError:
             raise DataError(f"{where}: compressed RLE needs pycocotools: pip install 'tagseg[coco]'") from None
-        raw = counts.encode("ascii") if isinstance(counts, str) else counts
-        return mask_utils.decode({"size": [height, width], "counts": raw}).astype(bool)
+        text = counts.decode("ascii", errors="replace") if isinstance(counts, bytes) else counts
+        rle_string_counts(text, height * width, where)  # pycocotools returns arbitrary masks for bad strings
+        try:
+            return mask_utils.decode({"size": [height, width], "counts": text.encode("ascii")}).astype(bool)
+        except (ValueError, UnicodeEncodeError) as exc:
+            raise DataError(f"{where}: invalid compressed RLE: {exc}") from exc
     raise DataError(f"{where}: RLE counts must be a list or a string")
 
 
@@ -165,56 +173,85 @@ def image_classes(anns: list[dict], cat_index: dict[int, int], include_crowd: bo
 # ----------------------------------------------------------------------------------------------
 
 
-def _place_image(src: Path, dst: Path, mode: str) -> None:
-    with atomic_path(dst) as tmp:
-        if mode == "symlink":
-            tmp.unlink()
-            os.symlink(src.resolve(), tmp)
+def _place_image(src: Path, tmp: Path, mode: str) -> None:
+    """Put ``src`` at the temporary path ``tmp`` (renamed onto the target by the caller)."""
+    if mode == "symlink":
+        tmp.unlink(missing_ok=True)
+        os.symlink(src.resolve(), tmp)
+        return
+    if mode == "link":
+        try:
+            tmp.unlink(missing_ok=True)
+            os.link(src, tmp)
             return
-        if mode == "link":
-            try:
-                tmp.unlink()
-                os.link(src, tmp)
-                return
-            except OSError:
-                pass  # other file system: copy instead
-        shutil.copyfile(src, tmp)
+        except OSError:
+            pass  # other file system: copy instead
+    shutil.copyfile(src, tmp)
 
 
 _ZIPS: dict[tuple[int, str], zipfile.ZipFile] = {}
 
 
-def _zip_member(zip_path: str, member: str) -> bytes:
-    """A member's bytes; one open ZipFile per process and archive (never shared across a fork)."""
+def _open_zip(zip_path: str) -> zipfile.ZipFile:
+    """One open ZipFile per process and archive (never shared across a fork)."""
     key = (os.getpid(), zip_path)
     if key not in _ZIPS:
         try:
             _ZIPS[key] = zipfile.ZipFile(zip_path)
         except (OSError, zipfile.BadZipFile) as exc:
             raise DataError(f"cannot read archive {zip_path}: {exc}") from exc
+    return _ZIPS[key]
+
+
+def _zip_info(zip_path: str, member: str) -> zipfile.ZipInfo:
     try:
-        return _ZIPS[key].read(member)
+        return _open_zip(zip_path).getinfo(member)
     except KeyError:
         raise DataError(f"image named in the annotations not found: {member} in {zip_path}") from None
+
+
+def _declared_sizes(zip_path: str) -> dict[str, int]:
+    """Member name -> declared (uncompressed) size, read afresh from the archive's directory (not
+    from the per-process cache, which may hold an older state of the file)."""
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            return {info.filename: info.file_size for info in zf.infolist()}
     except (OSError, zipfile.BadZipFile) as exc:
-        raise DataError(f"cannot read {member} from {zip_path}: {exc}") from exc
+        raise DataError(f"cannot read archive {zip_path}: {exc}") from exc
+
+
+def _copy_zip_member(zip_path: str, member: str, target: Path, limit: int) -> None:
+    """Stream a member to ``target`` in chunks, its declared size checked against ``limit`` first
+    and its real output against its declaration."""
+    info = _zip_info(zip_path, member)
+    name = f"{zip_path}:{member}"
+    check_declared(name, info.file_size, limit, "--max-file-mb")
+    try:
+        with _open_zip(zip_path).open(info) as src, open(target, "wb") as dst:
+            copy_bounded(src, dst, info.file_size, name)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+        raise DataError(f"cannot read archive {zip_path} (member {member}): {exc}") from exc
 
 
 def _image_job(image_id: str, src: tuple[str, str, str], img_out: str, mask_out: str, height: int, width: int,
-               anns: list[dict], cat_index: dict[int, int], cfg: dict) -> str:
-    """Place one image (src = ('dir', folder, file name) or ('zip', archive, member)) and write its mask."""
+               anns: list[dict], cat_index: dict[int, int], cfg: dict, max_file: int, where: str) -> str:
+    """Place one image (src = ('dir', folder, file name) or ('zip', archive, member)), check its real
+    size against the declared one, and write its mask."""
     config = CocoMaskConfig(**cfg)
     if not Path(img_out).is_file():
-        kind, where, name = src
-        if kind == "zip":
-            data = _zip_member(where, name)
-            with atomic_path(img_out) as tmp:
-                tmp.write_bytes(data)
-        else:
-            path = Path(where) / name
-            if not path.is_file():
-                raise DataError(f"image named in the annotations not found: {path}")
-            _place_image(path, Path(img_out), config.images)
+        kind, folder_or_zip, name = src
+        with atomic_path(img_out) as tmp:
+            if kind == "zip":
+                _copy_zip_member(folder_or_zip, name, tmp, max_file)
+            else:
+                path = Path(folder_or_zip) / name
+                if not path.is_file():
+                    raise DataError(f"image named in the annotations not found: {path}")
+                check_declared(str(path), path.stat().st_size, max_file, "--max-file-mb")
+                _place_image(path, tmp, config.images)
+            check_real_size(tmp, height, width, where)
+    else:
+        check_real_size(img_out, height, width, where)
     if not Path(mask_out).is_file():
         mask = semantic_mask(anns, height, width, cat_index, config, image_id)
         save_mask_png(mask_out, mask, voc_palette())
@@ -226,27 +263,35 @@ def _image_job(image_id: str, src: tuple[str, str, str], img_out: str, mask_out:
 # ----------------------------------------------------------------------------------------------
 
 
-def _load_instances(coco: Path, split: str) -> tuple[dict, str]:
-    """The instances JSON of ``split`` from ``annotations/`` or ``annotations_trainval2014.zip``;
-    also a name for messages."""
+def _load_instances(coco: Path, split: str, limits: ExtractionLimits = DEFAULT_LIMITS) -> tuple[dict, str]:
+    """The instances JSON of ``split`` from ``annotations/`` or ``annotations_trainval2014.zip``,
+    its size checked against ``limits.max_annotation`` before it is read and every field tagseg
+    uses validated (:mod:`tagseg.data.prepare.coco_checks`); also a name for messages."""
     path, archive = coco / "annotations" / f"instances_{split}2014.json", coco / "annotations_trainval2014.zip"
+    member = f"annotations/instances_{split}2014.json"
     try:
         if path.is_file():
             name = str(path)
-            with path.open() as fh:
+            check_declared(name, path.stat().st_size, limits.max_annotation, "--max-annotation-mb")
+            with path.open("rb") as fh:
                 data = json.load(fh)
         elif archive.is_file():
-            name = f"{archive}:annotations/instances_{split}2014.json"
-            with zipfile.ZipFile(archive) as zf, zf.open(f"annotations/instances_{split}2014.json") as fh:
-                data = json.load(fh)
+            name = f"{archive}:{member}"
+            with zipfile.ZipFile(archive) as zf:
+                info = zf.getinfo(member)
+                check_declared(name, info.file_size, limits.max_annotation, "--max-annotation-mb")
+                with zf.open(info) as fh:
+                    data = json.load(fh)
         else:
             raise DataError(f"annotation file not found: {path} (nor {archive}). {WHERE_TO_GET}")
     except KeyError:
-        raise DataError(f"{archive} has no annotations/instances_{split}2014.json") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DataError(f"cannot read {path if path.is_file() else archive}: {exc}") from exc
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
-        raise DataError(f"{name}: not a COCO instances file (needs lists 'images', 'annotations', 'categories')")
+        raise DataError(f"{archive} has no {member}") from None
+    except RecursionError:
+        raise DataError(f"cannot read {path if path.is_file() else archive}: JSON nested too deeply") from None
+    except (OSError, ValueError, EOFError, zlib.error, NotImplementedError, zipfile.BadZipFile) as exc:
+        text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise DataError(f"cannot read {path if path.is_file() else archive}: {text}") from exc
+    validate_instances(data, name, max_image_pixels())
     return data, name
 
 
@@ -261,7 +306,7 @@ def _image_source(coco: Path, split: str) -> tuple[str, str, str]:
 
 
 def _category_index(data: dict, path: str) -> dict[int, int]:
-    cats = sorted((int(c["id"]), str(c["name"])) for c in data["categories"])
+    cats = sorted((c["id"], c["name"]) for c in data["categories"])  # types checked by validate_instances
     if tuple(cats) != COCO_CATEGORIES:
         raise DataError(f"{path}: its {len(cats)} categories differ from COCO's 80 (ids and names in ascending "
                         "id order)")
@@ -303,8 +348,12 @@ def load_val_part(path: Optional[str | Path]) -> Optional[list[str]]:
     return ids
 
 
-def coco_expectations(cfg: CocoMaskConfig) -> dict[str, ListExpectation]:
-    """The standard lists' counts/checksums; with keep_unannotated, only the full image counts."""
+def coco_expectations(cfg: CocoMaskConfig, custom: bool = False) -> dict[str, ListExpectation]:
+    """The standard lists' counts/checksums; with keep_unannotated, only the full image counts;
+    custom (a partial or custom set in COCO's layout): the lists must exist, their counts and
+    checksums are not compared."""
+    if custom:
+        return {"train": ListExpectation(), "val": ListExpectation(), "val_part": ListExpectation()}
     if not cfg.keep_unannotated:
         return dict(COCO_STANDARD_LISTS)
     return {"train": ListExpectation(ALL_IMAGES_COUNTS["train"]), "val": ListExpectation(ALL_IMAGES_COUNTS["val"]),
@@ -322,11 +371,13 @@ def verify_coco(out: str | Path, expected: Optional[dict[str, ListExpectation]] 
 
 def prepare_coco(coco: str | Path, out: str | Path, cfg: Optional[CocoMaskConfig] = None, workers: int = 0,
                  val_part: Optional[str | Path] = None, expected: Optional[dict[str, ListExpectation]] = None,
-                 verify: bool = True) -> PrepareResult:
+                 verify: bool = True, limits: ExtractionLimits = DEFAULT_LIMITS, custom: bool = False) -> PrepareResult:
     """Build the COCO tree under ``out`` from the extracted COCO 2014 folder ``coco`` and verify it.
 
     expected: counts/checksums for the verification (default: the standard lists, see
-    :func:`coco_expectations`). Raises DataError for unreadable inputs or a failed verification.
+    :func:`coco_expectations`). limits: bounds on annotation files and on the images taken from
+    the zips (tagseg.data.prepare.archives). Raises DataError for unreadable or malformed inputs
+    (one line naming the file, record and field), inputs over the limits, or a failed verification.
     """
     cfg = cfg or CocoMaskConfig()
     validate_mask_config(cfg)
@@ -334,8 +385,9 @@ def prepare_coco(coco: str | Path, out: str | Path, cfg: Optional[CocoMaskConfig
     coco, out = Path(coco), Path(out)
     if not coco.is_dir():
         raise DataError(f"COCO folder not found: {coco}. {WHERE_TO_GET}")
-    part = load_val_part(val_part)  # before the long work: a wrong path fails at once
-    out.mkdir(parents=True, exist_ok=True)
+    # before the long work: a wrong path fails at once; a custom set gets val_part only when given one
+    part = load_val_part(val_part) if val_part or not custom else None
+    make_output_folder(out)
     workers = resolve_workers(workers)
     with output_lock(out):
         manifest_path = out / "prepare.json"
@@ -353,7 +405,7 @@ def prepare_coco(coco: str | Path, out: str | Path, cfg: Optional[CocoMaskConfig
         labels: dict[str, list[int]] = {}
         written = skipped = 0
         for split in ("train", "val"):
-            data, ann_path = _load_instances(coco, split)
+            data, ann_path = _load_instances(coco, split, limits)
             src_kind, src_where, src_prefix = _image_source(coco, split)
             cat_index = _category_index(data, ann_path)
             by_image: dict[int, list[dict]] = {}
@@ -362,13 +414,15 @@ def prepare_coco(coco: str | Path, out: str | Path, cfg: Optional[CocoMaskConfig
                     raise DataError(f"{ann_path}: annotation {ann.get('id')} has unknown category "
                                     f"{ann.get('category_id')}")
                 by_image.setdefault(ann.get("image_id"), []).append(ann)
-            ids, jobs = [], []
+            ids, jobs, archive_bytes = [], [], 0
+            declared = _declared_sizes(src_where) if src_kind == "zip" else {}
             for img in data["images"]:
                 file_name = str(img.get("file_name", ""))
                 where = f"{ann_path} image {img.get('id')}"
                 if PurePosixPath(file_name).name != file_name or "\\" in file_name:
                     raise DataError(f"{where}: file_name {file_name[:60]!r} is not a plain file name")
                 image_id = check_id(Path(file_name).stem, where)
+                check_list_id(image_id, where)
                 anns = by_image.get(img.get("id"), [])
                 if not anns and not cfg.keep_unannotated:
                     continue
@@ -379,8 +433,18 @@ def prepare_coco(coco: str | Path, out: str | Path, cfg: Optional[CocoMaskConfig
                 if img_out.is_file() and mask_out.is_file():
                     skipped += 1
                     continue
+                if src_kind == "zip" and not img_out.is_file():  # bounded before anything is written
+                    member = src_prefix + file_name
+                    if member not in declared:
+                        raise DataError(f"image named in the annotations not found: {member} in {src_where}")
+                    check_declared(f"{src_where}:{member}", declared[member], limits.max_file, "--max-file-mb")
+                    archive_bytes += declared[member]
+                    if archive_bytes > limits.max_archive:
+                        raise DataError(f"{src_where}: the images used add up to more than the limit of "
+                                        f"{limits.max_archive / 2**30:,.2f} GB (a decompression-bomb guard; raise "
+                                        "--max-archive-gb if the archive is trusted)")
                 jobs.append((image_id, (src_kind, src_where, src_prefix + file_name), str(img_out), str(mask_out),
-                             int(img["height"]), int(img["width"]), anns, cat_index, asdict(cfg)))
+                             img["height"], img["width"], anns, cat_index, asdict(cfg), limits.max_file, where))
             if len(set(ids)) != len(ids):
                 raise DataError(f"{ann_path}: duplicate image file names")
             lists[split] = sorted(ids)
@@ -397,6 +461,9 @@ def prepare_coco(coco: str | Path, out: str | Path, cfg: Optional[CocoMaskConfig
         elif (derived := derive_val_part(lists["val"])) is not None:
             lists["val_part"] = derived
             notes.append("val_part derived: the first 5,000 ids of the sorted val list (checked against its sha256)")
+        elif custom:
+            notes.append("custom set: val_part not written (pass --val-part FILE for one); lists checked for "
+                         "structure, not against the standard COCO lists")
         else:
             notes.append(f"val_part not written: it is derived from the standard {COCO_STANDARD_LISTS['val'].count:,}-id "
                           f"val list and this val list has {len(lists['val']):,} ids; pass --val-part FILE")
@@ -408,7 +475,7 @@ def prepare_coco(coco: str | Path, out: str | Path, cfg: Optional[CocoMaskConfig
                                    "mask_config": asdict(cfg), "counts": {k: len(v) for k, v in lists.items()}})
     result = PrepareResult(out, {k: len(v) for k, v in lists.items()}, written, skipped, notes=notes)
     if verify:
-        result.report = verify_coco(out, expected or coco_expectations(cfg), workers)
+        result.report = verify_coco(out, expected or coco_expectations(cfg, custom), workers)
         result.report.raise_if_failed()
     result.seconds = time.perf_counter() - start
     return result

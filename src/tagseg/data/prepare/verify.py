@@ -79,6 +79,7 @@ class VerifyReport:
     counts: dict[str, int] = field(default_factory=dict)
     sha256: dict[str, str] = field(default_factory=dict)
     files_checked: int = 0
+    list_mismatches: list[str] = field(default_factory=list)  # the subset of problems: counts / checksums
 
     @property
     def ok(self) -> bool:
@@ -92,8 +93,20 @@ class VerifyReport:
         return "\n".join(lines)
 
     def raise_if_failed(self) -> None:
-        if self.problems:
-            raise DataError(f"verification of {self.root} failed:\n  - " + "\n  - ".join(self.problems))
+        """DataError listing the problems: the real ones first (missing files, overlaps, bad masks),
+        then the lists' differences from the expected counts and checksums, summarised on one line."""
+        if not self.problems:
+            return
+        real = [p for p in self.problems if p not in self.list_mismatches]
+        counts = [p for p in self.list_mismatches if "sha256" not in p]
+        checksums = [p.split(": sha256")[0].rsplit("/", 1)[-1] for p in self.list_mismatches if "sha256" in p]
+        summary = []
+        if counts or checksums:
+            text = "the lists are not the expected ones: " + "; ".join(counts)
+            if checksums:
+                text += ("; " if counts else "") + f"sha256 differs from the standard lists' for {', '.join(checksums)}"
+            summary.append(text + " (a custom or partial set? prepare it with --custom)")
+        raise DataError(f"verification of {self.root} failed:\n  - " + "\n  - ".join(real + summary))
 
 
 def _listed(items: Sequence[str]) -> str:
@@ -169,10 +182,11 @@ def verify_tree(root: str | Path, layout: TreeLayout, class_names: Sequence[str]
         report.counts[name] = len(set(ids))
         report.sha256[name] = list_sha256(ids)
         if exp.count is not None and len(set(ids)) != exp.count:
-            report.problems.append(f"{path}: {len(set(ids)):,} ids, expected {exp.count:,}")
+            report.list_mismatches.append(f"{path.name}: {len(set(ids)):,} ids, expected {exp.count:,}")
         if exp.sha256 is not None and report.sha256[name] != exp.sha256:
-            report.problems.append(f"{path}: sha256 {report.sha256[name]} differs from the standard list's "
-                                   f"{exp.sha256}")
+            report.list_mismatches.append(f"{path}: sha256 {report.sha256[name]} differs from the standard list's "
+                                          f"{exp.sha256}")
+    report.problems += report.list_mismatches
     for a, b in disjoint:
         if a in lists and b in lists:
             both = sorted(set(lists[a]) & set(lists[b]))
