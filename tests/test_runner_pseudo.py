@@ -1,6 +1,6 @@
-"""Pseudo-masks through the per-image runner are bit-identical to the loop they replaced, on the
-demo's synthetic data and on real VOC images, serial and with worker processes; the runner writes
-a manifest whose counts match the files."""
+"""Pseudo-masks through the per-image runner are bit-identical to a plain loop over the images (the
+loop the runner replaced, proven equal to it before it was deleted), on the demo's synthetic data
+and on real VOC images, serial and with worker processes; the manifest's counts match the files."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ from tagseg.data.build import build_index
 from tagseg.data.records import DatasetIndex
 from tagseg.experiment import load_experiment
 from tagseg.inference.loading import load_trained_model
-from tagseg.pseudo.generate import generate_pseudo_masks
-from tagseg.pseudo.legacy_loop import generate_pseudo_masks as legacy_generate
+from tagseg.pseudo.generate import generate_pseudo_masks, pseudo_layout, process_record
 from tagseg.training.trainer import Trainer
 
 TINY_VOC = [
@@ -55,11 +54,18 @@ def voc_cam_run(tmp_path_factory):
     return cfg, run
 
 
+def plain_loop(model, index: DatasetIndex, out: Path, cfg, family: str) -> None:
+    """The reference: every image in order, one after the other, no runner."""
+    layout = pseudo_layout(out, cfg)
+    for rec in index.records:
+        process_record(model, rec, layout.paths(rec.id), out, cfg, index.palette, "cpu", family)
+
+
 def _compare(model_path: Path, index: DatasetIndex, cfg, tmp_path: Path, workers: int) -> dict[str, str]:
     model, _, info = load_trained_model(model_path)
     family = info["family"]
     kw = dict(family=family, progress=False, workers=workers, model_path=model_path, threads=1)
-    legacy_generate(model, index, tmp_path / "old", cfg, **kw)
+    plain_loop(model, index, tmp_path / "old", cfg, family)
     stats = generate_pseudo_masks(model, index, tmp_path / "new", cfg, **kw)
     old, new = digests(tmp_path / "old"), digests(tmp_path / "new")
     assert len(old) == len(index) * 3 and stats.written == len(index)
