@@ -14,15 +14,15 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from tagseg.config import PseudoConfig
 from tagseg.data.records import DatasetIndex
 from tagseg.data.views import image_to_tensor
 from tagseg.errors import ConfigError, DataError, TagsegError
 from tagseg.evaluation.miou import MIOU_CONVENTION
+from tagseg.evaluation.predict_and_score import predict_and_score
 from tagseg.evaluation.scorer import Scorer, require_masks
-from tagseg.utils.io import read_image, read_mask, write_json
+from tagseg.utils.io import read_image, write_json
 
 BEST_LABEL = "best threshold chosen on the ground truth"
 
@@ -59,16 +59,17 @@ def sweep_background_thresholds(model: torch.nn.Module, index: DatasetIndex, cfg
     require_masks(index)
     k = index.num_classes
     scorers = [Scorer(k, index.class_names, contour=contour, per_image=False) for _ in values]
-    for rec in tqdm(index.require_nonempty().records, desc="bg sweep", unit="img", disable=not progress,
-                    leave=False):
+
+    def predict(rec, gt: np.ndarray) -> dict[int, np.ndarray]:
         image = image_to_tensor(read_image(rec.image_path)).to(device)
         fg = normalised_cams(model, image, rec.labels, cfg).float().cpu()
-        gt = read_mask(rec.mask_path, k)
         if gt.shape != tuple(fg.shape[-2:]):
             raise DataError(f"mask {rec.mask_path} is {gt.shape[1]}×{gt.shape[0]} px but image {rec.image_path} "
                             f"is {fg.shape[-1]}×{fg.shape[-2]} px")
-        for thr, scorer in zip(values, scorers):
-            scorer.update(cam_pseudo_mask(fg, thr).numpy().astype(np.uint8), gt, name=rec.id)
+        return {i: cam_pseudo_mask(fg, thr).numpy().astype(np.uint8) for i, thr in enumerate(values)}
+
+    predict_and_score(index.require_nonempty().records, predict, dict(enumerate(scorers)), k, progress=progress,
+                      desc="bg sweep")
     results = []
     for thr, scorer in zip(values, scorers):
         s = scorer.summary()
