@@ -90,3 +90,23 @@ def test_voc_subset_sample_bit_identical_to_the_old_loop(voc_cam_run, voc_root, 
     index = build_index(cfg.data, "val")
     index.records = index.records[:: max(1, len(index.records) // 6)][:6]
     _compare(run / "model.safetensors", index, cfg.pseudo, tmp_path, workers)
+
+
+def test_pseudo_applies_its_own_keys_and_refuses_the_ones_the_model_fixes(demo_run, tmp_path, capsys):
+    from tagseg.cli import main
+
+    cfg, run = demo_run
+    out = tmp_path / "p"
+    assert main(["pseudo", "--run", str(run), "--out", str(out), "--threads", "1", "--workers", "1",
+                 "data.max_images=2", "pseudo.flip=true", "pseudo.crf=none", "pseudo.save_probs=false"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["flip"] is True and manifest["split"] == cfg.data.pseudo_split
+    assert manifest["counts"]["on_disk"] == {"masks": 2, "complete": 2} and manifest["run"] == str(run)
+    capsys.readouterr()
+    for bad, key in [("model.bn=frozen", "model.bn"), ("addons.ppc.wieght=1", "addons.ppc.wieght"),
+                     ("method.topk=3", "method.topk"), ("train.epochs=1", "train.epochs")]:
+        assert main(["pseudo", "--run", str(run), "--out", str(tmp_path / "q"), bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("tagseg pseudo: error: ") and f"{key} is not applied by `tagseg pseudo`" in err
+        assert len(err.splitlines()) == 1
+    assert not (tmp_path / "q").exists()

@@ -234,13 +234,17 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------- handlers
 
 
-def _resolve_run_config(run: Path, overrides: Sequence[str]):
-    from tagseg.config import load_config
+def _resolve_run_config(run: Path, overrides: Sequence[str], verb: str):
+    """The run's configuration with the overrides ``verb`` applies (others are refused, naming
+    the key), checked like training checks it (family, add-on sections)."""
+    from tagseg.config import check_verb_overrides
+    from tagseg.experiment import load_experiment
 
+    check_verb_overrides(verb, overrides)
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
         raise TagsegError(f"{run} is not a tagseg run folder (no config.yaml)")
-    return load_config(str(cfg_path), overrides)
+    return load_experiment(str(cfg_path), overrides)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -271,7 +275,7 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
 
     run = Path(args.run)
     overrides = [*device_overrides(args.device), *args.overrides, *([f"pseudo.crf={args.crf}"] if args.crf else [])]
-    cfg = _resolve_run_config(run, overrides)
+    cfg = _resolve_run_config(run, overrides, "pseudo")
     args.shard, launch = resolve_shard(args.shard)
     # one GPU per launched process: cuda:LOCAL_RANK (or the one GPU the launcher left visible)
     device = resolve_device(launch_device(launch, cfg.device) if launch.source != "single" else cfg.device,
@@ -297,9 +301,10 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from tagseg.config import load_config
+    from tagseg.config import check_verb_overrides
     from tagseg.data.build import build_index
     from tagseg.engine.distributed import resolve_shard
+    from tagseg.experiment import load_experiment
     from tagseg.evaluation.evaluate import evaluate_folder, merge_eval_files, summarize_runs
     from tagseg.evaluation.miou import format_table
     from tagseg.evaluation.shards import shard_file_name
@@ -323,7 +328,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
                           f"--pred (tagseg eval --pred DIR [DIR ...] --run RUN)")
     shard, _ = resolve_shard(args.shard)
     overrides = [*device_overrides(args.device), *args.overrides]
-    cfg = _resolve_run_config(Path(args.run), overrides) if args.run else load_config(args.config, overrides)
+    verb = "eval --sweep-bg" if args.sweep_bg else "eval"
+    if args.run:
+        cfg = _resolve_run_config(Path(args.run), overrides, verb)
+    else:
+        check_verb_overrides(verb, overrides)
+        cfg = load_experiment(args.config, overrides)
     apply_threads(args.threads)
     split = args.split or cfg.data.pseudo_split
     if args.sweep_bg:
@@ -362,7 +372,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_configs(args: argparse.Namespace) -> int:
-    from tagseg.config import config_to_yaml, load_config, shipped_configs
+    from tagseg.config import config_to_yaml, shipped_configs
+    from tagseg.experiment import load_experiment
 
     apply_threads(args.threads)
     if args.name is None:
@@ -375,7 +386,7 @@ def cmd_configs(args: argparse.Namespace) -> int:
 
         cfg = load_segment_config(args.name, [*device_overrides(args.device), *args.overrides])
     else:
-        cfg = load_config(args.name, [*device_overrides(args.device), *args.overrides])
+        cfg = load_experiment(args.name, [*device_overrides(args.device), *args.overrides])
     print(config_to_yaml(cfg), end="")
     return 0
 

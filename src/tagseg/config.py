@@ -228,6 +228,34 @@ def load_config(name_or_path: str | None = None, overrides: Sequence[str] = (),
     return cfg
 
 
+# The keys a verb that reads a finished run applies (a section name covers all its keys); every
+# other key is fixed by the trained model and refused rather than silently ignored.
+VERB_APPLIES: dict[str, tuple[str, ...]] = {
+    "pseudo": ("device", "data", "pseudo"),
+    "eval": ("device", "data"),
+    "eval --sweep-bg": ("device", "data", "pseudo"),
+    "segment eval": ("device", "data", "inference"),
+}
+
+
+def override_key(item: str) -> str:
+    """The dotted key of a ``key=value`` override (ConfigError when it has no ``=``)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    return item.split("=", 1)[0].strip().lstrip("+~")
+
+
+def check_verb_overrides(verb: str, overrides: Sequence[str]) -> None:
+    """ConfigError naming the key and the verb for an override that ``verb`` would not apply
+    (:data:`VERB_APPLIES`), e.g. ``model.bn=frozen`` given to ``pseudo``, whose model file fixes it."""
+    applies = VERB_APPLIES[verb]
+    for item in overrides:
+        key = override_key(item)
+        if not any(key == a or key.startswith(a + ".") for a in applies):
+            raise ConfigError(f"{key} is not applied by `tagseg {verb}` (the trained model fixes it; "
+                              f"`{verb}` applies {', '.join(a if a == 'device' else a + '.*' for a in applies)})")
+
+
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """An exception's message on one line (YAML and OmegaConf messages span several)."""
     text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__

@@ -123,8 +123,9 @@ def sweep_bg_cli(run_dir: Path, split: str | None, thresholds: list[float], over
     data.pseudo_split of the run); print the table and write it as JSON to ``out`` (default:
     :func:`sweep_output_path`, which never replaces an earlier sweep). ``overrides``: key=value settings on top of the run's config
     (e.g. pseudo.scales). Returns the sweep result."""
-    from tagseg.config import load_config
+    from tagseg.config import check_verb_overrides
     from tagseg.data.build import build_index
+    from tagseg.experiment import load_experiment
     from tagseg.inference.loading import load_trained_model
     from tagseg.engine.distributed import DistInfo, resolve_device
 
@@ -132,7 +133,8 @@ def sweep_bg_cli(run_dir: Path, split: str | None, thresholds: list[float], over
     if not (run_dir / "config.yaml").is_file():
         raise TagsegError(f"{run_dir} is not a tagseg run folder (no config.yaml)")
     values = check_thresholds(thresholds)
-    cfg = load_config(str(run_dir / "config.yaml"), overrides)
+    check_verb_overrides("eval --sweep-bg", overrides)
+    cfg = load_experiment(str(run_dir / "config.yaml"), overrides)
     device = resolve_device(cfg.device, DistInfo())
     model, _, info = load_trained_model(run_dir / "model.safetensors", device)
     if info["family"] != "cam":

@@ -16,8 +16,10 @@ from tagseg.utils.runlock import run_lock
 
 
 def _run_config(run: Path, overrides: Sequence[str]):
+    from tagseg.config import check_verb_overrides
     from tagseg.segmentation.config import load_segment_config
 
+    check_verb_overrides("segment eval", overrides)
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
         raise TagsegError(f"{run} is not a tagseg segmentation run folder (no config.yaml)")
