@@ -178,3 +178,18 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return True
+
+
+def test_keep_going_lists_failed_records_and_counts_only_the_rest(tmp_path):
+    def step(rec, paths):
+        if rec.value % 3 == 0:
+            raise DataError(f"cannot read {rec.id}")
+        write_value(rec, paths)
+
+    stats = run_per_image(RECS, step, layout(tmp_path), progress=False, keep_going=(DataError,),
+                          manifest=ManifestInfo("t"))
+    assert stats.failures == [("r0", "cannot read r0"), ("r3", "cannot read r3"), ("r6", "cannot read r6")]
+    assert stats.written == 4
+    assert read_manifest(tmp_path)["counts"]["on_disk"] == {"out": 4, "complete": 4}
+    with pytest.raises(DataError, match="cannot read r0"):  # without keep_going the first error stops the run
+        run_per_image(RECS, step, layout(tmp_path / "b"), progress=False)

@@ -33,6 +33,7 @@ class RunStats:
     skipped: int = 0
     seconds: float = 0.0
     counts: dict[str, Any] = field(default_factory=dict)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (record id, reason), keep_going only
 
 
 def shard_of(records: Sequence[Any], shard: tuple[int, int]) -> list[Any]:
@@ -47,7 +48,8 @@ def run_per_image(records: Sequence[Any], step: Optional[Step], layout: OutputLa
                   shard: tuple[int, int] = (0, 1), overwrite: bool = False, progress: bool = True,
                   desc: str = "images", workers: int = 1, worker_step: Optional[WorkerStep] = None,
                   threads: Optional[int] = None, lock: bool = True,
-                  manifest: Optional[ManifestInfo] = None) -> RunStats:
+                  manifest: Optional[ManifestInfo] = None,
+                  keep_going: tuple[type[BaseException], ...] = ()) -> RunStats:
     """Run ``step`` on the records of this shard whose outputs are not all on disk yet.
 
     records: the whole set (anything with a string ``id``), in a fixed order; step: ``(record,
@@ -57,7 +59,9 @@ def run_per_image(records: Sequence[Any], step: Optional[Step], layout: OutputLa
     processes, each building its step from ``worker_step`` and running ``threads`` intra-op
     threads; lock: hold ``layout.root``'s lock (this shard's when n > 1) for the run — pass
     False only when the caller already holds it; manifest: write ``<root>/manifest.json`` with
-    these facts and the counts of the whole set's files on disk at the end.
+    these facts and the counts of the whole set's files on disk at the end; keep_going:
+    exception types (e.g. DataError for an unreadable image) that fail only their record — it
+    is listed in ``RunStats.failures`` (record order) and the run goes on.
 
     Every record's paths are checked to lie inside ``layout.root`` before anything is written
     (DataError). OutputError when the folder vanishes mid-run or a finished record's files are
@@ -72,14 +76,14 @@ def run_per_image(records: Sequence[Any], step: Optional[Step], layout: OutputLa
     if lock:
         with run_lock(layout.root, shard=shard):
             return _run(records, mine, paths, step, layout, shard, overwrite, progress, desc, workers,
-                        worker_step, threads, manifest)
+                        worker_step, threads, manifest, keep_going)
     layout.root.mkdir(parents=True, exist_ok=True)
     return _run(records, mine, paths, step, layout, shard, overwrite, progress, desc, workers, worker_step,
-                threads, manifest)
+                threads, manifest, keep_going)
 
 
 def _run(records, mine, paths, step, layout, shard, overwrite, progress, desc, workers, worker_step, threads,
-         manifest) -> RunStats:
+         manifest, keep_going) -> RunStats:
     # a run killed mid-write leaves hidden temporary files of this shard's records: remove them
     remove_stale_temp_files([p for files in paths.values() for p in files.values()])
     todo = [r for r in mine if overwrite or not all(p.is_file() for p in paths[r.id].values())]
@@ -89,16 +93,20 @@ def _run(records, mine, paths, step, layout, shard, overwrite, progress, desc, w
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
     try:
         if workers > 1 and todo:
-            chunks = run_pool(todo, layout, worker_step, workers, threads)
+            chunks = run_pool(todo, layout, worker_step, workers, threads, keep_going)
         else:
-            chunks = (_one(step, r, layout) for r in todo)
-        for n in chunks:
+            chunks = (_one(step, r, layout, keep_going) for r in todo)
+        failed: dict[str, str] = {}
+        for n, failures in chunks:
+            failed.update(failures)
             done += n
             bar.update(n)
             bar.set_postfix(img_per_s=f"{done / max(1e-9, time.time() - t0):.2f}")
     finally:
         bar.close()
     check_root(layout.root)
+    stats.failures = [(r.id, failed[r.id]) for r in todo if r.id in failed]
+    todo = [r for r in todo if r.id not in failed]
     missing = [r.id for r in todo if not all(p.is_file() for p in paths[r.id].values())]
     if missing:
         raise OutputError(f"{len(missing)} of the {len(todo)} images processed now have files missing from "
@@ -107,13 +115,13 @@ def _run(records, mine, paths, step, layout, shard, overwrite, progress, desc, w
     stats.written = len(todo)
     stats.seconds = time.time() - t0
     stats.counts = {"images": len(records), "shard": [int(shard[0]), int(shard[1])], "shard_images": len(mine),
-                    "written_now": stats.written, "skipped_now": stats.skipped,
+                    "written_now": stats.written, "skipped_now": stats.skipped, "failed_now": len(stats.failures),
                     "on_disk": layout.count(r.id for r in records)}
     if manifest is not None:
         write_manifest(layout.root, manifest, stats.counts)
     return stats
 
 
-def _one(step: Step, record: Any, layout: OutputLayout) -> int:
-    run_step(step, record, layout)
-    return 1
+def _one(step: Step, record: Any, layout: OutputLayout, keep_going) -> tuple[int, list[tuple[str, str]]]:
+    failure = run_step(step, record, layout, keep_going)
+    return 1, [] if failure is None else [failure]

@@ -68,10 +68,20 @@ def check_root(root: Path) -> None:
                           "program?); nothing more is written — run the command again to redo the missing images")
 
 
-def run_step(step: Step, record: Any, layout: OutputLayout) -> None:
-    """One record: check the output folder is still there, then run the step on its files."""
+Failure = tuple[str, str]
+"""(record id, one-line reason) of a record the step could not process."""
+
+
+def run_step(step: Step, record: Any, layout: OutputLayout,
+             keep_going: tuple[type[BaseException], ...] = ()) -> Optional[Failure]:
+    """One record: check the output folder is still there, then run the step on its files.
+    An exception of a ``keep_going`` type is returned as a :data:`Failure` instead of raised."""
     check_root(layout.root)
-    step(record, layout.paths(record.id))
+    try:
+        step(record, layout.paths(record.id))
+    except keep_going as exc:
+        return record.id, str(exc)
+    return None
 
 
 def _init_worker(worker_step: WorkerStep, threads: Optional[int], parent_pid: int, max_pixels: int) -> None:
@@ -84,22 +94,24 @@ def _init_worker(worker_step: WorkerStep, threads: Optional[int], parent_pid: in
     _WORKER["step"] = worker_step.build(*worker_step.args)
 
 
-def _work(chunk: Sequence[Any], layout: OutputLayout) -> int:
-    for record in chunk:
-        run_step(_WORKER["step"], record, layout)
-    return len(chunk)
+def _work(chunk: Sequence[Any], layout: OutputLayout,
+          keep_going: tuple[type[BaseException], ...]) -> tuple[int, list[Failure]]:
+    failures = [f for f in (run_step(_WORKER["step"], r, layout, keep_going) for r in chunk) if f is not None]
+    return len(chunk), failures
 
 
 def run_pool(todo: Sequence[Any], layout: OutputLayout, worker_step: WorkerStep, workers: int,
-             threads: Optional[int] = None) -> Iterator[int]:
-    """Run the step on ``todo`` in ``workers`` spawned processes; yield the number of records
-    finished per completed chunk. The first failure stops the pool (queued chunks are cancelled)
-    and is raised here."""
+             threads: Optional[int] = None, keep_going: tuple[type[BaseException], ...] = ()
+             ) -> Iterator[tuple[int, list[Failure]]]:
+    """Run the step on ``todo`` in ``workers`` spawned processes; yield (records finished,
+    their :data:`Failure` s) per completed chunk. The first error not of a ``keep_going`` type
+    stops the pool (queued chunks are cancelled) and is raised here."""
     chunk = max(1, min(16, len(todo) // (4 * workers)))
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                              initargs=(worker_step, threads, os.getpid(), max_image_pixels())) as pool:
-        futures = [pool.submit(_work, list(todo[i:i + chunk]), layout) for i in range(0, len(todo), chunk)]
+        futures = [pool.submit(_work, list(todo[i:i + chunk]), layout, keep_going)
+                   for i in range(0, len(todo), chunk)]
         try:
             for fut in as_completed(futures):
                 yield fut.result()
