@@ -152,7 +152,7 @@ def _run(task: Task, run_dir: Path, info: D.DistInfo, device: torch.device, resu
     start_epoch, selection = 0, None
     if resume:
         found = load_latest_checkpoint(run_dir, core, check=lambda st: check_resumable(
-            st.get("config", {}), task.config, run_dir, task.resume_may_change))
+            st.get("config", {}), task.config, run_dir, task.resume_may_change, task.resume_keys))
         if found:
             ckpt, state = found
             optimizer.load_state_dict(state["optimizer"])

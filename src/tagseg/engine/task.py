@@ -25,7 +25,8 @@ class Task:
 
     model: the core network on the device; dataset: items collated into dict batches (its
     ``set_epoch(epoch)`` is called when present); config: the run's configuration as a nested
-    dict (stored in every checkpoint and compared on resume, except ``resume_may_change``);
+    dict (stored in every checkpoint; on resume the keys under ``resume_keys`` are compared,
+    except ``resume_may_change``);
     config_yaml: written to ``<run>/config.yaml``; metadata: () -> the final model file's
     metadata. precision / compile / channels_last: speed options (:mod:`tagseg.engine.precision`).
     select_epoch: the best-epoch hook (None = the last epoch is the model); the
@@ -45,6 +46,7 @@ class Task:
     num_workers: int
     seed: int
     resume_may_change: Sequence[str] = ()
+    resume_keys: Sequence[str] = ()  # the keys (or sections) that decide the result; empty = all
     amp: bool = True  # the older switch: False = fp32 (see tagseg.engine.precision.resolve_precision)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler)
     compile: bool = False  # torch.compile the forward pass (the saved weights stay the core's)
