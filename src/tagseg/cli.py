@@ -29,7 +29,7 @@ OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*=")
 
 
 def _parse_shard(text: str) -> "tuple[int, int] | str":
-    from tagseg.engine.distributed import parse_shard
+    from tagseg.runner.launch import parse_shard
 
     try:
         return parse_shard(text)
@@ -271,7 +271,8 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
     from tagseg.data.build import build_index
     from tagseg.inference.loading import load_trained_model
     from tagseg.pseudo.generate import generate_pseudo_masks
-    from tagseg.engine.distributed import DistInfo, launch_device, resolve_device, resolve_shard
+    from tagseg.engine.distributed import DistInfo, launch_device, resolve_device
+    from tagseg.runner.launch import resolve_shard
 
     run = Path(args.run)
     overrides = [*device_overrides(args.device), *args.overrides, *([f"pseudo.crf={args.crf}"] if args.crf else [])]
@@ -303,7 +304,7 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from tagseg.config import check_verb_overrides
     from tagseg.data.build import build_index
-    from tagseg.engine.distributed import resolve_shard
+    from tagseg.runner.launch import resolve_shard
     from tagseg.experiment import load_experiment
     from tagseg.evaluation.evaluate import evaluate_folder, merge_eval_files, summarize_runs
     from tagseg.evaluation.miou import format_table

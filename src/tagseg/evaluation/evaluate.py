@@ -12,7 +12,8 @@ from tagseg.data.records import DatasetIndex
 from tagseg.errors import DataError
 from tagseg.evaluation.predict_and_score import predict_and_score
 from tagseg.evaluation.scorer import Scorer, require_masks
-from tagseg.evaluation.shards import merge_states, read_state, scorer_from_state, scorer_state, shard_of
+from tagseg.evaluation.shards import merge_states, read_state, scorer_from_state, scorer_state
+from tagseg.runner import shard_of
 from tagseg.utils.io import read_mask
 
 

@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tagseg.addons.rca import batch_image_ids, rca_terms  # noqa: F401  (re-exported)
 from tagseg.addons.registry import (
     BuildContext, LossContext, addon_loss_terms, attach_addons, enabled_addons, extra_views,
 )

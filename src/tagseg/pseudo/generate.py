@@ -27,9 +27,6 @@ from tagseg.inference.refine import refine_with_crf as crf_refine
 from tagseg.runner import ManifestInfo, OutputLayout, RunStats, WorkerStep, run_per_image
 from tagseg.utils.io import atomic_path, read_image, save_mask_png
 
-PseudoStats = RunStats
-
-
 def refine_with_crf(image: np.ndarray, probs: torch.Tensor, cfg: PseudoConfig,
                     device: torch.device | str = "cpu") -> torch.Tensor:
     """Dense-CRF refinement of (K, H, W) probabilities on the present classes (METHODS.md §5)."""

@@ -48,7 +48,8 @@ def cmd_segment_eval(args: argparse.Namespace) -> int:
     from tagseg.evaluation.miou import format_table
     from tagseg.segmentation.evaluate import check_class_names, evaluate_segmenter
     from tagseg.segmentation.inference import load_segmenter
-    from tagseg.engine.distributed import DistInfo, launch_device, resolve_device, resolve_shard
+    from tagseg.engine.distributed import DistInfo, launch_device, resolve_device
+    from tagseg.runner.launch import resolve_shard
     from tagseg.evaluation.shards import shard_file_name
     from tagseg.utils.io import write_json
 

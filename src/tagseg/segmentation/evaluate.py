@@ -12,7 +12,8 @@ from tagseg.data.records import DatasetIndex
 from tagseg.errors import DataError, TagsegError
 from tagseg.evaluation.predict_and_score import predict_and_score
 from tagseg.evaluation.scorer import Scorer, require_masks
-from tagseg.evaluation.shards import scorer_state, shard_of
+from tagseg.evaluation.shards import scorer_state
+from tagseg.runner import shard_of
 from tagseg.segmentation.config import SegInferenceConfig
 from tagseg.segmentation.inference import predict_mask
 from tagseg.segmentation.models import SegmentationNet

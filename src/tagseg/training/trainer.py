@@ -18,11 +18,8 @@ from tagseg.data.build import build_index
 from tagseg.data.views import TrainingViews
 from tagseg.engine import loop
 from tagseg.engine.distributed import DistInfo, per_process_batch
-from tagseg.engine.loop import seed_everything  # noqa: F401  (kept importable from here)
-from tagseg.engine.resume import check_resumable, truncate_history  # noqa: F401  (kept importable from here)
 from tagseg.engine.schedule import PhaseSchedule
 from tagseg.engine.task import SelectFn, Task, loop_options
-from tagseg.engine.threads import cpu_threads  # noqa: F401  (kept importable from here)
 from tagseg.engine.threads import loader_workers
 from tagseg.experiment import validate_experiment
 from tagseg.methods.families import get_family
