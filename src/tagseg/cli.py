@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from tagseg.data.prepare.cli import add_prepare_command, cmd_prepare
+from tagseg.config import CRF_CHOICES
 from tagseg.errors import TagsegError
 from tagseg.report.cli import cmd_report
 from tagseg.segmentation.cli import cmd_predict, cmd_segment_eval, cmd_segment_train
@@ -117,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: <run>/pseudo/<split>)")
     p.add_argument("--shard", type=_parse_shard, default=(0, 1), help=SHARD_HELP)
     p.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")
-    p.add_argument("--crf", choices=["none", "torch", "pydensecrf"],
+    p.add_argument("--crf", choices=CRF_CHOICES,
                    help="also write dense-CRF refined masks to <out>/crf/masks (default: pseudo.crf)")
     p.add_argument("--workers", type=_positive_int, default=None,
                    help="CPU processes, each running --threads threads (default: cores / workers). With "
@@ -201,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated inference scales (default: those stored in the model)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="average with the mirrored image (default: as stored in the model)")
-    p.add_argument("--crf", choices=("none", "torch", "pydensecrf"), default=None,
+    p.add_argument("--crf", choices=CRF_CHOICES, default=None,
                    help="dense-CRF refinement (default: as stored in the model)")
     p.add_argument("--classes", default=None,
                    help="check the model's classes against 'voc', a classes file or a folder with classes.txt")

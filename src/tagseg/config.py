@@ -19,6 +19,24 @@ from omegaconf.errors import OmegaConfBaseException
 from tagseg.errors import ConfigError
 
 
+# Allowed values of the settings that choose an implementation, declared once: the code that
+# implements each (tagseg.data.build, tagseg.engine.phases, tagseg.inference.crf, the segmentation
+# stage's inference) reads these tuples, and the checks below refuse anything else. They live here
+# because this module may import nothing from tagseg, and every loader must refuse a bad value.
+DATASETS = ("voc", "coco", "folder", "synthetic")  # data.dataset: tagseg.data.build.build_index
+BN_MODES = ("frozen", "adapt", "train")  # model.bn: tagseg.engine.phases.apply_bn_mode
+CRF_BACKENDS = ("torch", "pydensecrf")  # tagseg.inference.crf.dense_crf's backends
+CRF_CHOICES = ("none", *CRF_BACKENDS)  # pseudo.crf, inference.crf, --crf: none = no CRF
+POOLINGS = ("avg", "max", "topk")  # method.pooling: tagseg.methods.pooling.pool_patch_scores
+PCE_REDUCTIONS = ("pair_mean", "class_sum")  # method.pce_reduction: tagseg.methods.pce
+
+
+def choose(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    """ConfigError naming ``key`` unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r}: choose {', '.join(allowed[:-1])} or {allowed[-1]}")
+
+
 @dataclass
 class DataConfig:
     """Where images and labels come from.
@@ -402,28 +420,24 @@ def validate_config(cfg: ExperimentConfig) -> None:
     for key in ("dropout", "lstm_input_dropout", "vit_dropout"):
         if not 0.0 <= getattr(cfg.model, key) < 1.0:
             raise ConfigError(f"model.{key}={getattr(cfg.model, key)}: must be in [0, 1)")
-    if cfg.model.bn not in ("frozen", "adapt", "train"):
-        raise ConfigError(f"model.bn={cfg.model.bn!r}: choose frozen, adapt or train")
+    choose("model.bn", cfg.model.bn, BN_MODES)
     if cfg.model.cnn_features not in ("last_block", "head"):
         raise ConfigError(f"model.cnn_features={cfg.model.cnn_features!r}: choose last_block or head")
     if cfg.model.cnn_grid not in ("dilated", "cut"):
         raise ConfigError(f"model.cnn_grid={cfg.model.cnn_grid!r}: choose dilated or cut")
     m, d, t = cfg.method, cfg.data, cfg.train
-    if m.pooling not in ("avg", "max", "topk"):
-        raise ConfigError(f"method.pooling={m.pooling!r}: choose avg, max or topk")
+    choose("method.pooling", m.pooling, POOLINGS)
     if m.topk < 1:
         raise ConfigError(f"method.topk={m.topk}: must be >= 1")
     if not 0.0 <= m.pce_threshold < 1.0:
         raise ConfigError(f"method.pce_threshold={m.pce_threshold}: must be in [0, 1)")
-    if m.pce_reduction not in ("pair_mean", "class_sum"):
-        raise ConfigError(f"method.pce_reduction={m.pce_reduction!r}: choose pair_mean or class_sum")
+    choose("method.pce_reduction", m.pce_reduction, PCE_REDUCTIONS)
     if m.pce_num_low < 1:
         raise ConfigError(f"method.pce_num_low={m.pce_num_low}: must be >= 1")
     for key in ("pce_weight", "et_weight", "l2_weight"):
         if getattr(m, key) < 0:
             raise ConfigError(f"method.{key}={getattr(m, key)}: must be >= 0")
-    if d.dataset not in ("voc", "coco", "folder", "synthetic"):
-        raise ConfigError(f"data.dataset={d.dataset!r}: choose voc, coco, folder or synthetic")
+    choose("data.dataset", d.dataset, DATASETS)
     if d.image_size % 16:
         raise ConfigError(f"data.image_size={d.image_size}: must be a multiple of 16 (the patch size)")
     if m.et_weight > 0:
@@ -448,8 +462,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
     check_speed_options(cfg.pseudo.precision, True, "pseudo")
     if cfg.pseudo.image_size % 16:
         raise ConfigError(f"pseudo.image_size={cfg.pseudo.image_size}: must be a multiple of 16")
-    if cfg.pseudo.crf not in ("none", "torch", "pydensecrf"):
-        raise ConfigError(f"pseudo.crf={cfg.pseudo.crf!r}: choose none, torch or pydensecrf")
+    choose("pseudo.crf", cfg.pseudo.crf, CRF_CHOICES)
     if cfg.pseudo.crf_preset not in ("patch", "cam", "segmentation"):
         raise ConfigError(f"pseudo.crf_preset={cfg.pseudo.crf_preset!r}: choose patch, cam or segmentation")
     if not cfg.pseudo.scales or any(s <= 0 for s in cfg.pseudo.scales):
