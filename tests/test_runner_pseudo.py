@@ -110,3 +110,12 @@ def test_pseudo_applies_its_own_keys_and_refuses_the_ones_the_model_fixes(demo_r
         assert err.startswith("tagseg pseudo: error: ") and f"{key} is not applied by `tagseg pseudo`" in err
         assert len(err.splitlines()) == 1
     assert not (tmp_path / "q").exists()
+
+
+def test_training_leaves_a_manifest_in_its_run_folder(demo_run):
+    cfg, run = demo_run
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stage"] == "classify" and manifest["split"] == cfg.data.train_split
+    assert manifest["settings"]["method"]["pooling"] == cfg.method.pooling
+    assert manifest["counts"] == {"epochs": cfg.train.epochs, "model": "model.safetensors"}
+    assert manifest["input"] == str(cfg.data.root) and len(manifest["config_hash"]) == 64

@@ -16,12 +16,15 @@ MANIFEST_FORMAT = "tagseg-manifest/1"
 
 
 def _plain(obj: Any) -> Any:
+    """Dataclasses, paths and tuples (at any depth) as JSON-ready dicts, strings and lists."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
+        return _plain(dataclasses.asdict(obj))
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, tuple):
-        return list(obj)
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
     return obj
 
 
@@ -77,6 +80,16 @@ def write_manifest(root: str | Path, info: ManifestInfo, counts: Mapping[str, An
     path = Path(root) / MANIFEST_NAME
     write_json(path, manifest_document(info, counts), root=root)
     return path
+
+
+def write_training_manifest(run_dir: str | Path, model: Path, info: ManifestInfo, epochs: int) -> Optional[Path]:
+    """The manifest of a trainable stage's run folder, written once its final ``model`` exists
+    (not after a stop at an intermediate epoch) and only by the main process of a launch."""
+    import os
+
+    if Path(model).name != "model.safetensors" or not Path(model).is_file() or os.environ.get("RANK", "0") != "0":
+        return None
+    return write_manifest(run_dir, info, {"epochs": int(epochs), "model": Path(model).name})
 
 
 def read_manifest(root: str | Path) -> Optional[dict[str, Any]]:

@@ -27,6 +27,7 @@ from tagseg.segmentation.config import SegmentExperimentConfig, SegTrainConfig
 from tagseg.segmentation.data import SegmentationTrainSet, choose_mask_folder, resolve_mask_paths
 from tagseg.segmentation.inference import model_metadata
 from tagseg.segmentation.models import SegmentationNet, build_segmenter
+from tagseg.runner import ManifestInfo, write_training_manifest
 from tagseg.segmentation.selection import segmentation_selection_hook
 
 # The sections whose settings decide what training computes, compared when a run is resumed.
@@ -122,6 +123,11 @@ class SegmentationTrainer:
         """Train until ``train.epochs`` (or stop after ``stop_after_epoch`` finished epochs);
         return the path of the final model (or of the last checkpoint)."""
         select = self.select_epoch if self.select_epoch is not None else segmentation_selection_hook(self.cfg)
-        return loop.fit(segmentation_task(self.cfg, select), self.run_dir, seed=self.cfg.seed,
-                        device=self.cfg.device, resume=self.resume, show_progress=self.show_progress,
-                        stop_after_epoch=stop_after_epoch)
+        result = loop.fit(segmentation_task(self.cfg, select), self.run_dir, seed=self.cfg.seed,
+                          device=self.cfg.device, resume=self.resume, show_progress=self.show_progress,
+                          stop_after_epoch=stop_after_epoch)
+        cfg = self.cfg
+        write_training_manifest(self.run_dir, result, ManifestInfo(
+            stage="segment", settings={"segment": cfg.segment, "model": cfg.model, "train": cfg.train},
+            config=cfg, split=cfg.data.train_split, input=cfg.segment.masks_dir), cfg.train.epochs)
+        return result

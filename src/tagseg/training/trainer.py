@@ -23,6 +23,7 @@ from tagseg.engine.task import SelectFn, Task, loop_options
 from tagseg.engine.threads import loader_workers
 from tagseg.experiment import validate_experiment
 from tagseg.methods.families import get_family
+from tagseg.runner import ManifestInfo, write_training_manifest
 from tagseg.training.selection import selection_hook
 
 # The sections whose settings decide what training computes, compared when a run is resumed
@@ -84,6 +85,11 @@ class Trainer:
         cfg = validate_experiment(self.cfg)  # the family, the add-on sections (typed here) and the rest
         cfg.data.num_workers = loader_workers(cfg.data.num_workers)
         select = self.select_epoch if self.select_epoch is not None else selection_hook(cfg)
-        return loop.fit(classifier_task(cfg, select), self.run_dir, seed=cfg.seed, device=cfg.device,
-                        resume=self.resume, show_progress=self.show_progress, stop_after_epoch=stop_after_epoch,
-                        threads=(cfg.train.cpu_threads, cfg.data.num_workers))
+        result = loop.fit(classifier_task(cfg, select), self.run_dir, seed=cfg.seed, device=cfg.device,
+                          resume=self.resume, show_progress=self.show_progress, stop_after_epoch=stop_after_epoch,
+                          threads=(cfg.train.cpu_threads, cfg.data.num_workers))
+        write_training_manifest(self.run_dir, result, ManifestInfo(
+            stage="classify", settings={"model": cfg.model, "method": cfg.method, "cam": cfg.cam, "addons": cfg.addons,
+                                        "train": cfg.train},
+            config=cfg, split=cfg.data.train_split, input=cfg.data.root), cfg.train.epochs)
+        return result
