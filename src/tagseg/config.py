@@ -7,6 +7,7 @@ Shipped experiments live in ``tagseg/configs/<name>.yaml`` and are referred to b
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
@@ -214,9 +215,52 @@ def _config_source(name_or_path: str) -> str:
     return ref.read_text()
 
 
+_PART_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$")
+MAX_DEFAULTS_DEPTH = 8
+
+
+def _default_source(item: Any, including: str) -> str:
+    """Where one ``defaults`` entry of ``including`` is: a shipped part (``method/tkpcl``,
+    ``data/voc``, or any shipped name) or a ``.yaml`` file beside the including file."""
+    if not isinstance(item, str) or not item.strip():
+        raise ConfigError(f"{including}: defaults entries are config names or .yaml files, got {item!r}")
+    if item.endswith((".yaml", ".yml")):
+        base = Path(including).parent if Path(including).suffix in (".yaml", ".yml") else None
+        if base is None:
+            raise ConfigError(f"{including}: a shipped config can only list shipped parts in defaults, got {item!r}")
+        path = (base / item)
+        if ".." in Path(item).parts or Path(item).is_absolute():
+            raise ConfigError(f"{including}: defaults entry {item!r} must be a file in its own folder or below")
+        return str(path)
+    if ".." in item.split("/") or not _PART_NAME.match(item):
+        raise ConfigError(f"{including}: defaults entry {item!r} is not a config name (e.g. method/tkpcl, data/voc)")
+    return item
+
+
+def compose_yaml(name_or_path: str, _chain: tuple[str, ...] = ()) -> Any:
+    """The OmegaConf mapping of a config after its ``defaults``: each listed part (in order, each
+    composed the same way), then the file's own keys on top. ConfigError for a cycle, a missing
+    part or a malformed list, naming the file."""
+    if name_or_path in _chain or len(_chain) >= MAX_DEFAULTS_DEPTH:
+        raise ConfigError(f"config defaults form a cycle or nest too deep: {' -> '.join((*_chain, name_or_path))}")
+    node = parse_yaml(_config_source(name_or_path), name_or_path)
+    defaults = node.pop("defaults", None) if "defaults" in node else None
+    if defaults is None:
+        return node
+    if not OmegaConf.is_list(defaults):
+        raise ConfigError(f"{name_or_path}: defaults must be a list of config names (e.g. [method/tkpcl, data/voc])")
+    parts = [compose_yaml(_default_source(item, name_or_path), (*_chain, name_or_path))
+             for item in OmegaConf.to_container(defaults)]
+    return OmegaConf.merge(*parts, node) if parts else node
+
+
 def load_config(name_or_path: str | None = None, overrides: Sequence[str] = (),
                 schema_class: type = None, validate: Any = None) -> Any:
     """Resolve defaults <- YAML (a shipped name or a path) <- ``key=value`` overrides.
+
+    A YAML file may start from other configs: ``defaults: [method/tkpcl, data/voc]`` merges those
+    shipped parts (or ``.yaml`` files beside it) in order, then its own keys
+    (:func:`compose_yaml`).
 
     schema_class: the dataclass to resolve into (default :class:`ExperimentConfig`, validated by
     :func:`validate_config`; other schemas pass their own ``validate``). Unknown keys and values
@@ -229,7 +273,7 @@ def load_config(name_or_path: str | None = None, overrides: Sequence[str] = (),
     try:
         merged = schema
         if name_or_path:
-            merged = OmegaConf.merge(merged, parse_yaml(_config_source(name_or_path), name_or_path))
+            merged = OmegaConf.merge(merged, compose_yaml(name_or_path))
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form key=value")
