@@ -117,5 +117,6 @@ def test_training_leaves_a_manifest_in_its_run_folder(demo_run):
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["stage"] == "classify" and manifest["split"] == cfg.data.train_split
     assert manifest["settings"]["method"]["pooling"] == cfg.method.pooling
-    assert manifest["counts"] == {"epochs": cfg.train.epochs, "model": "model.safetensors"}
+    assert manifest["counts"] == {"epochs": cfg.train.epochs, "model": "model.safetensors",
+                                  "selected_epoch": cfg.train.epochs}
     assert manifest["input"] == str(cfg.data.root) and len(manifest["config_hash"]) == 64

@@ -33,6 +33,7 @@ from tagseg.engine.resume import check_resumable, truncate_history
 from tagseg.engine.task import Task
 from tagseg.engine.threads import cpu_threads
 from tagseg.errors import TrainingError
+from tagseg.runner.manifest import write_manifest
 from tagseg.utils.io import write_text
 
 BEST_WEIGHTS = "best.safetensors"  # under <run>/checkpoints/: the weights of the selected epoch so far
@@ -278,6 +279,9 @@ def _run(task: Task, run_dir: Path, info: D.DistInfo, device: torch.device, resu
                     "scores": dict(zip(map(str, selection.get("epochs", [])), selection["scores"])),
                     "why": "the highest score among the scored epochs (ties keep the earlier epoch)"}, indent=2) + "\n")
             save_final_model(final, core, meta)
+            if task.manifest is not None:  # how this stage's folder was made, once its model exists
+                write_manifest(run_dir, task.manifest, {"epochs": task.epochs, "model": final.name,
+                                                        "selected_epoch": meta["selected_epoch"]})
         D.barrier(info)
         return final
     return list_checkpoints(run_dir)[-1] if info.is_main else run_dir

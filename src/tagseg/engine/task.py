@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tagseg.engine.schedule import Schedule
+from tagseg.runner.manifest import ManifestInfo
 
 # (model to differentiate through: the core or its DDP wrapper, core, batch on the device, 0-based epoch)
 #   -> (total loss, detached parts by name)
@@ -47,6 +48,7 @@ class Task:
     seed: int
     resume_may_change: Sequence[str] = ()
     resume_keys: Sequence[str] = ()  # the keys (or sections) that decide the result; empty = all
+    manifest: Optional[ManifestInfo] = None  # written as <run>/manifest.json with the final model
     amp: bool = True  # the older switch: False = fp32 (see tagseg.engine.precision.resolve_precision)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler)
     compile: bool = False  # torch.compile the forward pass (the saved weights stay the core's)

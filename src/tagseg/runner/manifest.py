@@ -82,16 +82,6 @@ def write_manifest(root: str | Path, info: ManifestInfo, counts: Mapping[str, An
     return path
 
 
-def write_training_manifest(run_dir: str | Path, model: Path, info: ManifestInfo, epochs: int) -> Optional[Path]:
-    """The manifest of a trainable stage's run folder, written once its final ``model`` exists
-    (not after a stop at an intermediate epoch) and only by the main process of a launch."""
-    import os
-
-    if Path(model).name != "model.safetensors" or not Path(model).is_file() or os.environ.get("RANK", "0") != "0":
-        return None
-    return write_manifest(run_dir, info, {"epochs": int(epochs), "model": Path(model).name})
-
-
 def read_manifest(root: str | Path) -> Optional[dict[str, Any]]:
     """The manifest of an output folder, or None when it has none (or an unreadable one)."""
     try:

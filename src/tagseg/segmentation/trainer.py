@@ -27,7 +27,7 @@ from tagseg.segmentation.config import SegmentExperimentConfig, SegTrainConfig
 from tagseg.segmentation.data import SegmentationTrainSet, choose_mask_folder, resolve_mask_paths
 from tagseg.segmentation.inference import model_metadata
 from tagseg.segmentation.models import SegmentationNet, build_segmenter
-from tagseg.runner import ManifestInfo, write_training_manifest
+from tagseg.runner import ManifestInfo
 from tagseg.segmentation.selection import segmentation_selection_hook
 
 # The sections whose settings decide what training computes, compared when a run is resumed.
@@ -100,6 +100,9 @@ def segmentation_task(cfg: SegmentExperimentConfig, select_epoch: Optional[Selec
                     config=to_dict(cfg), config_yaml=config_to_yaml(cfg), epochs=tcfg.epochs,
                     batch_size=batch, num_workers=cfg.data.num_workers, seed=cfg.seed,
                     resume_may_change=RESUME_MAY_CHANGE, resume_keys=RESUME_KEYS, total_name="loss", select_epoch=select_epoch,
+                    manifest=ManifestInfo(stage="segment", config=cfg, split=cfg.data.train_split,
+                                          input=cfg.segment.masks_dir,
+                                          settings={"segment": cfg.segment, "model": cfg.model, "train": tcfg}),
                     **loop_options(tcfg))
 
     return build
@@ -123,11 +126,6 @@ class SegmentationTrainer:
         """Train until ``train.epochs`` (or stop after ``stop_after_epoch`` finished epochs);
         return the path of the final model (or of the last checkpoint)."""
         select = self.select_epoch if self.select_epoch is not None else segmentation_selection_hook(self.cfg)
-        result = loop.fit(segmentation_task(self.cfg, select), self.run_dir, seed=self.cfg.seed,
-                          device=self.cfg.device, resume=self.resume, show_progress=self.show_progress,
-                          stop_after_epoch=stop_after_epoch)
-        cfg = self.cfg
-        write_training_manifest(self.run_dir, result, ManifestInfo(
-            stage="segment", settings={"segment": cfg.segment, "model": cfg.model, "train": cfg.train},
-            config=cfg, split=cfg.data.train_split, input=cfg.segment.masks_dir), cfg.train.epochs)
-        return result
+        return loop.fit(segmentation_task(self.cfg, select), self.run_dir, seed=self.cfg.seed,
+                        device=self.cfg.device, resume=self.resume, show_progress=self.show_progress,
+                        stop_after_epoch=stop_after_epoch)

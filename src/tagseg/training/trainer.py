@@ -23,7 +23,7 @@ from tagseg.engine.task import SelectFn, Task, loop_options
 from tagseg.engine.threads import loader_workers
 from tagseg.experiment import validate_experiment
 from tagseg.methods.families import get_family
-from tagseg.runner import ManifestInfo, write_training_manifest
+from tagseg.runner import ManifestInfo
 from tagseg.training.selection import selection_hook
 
 # The sections whose settings decide what training computes, compared when a run is resumed
@@ -60,7 +60,11 @@ def classifier_task(cfg: ExperimentConfig, select_epoch: Optional[SelectFn] = No
                     metadata=lambda: model_metadata(cfg, index.class_names, index.palette),
                     config=to_dict(cfg), config_yaml=config_to_yaml(cfg), epochs=t.epochs,
                     batch_size=per_process_batch(t.batch_size, info.world_size), num_workers=cfg.data.num_workers,
-                    seed=cfg.seed, resume_may_change=RESUME_MAY_CHANGE, resume_keys=RESUME_KEYS, select_epoch=select_epoch, **loop_options(t))
+                    seed=cfg.seed, resume_may_change=RESUME_MAY_CHANGE, resume_keys=RESUME_KEYS, select_epoch=select_epoch,
+                    manifest=ManifestInfo(stage="classify", config=cfg, split=cfg.data.train_split, input=cfg.data.root,
+                                          settings={"model": cfg.model, "method": cfg.method, "cam": cfg.cam,
+                                                    "addons": cfg.addons, "train": cfg.train}),
+                    **loop_options(t))
 
     return build
 
@@ -85,11 +89,6 @@ class Trainer:
         cfg = validate_experiment(self.cfg)  # the family, the add-on sections (typed here) and the rest
         cfg.data.num_workers = loader_workers(cfg.data.num_workers)
         select = self.select_epoch if self.select_epoch is not None else selection_hook(cfg)
-        result = loop.fit(classifier_task(cfg, select), self.run_dir, seed=cfg.seed, device=cfg.device,
-                          resume=self.resume, show_progress=self.show_progress, stop_after_epoch=stop_after_epoch,
-                          threads=(cfg.train.cpu_threads, cfg.data.num_workers))
-        write_training_manifest(self.run_dir, result, ManifestInfo(
-            stage="classify", settings={"model": cfg.model, "method": cfg.method, "cam": cfg.cam, "addons": cfg.addons,
-                                        "train": cfg.train},
-            config=cfg, split=cfg.data.train_split, input=cfg.data.root), cfg.train.epochs)
-        return result
+        return loop.fit(classifier_task(cfg, select), self.run_dir, seed=cfg.seed, device=cfg.device,
+                        resume=self.resume, show_progress=self.show_progress, stop_after_epoch=stop_after_epoch,
+                        threads=(cfg.train.cpu_threads, cfg.data.num_workers))
