@@ -290,13 +290,15 @@ def load_config(name_or_path: str | None = None, overrides: Sequence[str] = (),
     return cfg
 
 
-# The keys a verb that reads a finished run applies (a section name covers all its keys); every
-# other key is fixed by the trained model and refused rather than silently ignored.
+# The keys a verb that reads a finished run or model applies (a section name covers all its keys);
+# every other key is fixed by the trained model and refused rather than silently ignored.
 VERB_APPLIES: dict[str, tuple[str, ...]] = {
     "pseudo": ("device", "data", "pseudo"),
     "eval": ("device", "data"),
     "eval --sweep-bg": ("device", "data", "pseudo"),
     "segment eval": ("device", "data", "inference"),
+    "predict": ("inference",),
+    "report": ("data",),
 }
 
 
@@ -314,8 +316,9 @@ def check_verb_overrides(verb: str, overrides: Sequence[str]) -> None:
     for item in overrides:
         key = override_key(item)
         if not any(key == a or key.startswith(a + ".") for a in applies):
-            raise ConfigError(f"{key} is not applied by `tagseg {verb}` (the trained model fixes it; "
-                              f"`{verb}` applies {', '.join(a if a == 'device' else a + '.*' for a in applies)})")
+            takes = ", ".join("device=..." if a == "device" else f"{a}.key=value" for a in applies)
+            raise ConfigError(f"{key} is not applied by `tagseg {verb}`: it takes only {takes} overrides "
+                              "(the trained model fixes the rest)")
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:

@@ -24,6 +24,7 @@ from PIL import Image
 
 from tagseg.data.classes import IGNORE_INDEX, VOC_CLASSES
 from tagseg.errors import ConfigError, DataError, TagsegError
+from tagseg.config import check_verb_overrides
 from tagseg.runner import ManifestInfo, OutputLayout, run_per_image
 from tagseg.segmentation.config import SegInferenceConfig, validate_inference
 from tagseg.segmentation.evaluate import check_class_names
@@ -139,10 +140,7 @@ def inference_with_overrides(inference: SegInferenceConfig, overrides: Sequence[
 
     if not overrides:
         return inference
-    bad = [o for o in overrides if not o.startswith("inference.") or "=" not in o]
-    if bad:
-        raise ConfigError(f"predict takes only inference.key=value overrides (the model fixes the rest), "
-                          f"got {bad[0]!r}")
+    check_verb_overrides("predict", overrides)
     try:
         extra = OmegaConf.from_dotlist([o[len("inference."):] for o in overrides])
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(inference), extra))
