@@ -34,12 +34,13 @@ import torch.nn.functional as F
 
 from tagseg.config import load_config
 from tagseg.data.build import build_index
+from tagseg.evaluation.predict_and_score import predict_and_score
 from tagseg.data.views import image_to_tensor
 from tagseg.evaluation.scorer import Scorer
 from tagseg.methods.label_merge import label_merge
 from tagseg.inference.loading import load_patch_classifier
 from tagseg.training.trainer import Trainer
-from tagseg.utils.io import read_image, read_mask, save_mask_png, write_json
+from tagseg.utils.io import read_image, save_mask_png, write_json
 
 VARIANTS: dict[str, list[str]] = {
     "avg": ["method.pooling=avg", "method.pce_weight=0", "method.et_weight=1"],
@@ -85,21 +86,24 @@ def score_run(model_path: Path, args: argparse.Namespace, save_dir: Path | None 
         index = build_index(cfg.data, split)
         scorers = {name: Scorer(index.num_classes, index.class_names, contour=False, per_image=False)
                    for name in ("plain", "flip")}
-        for rec in index.records:
+
+        def predict(rec, gt: np.ndarray, split: str = split, index=index) -> dict[str, np.ndarray]:
             image = read_image(rec.image_path)
             x = F.interpolate(image_to_tensor(image)[None], size=(args.infer_size, args.infer_size),
                               mode="bilinear", align_corners=False, antialias=True)
             z = model(torch.cat([x, x.flip(-1)])).probs.permute(0, 3, 1, 2)  # (2, K, h, w)
             views = {"plain": z[:1], "flip": (z[:1] + z[1:].flip(-1)) / 2}
             labels = torch.from_numpy(rec.labels)[None]
-            gt = read_mask(rec.mask_path, index.num_classes)
+            masks = {}
             for name, zz in views.items():
                 merged = label_merge(zz, labels)
                 up = F.interpolate(merged, size=gt.shape, mode="bilinear", align_corners=False)
-                mask = up[0].argmax(0).numpy().astype(np.uint8)
-                scorers[name].update(mask, gt, rec.id)
-                if save_dir is not None and split == "train_aug" and name == "plain":
-                    save_mask_png(save_dir / f"{rec.id}.png", mask, index.palette)
+                masks[name] = up[0].argmax(0).numpy().astype(np.uint8)
+            if save_dir is not None and split == "train_aug":
+                save_mask_png(save_dir / f"{rec.id}.png", masks["plain"], index.palette)
+            return masks
+
+        predict_and_score(index.records, predict, scorers, index.num_classes)
         for name, scorer in scorers.items():
             s = scorer.summary()
             out[f"{split}/{name}"] = {"miou": s["miou"], "iou": s["iou"], "classes": s["miou_classes"]}

@@ -43,6 +43,7 @@ import torch
 
 from tagseg.config import load_config
 from tagseg.data.build import build_index
+from tagseg.evaluation.predict_and_score import predict_and_score
 from tagseg.data.views import image_to_tensor
 from tagseg.evaluation.scorer import Scorer
 from tagseg.inference.cam import normalised_cams
@@ -50,7 +51,7 @@ from tagseg.inference.loading import load_trained_model
 from tagseg.inference.pseudo import merged_probs_for
 from tagseg.methods.cam_objective import cam_pseudo_mask
 from tagseg.training.trainer import Trainer
-from tagseg.utils.io import read_image, read_mask, write_json
+from tagseg.utils.io import read_image, write_json
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "cam": ("cam_voc", []),
@@ -100,17 +101,16 @@ def score_run(model_path: Path, args: argparse.Namespace) -> dict:
     main = Scorer(k, index.class_names, per_image=False)
     sweep = {thr: Scorer(k, index.class_names, contour=False, per_image=False) for thr in BG_SWEEP} if info["family"] == "cam" else {}
     merged_probs = merged_probs_for(info["family"])
-    for rec in index.records:
+
+    def predict(rec, gt: np.ndarray) -> dict:
         image = image_to_tensor(read_image(rec.image_path))
-        gt = read_mask(rec.mask_path, k)
         if info["family"] == "cam":
             fg = normalised_cams(model, image, rec.labels, cfg.pseudo)
-            main.update(cam_pseudo_mask(fg, BG_DEFAULT).numpy().astype(np.uint8), gt, rec.id)
-            for thr, acc in sweep.items():
-                acc.update(cam_pseudo_mask(fg, thr).numpy().astype(np.uint8), gt, rec.id)
-        else:
-            probs = merged_probs(model, image, rec.labels, cfg.pseudo)
-            main.update(probs.argmax(0).numpy().astype(np.uint8), gt, rec.id)
+            return {"main": cam_pseudo_mask(fg, BG_DEFAULT).numpy().astype(np.uint8),
+                    **{thr: cam_pseudo_mask(fg, thr).numpy().astype(np.uint8) for thr in sweep}}
+        return {"main": merged_probs(model, image, rec.labels, cfg.pseudo).argmax(0).numpy().astype(np.uint8)}
+
+    predict_and_score(index.records, predict, {"main": main, **sweep}, k)
     out = {"train_aug": main.brief(), "images": len(index)}
     if sweep:
         rows = {thr: acc.summary()["miou"] for thr, acc in sweep.items()}

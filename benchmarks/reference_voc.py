@@ -39,6 +39,7 @@ import torch
 
 from tagseg.config import PseudoConfig, load_config
 from tagseg.data.build import build_index
+from tagseg.evaluation.predict_and_score import predict_and_score
 from tagseg.data.views import image_to_tensor
 from tagseg.evaluation.miou import ConfusionMatrix
 from tagseg.inference.cam import normalised_cams
@@ -48,7 +49,7 @@ from tagseg.inference.crf.dense import dense_crf
 from tagseg.inference.crf.params import get_preset
 from tagseg.inference.loading import load_trained_model
 from tagseg.training.trainer import Trainer
-from tagseg.utils.io import read_image, read_mask, write_json
+from tagseg.utils.io import read_image, write_json
 
 PATCH_VARIANTS: dict[str, list[str]] = {
     "avg": ["method.pooling=avg", "method.pce_weight=0", "method.et_weight=1"],
@@ -62,6 +63,7 @@ LABELS = {"cam": "CAM (GAP, soft-margin)", "avg": "avg pooling + L_ET", "max": "
           "topk": "top-K + L_ET", "topk+pce": "top-K + PCE + L_ET (TKP-PCL)",
           "topk+pce-sum": "top-K + PCE (class_sum) + L_ET"}
 BG_THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8)
+CRF_KEY = "crf"  # the accumulator of the CRF-refined masks among the per-threshold ones
 
 
 def common(args: argparse.Namespace) -> list[str]:
@@ -119,21 +121,22 @@ def score(model_path: Path, split: str, args: argparse.Namespace, infer: str, *,
     preset = get_preset("cam" if is_cam else "patch")
     t0 = time.time()
     records = index.records[:first] if first else index.records
-    for rec in records:
+
+    def predict(rec, gt: np.ndarray) -> dict:
         image = read_image(rec.image_path)
         x = image_to_tensor(image)
-        gt = read_mask(rec.mask_path, k)
         if is_cam:
             fg = normalised_cams(model, x, rec.labels, pcfg)
-            for t, cm in cms.items():
-                cm.update(cam_pseudo_mask(fg, t).numpy().astype(np.uint8), gt, rec.id)
+            masks = {t: cam_pseudo_mask(fg, t).numpy().astype(np.uint8) for t in cms}
             probs = cam_probabilities(fg, taus[0]) if crf else None
         else:
             probs = rule(model, x, rec.labels, pcfg)
-            cms["plain"].update(probs.argmax(0).numpy().astype(np.uint8), gt, rec.id)
+            masks = {"plain": probs.argmax(0).numpy().astype(np.uint8)}
         if crf:
-            refined = dense_crf(image, probs.numpy(), preset, backend="pydensecrf")
-            crf_cm.update(refined.argmax(0).astype(np.uint8), gt, rec.id)
+            masks[CRF_KEY] = dense_crf(image, probs.numpy(), preset, backend="pydensecrf").argmax(0).astype(np.uint8)
+        return masks
+
+    predict_and_score(records, predict, {**cms, CRF_KEY: crf_cm}, k)
     out = {"split": split, "images": len(records), "infer": infer, "seconds": round(time.time() - t0, 1)}
     out["miou"] = {str(t): cm.summary(index.class_names)["miou"] for t, cm in cms.items()}
     if crf:

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from tagseg.data.build import build_index
+from tagseg.evaluation.predict_and_score import predict_and_score
 from tagseg.evaluation.scorer import Scorer
 from tagseg.segmentation.config import load_segment_config
 from tagseg.segmentation.evaluate import evaluate_segmenter
@@ -89,9 +90,8 @@ def run_one(name: str, masks_dir: str, args: argparse.Namespace) -> dict:
 def pseudo_mask_miou(folder: Path, index) -> dict:
     """mIoU of the pseudo-masks themselves on their training images (a predicted 255 counts as wrong)."""
     scorer = Scorer(index.num_classes, index.class_names, contour=False, per_image=False)
-    for rec in index.records:
-        pred = read_mask(folder / f"{rec.id}.png", index.num_classes)
-        scorer.update(pred, read_mask(rec.mask_path, index.num_classes), name=rec.id)
+    predict_and_score(index.records, lambda rec, gt: read_mask(folder / f"{rec.id}.png", index.num_classes),
+                      scorer, index.num_classes)
     summary = scorer.summary()
     summary["images"] = len(index)
     return summary

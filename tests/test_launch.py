@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from tagseg.engine.distributed import Launch, launch_device, launch_from_env, parse_shard, resolve_shard
+from tagseg.engine.distributed import launch_device
+from tagseg.runner.launch import Launch, launch_from_env, parse_shard, resolve_shard
 from tagseg.errors import ConfigError
 
 
@@ -74,3 +75,20 @@ def test_shard_arguments():
     assert resolve_shard("auto", env) == ((2, 3), Launch(2, 3, 0, "slurm"))
     assert resolve_shard((0, 5), env)[0] == (0, 5)  # explicit shards stay
     assert resolve_shard("auto", {})[0] == (0, 1)  # no launcher: the whole set
+
+
+def test_parsing_and_resolving_a_shard_imports_no_torch():
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    probe = ("import sys; from tagseg.runner.launch import parse_shard, resolve_shard; "
+             "assert resolve_shard(parse_shard('1/4'), {})[0] == (1, 4); "
+             "assert resolve_shard(parse_shard('auto'), {'RANK': '1', 'WORLD_SIZE': '2'})[0] == (1, 2); "
+             "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"

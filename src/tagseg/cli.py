@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from tagseg import __version__
+from tagseg.config import CRF_CHOICES
 from tagseg.data.prepare.cli import add_prepare_command
 from tagseg.errors import TagsegError
 from tagseg.utils.runlock import run_lock
@@ -38,7 +39,7 @@ OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*=")
 
 
 def _parse_shard(text: str) -> "tuple[int, int] | str":
-    from tagseg.engine.distributed import parse_shard
+    from tagseg.runner.launch import parse_shard
 
     try:
         return parse_shard(text)
@@ -151,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: <run>/pseudo/<split>)")
     p.add_argument("--shard", type=_parse_shard, default=(0, 1), help=SHARD_HELP)
     p.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")
-    p.add_argument("--crf", choices=["none", "torch", "pydensecrf"],
+    p.add_argument("--crf", choices=CRF_CHOICES,
                    help="also write dense-CRF refined masks to <out>/crf/masks (default: pseudo.crf)")
     p.add_argument("--workers", type=_positive_int, default=None,
                    help="CPU processes, each running --threads threads (default: cores / workers). With "
@@ -236,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated inference scales (default: those stored in the model)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="average with the mirrored image (default: as stored in the model)")
-    p.add_argument("--crf", choices=("none", "torch", "pydensecrf"), default=None,
+    p.add_argument("--crf", choices=CRF_CHOICES, default=None,
                    help="dense-CRF refinement (default: as stored in the model)")
     p.add_argument("--classes", default=None,
                    help="check the model's classes against 'voc', a classes file or a folder with classes.txt")
@@ -287,16 +288,20 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------- handlers
 
 
-def _resolve_run_config(run: Path, overrides: Sequence[str]):
-    from tagseg.config import load_config
+def _resolve_run_config(run: Path, overrides: Sequence[str], verb: str):
+    """The run's configuration with the overrides ``verb`` applies (others are refused, naming
+    the key), checked like training checks it (family, add-on sections)."""
+    from tagseg.config import check_verb_overrides
+    from tagseg.experiment import load_experiment
 
     from tagseg.utils.run_kind import TAGS, require_run_kind
 
+    check_verb_overrides(verb, overrides)
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
         raise TagsegError(f"{run} is not a tagseg run folder (no config.yaml)")
     require_run_kind(run, TAGS, "use")
-    return load_config(str(cfg_path), overrides)
+    return load_experiment(str(cfg_path), overrides)
 
 
 def _note_cost(stage: str, cfg) -> None:
@@ -350,11 +355,12 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
     from tagseg.data.build import build_index
     from tagseg.inference.loading import load_trained_model
     from tagseg.pseudo.generate import generate_pseudo_masks
-    from tagseg.engine.distributed import DistInfo, launch_device, resolve_device, resolve_shard
+    from tagseg.engine.distributed import DistInfo, launch_device, resolve_device
+    from tagseg.runner.launch import resolve_shard
 
     run = Path(args.run)
     overrides = [*device_overrides(args.device), *args.overrides, *([f"pseudo.crf={args.crf}"] if args.crf else [])]
-    cfg = _resolve_run_config(run, overrides)
+    cfg = _resolve_run_config(run, overrides, "pseudo")
     args.shard, launch = resolve_shard(args.shard)
     # one GPU per launched process: cuda:LOCAL_RANK (or the one GPU the launcher left visible)
     device = resolve_device(launch_device(launch, cfg.device) if launch.source != "single" else cfg.device,
@@ -366,10 +372,12 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
     threads, workers = inference_processes(device.type, len(index) // args.shard[1], args.workers, args.threads)
     apply_threads(threads)
     model, _, info = load_trained_model(run / "model.safetensors", device)
-    with torch.no_grad(), run_lock(out, shard=args.shard):
+    with torch.no_grad():  # the runner holds the folder's (shard's) lock
         stats = generate_pseudo_masks(model, index, out, cfg.pseudo, device, shard=args.shard,
                                       overwrite=args.overwrite, family=info["family"], workers=workers,
-                                      model_path=run / "model.safetensors", threads=threads)
+                                      model_path=run / "model.safetensors", threads=threads,
+                                      manifest={"run": run, "split": split, "config": cfg,
+                                                "input": cfg.data.root})
     rate = f", {stats.written / stats.seconds:.2f} img/s" if stats.written and stats.seconds > 0 else ""
     print(f"pseudo-masks: {stats.written} written, {stats.skipped} already done, "
           f"{stats.seconds:.1f}s{rate} ({workers} process{'es' if workers > 1 else ''} × {threads} "
@@ -379,9 +387,10 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from tagseg.config import load_config
+    from tagseg.config import check_verb_overrides
     from tagseg.data.build import build_index
-    from tagseg.engine.distributed import resolve_shard
+    from tagseg.runner.launch import resolve_shard
+    from tagseg.experiment import load_experiment
     from tagseg.evaluation.evaluate import evaluate_folder, merge_eval_files, summarize_runs
     from tagseg.evaluation.miou import format_table
     from tagseg.evaluation.shards import shard_file_name
@@ -405,7 +414,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
                           f"--pred (tagseg eval --pred DIR [DIR ...] --run RUN)")
     shard, _ = resolve_shard(args.shard)
     overrides = [*device_overrides(args.device), *args.overrides]
-    cfg = _resolve_run_config(Path(args.run), overrides) if args.run else load_config(args.config, overrides)
+    verb = "eval --sweep-bg" if args.sweep_bg else "eval"
+    if args.run:
+        cfg = _resolve_run_config(Path(args.run), overrides, verb)
+    else:
+        check_verb_overrides(verb, overrides)
+        cfg = load_experiment(args.config, overrides)
     apply_threads(args.threads)
     split = args.split or cfg.data.pseudo_split
     if args.sweep_bg:
@@ -445,7 +459,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_configs(args: argparse.Namespace) -> int:
-    from tagseg.config import config_to_yaml, load_config, shipped_configs
+    from tagseg.config import config_to_yaml, shipped_configs
 
     # nothing is computed here: no torch threads to set (and no torch to import)
     if args.name is None:
@@ -458,7 +472,9 @@ def cmd_configs(args: argparse.Namespace) -> int:
 
         cfg = load_segment_config(args.name, [*device_overrides(args.device), *args.overrides])
     else:
-        cfg = load_config(args.name, [*device_overrides(args.device), *args.overrides])
+        from tagseg.experiment import load_experiment  # the family and add-on registries (torch)
+
+        cfg = load_experiment(args.name, [*device_overrides(args.device), *args.overrides])
     print(config_to_yaml(cfg), end="")
     return 0
 

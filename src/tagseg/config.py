@@ -20,6 +20,24 @@ from omegaconf.errors import OmegaConfBaseException
 from tagseg.errors import ConfigError
 
 
+# Allowed values of the settings that choose an implementation, declared once: the code that
+# implements each (tagseg.data.build, tagseg.engine.phases, tagseg.inference.crf, the segmentation
+# stage's inference) reads these tuples, and the checks below refuse anything else. They live here
+# because this module may import nothing from tagseg, and every loader must refuse a bad value.
+DATASETS = ("voc", "coco", "folder", "synthetic")  # data.dataset: tagseg.data.build.build_index
+BN_MODES = ("frozen", "adapt", "train")  # model.bn: tagseg.engine.phases.apply_bn_mode
+CRF_BACKENDS = ("torch", "pydensecrf")  # tagseg.inference.crf.dense_crf's backends
+CRF_CHOICES = ("none", *CRF_BACKENDS)  # pseudo.crf, inference.crf, --crf: none = no CRF
+POOLINGS = ("avg", "max", "topk")  # method.pooling: tagseg.methods.pooling.pool_patch_scores
+PCE_REDUCTIONS = ("pair_mean", "class_sum")  # method.pce_reduction: tagseg.methods.pce
+
+
+def choose(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    """ConfigError naming ``key`` unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r}: choose {', '.join(allowed[:-1])} or {allowed[-1]}")
+
+
 @dataclass
 class DataConfig:
     """Where images and labels come from.
@@ -216,9 +234,52 @@ def _config_source(name_or_path: str) -> str:
     return ref.read_text()
 
 
+_PART_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$")
+MAX_DEFAULTS_DEPTH = 8
+
+
+def _default_source(item: Any, including: str) -> str:
+    """Where one ``defaults`` entry of ``including`` is: a shipped part (``method/tkpcl``,
+    ``data/voc``, or any shipped name) or a ``.yaml`` file beside the including file."""
+    if not isinstance(item, str) or not item.strip():
+        raise ConfigError(f"{including}: defaults entries are config names or .yaml files, got {item!r}")
+    if item.endswith((".yaml", ".yml")):
+        base = Path(including).parent if Path(including).suffix in (".yaml", ".yml") else None
+        if base is None:
+            raise ConfigError(f"{including}: a shipped config can only list shipped parts in defaults, got {item!r}")
+        path = (base / item)
+        if ".." in Path(item).parts or Path(item).is_absolute():
+            raise ConfigError(f"{including}: defaults entry {item!r} must be a file in its own folder or below")
+        return str(path)
+    if ".." in item.split("/") or not _PART_NAME.match(item):
+        raise ConfigError(f"{including}: defaults entry {item!r} is not a config name (e.g. method/tkpcl, data/voc)")
+    return item
+
+
+def compose_yaml(name_or_path: str, _chain: tuple[str, ...] = ()) -> Any:
+    """The OmegaConf mapping of a config after its ``defaults``: each listed part (in order, each
+    composed the same way), then the file's own keys on top. ConfigError for a cycle, a missing
+    part or a malformed list, naming the file."""
+    if name_or_path in _chain or len(_chain) >= MAX_DEFAULTS_DEPTH:
+        raise ConfigError(f"config defaults form a cycle or nest too deep: {' -> '.join((*_chain, name_or_path))}")
+    node = parse_yaml(_config_source(name_or_path), name_or_path)
+    defaults = node.pop("defaults", None) if "defaults" in node else None
+    if defaults is None:
+        return node
+    if not OmegaConf.is_list(defaults):
+        raise ConfigError(f"{name_or_path}: defaults must be a list of config names (e.g. [method/tkpcl, data/voc])")
+    parts = [compose_yaml(_default_source(item, name_or_path), (*_chain, name_or_path))
+             for item in OmegaConf.to_container(defaults)]
+    return OmegaConf.merge(*parts, node) if parts else node
+
+
 def load_config(name_or_path: str | None = None, overrides: Sequence[str] = (),
                 schema_class: type = None, validate: Any = None) -> Any:
     """Resolve defaults <- YAML (a shipped name or a path) <- ``key=value`` overrides.
+
+    A YAML file may start from other configs: ``defaults: [method/tkpcl, data/voc]`` merges those
+    shipped parts (or ``.yaml`` files beside it) in order, then its own keys
+    (:func:`compose_yaml`).
 
     schema_class: the dataclass to resolve into (default :class:`ExperimentConfig`, validated by
     :func:`validate_config`; other schemas pass their own ``validate``). Unknown keys and values
@@ -231,7 +292,7 @@ def load_config(name_or_path: str | None = None, overrides: Sequence[str] = (),
     try:
         merged = schema
         if name_or_path:
-            merged = OmegaConf.merge(merged, parse_yaml(_config_source(name_or_path), name_or_path))
+            merged = OmegaConf.merge(merged, compose_yaml(name_or_path))
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form key=value")
@@ -246,6 +307,37 @@ def load_config(name_or_path: str | None = None, overrides: Sequence[str] = (),
     if validate is not None:
         validate(cfg)
     return cfg
+
+
+# The keys a verb that reads a finished run or model applies (a section name covers all its keys);
+# every other key is fixed by the trained model and refused rather than silently ignored.
+VERB_APPLIES: dict[str, tuple[str, ...]] = {
+    "pseudo": ("device", "data", "pseudo"),
+    "eval": ("device", "data"),
+    "eval --sweep-bg": ("device", "data", "pseudo"),
+    "segment eval": ("device", "data", "inference"),
+    "predict": ("inference",),
+    "report": ("data",),
+}
+
+
+def override_key(item: str) -> str:
+    """The dotted key of a ``key=value`` override (ConfigError when it has no ``=``)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    return item.split("=", 1)[0].strip().lstrip("+~")
+
+
+def check_verb_overrides(verb: str, overrides: Sequence[str]) -> None:
+    """ConfigError naming the key and the verb for an override that ``verb`` would not apply
+    (:data:`VERB_APPLIES`), e.g. ``model.bn=frozen`` given to ``pseudo``, whose model file fixes it."""
+    applies = VERB_APPLIES[verb]
+    for item in overrides:
+        key = override_key(item)
+        if not any(key == a or key.startswith(a + ".") for a in applies):
+            takes = ", ".join("device=..." if a == "device" else f"{a}.key=value" for a in applies)
+            raise ConfigError(f"{key} is not applied by `tagseg {verb}`: it takes only {takes} overrides "
+                              "(the trained model fixes the rest)")
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
@@ -399,8 +491,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
     for key in ("dropout", "lstm_input_dropout", "vit_dropout"):
         if not 0.0 <= getattr(cfg.model, key) < 1.0:
             raise ConfigError(f"model.{key}={getattr(cfg.model, key)}: must be in [0, 1)")
-    if cfg.model.bn not in ("frozen", "adapt", "train"):
-        raise ConfigError(f"model.bn={cfg.model.bn!r}: choose frozen, adapt or train")
+    choose("model.bn", cfg.model.bn, BN_MODES)
     if cfg.model.cnn_features not in ("last_block", "head"):
         raise ConfigError(f"model.cnn_features={cfg.model.cnn_features!r}: choose last_block or head")
     if cfg.model.lstm_init not in ("keras", "torch"):
@@ -411,21 +502,18 @@ def validate_config(cfg: ExperimentConfig) -> None:
     if cfg.model.cnn_grid not in ("dilated", "cut"):
         raise ConfigError(f"model.cnn_grid={cfg.model.cnn_grid!r}: choose dilated or cut")
     m, d, t = cfg.method, cfg.data, cfg.train
-    if m.pooling not in ("avg", "max", "topk"):
-        raise ConfigError(f"method.pooling={m.pooling!r}: choose avg, max or topk")
+    choose("method.pooling", m.pooling, POOLINGS)
     if m.topk < 1:
         raise ConfigError(f"method.topk={m.topk}: must be >= 1")
     if not 0.0 <= m.pce_threshold < 1.0:
         raise ConfigError(f"method.pce_threshold={m.pce_threshold}: must be in [0, 1)")
-    if m.pce_reduction not in ("pair_mean", "class_sum"):
-        raise ConfigError(f"method.pce_reduction={m.pce_reduction!r}: choose pair_mean or class_sum")
+    choose("method.pce_reduction", m.pce_reduction, PCE_REDUCTIONS)
     if m.pce_num_low < 1:
         raise ConfigError(f"method.pce_num_low={m.pce_num_low}: must be >= 1")
     for key in ("pce_weight", "et_weight", "l2_weight"):
         if getattr(m, key) < 0:
             raise ConfigError(f"method.{key}={getattr(m, key)}: must be >= 0")
-    if d.dataset not in ("voc", "coco", "folder", "synthetic"):
-        raise ConfigError(f"data.dataset={d.dataset!r}: choose voc, coco, folder or synthetic")
+    choose("data.dataset", d.dataset, DATASETS)
     if d.image_size % 16:
         raise ConfigError(f"data.image_size={d.image_size}: must be a multiple of 16 (the patch size)")
     if m.et_weight > 0:
@@ -452,8 +540,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
     check_speed_options(cfg.pseudo.precision, True, "pseudo")
     if cfg.pseudo.image_size % 16:
         raise ConfigError(f"pseudo.image_size={cfg.pseudo.image_size}: must be a multiple of 16")
-    if cfg.pseudo.crf not in ("none", "torch", "pydensecrf"):
-        raise ConfigError(f"pseudo.crf={cfg.pseudo.crf!r}: choose none, torch or pydensecrf")
+    choose("pseudo.crf", cfg.pseudo.crf, CRF_CHOICES)
     if cfg.pseudo.crf_preset not in ("patch", "cam", "segmentation"):
         raise ConfigError(f"pseudo.crf_preset={cfg.pseudo.crf_preset!r}: choose patch, cam or segmentation")
     if not cfg.pseudo.scales or any(s <= 0 for s in cfg.pseudo.scales):

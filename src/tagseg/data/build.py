@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tagseg.config import DataConfig
+from tagseg.config import DATASETS, DataConfig, choose
 from tagseg.data.folder import read_folder
 from tagseg.data.records import DatasetIndex
 from tagseg.data.voc import read_voc
@@ -37,4 +37,5 @@ def build_index(cfg: DataConfig, split: str) -> DatasetIndex:
         generate_dataset(Path(cfg.root), num_train=cfg.synthetic_train, num_val=cfg.synthetic_val,
                          size=cfg.synthetic_size, seed=cfg.synthetic_seed)
         return read_folder(cfg.root, split, cfg.max_images)
-    raise ConfigError(f"data.dataset={cfg.dataset!r}: choose voc, coco, folder or synthetic")
+    choose("data.dataset", cfg.dataset, DATASETS)  # a dataset listed in DATASETS but not handled above
+    raise ConfigError(f"data.dataset={cfg.dataset!r} is allowed but has no reader")

@@ -114,18 +114,3 @@ class TrainingViews(Dataset):
                                           self.align_corners)
             item["geom_b"] = geom_b
         return item
-
-
-class InferenceImages(Dataset):
-    """Items: image uint8 (H, W, 3) as a tensor, labels (K,), id, index."""
-
-    def __init__(self, index: DatasetIndex) -> None:
-        self.index = index
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> dict:
-        rec = self.index.records[i]
-        return {"image": torch.from_numpy(read_image(rec.image_path)), "labels": torch.from_numpy(rec.labels),
-                "id": rec.id, "index": i}

@@ -33,6 +33,7 @@ from tagseg.engine.resume import check_resumable, truncate_history
 from tagseg.engine.task import Task
 from tagseg.engine.threads import cpu_threads
 from tagseg.errors import TrainingError
+from tagseg.runner.manifest import write_manifest
 from tagseg.utils.io import output_root, write_text
 from tagseg.utils.safe_paths import refuse_links_out
 
@@ -156,7 +157,7 @@ def _run(task: Task, run_dir: Path, info: D.DistInfo, device: torch.device, resu
     start_epoch, selection = 0, None
     if resume:
         found = load_latest_checkpoint(run_dir, core, check=lambda st: check_resumable(
-            st.get("config", {}), task.config, run_dir, task.resume_may_change))
+            st.get("config", {}), task.config, run_dir, task.resume_may_change, task.resume_keys))
         if found:
             ckpt, state = found
             optimizer.load_state_dict(state["optimizer"])
@@ -282,6 +283,9 @@ def _run(task: Task, run_dir: Path, info: D.DistInfo, device: torch.device, resu
                     "scores": dict(zip(map(str, selection.get("epochs", [])), selection["scores"])),
                     "why": "the highest score among the scored epochs (ties keep the earlier epoch)"}, indent=2) + "\n")
             save_final_model(final, core, meta)
+            if task.manifest is not None:  # how this stage's folder was made, once its model exists
+                write_manifest(run_dir, task.manifest, {"epochs": task.epochs, "model": final.name,
+                                                        "selected_epoch": meta["selected_epoch"]})
         D.barrier(info)
         return final
     return list_checkpoints(run_dir)[-1] if info.is_main else run_dir

@@ -29,9 +29,8 @@ from dataclasses import dataclass
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from tagseg.config import TrainConfig
+from tagseg.config import BN_MODES, TrainConfig
 
-BN_MODES = ("frozen", "adapt", "train")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any, ContextManager, Optional
 import torch
 from torch import nn
 
-from tagseg.config import PRECISIONS, check_speed_options  # noqa: F401  (PRECISIONS re-exported)
+from tagseg.config import check_speed_options
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

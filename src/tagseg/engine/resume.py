@@ -21,15 +21,24 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_resumable(saved: dict, current: dict, where: Path, may_change: Sequence[str] = ()) -> None:
+def _under(key: str, prefixes: Sequence[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def check_resumable(saved: dict, current: dict, where: Path, may_change: Sequence[str] = (),
+                    matter: Sequence[str] = ()) -> None:
     """Refuse to resume a checkpoint written under another configuration (naming the keys).
 
-    saved / current: the configs as nested dicts; may_change: keys (or section prefixes) that
-    may differ between an interrupted run and its resumption.
+    saved / current: the configs as nested dicts; matter: the keys (or section prefixes) whose
+    values decide the result, the task's declared list (empty: every key); may_change: keys (or
+    prefixes) among them that may still differ between an interrupted run and its resumption.
+    Only keys both configs have are compared: a run written before a key existed resumes with
+    that key at its default (a new key's default keeps the earlier behaviour), and a key the code
+    no longer has cannot be compared.
     """
     a, b = _flatten(saved), _flatten(current)
-    differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)
-                    and not any(k == p or k.startswith(p + ".") for p in may_change))
+    differ = sorted(k for k in set(a) & set(b) if a[k] != b[k]
+                    and (not matter or _under(k, matter)) and not _under(k, may_change))
     if differ:
         detail = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in differ[:6])
         raise TrainingError(f"cannot resume {where}: it was written with another configuration ({detail}"

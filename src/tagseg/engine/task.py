@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tagseg.engine.schedule import Schedule
+from tagseg.runner.manifest import ManifestInfo
 
 # (model to differentiate through: the core or its DDP wrapper, core, batch on the device, 0-based epoch)
 #   -> (total loss, detached parts by name)
@@ -25,7 +26,8 @@ class Task:
 
     model: the core network on the device; dataset: items collated into dict batches (its
     ``set_epoch(epoch)`` is called when present); config: the run's configuration as a nested
-    dict (stored in every checkpoint and compared on resume, except ``resume_may_change``);
+    dict (stored in every checkpoint; on resume the keys under ``resume_keys`` are compared,
+    except ``resume_may_change``);
     config_yaml: written to ``<run>/config.yaml``; metadata: () -> the final model file's
     metadata. precision / compile / channels_last: speed options (:mod:`tagseg.engine.precision`).
     select_epoch: the best-epoch hook (None = the last epoch is the model); the
@@ -45,6 +47,8 @@ class Task:
     num_workers: int
     seed: int
     resume_may_change: Sequence[str] = ()
+    resume_keys: Sequence[str] = ()  # the keys (or sections) that decide the result; empty = all
+    manifest: Optional[ManifestInfo] = None  # written as <run>/manifest.json with the final model
     amp: bool = True  # the older switch: False = fp32 (see tagseg.engine.precision.resolve_precision)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler)
     compile: bool = False  # torch.compile the forward pass (the saved weights stay the core's)

@@ -14,15 +14,15 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from tagseg.config import PseudoConfig
 from tagseg.data.records import DatasetIndex
 from tagseg.data.views import image_to_tensor
 from tagseg.errors import ConfigError, DataError, TagsegError
 from tagseg.evaluation.miou import MIOU_CONVENTION
+from tagseg.evaluation.predict_and_score import predict_and_score
 from tagseg.evaluation.scorer import Scorer, require_masks
-from tagseg.utils.io import read_image, read_mask, write_json
+from tagseg.utils.io import read_image, write_json
 
 BEST_LABEL = "best threshold chosen on the ground truth"
 
@@ -59,16 +59,17 @@ def sweep_background_thresholds(model: torch.nn.Module, index: DatasetIndex, cfg
     require_masks(index)
     k = index.num_classes
     scorers = [Scorer(k, index.class_names, contour=contour, per_image=False) for _ in values]
-    for rec in tqdm(index.require_nonempty().records, desc="bg sweep", unit="img", disable=not progress,
-                    leave=False):
+
+    def predict(rec, gt: np.ndarray) -> dict[int, np.ndarray]:
         image = image_to_tensor(read_image(rec.image_path)).to(device)
         fg = normalised_cams(model, image, rec.labels, cfg).float().cpu()
-        gt = read_mask(rec.mask_path, k)
         if gt.shape != tuple(fg.shape[-2:]):
             raise DataError(f"mask {rec.mask_path} is {gt.shape[1]}×{gt.shape[0]} px but image {rec.image_path} "
                             f"is {fg.shape[-1]}×{fg.shape[-2]} px")
-        for thr, scorer in zip(values, scorers):
-            scorer.update(cam_pseudo_mask(fg, thr).numpy().astype(np.uint8), gt, name=rec.id)
+        return {i: cam_pseudo_mask(fg, thr).numpy().astype(np.uint8) for i, thr in enumerate(values)}
+
+    predict_and_score(index.require_nonempty().records, predict, dict(enumerate(scorers)), k, progress=progress,
+                      desc="bg sweep")
     results = []
     for thr, scorer in zip(values, scorers):
         s = scorer.summary()
@@ -122,8 +123,9 @@ def sweep_bg_cli(run_dir: Path, split: str | None, thresholds: list[float], over
     data.pseudo_split of the run); print the table and write it as JSON to ``out`` (default:
     :func:`sweep_output_path`, which never replaces an earlier sweep). ``overrides``: key=value settings on top of the run's config
     (e.g. pseudo.scales). Returns the sweep result."""
-    from tagseg.config import load_config
+    from tagseg.config import check_verb_overrides
     from tagseg.data.build import build_index
+    from tagseg.experiment import load_experiment
     from tagseg.inference.loading import load_trained_model
     from tagseg.engine.distributed import DistInfo, resolve_device
 
@@ -131,7 +133,8 @@ def sweep_bg_cli(run_dir: Path, split: str | None, thresholds: list[float], over
     if not (run_dir / "config.yaml").is_file():
         raise TagsegError(f"{run_dir} is not a tagseg run folder (no config.yaml)")
     values = check_thresholds(thresholds)
-    cfg = load_config(str(run_dir / "config.yaml"), overrides)
+    check_verb_overrides("eval --sweep-bg", overrides)
+    cfg = load_experiment(str(run_dir / "config.yaml"), overrides)
     device = resolve_device(cfg.device, DistInfo())
     model, _, info = load_trained_model(run_dir / "model.safetensors", device)
     if info["family"] != "cam":

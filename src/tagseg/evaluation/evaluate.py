@@ -6,12 +6,14 @@ from pathlib import Path
 
 import statistics
 
-from tqdm import tqdm
+import numpy as np
 
 from tagseg.data.records import DatasetIndex
 from tagseg.errors import DataError
+from tagseg.evaluation.predict_and_score import predict_and_score
 from tagseg.evaluation.scorer import Scorer, require_masks
-from tagseg.evaluation.shards import merge_states, read_state, scorer_from_state, scorer_state, shard_of
+from tagseg.evaluation.shards import merge_states, read_state, scorer_from_state, scorer_state
+from tagseg.runner import shard_of
 from tagseg.utils.io import read_mask
 
 
@@ -33,13 +35,15 @@ def evaluate_folder(pred_dir: str | Path, index: DatasetIndex, progress: bool = 
     missing_preds = [r.id for r in records if not (pred_dir / f"{r.id}.png").is_file()]
     if missing_preds:
         raise DataError(f"{len(missing_preds)} predictions missing in {pred_dir} (e.g. {missing_preds[:5]})")
-    for rec in tqdm(records, desc="scoring", unit="img", disable=not progress, leave=False):
+
+    def read_prediction(rec, gt: np.ndarray) -> np.ndarray:
         pred = read_mask(pred_dir / f"{rec.id}.png", k)
-        gt = read_mask(rec.mask_path, k)
         if pred.shape != gt.shape:
             raise DataError(f"prediction {pred_dir / f'{rec.id}.png'} is {pred.shape[1]}×{pred.shape[0]} px but ground "
                             f"truth {rec.mask_path} is {gt.shape[1]}×{gt.shape[0]} px (image {rec.image_path})")
-        scorer.update(pred, gt, name=rec.id)
+        return pred
+
+    predict_and_score(records, read_prediction, scorer, k, progress=progress, desc="scoring")
     summary = _summary(scorer, index.name)
     summary["state"] = scorer_state(scorer, [r.id for r in records], shard)
     return summary

@@ -26,14 +26,6 @@ SHARED_KEYS = ("inference", "split")  # settings a merged result keeps when ever
 CONTOUR_COUNTS = ("matched_pred", "total_pred", "matched_gt", "total_gt", "occurrences")
 
 
-def shard_of(records: Sequence[Any], shard: tuple[int, int]) -> list[Any]:
-    """The records shard i of n takes: every n-th from i (as ``pseudo --shard`` splits a set)."""
-    i, n = shard
-    if n < 1 or not 0 <= i < n:
-        raise DataError(f"invalid shard {i}/{n}: need 0 <= i < n")
-    return list(records[i::n])
-
-
 def shard_file_name(shard: tuple[int, int]) -> str:
     """``eval.json`` for the whole set, ``eval.shard-<i>-of-<n>.json`` for shard i of n > 1."""
     i, n = shard

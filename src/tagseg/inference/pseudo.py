@@ -7,6 +7,7 @@ The family name is the one stored in the model file (``info['family']`` of
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 import numpy as np
@@ -17,22 +18,24 @@ from tagseg.config import PseudoConfig
 from tagseg.data.views import image_to_tensor
 from tagseg.engine import precision as P
 from tagseg.errors import ConfigError
-from tagseg.inference.cam import cam_merged_probabilities
-from tagseg.inference.patch import patch_merged_probabilities
+from tagseg.methods.families import FAMILIES
 
 MergedProbs = Callable[[nn.Module, torch.Tensor, np.ndarray, PseudoConfig], torch.Tensor]
-
-MERGED_PROBS: dict[str, MergedProbs] = {"patch": patch_merged_probabilities, "cam": cam_merged_probabilities}
-"""family name -> (model, image float (3, H, W) in [0, 1], labels (K,), cfg) -> (K, H, W)."""
+"""(model, image float (3, H, W) in [0, 1], labels (K,), cfg) -> (K, H, W)."""
 
 
 def merged_probs_for(family: str) -> MergedProbs:
-    """The pseudo-mask rule of ``family``; ConfigError naming the known families otherwise."""
-    try:
-        return MERGED_PROBS[family]
-    except KeyError:
-        raise ConfigError(f"no pseudo-mask inference for model family {family!r} "
-                          f"(known: {sorted(MERGED_PROBS)})") from None
+    """The pseudo-mask rule the registered family ``family`` names (its ``inference``
+    ``"module:function"`` inside this layer); ConfigError naming the known families otherwise."""
+    fam = FAMILIES.get(family)
+    if fam is None or not fam.inference:
+        known = sorted(name for name, f in FAMILIES.items() if f.inference)
+        raise ConfigError(f"no pseudo-mask inference for model family {family!r} (known: {known})")
+    module, _, function = fam.inference.partition(":")
+    if not (module == "tagseg.inference" or module.startswith("tagseg.inference.")) or not function:
+        raise ConfigError(f"model family {family!r}: its inference rule {fam.inference!r} must be "
+                          "'tagseg.inference.<module>:<function>'")
+    return getattr(importlib.import_module(module), function)
 
 
 @torch.no_grad()

@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tagseg.addons.rca import batch_image_ids, rca_terms  # noqa: F401  (re-exported)
 from tagseg.addons.registry import (
     BuildContext, LossContext, addon_loss_terms, attach_addons, enabled_addons, extra_views,
 )
@@ -137,4 +136,5 @@ def cam_pseudo_mask(fg: Tensor, bg_threshold: float) -> Tensor:
     return torch.where(best > bg_threshold, cls + 1, torch.zeros_like(cls))
 
 
-CAM_FAMILY = Family("cam", "tagseg.cam/1", build_cam_net, cam_family_loss, validate_cam_family)
+CAM_FAMILY = Family("cam", "tagseg.cam/1", build_cam_net, cam_family_loss, validate_cam_family,
+                    inference="tagseg.inference.cam:cam_merged_probabilities")

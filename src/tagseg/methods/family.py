@@ -6,8 +6,10 @@
   :class:`tagseg.data.views.TrainingViews`;
 - ``validate(cfg)``: family-specific checks at load time (ConfigError naming the key).
 
-How a family's network becomes pseudo-masks is the inference layer's job
-(:mod:`tagseg.inference.pseudo`, keyed by the family name).
+- ``inference``: its pseudo-mask rule, ``"module:function"`` inside :mod:`tagseg.inference`
+  (that layer sits above this one, so the family names the rule and
+  :func:`tagseg.inference.pseudo.merged_probs_for` imports it): ``(model, image float (3, H, W)
+  in [0, 1], labels (K,), PseudoConfig) -> (K, H, W)`` label-restricted class probabilities.
 
 A family's network has an ``encoder`` with ``block_groups()`` / ``final_norm()`` (for the
 warm-up/unfreeze schedule) and ``head_parameters()``; it may define ``on_epoch_start(epoch)`` and
@@ -33,3 +35,4 @@ class Family:
     build: Callable[[ExperimentConfig, int], nn.Module]
     loss: Callable[[nn.Module, nn.Module, dict, ExperimentConfig, int], tuple[torch.Tensor, dict]]
     validate: Callable[[ExperimentConfig], None] = lambda cfg: None
+    inference: str = ""

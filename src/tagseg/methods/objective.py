@@ -127,4 +127,4 @@ def validate_patch_family(cfg: ExperimentConfig) -> None:
 
 
 PATCH_FAMILY = Family("patch", "tagseg.patch_classifier/1", build_patch_family, patch_classifier_loss,
-                      validate_patch_family)
+                      validate_patch_family, inference="tagseg.inference.patch:patch_merged_probabilities")

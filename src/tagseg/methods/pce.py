@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tagseg.config import PCE_REDUCTIONS
+
 SIM_EPS = 1e-6
-PCE_REDUCTIONS = ("pair_mean", "class_sum")
 
 
 def patch_similarity(features: torch.Tensor) -> torch.Tensor:

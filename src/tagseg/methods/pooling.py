@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
+from tagseg.config import POOLINGS
 from tagseg.errors import ConfigError
 
-POOLINGS = ("avg", "max", "topk")
 
 
 def avg_pool(z: torch.Tensor) -> torch.Tensor:

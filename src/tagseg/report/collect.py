@@ -270,14 +270,12 @@ def data_section(config: Optional[dict], data_root: Optional[str] = None,
                  overrides: Sequence[str] = ()) -> dict:
     """The config's ``data`` mapping restricted to DataConfig's fields, then ``data.key=value``
     overrides (TagsegError for other keys), and ``data_root`` replacing root."""
-    from tagseg.config import DataConfig
+    from tagseg.config import DataConfig, check_verb_overrides
 
     names = {f.name for f in dataclasses.fields(DataConfig)}
     data = {k: v for k, v in ((config or {}).get("data") or {}).items() if k in names}
     if overrides:
-        bad = [o for o in overrides if not o.startswith("data.") or "=" not in o]
-        if bad:
-            raise TagsegError(f"the report takes only data.key=value overrides (the dataset to show), got {bad[0]!r}")
+        check_verb_overrides("report", overrides)
         try:
             extra = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))["data"]
         except OmegaConfBaseException as exc:

@@ -16,8 +16,10 @@ from tagseg.utils.runlock import run_lock
 
 
 def _run_config(run: Path, overrides: Sequence[str]):
+    from tagseg.config import check_verb_overrides
     from tagseg.segmentation.config import load_segment_config
 
+    check_verb_overrides("segment eval", overrides)
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
         raise TagsegError(f"{run} is not a tagseg segmentation run folder (no config.yaml)")
@@ -75,7 +77,8 @@ def cmd_segment_eval(args: argparse.Namespace) -> int:
     from tagseg.evaluation.miou import format_table
     from tagseg.segmentation.evaluate import check_class_names, evaluate_segmenter
     from tagseg.segmentation.inference import load_segmenter
-    from tagseg.engine.distributed import DistInfo, launch_device, resolve_device, resolve_shard
+    from tagseg.engine.distributed import DistInfo, launch_device, resolve_device
+    from tagseg.runner.launch import resolve_shard
     from tagseg.evaluation.shards import shard_file_name
     from tagseg.utils.io import write_json
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from tagseg.config import DataConfig, check_speed_options, config_from_yaml, load_config
+from tagseg.config import CRF_CHOICES, DataConfig, check_speed_options, choose, config_from_yaml, load_config
 from tagseg.errors import ConfigError
 
 HEADS = ("deeplabv2", "deeplabv3plus")
 OPTIMIZERS = ("sgd", "adamw")
-CRF_CHOICES = ("none", "torch", "pydensecrf")
 GT_MASKS = "gt"  # segment.masks_dir value that trains on the dataset's ground-truth masks
 
 
@@ -127,8 +126,7 @@ def validate_inference(inf: SegInferenceConfig) -> None:
     """Reject unusable inference settings, naming the key."""
     if not inf.scales or any(s <= 0 for s in inf.scales):
         raise ConfigError(f"inference.scales={list(inf.scales)}: need at least one positive scale")
-    if inf.crf not in CRF_CHOICES:
-        raise ConfigError(f"inference.crf={inf.crf!r}: choose one of {', '.join(CRF_CHOICES)}")
+    choose("inference.crf", inf.crf, CRF_CHOICES)
     check_speed_options(inf.precision, True, "inference")
 
 

@@ -5,17 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
-from tqdm import tqdm
 
 from tagseg.data.records import DatasetIndex
 from tagseg.errors import DataError, TagsegError
+from tagseg.evaluation.predict_and_score import predict_and_score
 from tagseg.evaluation.scorer import Scorer, require_masks
-from tagseg.evaluation.shards import scorer_state, shard_of
+from tagseg.evaluation.shards import scorer_state
+from tagseg.runner import shard_of
 from tagseg.segmentation.config import SegInferenceConfig
 from tagseg.segmentation.inference import predict_mask
 from tagseg.segmentation.models import SegmentationNet
-from tagseg.utils.io import read_image, read_mask, save_mask_png
+from tagseg.utils.io import read_image, save_mask_png
 
 
 def check_class_names(model_names: Sequence[str], data_names: Sequence[str], model_desc: str, data_desc: str) -> None:
@@ -51,16 +53,18 @@ def evaluate_segmenter(model: SegmentationNet, index: DatasetIndex, inference: S
     records = shard_of(index.records, shard)
     k = index.num_classes
     scorer = Scorer(k, index.class_names)
-    for rec in tqdm(records, desc="evaluating", unit="img", disable=not progress, leave=False):
+
+    def predict(rec, gt: np.ndarray) -> np.ndarray:
         image = read_image(rec.image_path)
-        gt = read_mask(rec.mask_path, k)
         if gt.shape != image.shape[:2]:
             raise DataError(f"mask {rec.mask_path} is {gt.shape[1]}×{gt.shape[0]} px but image "
                             f"{rec.image_path} is {image.shape[1]}×{image.shape[0]} px")
         pred = predict_mask(model, image, inference, device)
         if save_dir is not None:
             save_mask_png(Path(save_dir) / f"{rec.id}.png", pred, palette or index.palette, root=save_dir)
-        scorer.update(pred, gt, name=rec.id)
+        return pred
+
+    predict_and_score(records, predict, scorer, k, progress=progress, desc="evaluating")
     summary = scorer.summary()
     summary["images"] = len(records)
     summary["dataset"] = index.name

@@ -21,10 +21,11 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from tagseg.data.classes import IGNORE_INDEX, VOC_CLASSES
 from tagseg.errors import ConfigError, DataError, TagsegError
+from tagseg.config import check_verb_overrides
+from tagseg.runner import ManifestInfo, OutputLayout, run_per_image
 from tagseg.segmentation.config import SegInferenceConfig, validate_inference
 from tagseg.segmentation.evaluate import check_class_names
 from tagseg.segmentation.inference import load_segmenter, predict_mask
@@ -139,10 +140,7 @@ def inference_with_overrides(inference: SegInferenceConfig, overrides: Sequence[
 
     if not overrides:
         return inference
-    bad = [o for o in overrides if not o.startswith("inference.") or "=" not in o]
-    if bad:
-        raise ConfigError(f"predict takes only inference.key=value overrides (the model fixes the rest), "
-                          f"got {bad[0]!r}")
+    check_verb_overrides("predict", overrides)
     try:
         extra = OmegaConf.from_dotlist([o[len("inference."):] for o in overrides])
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(inference), extra))
@@ -150,26 +148,56 @@ def inference_with_overrides(inference: SegInferenceConfig, overrides: Sequence[
         raise ConfigError(f"invalid inference override: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class PredictInput:
+    """One image to predict: its output name (the runner's record id) and file."""
+
+    id: str
+    path: Path
+
+
+def predict_layout(out_dir: Path) -> OutputLayout:
+    """``masks/<name>.png`` and ``overlays/<name>.png`` per image."""
+    return OutputLayout(out_dir, {"masks": ("masks", "{id}.png"), "overlays": ("overlays", "{id}.png")})
+
+
 def predict_images(model: SegmentationNet, files: Sequence[Path], out_dir: Path, inference: SegInferenceConfig,
-                   palette: Sequence[int], device: torch.device | str = "cpu", progress: bool = True) -> PredictReport:
-    """Write a mask and an overlay for every file; unreadable images and unsafe names become failures."""
+                   palette: Sequence[int], device: torch.device | str = "cpu", progress: bool = True,
+                   manifest: Optional[ManifestInfo] = None, lock: bool = False) -> PredictReport:
+    """Write a mask and an overlay for every file through the per-image runner (atomic writes,
+    progress; with ``lock`` the folder's lock, with ``manifest`` a ``manifest.json``, as
+    ``tagseg predict`` does); unreadable images and unsafe names become failures, in input order."""
     report = PredictReport()
     t0 = time.time()
-    for path, name in tqdm(list(zip(files, output_names(files))), desc="predicting", unit="img",
-                           disable=not progress, leave=False):
+    out_dir = Path(out_dir)
+    layout = predict_layout(out_dir)
+    inputs, failed = [], {}
+    for i, (path, name) in enumerate(zip(files, output_names(files))):
         try:
             check_id(name, path)
-            mask_path = path_inside(out_dir, "masks", f"{name}.png")
-            overlay_path = path_inside(out_dir, "overlays", f"{name}.png")
-            image = read_image(path)
+            layout.paths(name)
         except DataError as exc:
-            report.failures.append((str(path), str(exc)))
+            failed[i] = (str(path), str(exc))
             continue
+        inputs.append((i, PredictInput(name, path)))
+
+    def step(item: PredictInput, paths: dict[str, Path]) -> None:
+        image = read_image(item.path)
         mask = predict_mask(model, image, inference, device)
-        save_mask_png(mask_path, mask, palette, root=out_dir)
-        with atomic_path(overlay_path, root=out_dir) as tmp:
+        save_mask_png(paths["masks"], mask, palette, root=out_dir)
+        with atomic_path(paths["overlays"], root=out_dir) as tmp:
             Image.fromarray(colour_overlay(image, mask, palette)).save(tmp, format="PNG")
-        report.written.append(mask_path)
+
+    records = [r for _, r in inputs]
+    stats = run_per_image(records, step, layout, overwrite=True, progress=progress, desc="predicting",
+                          manifest=manifest, lock=lock, keep_going=(DataError,))
+    reasons = dict(stats.failures)
+    for i, rec in inputs:
+        if rec.id in reasons:
+            failed[i] = (str(rec.path), reasons[rec.id])
+        else:
+            report.written.append(layout.paths(rec.id)["masks"])
+    report.failures = [failed[i] for i in sorted(failed)]
     report.seconds = time.time() - t0
     return report
 
@@ -212,7 +240,10 @@ def run_predict(inputs: Sequence[str | Path], model_spec: str | Path, out_dir: s
         raise DataError(f"no images to predict ({detail})")
     out = Path(out_dir)
     with torch.no_grad():
-        report = predict_images(model, files, out, inference, info["palette"], dev, progress)
+        report = predict_images(model, files, out, inference, info["palette"], dev, progress,
+                                manifest=ManifestInfo(stage="predict", settings=inference, config=cfg,
+                                                      run=model_path.parent, input=", ".join(map(str, inputs))),
+                                lock=True)
     report.failures = problems + report.failures
     write_json(path_inside(out, "predictions.json"), {"model": str(model_path), "class_names": info["class_names"],
                                           "inference": {"scales": list(inference.scales), "flip": inference.flip,

@@ -17,11 +17,12 @@ import torch
 from torch import nn
 
 from tagseg.data.build import build_index
+from tagseg.evaluation.predict_and_score import predict_and_score
 from tagseg.evaluation.scorer import Scorer
 from tagseg.segmentation.config import SegInferenceConfig, SegmentExperimentConfig
 from tagseg.segmentation.data import choose_mask_folder, resolve_mask_paths
 from tagseg.segmentation.inference import predict_mask
-from tagseg.utils.io import read_image, read_mask
+from tagseg.utils.io import read_image
 
 SINGLE_SCALE = SegInferenceConfig(scales=[1.0], flip=False, crf="none")
 
@@ -50,9 +51,10 @@ class TrainMaskAgreement:
         k = self.index.num_classes
         scorer = Scorer(k, self.index.class_names, contour=False, per_image=False)
         try:
-            for rec, mask in zip(self.index.records, self.masks):
-                pred = predict_mask(core, read_image(rec.image_path), SINGLE_SCALE, device)
-                scorer.update(pred, read_mask(mask, k), rec.id)
+            masks = dict(zip((r.id for r in self.index.records), self.masks))
+            predict_and_score(self.index.records,
+                              lambda rec, gt: predict_mask(core, read_image(rec.image_path), SINGLE_SCALE, device),
+                              scorer, k, gt_path=lambda rec: masks[rec.id])
         finally:
             for m, mode in zip(core.modules(), modes):
                 m.training = mode

@@ -27,12 +27,15 @@ from tagseg.segmentation.config import SegmentExperimentConfig, SegTrainConfig
 from tagseg.segmentation.data import SegmentationTrainSet, choose_mask_folder, resolve_mask_paths
 from tagseg.segmentation.inference import model_metadata
 from tagseg.segmentation.models import SegmentationNet, build_segmenter
+from tagseg.runner import ManifestInfo
 from tagseg.segmentation.selection import segmentation_selection_hook
 
-# Settings that may change between an interrupted run and its resumption (not train.epochs: the
+# The sections whose settings decide what training computes, compared when a run is resumed.
+RESUME_KEYS = ("seed", "data", "segment", "model", "train", "augment")
+# Settings among them that may change between an interrupted run and its resumption (not train.epochs: the
 # poly schedule runs over all epochs' steps).
-RESUME_MAY_CHANGE = ("train.log_every", "train.keep_checkpoints", "data.num_workers", "device",
-                     "train.precision", "train.compile", "train.channels_last", "inference")
+RESUME_MAY_CHANGE = ("train.log_every", "train.keep_checkpoints", "data.num_workers",
+                     "train.precision", "train.compile", "train.channels_last")
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -96,7 +99,10 @@ def segmentation_task(cfg: SegmentExperimentConfig, select_epoch: Optional[Selec
                                       "training_masks": folder, "training_masks_kind": kind},
                     config=to_dict(cfg), config_yaml=config_to_yaml(cfg), epochs=tcfg.epochs,
                     batch_size=batch, num_workers=cfg.data.num_workers, seed=cfg.seed,
-                    resume_may_change=RESUME_MAY_CHANGE, total_name="loss", select_epoch=select_epoch,
+                    resume_may_change=RESUME_MAY_CHANGE, resume_keys=RESUME_KEYS, total_name="loss", select_epoch=select_epoch,
+                    manifest=ManifestInfo(stage="segment", config=cfg, split=cfg.data.train_split,
+                                          input=cfg.segment.masks_dir,
+                                          settings={"segment": cfg.segment, "model": cfg.model, "train": tcfg}),
                     **loop_options(tcfg))
 
     return build

@@ -23,9 +23,10 @@ from tagseg.data.build import build_index
 from tagseg.data.records import DatasetIndex
 from tagseg.data.views import image_to_tensor
 from tagseg.errors import DataError
+from tagseg.evaluation.predict_and_score import predict_and_score
 from tagseg.evaluation.scorer import Scorer, matrix_miou
 from tagseg.inference.pseudo import merged_probs_for
-from tagseg.utils.io import read_image, read_mask
+from tagseg.utils.io import read_image
 
 
 def scheduled(epoch: int, every: int, epochs: int) -> bool:
@@ -59,10 +60,11 @@ class ValPseudoMaskMIoU:
         k = self.index.num_classes
         scorer = Scorer(k, contour=False, per_image=False)
         try:
-            for rec in self.index.records:
+            def predict(rec, gt: np.ndarray) -> np.ndarray:
                 x = image_to_tensor(read_image(rec.image_path)).to(device)
-                probs = rule(core, x, rec.labels, self.cfg.pseudo)
-                scorer.update(probs.argmax(0).cpu().numpy().astype(np.uint8), read_mask(rec.mask_path, k), rec.id)
+                return rule(core, x, rec.labels, self.cfg.pseudo).argmax(0).cpu().numpy().astype(np.uint8)
+
+            predict_and_score(self.index.records, predict, scorer, k)
         finally:
             for m, mode in zip(core.modules(), modes):
                 m.training = mode

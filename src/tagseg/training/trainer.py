@@ -18,20 +18,20 @@ from tagseg.data.build import build_index
 from tagseg.data.views import TrainingViews
 from tagseg.engine import loop
 from tagseg.engine.distributed import DistInfo, per_process_batch
-from tagseg.engine.loop import seed_everything  # noqa: F401  (kept importable from here)
-from tagseg.engine.resume import check_resumable, truncate_history  # noqa: F401  (kept importable from here)
 from tagseg.engine.schedule import PhaseSchedule
 from tagseg.engine.task import SelectFn, Task, loop_options
-from tagseg.engine.threads import cpu_threads  # noqa: F401  (kept importable from here)
 from tagseg.engine.threads import loader_workers
 from tagseg.experiment import validate_experiment
 from tagseg.methods.families import get_family
+from tagseg.runner import ManifestInfo
 from tagseg.training.selection import selection_hook
 
-# Settings that may change between an interrupted run and its resumption.
+# The sections whose settings decide what training computes, compared when a run is resumed
+# (pseudo-mask settings, the device and the name are not among them).
+RESUME_KEYS = ("seed", "data", "model", "method", "cam", "addons", "train")
+# Settings among them that may change between an interrupted run and its resumption.
 RESUME_MAY_CHANGE = ("train.epochs", "train.cpu_threads", "train.log_every", "train.keep_checkpoints",
-                     "data.num_workers", "device",
-                     "train.precision", "train.compile", "train.channels_last", "pseudo")
+                     "data.num_workers", "train.precision", "train.compile", "train.channels_last")
 
 
 def model_metadata(cfg: ExperimentConfig, class_names: tuple[str, ...], palette: list[int]) -> dict:
@@ -61,7 +61,11 @@ def classifier_task(cfg: ExperimentConfig, select_epoch: Optional[SelectFn] = No
                     metadata=lambda: model_metadata(cfg, index.class_names, index.palette),
                     config=to_dict(cfg), config_yaml=config_to_yaml(cfg), epochs=t.epochs,
                     batch_size=per_process_batch(t.batch_size, info.world_size), num_workers=cfg.data.num_workers,
-                    seed=cfg.seed, resume_may_change=RESUME_MAY_CHANGE, select_epoch=select_epoch, **loop_options(t))
+                    seed=cfg.seed, resume_may_change=RESUME_MAY_CHANGE, resume_keys=RESUME_KEYS, select_epoch=select_epoch,
+                    manifest=ManifestInfo(stage="classify", config=cfg, split=cfg.data.train_split, input=cfg.data.root,
+                                          settings={"model": cfg.model, "method": cfg.method, "cam": cfg.cam,
+                                                    "addons": cfg.addons, "train": cfg.train}),
+                    **loop_options(t))
 
     return build
 

@@ -4,13 +4,12 @@
 ``backend="pydensecrf"`` runs the compiled reference (optional dependency pydensecrf2).
 """
 
-from tagseg.inference.crf.dense import BACKENDS, SUM_TOLERANCE, dense_crf
+from tagseg.inference.crf.dense import SUM_TOLERANCE, dense_crf
 from tagseg.inference.crf.params import CRF_PRESETS, CRFParams, get_preset
 from tagseg.inference.crf.permutohedral import PermutohedralLattice
 from tagseg.inference.crf.pydensecrf_backend import pydensecrf_available
 
 __all__ = [
-    "BACKENDS",
     "CRF_PRESETS",
     "CRFParams",
     "PermutohedralLattice",

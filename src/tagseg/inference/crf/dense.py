@@ -7,14 +7,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from tagseg.config import CRF_BACKENDS
 from tagseg.errors import ConfigError, TagsegError
 from tagseg.inference.crf.params import CRFParams
 from tagseg.inference.crf.pydensecrf_backend import crf_pydensecrf
 from tagseg.inference.crf.torch_backend import crf_torch
 
-__all__ = ["BACKENDS", "SUM_TOLERANCE", "dense_crf"]
+__all__ = ["SUM_TOLERANCE", "dense_crf"]
 
-BACKENDS = ("torch", "pydensecrf")
 SUM_TOLERANCE = 1e-3  # allowed |sum_k p_k - 1| per pixel
 
 
@@ -107,8 +107,8 @@ def dense_crf(
     backend: "torch" (this package's lattice, CPU or GPU via ``device``; default: the device
     of ``probs``) or "pydensecrf" (compiled reference, CPU, optional dependency).
     """
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown CRF backend {backend!r}; choose one of {BACKENDS}")
+    if backend not in CRF_BACKENDS:
+        raise ConfigError(f"unknown CRF backend {backend!r}; choose one of {CRF_BACKENDS}")
     if not isinstance(params, CRFParams):
         raise ConfigError(f"params must be a CRFParams, got {type(params).__name__}")
     if not 0 < prob_clip < 1:
