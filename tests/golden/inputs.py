@@ -60,7 +60,8 @@ def generate_all(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, np.ndarray
 def summarise(array: np.ndarray, probe_seed: int = 12345, n_samples: int = 16) -> dict[str, Any]:
     """A compact, comparable record of a large array (e.g. a gradient).
 
-    ``sum``, ``l2``, ``probe`` (dot product with a N(0, 1) tensor drawn from ``probe_seed``)
+    ``sum`` (with ``l1`` = sum of |a|, its natural error scale), ``l2``, ``probe`` (dot product
+    with a N(0, 1) tensor drawn from ``probe_seed``, with ``probe_abs`` = sum of |a * probe|)
     and ``samples``: the values at ``n_samples`` flat indices drawn from the same seed.
     Computed in float64.
     """
@@ -71,8 +72,10 @@ def summarise(array: np.ndarray, probe_seed: int = 12345, n_samples: int = 16) -
     return {
         "shape": list(np.shape(array)),
         "sum": float(a.sum()),
+        "l1": float(np.abs(a).sum()),
         "l2": float(np.sqrt((a * a).sum())),
         "probe": float(a @ probe),
+        "probe_abs": float(np.abs(a * probe).sum()),
         "probe_seed": int(probe_seed),
         "samples": {"index": [int(i) for i in idx], "value": [float(a[i]) for i in idx]},
     }
