@@ -168,6 +168,20 @@ def test_each_addon_switch_adds_its_part_and_turns_off():
     assert set(parts) == {"cls"} and torch.equal(total, base_total)
 
 
+def test_isl_and_rca_together_scale_the_whole_base_head_loss():
+    """With ISL and RCA on, the base head gets 0.4·[(1−λ)·CE + λ·ISL] (not 0.2·CE + 0.2·ISL)."""
+    torch.manual_seed(1)
+    batch = toy_batch()
+    cfg = cam_config(*RCA_FILLING, "addons.hfpl.isl=true", "addons.hfpl.lam=0.2")
+    net = build_cam_net(cfg, K)
+    total, parts = _loss(cfg, net, batch)
+    base_head = 0.8 * parts["cls"].item() + 0.2 * parts["isl"].item()
+    expected = 0.4 * base_head + parts["rca_aux"].item() + 0.01 * parts["rca_rm"].item()
+    assert total.item() == pytest.approx(expected, rel=1e-6)
+    wrong = 0.2 * parts["cls"].item() + 0.2 * parts["isl"].item() + parts["rca_aux"].item() + 0.01 * parts["rca_rm"].item()
+    assert abs(total.item() - wrong) > 1e-4
+
+
 @pytest.mark.parametrize("formulation", ["paper", "official"])
 def test_ppc_part_matches_the_module_and_flows_only_into_the_projector_and_encoder(formulation):
     torch.manual_seed(2)

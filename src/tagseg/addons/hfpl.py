@@ -421,7 +421,11 @@ def _loss_terms(family: str, ctx: LossContext, s: HFPLConfig) -> tuple[dict[str,
             parts["isl"] = importance_sampling_loss(maps, ctx.labels, s.n_samples, official=official)
         else:
             parts["isl"] = ctx.class_loss(importance_pooling(maps, s.n_samples))
-        extra = extra + s.lam * (s.isl_weight * parts["isl"] - ctx.base)
+        replaced = s.lam * (s.isl_weight * parts["isl"] - ctx.base)
+        extra = extra + replaced
+        # the base head's class loss is now (1−λ)·L + λ·ISL: add-ons after this one that scale the
+        # base head's loss (RCA's aux_weight) scale all of it
+        ctx.base = ctx.base + replaced
     if s.fsl:
         parts["fsl"] = feature_similarity_loss(maps, ctx.labels, ctx.images, s.sigma, s.mu, s.block, s.window,
                                                background=s.fsl_background, official=official)
