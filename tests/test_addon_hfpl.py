@@ -329,3 +329,14 @@ def test_min_map_size_upsamples_small_maps():
     assert torch.isfinite(total) and total.item() != pytest.approx(plain.item(), rel=1e-3)
     with pytest.raises(ConfigError, match="min_map_size"):
         HFPLConfig(min_map_size=0)
+
+
+def test_official_fsl_image_resize_keeps_the_corners():
+    """H2: align_corners=True without antialiasing: a 1x3 ramp resized to 1x2 keeps its end values."""
+    from tagseg.addons.hfpl import fsl_image_at_map
+
+    image = torch.tensor([0.0, 0.5, 1.0]).view(1, 1, 1, 3).expand(1, 3, 1, 3).contiguous()
+    out = fsl_image_at_map(image, (1, 2), official=True)
+    assert out[0, 0, 0].tolist() == [0.0, 1.0]
+    smoothed = fsl_image_at_map(image, (1, 2))
+    assert smoothed[0, 0, 0, 0].item() > 0.0  # the antialiased resize averages the neighbours

@@ -485,8 +485,11 @@ def ppc_official_scores(cam: Tensor, labels: Tensor, *, has_background: bool, bg
 
 
 def ppc_official_pseudo_labels(scores: Tensor, labels: Tensor) -> Tensor:
-    """(B, h, w) arg-max of the scores times the image labels (the official softmax does not change it)."""
-    return (scores * (labels.to(scores.dtype) > 0).view(*labels.shape, 1, 1)).softmax(dim=1).argmax(dim=1)
+    """(B, h, w) arg-max of the scores times the image labels, background always present (the
+    official label vector starts with a 1; its softmax does not change the arg-max)."""
+    present = labels > 0
+    present[:, 0] = True
+    return (scores * present.to(scores.dtype).view(*labels.shape, 1, 1)).softmax(dim=1).argmax(dim=1)
 
 
 @torch.no_grad()
