@@ -179,12 +179,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
     p.add_argument("--max-images", type=int, default=400, help="first N train_aug images (0 = all 1000)")
+    p.add_argument("--cached-only", action="store_true",
+                   help="train nothing: tabulate the runs already scored under --work (missing ones are listed)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.time()
     records: dict[str, list[dict]] = {}
+    missing = []
     for name in args.variants:
         for seed in args.seeds:
+            if args.cached_only and not (args.work / f"{name}-seed{seed}" / "addons.json").is_file():
+                missing.append(f"{name} seed {seed}")
+                continue
             rec = run_one(name, seed, args)
             records.setdefault(name, []).append(rec)
             m = rec["metrics"]["train_aug"]
@@ -196,7 +202,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"J&F={100 * (m['j_and_f'] or 0):.1f}{extra}  ({rec['train_seconds']}s train, "
                   f"{rec['score_seconds']}s score)", flush=True)
     elapsed = time.time() - t0
-    main_table = table([(LABELS[n], records[n]) for n in args.variants])
+    if not records:
+        print("no scored run under --work yet")
+        return 1
+    main_table = table([(LABELS[n], records[n]) for n in args.variants if n in records])
+    if missing:
+        main_table += "\n\nNot run yet (no scored run under --work): " + ", ".join(missing) + "."
     print(main_table)
     all_recs = [r for rs in records.values() for r in rs]
     run_s = sum(r["train_seconds"] + r["score_seconds"] for r in all_recs)
@@ -209,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.work / "summary.json", report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
-        f"# Add-ons on VOC ({records[args.variants[0]][0]['metrics']['images']} train_aug images, "
+        f"# Add-ons on VOC ({next(iter(records.values()))[0]['metrics']['images']} train_aug images, "
         f"pseudo-masks scored on the same images)\n\n"
         f"Command: `{cmd}`\n\nHardware: {hardware}; {round(run_s)} s summed over the runs.\n\n"
         f"Backbone: EfficientNet-Lite0 (ImageNet), {args.epochs} epochs (1 frozen, then the last "

@@ -15,6 +15,7 @@ from tagseg.addons.hfpl import (
     gap_bce_loss,
     hfpl_classification_loss,
     hfpl_loss,
+    fsl_normalised_maps,
     importance_pooling,
     importance_sample,
     importance_sampling_loss,
@@ -127,7 +128,7 @@ def test_classification_loss_mixes_gap_and_isl():
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(2, 4, 5, 5, generator=g)
     labels = torch.tensor([[1.0, 1.0, 0.0, 0.0, 1.0], [1.0, 0.0, 1.0, 0.0, 0.0]])
-    cfg = HFPLConfig(lam=0.3, n_samples=4)
+    cfg = HFPLConfig(lam=0.3, n_samples=4, formulation="paper")
     got = hfpl_classification_loss(scores, labels, cfg, torch.Generator().manual_seed(9))
     isl = importance_sampling_loss(scores, labels, 4, torch.Generator().manual_seed(9))
     expected = 0.7 * gap_bce_loss(scores, labels) + 0.3 * isl
@@ -280,9 +281,62 @@ def test_fsl_rejects_bad_image():
 
 def test_hfpl_total():
     scores, labels, image = _fsl_inputs(torch.float32, seed=6)
-    cfg = HFPLConfig(fsl_weight=0.5, sigma=2.0)
+    cfg = HFPLConfig(fsl_weight=0.5, sigma=2.0, formulation="paper")
     total, parts = hfpl_loss(scores, labels, image, cfg, torch.Generator().manual_seed(0))
     cls = hfpl_classification_loss(scores, labels, cfg, torch.Generator().manual_seed(0))
     fsl = feature_similarity_loss(scores, labels, image, sigma=2.0)
     assert total.item() == pytest.approx(cls.item() + 0.5 * fsl.item(), rel=1e-6)
     assert set(parts) == {"cls", "fsl", "total"}
+
+
+def test_official_classification_loss_mixes_gap_and_soft_margin_isl():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(2, 4, 5, 5, generator=g)
+    labels = torch.tensor([[1.0, 1.0, 0.0, 0.0, 1.0], [1.0, 0.0, 1.0, 0.0, 0.0]])
+    cfg = HFPLConfig(lam=0.3, n_samples=4, isl_weight=0.5)
+    assert cfg.formulation == "official"
+    got = hfpl_classification_loss(scores, labels, cfg, torch.Generator().manual_seed(9))
+    isl = importance_sampling_loss(scores, labels, 4, torch.Generator().manual_seed(9), official=True)
+    expected = 0.7 * gap_bce_loss(scores, labels) + 0.3 * 0.5 * isl
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_official_isl_is_soft_margin_on_the_sampled_logits_by_hand():
+    """One channel, one cell: every draw is that cell; loss = softplus(-x) for a present class."""
+    scores = torch.tensor([[[[8.0]], [[-8.0]]]], dtype=torch.float64, requires_grad=True)  # saturated logits
+    labels = torch.tensor([[1.0, 1.0, 0.0]])
+    loss = importance_sampling_loss(scores, labels, 3, torch.Generator().manual_seed(0), official=True)
+    expected = 0.5 * (math.log1p(math.exp(-8.0)) + math.log1p(math.exp(-8.0)))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    # d/dx softplus(-x) = -sigmoid(-x): small but non-zero at saturation (the clamped BCE gives 0)
+    assert scores.grad[0, 0, 0, 0].item() == pytest.approx(-0.5 / (1 + math.exp(8.0)), rel=1e-5)
+
+
+def test_official_fsl_maps_are_min_max_normalised_by_hand():
+    scores = torch.tensor([[[[1.0, 2.0, 5.0]]]], dtype=torch.float64)  # all positive: min-max differs from max
+    r = fsl_normalised_maps(scores, torch.tensor([[1.0, 1.0]]), official=True)
+    expected = [0.0, (2.0 - 1.0 - 1e-5) / (4.0 + 1e-5), (5.0 - 1.0 - 1e-5) / (4.0 + 1e-5)]
+    assert r[0, 1, 0].tolist() == pytest.approx(expected, rel=1e-6)
+    assert r[0, 0, 0].tolist() == pytest.approx([1.0 - v for v in expected], rel=1e-6)  # background
+
+
+def test_min_map_size_upsamples_small_maps():
+    scores, labels, image = _fsl_inputs(torch.float32, seed=6)
+    small = HFPLConfig(min_map_size=2 * scores.shape[-1], sigma=2.0)
+    total, _ = hfpl_loss(scores, labels, image, small, torch.Generator().manual_seed(0))
+    plain, _ = hfpl_loss(scores, labels, image, HFPLConfig(sigma=2.0), torch.Generator().manual_seed(0))
+    assert torch.isfinite(total) and total.item() != pytest.approx(plain.item(), rel=1e-3)
+    with pytest.raises(ConfigError, match="min_map_size"):
+        HFPLConfig(min_map_size=0)
+
+
+def test_official_fsl_image_resize_keeps_the_corners():
+    """H2: align_corners=True without antialiasing: a 1x3 ramp resized to 1x2 keeps its end values."""
+    from tagseg.addons.hfpl import fsl_image_at_map
+
+    image = torch.tensor([0.0, 0.5, 1.0]).view(1, 1, 1, 3).expand(1, 3, 1, 3).contiguous()
+    out = fsl_image_at_map(image, (1, 2), official=True)
+    assert out[0, 0, 0].tolist() == [0.0, 1.0]
+    smoothed = fsl_image_at_map(image, (1, 2))
+    assert smoothed[0, 0, 0, 0].item() > 0.0  # the antialiased resize averages the neighbours

@@ -306,7 +306,7 @@ def _toy_views(seed: int = 0, size: int = 4):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_ppc_loss_matches_plain_loop_reference(seed):
     v1, cam1, v2, cam2, labels = _toy_views(seed)
-    cfg = PPCConfig(top_k=3, hard_negative_fraction=1.0, negative_keep_fraction=1.0, hard_pixel_fraction=1.0)
+    cfg = PPCConfig(formulation="paper", top_k=3, hard_negative_fraction=1.0, negative_keep_fraction=1.0, hard_pixel_fraction=1.0)
     loss, parts = ppc_loss(v1, cam1, v2, cam2, labels, cfg)
     loss.backward()
     g1, g2 = v1.grad.clone(), v2.grad.clone()
@@ -360,3 +360,53 @@ def test_ppc_loss_rejects_mismatched_sizes():
     cam = torch.randn(1, 2, 4, 4)
     with pytest.raises(TagsegError, match="spatial"):
         ppc_loss(v, cam, v, cam, torch.ones(1, 3))
+
+
+# ----------------------------------------------------------------- official formulation (hand values)
+
+from tagseg.addons.ppc import (  # noqa: E402
+    ppc_official_intra,
+    ppc_official_prototypes,
+    ppc_official_pseudo_labels,
+    ppc_official_scores,
+)
+
+
+def test_official_scores_use_the_codes_min_max_arithmetic():
+    cam = torch.tensor([[[[0.0, 1.0, 3.0]]]])  # one image, one foreground class, 1x3
+    s = ppc_official_scores(cam, torch.tensor([[1.0, 0.0]]), has_background=False, bg_score=0.2)
+    expected = [-1e-5 / 3.00001, (1 - 1e-5) / 3.00001, (3 - 1e-5) / 3.00001]
+    assert s[0, 1, 0].tolist() == pytest.approx(expected, rel=1e-6)
+    assert torch.equal(s[0, 0], torch.full((1, 3), 0.2))  # constant background
+    # the absent class keeps its scores (prototypes use them) but cannot be a pseudo label
+    assert ppc_official_pseudo_labels(s, torch.tensor([[1.0, 0.0]])).tolist() == [[[0, 0, 0]]]
+    assert ppc_official_pseudo_labels(s, torch.tensor([[1.0, 1.0]])).tolist() == [[[0, 1, 1]]]
+
+
+def test_official_prototypes_take_the_top_pixels_whatever_their_label():
+    v = torch.tensor([[[[1.0, 0.0, 0.0, 3.0]], [[0.0, 1.0, 2.0, 4.0]]]])  # (1, D=2, 1, 4)
+    scores = torch.tensor([[[[0.2, 0.2, 0.2, 0.2]], [[0.9, 0.1, 0.5, 0.7]]]])  # (1, K=2, 1, 4)
+    p = ppc_official_prototypes(v, scores, top_k=2)
+    mean = (0.9 * torch.tensor([1.0, 0.0]) + 0.7 * torch.tensor([3.0, 4.0])) / 1.6
+    torch.testing.assert_close(p[1], mean / mean.norm())
+    assert p[1].norm().item() == pytest.approx(1.0)
+
+
+def test_official_intra_drops_the_hardest_negatives_and_keeps_the_positive_in_the_ranking():
+    protos = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.6, 0.8]])
+    f = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    y = torch.tensor([0, 0])
+    cfg = PPCConfig(temperature=0.5)
+    loss = ppc_official_intra(f, y, protos, cfg, lambda n, k: torch.tensor([0]), drop_hardest=1, n_negatives=2)
+    # pixel a: ranking p0 > p3 > p1 > p2, drop p0 -> negatives p3, p1
+    pa = math.log(math.exp(2.0) + math.exp(1.2) + math.exp(0.0)) - 2.0
+    # pixel b: ranking p3 > p1 > p0 > p2, drop p3 -> negatives p1, p0 (its own prototype again)
+    pb = math.log(math.exp(1.2) + math.exp(1.6) + math.exp(1.2)) - 1.2
+    # n = 2: one random pixel (a, from the sampler) and the least similar one (b)
+    assert loss.item() == pytest.approx((pa + pb) / 2, rel=1e-6)
+
+
+def test_official_formulation_is_the_default_and_paper_is_a_key():
+    assert PPCConfig().formulation == "official"
+    with pytest.raises(ConfigError, match="formulation"):
+        PPCConfig(formulation="other")

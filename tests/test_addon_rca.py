@@ -320,3 +320,61 @@ def test_total_loss_switches_contrast_on_after_first_epoch():
     assert gap_multilabel_loss(o, labels).item() == pytest.approx(ce_o, rel=1e-6)
     none, _ = rca_total_loss(o, p, labels, None, epoch=5)
     assert none.item() == pytest.approx(ce_o + 0.4 * ce_p, rel=1e-6)
+
+
+# ----------------------------------------------------------------- official-code fidelity (hand values)
+
+
+def test_region_masks_softmax_mode_by_hand():
+    # two channels over three cells: softmax over channels, then each channel's mask above its mean
+    cams = torch.tensor([[[[0.0, 2.0, 0.0]], [[1.0, 0.0, 0.0]]]])
+    m = region_masks(cams, "softmax")
+    s = torch.softmax(cams, dim=1)  # channel 0: [0.269, 0.881, 0.5], mean 0.55
+    assert m[0, 0, 0].tolist() == [0.0, 1.0, 0.0] and m[0, 1, 0].tolist() == (s[0, 1, 0] > s[0, 1, 0].mean()).float().tolist()
+    assert m[0, 1, 0].tolist() == [1.0, 0.0, 1.0]
+    with pytest.raises(ConfigError):
+        region_masks(cams, "other")
+
+
+def test_official_bank_is_a_noise_initialised_ring_with_momentum():
+    bank = RegionMemoryBank(2, 3, capacity=2, momentum=0.5, score_threshold=0.7, update_mode="official", init_seed=4)
+    noise = bank.memory.clone()
+    assert bank.sizes.tolist() == [2, 2]  # noise slots count as entries
+    f1, f2, f3 = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 4.0, 0.0]), torch.tensor([2.0, 2.0, 2.0])
+    ch = torch.tensor([1, 1, 1])
+    # the same image twice still moves on along the ring; a score at the threshold is not written
+    written = bank.update(torch.stack([f1, f2, f3]), ch, torch.tensor([7, 7, 8]), torch.tensor([0.9, 0.9, 0.7]))
+    assert written == 2
+    torch.testing.assert_close(bank.memory[1, 0], 0.5 * noise[1, 0] + 0.5 * f1)
+    torch.testing.assert_close(bank.memory[1, 1], 0.5 * noise[1, 1] + 0.5 * f2)
+    assert bank.heads.tolist() == [0, 0]
+    torch.testing.assert_close(bank.memory[0], noise[0])
+
+
+def test_rm_sum_over_images_by_hand():
+    """Two images, regions (img 0: 2, img 1: 1), no mixing: sum of the per-image means."""
+    bank = RegionMemoryBank(3, 2, capacity=1)
+    with torch.no_grad():
+        bank.memory[:, 0] = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+        bank.sizes.fill_(1)
+    emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    regions = RegionBatch(emb, torch.tensor([0, 1, 2]), torch.tensor([0, 0, 1]))
+    same = torch.arange(3)
+    losses, _ = region_nce(emb, regions.channels, bank.memory[:, 0], torch.arange(3), 0.5)
+    got = region_mixup_loss(regions, bank, 0.5, omega=torch.ones(3), partners=same, reduction="sum_images")
+    assert got.item() == pytest.approx((losses[0] + losses[1]).item() / 2 + losses[2].item(), rel=1e-6)
+    mean = region_mixup_loss(regions, bank, 0.5, omega=torch.ones(3), partners=same)
+    assert mean.item() == pytest.approx(losses.mean().item(), rel=1e-6)
+
+
+def test_official_aggregation_without_prototypes_and_bad_mode():
+    agg = RCAAggregation(4, 3, prototypes_per_class=2, mode="official")
+    f = torch.randn(2, 4, 5, 5)
+    with torch.no_grad():
+        expected = agg.project(torch.cat([f, agg.aggre(torch.zeros_like(f))], dim=1))
+    torch.testing.assert_close(agg.aggregate(f), expected)
+    assert agg(f).shape == (2, 3, 5, 5) and agg.head.in_channels == 4
+    with pytest.raises(ConfigError):
+        RCAAggregation(4, 3, mode="other")
+    with pytest.raises(ConfigError, match="aggregation"):
+        RCAConfig(aggregation="other")

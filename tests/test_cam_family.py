@@ -78,7 +78,8 @@ def toy_batch(b: int = 2, size: int = 64, seed: int = 0) -> dict:
 
 @pytest.mark.parametrize("stride", [16, 8])
 def test_cam_net_shapes_and_modules(stride):
-    cfg = cam_config(f"cam.output_stride={stride}", *PPC_SMALL, "addons.rca.enabled=true")
+    cfg = cam_config(f"cam.output_stride={stride}", *PPC_SMALL, "addons.ppc.formulation=paper",
+                     "addons.rca.enabled=true")
     net = build_cam_net(cfg, K)
     x = torch.rand(2, 3, 64, 64)
     out = net(x)
@@ -94,6 +95,16 @@ def test_cam_net_shapes_and_modules(stride):
     assert not head & {id(p) for p in net.encoder.parameters()}
     assert {id(net.classifier.weight), id(net.projector.conv.weight), id(net.aggregation.head.weight)} <= head
     assert net.inference_cam == "aggregated"  # 'auto' with RCA on
+
+
+def test_official_ppc_projector_keeps_raw_features_behind_dropout():
+    """The official code averages un-normalised ReLU features into prototypes, after Dropout2d(0.5)."""
+    net = build_cam_net(cam_config(*PPC_SMALL), K)
+    assert isinstance(net.projector.dropout, torch.nn.Dropout2d) and net.projector.dropout.p == 0.5
+    net.eval()
+    out = net(torch.rand(2, 3, 64, 64))
+    norms = out.embeddings.norm(dim=1)
+    assert (out.embeddings >= 0).all() and not torch.allclose(norms[norms > 0], torch.tensor(1.0), atol=1e-3)
 
 
 def test_plain_cam_net_has_no_addon_modules():
@@ -157,14 +168,41 @@ def test_each_addon_switch_adds_its_part_and_turns_off():
     assert set(parts) == {"cls"} and torch.equal(total, base_total)
 
 
-def test_ppc_part_matches_the_module_and_flows_only_into_the_projector_and_encoder():
+def test_rca_official_keys_train_a_step():
+    torch.manual_seed(4)
+    cfg = cam_config(*RCA_FILLING, "addons.rca.aggregation=official", "addons.rca.bank_update=official")
+    net = build_cam_net(cfg, K)
+    assert net.aggregation.mode == "official" and net.memory.update_mode == "official"
+    total, parts = _loss(cfg, net, toy_batch())
+    assert torch.isfinite(total) and {"rca_aux", "rca_rm"} <= set(parts)
+    total.backward()
+    assert net.aggregation.project.weight.grad is not None  # q/k/v act once k-means gave prototypes
+    assert id(net.aggregation.q.weight) in {id(p) for p in net.head_parameters()}
+
+
+def test_isl_and_rca_together_scale_the_whole_base_head_loss():
+    """With ISL and RCA on, the base head gets 0.4·[(1−λ)·CE + λ·ISL] (not 0.2·CE + 0.2·ISL)."""
+    torch.manual_seed(1)
+    batch = toy_batch()
+    cfg = cam_config(*RCA_FILLING, "addons.hfpl.isl=true", "addons.hfpl.lam=0.2")
+    net = build_cam_net(cfg, K)
+    total, parts = _loss(cfg, net, batch)
+    base_head = 0.8 * parts["cls"].item() + 0.2 * parts["isl"].item()
+    expected = 0.4 * base_head + parts["rca_aux"].item() + 0.01 * parts["rca_rm"].item()
+    assert total.item() == pytest.approx(expected, rel=1e-6)
+    wrong = 0.2 * parts["cls"].item() + 0.2 * parts["isl"].item() + parts["rca_aux"].item() + 0.01 * parts["rca_rm"].item()
+    assert abs(total.item() - wrong) > 1e-4
+
+
+@pytest.mark.parametrize("formulation", ["paper", "official"])
+def test_ppc_part_matches_the_module_and_flows_only_into_the_projector_and_encoder(formulation):
     torch.manual_seed(2)
-    cfg = cam_config(*PPC_SMALL)
+    cfg = cam_config(*PPC_SMALL, f"addons.ppc.formulation={formulation}")
     net = build_cam_net(cfg, K)
     batch = toy_batch()
     _, parts = _loss(cfg, net, batch)
     torch.manual_seed(0)
-    out, out2 = net(batch["image"], make_ppc_view2(batch["image"], 32))
+    out, out2 = net(batch["image"], make_ppc_view2(batch["image"], 32, official=formulation == "official"))
     expected, _ = ppc_loss(out.embeddings, out.cams, out2.embeddings, out2.cams, batch["labels"],
                            cfg.addons.ppc)
     assert parts["ppc"].item() == pytest.approx(expected.item(), rel=1e-6)

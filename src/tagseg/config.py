@@ -139,6 +139,12 @@ class AugmentConfig:
     hflip_prob: float = 0.5
     vflip_prob: float = 0.5
     transpose_prob: float = 0.5
+    brightness: tuple[float, float] = (1.0, 1.0)
+    # square: the image squashed to data.image_size (tagseg's recipe); resize_long_crop: the long side
+    # resized to a random length in resize_long (bicubic), then a random data.image_size crop, padded
+    # with the ImageNet mean colour where the image is smaller (the official CAM code's recipe)
+    geometry: str = "square"
+    resize_long: tuple[int, int] = (448, 768)
 
 
 @dataclass
@@ -165,6 +171,14 @@ class TrainConfig:
     select: str = "last"
     select_every: int = 1
     select_images: int = 100
+    # optimizer adam: Adam with the warm-up/unfreeze phases (lr_schedule phases); sgd with
+    # lr_schedule poly: the official CAM recipe, every layer trained from the first step, the lr
+    # decayed per step as lr·(1 − t/T)^poly_power, the head at head_lr_mult × lr
+    optimizer: str = "adam"  # adam | sgd
+    momentum: float = 0.9  # SGD only
+    lr_schedule: str = "phases"  # phases | poly
+    poly_power: float = 0.9
+    head_lr_mult: float = 1.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -534,6 +548,25 @@ def validate_config(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"train.batch_size={t.batch_size}: must be >= 1")
     if t.select not in ("last", "best"):
         raise ConfigError(f"train.select={t.select!r}: choose last or best")
+    if t.optimizer not in ("adam", "sgd"):
+        raise ConfigError(f"train.optimizer={t.optimizer!r}: choose adam or sgd")
+    if t.lr_schedule not in ("phases", "poly"):
+        raise ConfigError(f"train.lr_schedule={t.lr_schedule!r}: choose phases or poly")
+    if not t.head_lr_mult > 0 or t.poly_power < 0 or not 0.0 <= t.momentum < 1.0:
+        raise ConfigError(f"train.head_lr_mult={t.head_lr_mult}, train.poly_power={t.poly_power}, "
+                          f"train.momentum={t.momentum}: need head_lr_mult > 0, poly_power >= 0, 0 <= momentum < 1")
+    a = t.augment
+    if a.geometry not in ("square", "resize_long_crop"):
+        raise ConfigError(f"train.augment.geometry={a.geometry!r}: choose square or resize_long_crop")
+    if a.geometry == "resize_long_crop":
+        lo, hi = a.resize_long
+        if not 16 <= lo <= hi <= MAX_SIDE:
+            raise ConfigError(f"train.augment.resize_long={list(a.resize_long)}: need 16 <= low <= high <= {MAX_SIDE}")
+        if m.et_weight > 0:
+            raise ConfigError("train.augment.geometry=resize_long_crop does not provide L_ET's view B: "
+                              "use geometry=square with method.et_weight > 0")
+    if not 0.0 < a.brightness[0] <= a.brightness[1]:
+        raise ConfigError(f"train.augment.brightness={list(a.brightness)}: need 0 < low <= high")
     if t.select_every < 1 or t.select_images < 1:
         raise ConfigError(f"train.select_every={t.select_every}, train.select_images={t.select_images}: must be >= 1")
     check_speed_options(t.precision, t.amp, "train")

@@ -60,6 +60,17 @@ class HFPLConfig:
     block: int = 1024  # map cells per block of the FSL pair sums
     window: Optional[float] = None  # FSL pairs within window·σ cells; None = all pairs (exact)
     fsl_background: bool = True  # FSL over [1 − max_c r_c, r] (the paper's code); false: foreground maps only
+    # official: as the authors' code (arvijj/hfpl train_cam_voc.py, tool/probutils.py), which produced
+    # the published numbers: ISL is multilabel_soft_margin_loss on the sampled *logits*, FSL maps are
+    # min-max normalised and the image is resized with align_corners=True (no antialiasing);
+    # paper: tagseg's earlier reading (clamped BCE on sampled probabilities, max-normalised maps,
+    # antialiased resize).
+    formulation: str = "official"
+    # The paper's setting for Adam-trained baselines, which its code does not contain: ISL and FSL
+    # scaled by 0.1 (isl_weight=0.1, fsl_weight=0.1) and maps smaller than about 56 cells upsampled
+    # (min_map_size=56) before ISL and FSL. Defaults follow the code (1.0, None).
+    isl_weight: float = 1.0
+    min_map_size: Optional[int] = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lam <= 1.0:
@@ -76,6 +87,12 @@ class HFPLConfig:
             raise ConfigError(f"addons.hfpl.block={self.block}: must be > 0")
         if self.window is not None and not self.window > 0:
             raise ConfigError(f"addons.hfpl.window={self.window}: must be > 0 or None")
+        if self.formulation not in ("official", "paper"):
+            raise ConfigError(f"addons.hfpl.formulation={self.formulation!r}: choose official or paper")
+        if self.isl_weight < 0:
+            raise ConfigError(f"addons.hfpl.isl_weight={self.isl_weight}: must be >= 0")
+        if self.min_map_size is not None and self.min_map_size <= 0:
+            raise ConfigError(f"addons.hfpl.min_map_size={self.min_map_size}: must be > 0 or None")
 
 
 def channel_targets(maps: Tensor, labels: Tensor, has_background: bool) -> Tensor:
@@ -125,15 +142,27 @@ def importance_sampling_loss(
     *,
     has_background: bool = False,
     from_logits: bool = True,
+    official: bool = False,
 ) -> Tensor:
-    """ISL: mean BCE of the importance-sampled b values against the image labels.
+    """ISL: mean BCE of the importance-sampled values against the image labels.
 
     b = sigmoid(scores) + 1e-5 (or scores + 1e-5 when ``from_logits=False``); per
-    image and channel, ``n_samples`` positions are drawn ~ b / sum(b). The BCE clamps
-    b to [1e-7, 1 - 1e-7]. Returns a scalar.
+    image and channel, ``n_samples`` positions are drawn ~ b / sum(b). ``official``
+    (needs logits): the BCE is taken on the sampled *logits* (``multilabel_soft_margin_loss``,
+    as the official code; it keeps a gradient at saturation); otherwise on the sampled b,
+    clamped to [1e-7, 1 - 1e-7]. Returns a scalar.
     """
     targets = channel_targets(scores, labels, has_background)
     b = (torch.sigmoid(scores) if from_logits else scores) + SAMPLING_EPS
+    if official:
+        if not from_logits:
+            raise ConfigError("the official ISL samples logits: it needs from_logits=True")
+        n_img, n_ch = scores.shape[:2]
+        weights = b.detach().float().reshape(n_img * n_ch, -1)
+        device = generator.device if generator is not None else weights.device
+        idx = torch.multinomial(weights.to(device), n_samples, replacement=True, generator=generator)
+        sampled = scores.reshape(n_img * n_ch, -1).gather(1, idx.to(scores.device)).view(n_img, n_ch, n_samples)
+        return F.binary_cross_entropy_with_logits(sampled, targets[:, :, None].expand_as(sampled))
     sampled = importance_sample(b, n_samples, generator)
     return _bce(sampled, targets[:, :, None].expand_as(sampled)).mean()
 
@@ -170,45 +199,75 @@ def hfpl_classification_loss(
     has_background: bool = False,
     from_logits: bool = True,
 ) -> Tensor:
-    """L_cls = (1 - lam) * BCE(GAP(scores)) + lam * ISL (scalar)."""
+    """L_cls = (1 - lam) * BCE(GAP(scores)) + lam * isl_weight * ISL (scalar)."""
     gap = gap_bce_loss(scores, labels, has_background=has_background, from_logits=from_logits)
     isl = importance_sampling_loss(
-        scores, labels, cfg.n_samples, generator, has_background=has_background, from_logits=from_logits
+        _at_least(scores, cfg.min_map_size), labels, cfg.n_samples, generator, has_background=has_background,
+        from_logits=from_logits, official=cfg.formulation == "official" and from_logits,
     )
-    return (1.0 - cfg.lam) * gap + cfg.lam * isl
+    return (1.0 - cfg.lam) * gap + cfg.lam * cfg.isl_weight * isl
+
+
+def _at_least(maps: Tensor, size: int | None) -> Tensor:
+    """Maps (B, C, h, w) upsampled bilinearly so that their smaller side is at least ``size``
+    (the HFPL paper's setting for small maps); unchanged when ``size`` is None or already met."""
+    if size is None or min(maps.shape[2:]) >= size:
+        return maps
+    scale = size / min(maps.shape[2:])
+    out = (max(size, round(maps.shape[2] * scale)), max(size, round(maps.shape[3] * scale)))
+    return F.interpolate(maps, size=out, mode="bilinear", align_corners=False)
 
 
 # ----------------------------------------------------------------------------- FSL
 
 
 def fsl_normalised_maps(scores: Tensor, labels: Tensor, *, has_background: bool = False,
-                        background: bool = True) -> Tensor:
+                        background: bool = True, official: bool = False) -> Tensor:
     """r = ReLU(scores) / spatial max (guarded by 1e-5), absent classes zeroed; (B, C, h, w).
 
+    ``official``: min-max normalisation as the official code (``max_norm``):
+    ReLU(ReLU(s) - min - 1e-5) / (max - min + 1e-5), per image and channel.
     With foreground-only maps (``has_background=False``) and ``background``, a background
     channel 1 − max_c r_c is put first, (B, C+1, h, w), as the HFPL paper's code does before FSL;
     ``background=False`` keeps the foreground channels only."""
     targets = channel_targets(scores, labels, has_background)
     r = F.relu(scores)
-    r = r / r.flatten(2).amax(dim=2).clamp_min(1e-5)[:, :, None, None]
+    if official:
+        flat = r.flatten(2)
+        mx = flat.max(dim=-1)[0][:, :, None, None]
+        mn = flat.min(dim=-1)[0][:, :, None, None]
+        r = F.relu(r - mn - 1e-5) / (mx - mn + 1e-5)
+    else:
+        r = r / r.flatten(2).amax(dim=2).clamp_min(1e-5)[:, :, None, None]
     r = r * (targets > 0)[:, :, None, None].to(r.dtype)
     if background and not has_background:
         r = torch.cat([1.0 - r.amax(dim=1, keepdim=True), r], dim=1)
     return r
 
 
-def fsl_image_at_map(image: Tensor, size: tuple[int, int]) -> Tensor:
-    """The image (B, 3, H, W) in [0, 1] resized to the map size (bilinear, antialiased), no gradient."""
+def fsl_image_at_map(image: Tensor, size: tuple[int, int], *, official: bool = False) -> Tensor:
+    """The image (B, 3, H, W) in [0, 1] resized to the map size, no gradient.
+
+    Bilinear and antialiased; ``official``: bilinear with ``align_corners=True`` and no
+    antialiasing, as the official code."""
     if image.dim() != 4 or image.shape[1] != 3:
         raise TagsegError(f"FSL expects images of shape (B, 3, H, W), got {tuple(image.shape)}")
     x = image.detach()
-    if tuple(x.shape[2:]) != tuple(size):
+    if official:
+        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
+    elif tuple(x.shape[2:]) != tuple(size):
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
     return x.clamp(0.0, 1.0)
 
 
-def _colour_term(delta: Tensor, mu: float, eps: float = 1e-6) -> Tensor:
-    """f = tanh(mu + log(delta / (1 - delta))) with delta clamped to [eps, 1 - eps]."""
+def _colour_term(delta: Tensor, mu: float, eps: float = 1e-6, official: bool = False) -> Tensor:
+    """f = tanh(mu + log(delta / (1 - delta))) with delta clamped to [eps, 1 - eps].
+
+    ``official``: delta clamped to [0, 1] and log((delta + 1e-5) / (1 - delta + 1e-5)), as the
+    official code."""
+    if official:
+        delta = delta.clamp(0.0, 1.0)
+        return torch.tanh(mu + torch.log((delta + 1e-5) / (1 - delta + 1e-5)))
     delta = delta.clamp(eps, 1.0 - eps)
     return torch.tanh(mu + torch.log(delta) - torch.log1p(-delta))
 
@@ -236,26 +295,27 @@ def feature_similarity_loss_dense(
     *,
     has_background: bool = False,
     background: bool = True,
+    official: bool = False,
 ) -> Tensor:
     """Reference FSL that materialises all (h*w)^2 pairs; use only on small maps."""
     _check_fsl_args(sigma, mu)
-    r = fsl_normalised_maps(scores, labels, has_background=has_background, background=background)
+    r = fsl_normalised_maps(scores, labels, has_background=has_background, background=background, official=official)
     b, c, h, w = r.shape
     n = h * w
-    x = fsl_image_at_map(image, (h, w)).to(r.dtype).flatten(2).transpose(1, 2)  # (B, n, 3)
+    x = fsl_image_at_map(image, (h, w), official=official).to(r.dtype).flatten(2).transpose(1, 2)  # (B, n, 3)
     rf = r.flatten(2).transpose(1, 2)  # (B, n, C)
     p = _grid_coords(h, w, r.device, r.dtype)
     dist2 = ((p[:, None, :] - p[None, :, :]) ** 2).sum(-1)
     wgt = torch.exp(-dist2 / (2 * sigma**2)) / (2 * math.pi * sigma**2)
     g = 0.5 * ((rf[:, :, None, :] - rf[:, None, :, :]) ** 2).sum(-1)
     delta = (x[:, :, None, :] - x[:, None, :, :]).abs().sum(-1) / 3.0
-    f = _colour_term(delta, mu)
+    f = _colour_term(delta, mu, official=official)
     return (-(wgt[None] * g * f).sum(dim=(1, 2)) / n).mean()
 
 
 @torch.no_grad()
 def _affinity_products(
-    r: Tensor, x: Tensor, sigma: float, mu: float, block: int, radius: float | None
+    r: Tensor, x: Tensor, sigma: float, mu: float, block: int, radius: float | None, official: bool = False
 ) -> tuple[Tensor, Tensor]:
     """d = W 1 (B, n) and m = W r (B, n, C) for W_ij = w_ij f_ij, computed by blocks of map rows.
 
@@ -279,7 +339,7 @@ def _affinity_products(
         if radius is not None:
             wgt = wgt * (dist2 <= radius**2).to(wgt.dtype)
         delta = torch.cdist(xf[:, i0:i1], xf[:, j0:j1], p=1.0) / 3.0  # L1 colour distance / 3
-        big_w = wgt[None] * _colour_term(delta, mu)  # (B, rows*w, cols)
+        big_w = wgt[None] * _colour_term(delta, mu, official=official)  # (B, rows*w, cols)
         d[:, i0:i1] = big_w.sum(-1)
         m[:, i0:i1] = torch.bmm(big_w, rf[:, j0:j1])
     return d, m
@@ -296,12 +356,14 @@ def feature_similarity_loss(
     *,
     has_background: bool = False,
     background: bool = True,
+    official: bool = False,
 ) -> Tensor:
     """FSL computed by blocks of about ``block`` map cells (exact when ``window`` is None).
 
     ``scores`` (B, C, h, w), ``labels`` (B, K), ``image`` (B, 3, H, W) in [0, 1].
     Peak memory is O(B * block * n) instead of O(B * n^2); with ``window`` (in units of
-    sigma) only pairs within ``window * sigma`` cells are counted. Gradient only through g.
+    sigma) only pairs within ``window * sigma`` cells are counted. Gradient only through g. ``official``: the official code's
+    normalisation, resize and colour term (see :func:`fsl_normalised_maps`, :func:`fsl_image_at_map`).
     """
     _check_fsl_args(sigma, mu)
     if block <= 0:
@@ -310,11 +372,11 @@ def feature_similarity_loss(
         raise ConfigError(f"FSL window must be > 0 or None, got {window}")
     if scores.dtype in (torch.float16, torch.bfloat16):
         scores = scores.float()  # the pair sums need at least single precision
-    r = fsl_normalised_maps(scores, labels, has_background=has_background, background=background)
+    r = fsl_normalised_maps(scores, labels, has_background=has_background, background=background, official=official)
     b, c, h, w = r.shape
-    x = fsl_image_at_map(image, (h, w)).to(r.dtype)
+    x = fsl_image_at_map(image, (h, w), official=official).to(r.dtype)
     radius = None if window is None else window * sigma
-    d, m = _affinity_products(r.detach(), x, sigma, mu, block, radius)
+    d, m = _affinity_products(r.detach(), x, sigma, mu, block, radius, official)
     rf = r.flatten(2).transpose(1, 2)  # (B, n, C), carries the gradient
     quad = (d * (rf * rf).sum(-1)).sum(-1)  # sum_i d_i |r_i|^2
     cross = (rf * m).sum(dim=(1, 2))  # sum_i r_i . (W r)_i ; d/dr of r^T W r is 2 W r
@@ -337,8 +399,8 @@ def hfpl_loss(
         scores, labels, cfg, generator, has_background=has_background, from_logits=from_logits
     )
     fsl = feature_similarity_loss(
-        scores, labels, image, cfg.sigma, cfg.mu, cfg.block, cfg.window, has_background=has_background,
-        background=cfg.fsl_background
+        _at_least(scores, cfg.min_map_size), labels, image, cfg.sigma, cfg.mu, cfg.block, cfg.window,
+        has_background=has_background, background=cfg.fsl_background, official=cfg.formulation == "official"
     )
     total = cls + cfg.fsl_weight * fsl
     return total, {"cls": cls.detach(), "fsl": fsl.detach(), "total": total.detach()}
@@ -352,15 +414,21 @@ def _loss_terms(family: str, ctx: LossContext, s: HFPLConfig) -> tuple[dict[str,
     fsl_weight·L_fs. CAM family: ctx.maps are the K−1 raw CAMs; patch family: the K probabilities Z."""
     parts: dict[str, Tensor] = {}
     extra = ctx.base.new_zeros(())
+    official = s.formulation == "official"
+    maps = _at_least(ctx.maps, s.min_map_size)
     if s.isl:
         if family == "cam":
-            parts["isl"] = importance_sampling_loss(ctx.maps, ctx.labels, s.n_samples)
+            parts["isl"] = importance_sampling_loss(maps, ctx.labels, s.n_samples, official=official)
         else:
-            parts["isl"] = ctx.class_loss(importance_pooling(ctx.maps, s.n_samples))
-        extra = extra + s.lam * (parts["isl"] - ctx.base)
+            parts["isl"] = ctx.class_loss(importance_pooling(maps, s.n_samples))
+        replaced = s.lam * (s.isl_weight * parts["isl"] - ctx.base)
+        extra = extra + replaced
+        # the base head's class loss is now (1−λ)·L + λ·ISL: add-ons after this one that scale the
+        # base head's loss (RCA's aux_weight) scale all of it
+        ctx.base = ctx.base + replaced
     if s.fsl:
-        parts["fsl"] = feature_similarity_loss(ctx.maps, ctx.labels, ctx.images, s.sigma, s.mu, s.block, s.window,
-                                               background=s.fsl_background)
+        parts["fsl"] = feature_similarity_loss(maps, ctx.labels, ctx.images, s.sigma, s.mu, s.block, s.window,
+                                               background=s.fsl_background, official=official)
         extra = extra + s.fsl_weight * parts["fsl"]
     return parts, extra
 

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +55,7 @@ from tagseg.addons.registry import Addon, BuildContext, LossContext, register_ad
 from tagseg.errors import ConfigError, TagsegError
 
 _NEGATIVE_SELECTIONS = ("random", "less_hard")
+_FORMULATIONS = ("official", "paper")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,11 @@ class PPCConfig:
     negative_selection: str = "random"  # random | less_hard
     hard_pixel_fraction: float = 0.5
     max_pixels_per_class: Optional[int] = None
+    # official: the authors' code (usr922/wseg contrast_train.py), which produced the published
+    # numbers; paper: tagseg's earlier reading of the paper (present classes only, max-normalised
+    # CAMs, prototypes from pixels labelled with the class, random semi-hard negatives).
+    formulation: str = "official"
+    projector_dropout: Optional[float] = None  # Dropout2d before the projector; None: 0.5 official, 0 paper
 
     def __post_init__(self) -> None:
         if self.proj_dim <= 0:
@@ -98,34 +104,50 @@ class PPCConfig:
         if self.negative_selection not in _NEGATIVE_SELECTIONS:
             raise ConfigError(f"addons.ppc.negative_selection={self.negative_selection!r}: "
                               f"choose {' or '.join(_NEGATIVE_SELECTIONS)}")
+        if self.formulation not in _FORMULATIONS:
+            raise ConfigError(f"addons.ppc.formulation={self.formulation!r}: choose {' or '.join(_FORMULATIONS)}")
+        if self.projector_dropout is not None and not 0.0 <= self.projector_dropout < 1.0:
+            raise ConfigError(f"addons.ppc.projector_dropout={self.projector_dropout}: must be in [0, 1)")
         if self.max_pixels_per_class is not None and self.max_pixels_per_class <= 0:
             raise ConfigError(f"addons.ppc.max_pixels_per_class={self.max_pixels_per_class}: must be > 0 or None")
 
 
 class PPCProjector(nn.Module):
-    """1x1 conv -> ReLU -> per-pixel L2 normalisation.
+    """[Dropout2d] -> 1x1 conv -> ReLU -> [per-pixel L2 normalisation].
 
-    Input (B, in_dim, h, w) features; output (B, dim, h, w) unit vectors (a pixel whose
-    ReLU output is all zero stays the zero vector).
+    Input (B, in_dim, h, w) features; output (B, dim, h, w). With ``normalize`` the output is
+    unit vectors (a pixel whose ReLU output is all zero stays the zero vector); without it the
+    raw ReLU output, as in the official code, whose prototypes average un-normalised features
+    (:func:`ppc_loss` normalises the pixel embeddings itself).
     """
 
-    def __init__(self, in_dim: int, dim: int = 128, bias: bool = False) -> None:
+    def __init__(self, in_dim: int, dim: int = 128, bias: bool = False, *, dropout: float = 0.0,
+                 normalize: bool = True) -> None:
         super().__init__()
         if in_dim <= 0 or dim <= 0:
             raise ConfigError(f"PPCProjector needs positive dimensions, got in_dim={in_dim}, dim={dim}")
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.conv = nn.Conv2d(in_dim, dim, kernel_size=1, bias=bias)
+        self.normalize = normalize
 
     def forward(self, features: Tensor) -> Tensor:
-        return F.normalize(F.relu(self.conv(features)), p=2, dim=1, eps=1e-12)
+        out = F.relu(self.conv(self.dropout(features)))
+        return F.normalize(out, p=2, dim=1, eps=1e-12) if self.normalize else out
 
 
-def make_ppc_view2(images: Tensor, size: int | tuple[int, int] = 128) -> Tensor:
-    """View 2 of PPC: the view-1 images (B, 3, H, W) resized (bilinear, antialiased) to ``size`` px."""
+def make_ppc_view2(images: Tensor, size: int | tuple[int, int] = 128, *, official: bool = False) -> Tensor:
+    """View 2 of PPC: the view-1 images (B, 3, H, W) resized bilinearly to ``size`` px.
+
+    ``official``: ``align_corners=True`` without antialiasing, as the official code; otherwise
+    antialiased with ``align_corners=False``.
+    """
     if images.dim() != 4:
         raise TagsegError(f"make_ppc_view2 expects (B, 3, H, W) images, got shape {tuple(images.shape)}")
     out_size = (size, size) if isinstance(size, int) else tuple(size)
     if min(out_size) <= 0:
         raise ConfigError(f"PPC view-2 size must be positive, got {size}")
+    if official:
+        return F.interpolate(images, size=out_size, mode="bilinear", align_corners=True)
     return F.interpolate(images, size=out_size, mode="bilinear", align_corners=False, antialias=True)
 
 
@@ -331,8 +353,28 @@ def ppc_loss(
     *,
     has_background: bool = False,
     generator: torch.Generator | None = None,
+    pixel_sampler: Optional[Callable[[int, int], Tensor]] = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """PPC loss of two views.
+    """PPC loss of two views in the configured formulation (:func:`ppc_loss_official` or
+    :func:`ppc_loss_paper`); same arguments and returns as those."""
+    if cfg.formulation == "official":
+        return ppc_loss_official(v1, cam1, v2, cam2, labels, cfg, has_background=has_background,
+                                 generator=generator, pixel_sampler=pixel_sampler)
+    return ppc_loss_paper(v1, cam1, v2, cam2, labels, cfg, has_background=has_background, generator=generator)
+
+
+def ppc_loss_paper(
+    v1: Tensor,
+    cam1: Tensor,
+    v2: Tensor,
+    cam2: Tensor,
+    labels: Tensor,
+    cfg: PPCConfig = PPCConfig(),
+    *,
+    has_background: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPC loss of two views, tagseg's reading of the paper (``formulation: paper``).
 
     ``v1`` (B, D, h1, w1) and ``v2`` (B, D, h2, w2) projector outputs (re-normalised
     here), ``cam1`` / ``cam2`` the matching score maps at the same spatial sizes,
@@ -394,6 +436,184 @@ def ppc_loss(
     return total, parts
 
 
+# ----------------------------------------------------------------------------- official
+# The formulation of the official code (usr922/wseg @ e96b961, contrast_train.py 179-392),
+# which produced the paper's numbers. Differences from the paper reading above:
+# (P1) the source view's embeddings and CAMs are resized (bilinear, align_corners=True) to the
+# target view's grid before every term; (P2) all K prototypes are used, absent classes
+# included, and every InfoNCE denominator runs over all of them; (P3) a prototype averages the
+# top h*w/8 pixels of its class's normalised CAM over the whole batch (h, w: one image's grid),
+# whatever their pseudo label; (P4) CAMs are min-max normalised (with the code's exact
+# arithmetic, including the slightly negative value it gives pixels at the minimum) and the
+# background channel is the constant bg_score; (P6) semi-hard mining ranks all K prototypes
+# (the positive's own included), keeps the top 13 and drops the top 3; (P7) hard pixels skip
+# the hardest int(0.6 n) - n//2 (about 10 %) and take the next n//2; n//2 further pixels are
+# drawn at random; a class with a single pixel counts in the mean over classes but adds 0.
+
+PixelSampler = Callable[[int, int], Tensor]
+
+
+def _official_pixel_sampler(generator: torch.Generator | None) -> PixelSampler:
+    def sample(n: int, k: int) -> Tensor:
+        return torch.randperm(n, generator=generator)[:k]
+    return sample
+
+
+@torch.no_grad()
+def ppc_official_scores(cam: Tensor, labels: Tensor, *, has_background: bool, bg_score: float = 0.2) -> Tensor:
+    """Min-max normalised scores (B, K, h, w) as the official code computes them (no gradient).
+
+    ReLU; per image and class, values below min + 1e-5 are set to 0, then
+    (x - min - 1e-5) / (max - min + 1e-5). The background channel is the constant ``bg_score``
+    for foreground-only maps (the official case); maps with background keep their normalised
+    background. Absent classes are *not* zeroed here (prototypes use them); see
+    :func:`ppc_official_pseudo_labels`.
+    """
+    _check_maps("cam", cam, labels, has_background)
+    cam = F.relu(cam.detach().float())
+    if not has_background:
+        cam = torch.cat([torch.zeros_like(cam[:, :1]), cam], dim=1)
+    n, c = cam.shape[:2]
+    flat = cam.reshape(n, c, -1)
+    mx = flat.max(dim=-1)[0].view(n, c, 1, 1)
+    mn = flat.min(dim=-1)[0].view(n, c, 1, 1)
+    cam = cam.masked_fill(cam < mn + 1e-5, 0.0)
+    out = (cam - mn - 1e-5) / (mx - mn + 1e-5)
+    if not has_background:
+        out[:, 0] = bg_score
+    return out
+
+
+def ppc_official_pseudo_labels(scores: Tensor, labels: Tensor) -> Tensor:
+    """(B, h, w) arg-max of the scores times the image labels, background always present (the
+    official label vector starts with a 1; its softmax does not change the arg-max)."""
+    present = labels > 0
+    present[:, 0] = True
+    return (scores * present.to(scores.dtype).view(*labels.shape, 1, 1)).softmax(dim=1).argmax(dim=1)
+
+
+@torch.no_grad()
+def ppc_official_prototypes(v: Tensor, scores: Tensor, top_k: int | None = None) -> Tensor:
+    """All K prototypes (K, D) from one view of the batch, as the official code builds them.
+
+    ``v`` (B, D, h, w) projector outputs (not normalised), ``scores`` (B, K, h, w) from
+    :func:`ppc_official_scores`. Class c: the ``top_k`` (default h*w // 8) largest
+    ``scores[:, c]`` over all of the batch's pixels, p_c = sum(s v) / sum(s), L2-normalised.
+    """
+    b, k, h, w = scores.shape
+    d = v.shape[1]
+    n_top = top_k if top_k is not None else max(1, h * w // 8)
+    fea = v.detach().float().permute(0, 2, 3, 1).reshape(-1, d)
+    vals, idx = torch.topk(scores.transpose(0, 1).reshape(k, -1), k=min(n_top, b * h * w), dim=-1)
+    protos = torch.zeros(k, d, dtype=fea.dtype, device=fea.device)
+    for c in range(k):
+        weights, total = vals[c], vals[c].sum()
+        if total == 0:  # the official code divides by zero here; a plain mean instead
+            weights, total = torch.ones_like(weights), float(weights.numel())
+        protos[c] = torch.sum(weights.unsqueeze(-1) * fea[idx[c]], dim=0) / total
+    return F.normalize(protos, dim=-1)
+
+
+def _official_nce(f: Tensor, y: Tensor, protos: Tensor, t: float) -> Tensor:
+    """Mean over pixels of -log(exp(f.p_y/t) / sum_k exp(f.p_k/t)); f (N, D) unit, protos (K, D)."""
+    pos = torch.sum(f * protos[y], dim=-1) / t
+    return torch.mean(torch.logsumexp(f @ protos.t() / t, dim=-1) - pos)
+
+
+def ppc_official_intra(
+    f: Tensor, y: Tensor, protos: Tensor, cfg: PPCConfig, sampler: PixelSampler, *, drop_hardest: int = 3, n_negatives: int = 10
+) -> Tensor:
+    """Official intra-view loss of one view: f (N, D) unit vectors, y (N,), protos (K, D).
+
+    Negatives: the prototypes ranked ``drop_hardest`` + 1 to ``drop_hardest + n_negatives`` by
+    f.p over all K (the positive's own prototype is not excluded). Per class present in y:
+    ``n // 2`` pixels from ``sampler(n, n // 2)`` and the ``n // 2`` next-to-hardest by
+    (1 + f.p_y) / 2; the loss is the sum of the classes' means over the number of classes.
+    """
+    t = cfg.temperature
+    pos_cos = torch.sum(f * protos[y], dim=-1)
+    similarity = (pos_cos + 1) / 2.0
+    neg_scores = f @ protos.t()
+    with torch.no_grad():
+        k_top = min(drop_hardest + n_negatives, protos.shape[0])
+        chosen = torch.topk(neg_scores, k=k_top, largest=True, dim=-1)[1][:, drop_hardest:]
+    per_pixel = torch.logsumexp(
+        torch.cat([pos_cos.unsqueeze(1), neg_scores.gather(1, chosen)], dim=1) / t, dim=-1) - pos_cos / t
+    total = f.new_zeros(())
+    n_classes = 0
+    for c in torch.unique(y).tolist():
+        n_classes += 1
+        idx = (y == c).nonzero(as_tuple=True)[0]
+        n = idx.numel()
+        if n < 2:
+            continue
+        with torch.no_grad():
+            rand = sampler(n, n // 2).to(idx.device)
+            n_low = int(n * 0.6)
+            lower = torch.topk(similarity[idx], k=n_low, largest=False)[1][n_low - n // 2:]
+        total = total + torch.mean(torch.cat([per_pixel[idx][rand], per_pixel[idx][lower]]))
+    return total / max(n_classes, 1)
+
+
+def ppc_loss_official(
+    v1: Tensor,
+    cam1: Tensor,
+    v2: Tensor,
+    cam2: Tensor,
+    labels: Tensor,
+    cfg: PPCConfig = PPCConfig(),
+    *,
+    has_background: bool = False,
+    generator: torch.Generator | None = None,
+    pixel_sampler: Optional[PixelSampler] = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPC loss of two views as the official code computes it (``formulation: official``).
+
+    ``v1`` (B, D, h1, w1) and ``v2`` (B, D, h2, w2) projector outputs (raw ReLU features;
+    normalised here per pixel), ``cam1`` / ``cam2`` score maps at the matching sizes,
+    ``labels`` (B, K) multi-hot. View 1 and its CAM are first resized (bilinear,
+    align_corners=True) to view 2's grid. ``pixel_sampler(n, k)`` returns the k random pixel
+    indices of hard pixel sampling (default: a permutation from ``generator``). Returns the
+    scalar ``cross_weight * (L_cross_prototype + L_cross_cam) + intra_weight * L_intra``
+    (each the mean of its two directions) and detached unweighted parts. Gradient flows
+    only into ``v1`` and ``v2``.
+    """
+    for name, v, cam in (("view 1", v1, cam1), ("view 2", v2, cam2)):
+        _check_maps(f"cam of {name}", cam, labels, has_background)
+        if v.dim() != 4 or v.shape[0] != cam.shape[0] or v.shape[2:] != cam.shape[2:]:
+            raise TagsegError(
+                f"PPC {name}: embeddings {tuple(v.shape)} and CAM {tuple(cam.shape)} must share "
+                "batch size and spatial size"
+            )
+    if v1.shape[1] != v2.shape[1]:
+        raise TagsegError(f"PPC views have different embedding sizes: {v1.shape[1]} vs {v2.shape[1]}")
+    sampler = pixel_sampler or _official_pixel_sampler(generator)
+    grid = v2.shape[2:]
+    if v1.shape[2:] != grid:
+        v1 = F.interpolate(v1, size=grid, mode="bilinear", align_corners=True)
+        cam1 = F.interpolate(cam1.detach(), size=grid, mode="bilinear", align_corners=True)
+    s1 = ppc_official_scores(cam1, labels, has_background=has_background, bg_score=cfg.bg_score)
+    s2 = ppc_official_scores(cam2, labels, has_background=has_background, bg_score=cfg.bg_score)
+    y1 = ppc_official_pseudo_labels(s1, labels).reshape(-1)
+    y2 = ppc_official_pseudo_labels(s2, labels).reshape(-1)
+    p1 = ppc_official_prototypes(v1, s1)
+    p2 = ppc_official_prototypes(v2, s2)
+    f1 = F.normalize(_flat(v1), dim=-1)
+    f2 = F.normalize(_flat(v2), dim=-1)
+    t = cfg.temperature
+    cross_proto = (_official_nce(f1, y1, p2, t) + _official_nce(f2, y2, p1, t)) / 2
+    cross_cam = (_official_nce(f1, y2, p1, t) + _official_nce(f2, y1, p2, t)) / 2
+    intra = (ppc_official_intra(f1, y1, p1, cfg, sampler) + ppc_official_intra(f2, y2, p2, cfg, sampler)) / 2
+    total = cfg.cross_weight * (cross_proto + cross_cam) + cfg.intra_weight * intra
+    parts = {
+        "cross_prototype": cross_proto.detach(),
+        "cross_cam": cross_cam.detach(),
+        "intra": intra.detach(),
+        "total": total.detach(),
+    }
+    return total, parts
+
+
 # ----------------------------------------------------------------------------- plug-in
 # CAM family: the projector ``projector`` on the backbone features; view 2 runs in the family's
 # forward pass; the CAMs with a constant background give the pseudo labels.
@@ -402,11 +622,14 @@ def ppc_loss(
 
 
 def _attach(family: str, net: nn.Module, s: PPCConfig, ctx: BuildContext) -> None:
-    setattr(net, "projector" if family == "cam" else "ppc_projector", PPCProjector(ctx.feature_dim, s.proj_dim))
+    official = s.formulation == "official"
+    dropout = s.projector_dropout if s.projector_dropout is not None else (0.5 if official else 0.0)
+    setattr(net, "projector" if family == "cam" else "ppc_projector",
+            PPCProjector(ctx.feature_dim, s.proj_dim, dropout=dropout, normalize=not official))
 
 
 def _views(family: str, images: Tensor, s: PPCConfig) -> list[Tensor]:
-    return [make_ppc_view2(images, s.view2_size)] if family == "cam" else []
+    return [make_ppc_view2(images, s.view2_size, official=s.formulation == "official")] if family == "cam" else []
 
 
 def _loss_terms(family: str, ctx: LossContext, s: PPCConfig) -> tuple[dict[str, Tensor], Tensor]:
@@ -415,7 +638,7 @@ def _loss_terms(family: str, ctx: LossContext, s: PPCConfig) -> tuple[dict[str, 
         loss, _ = ppc_loss(out.embeddings.float(), ctx.maps, out2.embeddings.float(), out2.cams.float(),
                            ctx.labels, s)
     else:
-        out2 = ctx.model(make_ppc_view2(ctx.images, s.view2_size))
+        out2 = ctx.model(make_ppc_view2(ctx.images, s.view2_size, official=s.formulation == "official"))
         z2 = out2.logits.float().softmax(dim=-1).permute(0, 3, 1, 2)
         v1 = ctx.core.ppc_projector(ctx.features)
         v2 = ctx.core.ppc_projector(out2.features.permute(0, 3, 1, 2))

@@ -51,6 +51,14 @@ class RCAConfig:
     aux_weight: float = 0.4  # weight of L_CE(GAP(P)), P the intermediate (base) CAM; O (aggregated) has 1
     contrast_weight: float = 0.01  # L_RM
     contrast_start_epoch: int = 1  # 0-based: L_RM off in the first epoch
+    # Where the official code (maeve07/RCA models/rca.py) and tagseg agree with Eq. 11 but tagseg
+    # differed, the code is followed (defaults); the old behaviour stays reachable:
+    rm_reduction: str = "sum_images"  # L_RM summed over images, mean over each image's regions; "mean": over all
+    region_mask: str = "softmax"  # M = 1[softmax_c(P)_c > its mean]; "raw": 1[P_c > mean(P_c)]
+    bank_gate: str = "aggregated"  # regions enter the bank when sigmoid(GAP(O)) > ν; "base": GAP(P)
+    # Where the code departs from the paper, the paper stays the default and the code is a key:
+    bank_update: str = "paper"  # per-image slots, momentum on revisit; "official": noise-initialised FIFO ring
+    aggregation: str = "paper"  # S = softmax(F Q^T), F' = S Q; "official": learned key/value attention, no softmax
 
     def __post_init__(self) -> None:
         if self.capacity <= 0:
@@ -71,6 +79,11 @@ class RCAConfig:
                 raise ConfigError(f"addons.rca.{name}={getattr(self, name)}: must be >= 0")
         if self.contrast_start_epoch < 0:
             raise ConfigError(f"addons.rca.contrast_start_epoch={self.contrast_start_epoch}: must be >= 0")
+        for name, allowed in (("rm_reduction", ("sum_images", "mean")), ("region_mask", ("softmax", "raw")),
+                              ("bank_gate", ("aggregated", "base")), ("bank_update", ("paper", "official")),
+                              ("aggregation", ("paper", "official"))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"addons.rca.{name}={getattr(self, name)!r}: choose {' or '.join(allowed)}")
 
 
 @dataclass(frozen=True)
@@ -82,14 +95,21 @@ class RegionBatch:
     batch_index: Tensor
 
 
-def region_masks(cams: Tensor) -> Tensor:
-    """M = 1[P > mean(P)] per image and channel, (B, C, h, w) float; an empty mask becomes all ones."""
+def region_masks(cams: Tensor, mode: str = "raw") -> Tensor:
+    """M = 1[P > mean(P)] per image and channel, (B, C, h, w) float; an empty mask becomes all ones.
+
+    ``mode="softmax"``: P is first replaced by its softmax over the channels, as the official code."""
+    if mode == "softmax":
+        cams = torch.softmax(cams.detach(), dim=1)
+    elif mode != "raw":
+        raise ConfigError(f"region mask mode {mode!r}: choose softmax or raw")
     mask = (cams > cams.mean(dim=(2, 3), keepdim=True)).to(cams.dtype)
     empty = mask.sum(dim=(2, 3), keepdim=True) == 0
     return torch.where(empty, torch.ones_like(mask), mask).detach()
 
 
-def region_embeddings(features: Tensor, cams: Tensor, labels: Tensor, *, has_background: bool = False) -> RegionBatch:
+def region_embeddings(features: Tensor, cams: Tensor, labels: Tensor, *, has_background: bool = False,
+                      mask_mode: str = "raw") -> RegionBatch:
     """Masked average of ``features`` (B, D, h, w) over each present class's region of ``cams`` (B, C, h, w).
 
     Rows are ordered by image, then channel. Gradient flows into ``features`` (the masks are constants).
@@ -99,7 +119,7 @@ def region_embeddings(features: Tensor, cams: Tensor, labels: Tensor, *, has_bac
         raise TagsegError(
             f"features {tuple(features.shape)} and CAMs {tuple(cams.shape)} must share batch and spatial size"
         )
-    mask = region_masks(cams).to(features.dtype)
+    mask = region_masks(cams, mask_mode).to(features.dtype)
     pooled = torch.einsum("bdhw,bchw->bcd", features, mask) / mask.sum(dim=(2, 3))[:, :, None]
     batch_index, channels = (targets > 0).nonzero(as_tuple=True)
     return RegionBatch(pooled[batch_index, channels], channels, batch_index)
@@ -114,6 +134,11 @@ class RegionMemoryBank(nn.Module):
     is appended, and when the class already holds ``capacity`` regions the oldest
     *inserted* one is evicted (FIFO; momentum updates do not refresh a slot's age).
     Image ids are non-negative integers (e.g. dataset indices). Stored values are detached.
+
+    ``update_mode="official"`` is the official code's bank instead (a departure from the paper):
+    every slot starts as N(0, 1) noise (drawn from ``init_seed``) and counts as an entry; each
+    written region blends into the class's next slot of a ring, ``m <- momentum * m +
+    (1 - momentum) * f``, whatever its image.
     """
 
     def __init__(
@@ -123,8 +148,14 @@ class RegionMemoryBank(nn.Module):
         capacity: int = 500,
         momentum: float = 0.99,
         score_threshold: float = 0.7,
+        update_mode: str = "paper",
+        init_seed: int = 0,
     ) -> None:
         super().__init__()
+        if update_mode not in ("paper", "official"):
+            raise ConfigError(f"memory bank update mode {update_mode!r}: choose paper or official")
+        self.update_mode = update_mode
+        self.init_seed = init_seed
         if num_classes <= 0 or dim <= 0:
             raise ConfigError(f"RegionMemoryBank needs num_classes > 0 and dim > 0, got {num_classes}, {dim}")
         RCAConfig(capacity=capacity, momentum=momentum, score_threshold=score_threshold)  # validates
@@ -137,6 +168,16 @@ class RegionMemoryBank(nn.Module):
         self.register_buffer("keys", torch.full((num_classes, capacity), -1, dtype=torch.long))
         self.register_buffer("sizes", torch.zeros(num_classes, dtype=torch.long))
         self.register_buffer("heads", torch.zeros(num_classes, dtype=torch.long))
+        if update_mode == "official":
+            self._fill_noise()
+
+    @torch.no_grad()
+    def _fill_noise(self) -> None:
+        """Official bank: every slot N(0, 1) noise and counted as an entry."""
+        g = torch.Generator().manual_seed(self.init_seed)
+        noise = torch.randn(self.memory.shape, generator=g, dtype=torch.float32)
+        self.memory.copy_(noise.to(self.memory.dtype))
+        self.sizes.fill_(self.memory.shape[1])
 
     @torch.no_grad()
     def update(self, embeddings: Tensor, channels: Tensor, image_ids: Tensor, scores: Tensor) -> int:
@@ -154,6 +195,8 @@ class RegionMemoryBank(nn.Module):
             )
         if self.released:
             self._allocate(self.capacity)
+            if self.update_mode == "official":
+                self._fill_noise()
         written = 0
         emb = embeddings.detach().to(self.memory.dtype)
         for f, c, key, s in zip(emb, channels.tolist(), image_ids.tolist(), scores.tolist()):
@@ -162,6 +205,12 @@ class RegionMemoryBank(nn.Module):
             if key < 0:
                 raise TagsegError(f"image ids must be non-negative integers, got {key}")
             if not s > self.score_threshold:
+                continue
+            if self.update_mode == "official":
+                slot = int(self.heads[c])
+                self.memory[c, slot] = self.momentum * self.memory[c, slot] + (1.0 - self.momentum) * f
+                self.heads[c] = (slot + 1) % self.capacity
+                written += 1
                 continue
             size = int(self.sizes[c])
             hit = (self.keys[c, :size] == key).nonzero(as_tuple=True)[0]
@@ -257,6 +306,9 @@ def region_mixup_loss(
     omega: Tensor | None = None,
     alpha: float = 8.0,
     generator: torch.Generator | None = None,
+    *,
+    reduction: str = "mean",
+    partners: Tensor | None = None,
 ) -> Tensor:
     """L_RM = mean over regions of omega * NCE(f^, l) + (1 - omega) * NCE(f^, l-).
 
@@ -265,7 +317,13 @@ def region_mixup_loss(
     random bank entry of another class, else no mixing (omega = 1). Regions whose own
     class has no entry in the bank are skipped; 0 when none remains. ``omega`` (N,)
     defaults to Beta(alpha, alpha) draws; ``generator`` drives the partner choice.
+    ``partners`` (N,) row indices into ``regions`` fix the partners instead (a region may be its
+    own partner, as in the official code). ``reduction``: "mean" over regions, or
+    "sum_images": per image the mean over its regions, summed over images (Eq. 11 and the
+    official code).
     """
+    if reduction not in ("mean", "sum_images"):
+        raise ConfigError(f"L_RM reduction {reduction!r}: choose mean or sum_images")
     emb, cls = regions.embeddings, regions.channels
     n = emb.shape[0]
     memory, mem_cls = bank.all_entries()
@@ -279,34 +337,47 @@ def region_mixup_loss(
     in_bank = torch.zeros(bank.num_classes, dtype=torch.bool, device=cls.device)
     in_bank[mem_cls.to(cls.device)] = True
 
-    partners, partner_cls, weights = [], [], []
+    partner_list, partner_cls, weights = [], [], []
     for i in range(n):
         li = int(cls[i])
+        if partners is not None:
+            j = int(partners[i])
+            partner_list.append(emb[j])
+            partner_cls.append(int(cls[j]))
+            weights.append(omega[i])
+            continue
         batch_cand = ((cls != li) & in_bank[cls]).nonzero(as_tuple=True)[0]
         mem_cand = (mem_cls != li).nonzero(as_tuple=True)[0]
         if batch_cand.numel() > 0:
             j = batch_cand[torch.randint(batch_cand.numel(), (1,), generator=generator).item()]
-            partners.append(emb[j])
+            partner_list.append(emb[j])
             partner_cls.append(int(cls[j]))
             weights.append(omega[i])
         elif mem_cand.numel() > 0:
             j = mem_cand[torch.randint(mem_cand.numel(), (1,), generator=generator).item()]
-            partners.append(memory[j].detach().to(emb.dtype))
+            partner_list.append(memory[j].detach().to(emb.dtype))
             partner_cls.append(int(mem_cls[j]))
             weights.append(omega[i])
         else:
-            partners.append(torch.zeros_like(emb[i]))
+            partner_list.append(torch.zeros_like(emb[i]))
             partner_cls.append(li)
             weights.append(torch.ones((), dtype=emb.dtype, device=emb.device))
     w = torch.stack(weights)
-    mixed = w[:, None] * emb + (1.0 - w[:, None]) * torch.stack(partners)
+    mixed = w[:, None] * emb + (1.0 - w[:, None]) * torch.stack(partner_list)
     own, own_ok = region_nce(mixed, cls, memory, mem_cls, temperature)
     other_cls = torch.tensor(partner_cls, dtype=cls.dtype, device=cls.device)
     other, _ = region_nce(mixed, other_cls, memory, mem_cls, temperature)
     per_region = w * own + (1.0 - w) * other
     if not own_ok.any():
         return emb.sum() * 0.0
-    return per_region[own_ok].mean()
+    if reduction == "mean":
+        return per_region[own_ok].mean()
+    total = emb.sum() * 0.0
+    images = regions.batch_index
+    for b in torch.unique(images[own_ok]).tolist():
+        rows = own_ok & (images == b)
+        total = total + per_region[rows].mean()
+    return total
 
 
 @torch.no_grad()
@@ -358,10 +429,18 @@ class RCAAggregation(nn.Module):
     the second CAM P (B, C, h, w) computed by a 1x1 conv on F^ = [F, S Q], with
     S = softmax(F Q^T) over the valid prototypes (dot product, row-wise). With no valid
     prototype (before the first k-means) F' is zero.
+
+    ``mode="official"`` is the official code's aggregation instead (a departure from the paper):
+    F' = aggre((q(F) k(Q)^T) · C / Kp · v(Q)) with learned 1×1 convolutions ``q``, ``aggre`` and
+    linear maps ``k``, ``v`` (no softmax), F^ = project([F, F']) (D channels, a learned 1×1
+    convolution), and the CAM head on F^. With no valid prototype F' is aggre(0).
     """
 
-    def __init__(self, in_dim: int, num_channels: int, prototypes_per_class: int = 10) -> None:
+    def __init__(self, in_dim: int, num_channels: int, prototypes_per_class: int = 10, mode: str = "paper") -> None:
         super().__init__()
+        if mode not in ("paper", "official"):
+            raise ConfigError(f"RCA aggregation mode {mode!r}: choose paper or official")
+        self.mode = mode
         if in_dim <= 0 or num_channels <= 0 or prototypes_per_class <= 0:
             raise ConfigError(
                 "RCAAggregation needs positive sizes, got "
@@ -372,7 +451,13 @@ class RCAAggregation(nn.Module):
         self.prototypes_per_class = prototypes_per_class
         self.register_buffer("prototypes", torch.zeros(num_channels * prototypes_per_class, in_dim))
         self.register_buffer("prototype_valid", torch.zeros(num_channels * prototypes_per_class, dtype=torch.bool))
-        self.head = nn.Conv2d(2 * in_dim, num_channels, kernel_size=1, bias=False)
+        if mode == "official":
+            self.q = nn.Conv2d(in_dim, in_dim, kernel_size=1)
+            self.k = nn.Linear(in_dim, in_dim)
+            self.v = nn.Linear(in_dim, in_dim)
+            self.aggre = nn.Conv2d(in_dim, in_dim, kernel_size=1)
+            self.project = nn.Conv2d(2 * in_dim, in_dim, kernel_size=1)
+        self.head = nn.Conv2d(in_dim if mode == "official" else 2 * in_dim, num_channels, kernel_size=1, bias=False)
 
     @torch.no_grad()
     def update_prototypes(self, bank: RegionMemoryBank, iters: int = 50, seed: int = 0) -> None:
@@ -398,6 +483,8 @@ class RCAAggregation(nn.Module):
         if features.dim() != 4 or features.shape[1] != self.in_dim:
             raise TagsegError(f"RCAAggregation expects (B, {self.in_dim}, h, w) features, got {tuple(features.shape)}")
         b, d, h, w = features.shape
+        if self.mode == "official":
+            return self._aggregate_official(features)
         if not bool(self.prototype_valid.any()):
             return torch.cat([features, torch.zeros_like(features)], dim=1)
         q = self.prototypes[self.prototype_valid].to(features.dtype)  # (P, D)
@@ -405,6 +492,17 @@ class RCAAggregation(nn.Module):
         s = torch.softmax(flat @ q.t(), dim=-1)
         agg = (s @ q).transpose(1, 2).reshape(b, d, h, w)
         return torch.cat([features, agg], dim=1)
+
+    def _aggregate_official(self, features: Tensor) -> Tensor:
+        b, d, h, w = features.shape
+        q = self.prototypes[self.prototype_valid].to(features.dtype).detach()  # (P, D)
+        query = self.q(features).permute(0, 2, 3, 1).reshape(b, h * w, d)
+        if q.shape[0] == 0:
+            agg = torch.zeros_like(features)
+        else:
+            sim = query @ self.k(q).t() / self.prototypes_per_class * self.num_channels
+            agg = (sim @ self.v(q)).permute(0, 2, 1).reshape(b, d, h, w)
+        return self.project(torch.cat([features, self.aggre(agg)], dim=1))
 
     def forward(self, features: Tensor) -> Tensor:
         return self.head(self.aggregate(features))
@@ -452,21 +550,25 @@ def rca_terms(memory: RegionMemoryBank, cams: Tensor, cams_aggregated: Tensor | 
     cams (B, C, h, w) give the regions (C = K−1 foreground maps, or K maps with
     ``has_background``); features (B, D, h, w) are pooled over them; cams_aggregated (B, C, h, w)
     or None (no aggregation head). image_scores (B, C) in [0, 1] decide which regions enter the
-    bank (default sigmoid(GAP(cams))). Returns 'rca_aux' = L_CE(GAP(O)) of the aggregated maps O (absent without an aggregation head) and
+    bank (default sigmoid(GAP(O)) of the aggregated maps with ``bank_gate: aggregated``, else of
+    ``cams``). Returns 'rca_aux' = L_CE(GAP(O)) of the aggregated maps O (absent without an aggregation head) and
     'rca_rm' (0 before ``cfg.contrast_start_epoch``). L_RM is computed against the bank as it was
     before this batch's update.
     """
     terms: dict[str, Tensor] = {}
     if cams_aggregated is not None:
         terms["rca_aux"] = gap_multilabel_loss(cams_aggregated.float(), labels, has_background=has_background)
-    regions = region_embeddings(features.float(), cams.float(), labels, has_background=has_background)
+    regions = region_embeddings(features.float(), cams.float(), labels, has_background=has_background,
+                                mask_mode=cfg.region_mask)
     if epoch >= cfg.contrast_start_epoch:
-        terms["rca_rm"] = region_mixup_loss(regions, memory, cfg.temperature, alpha=cfg.mixup_alpha)
+        terms["rca_rm"] = region_mixup_loss(regions, memory, cfg.temperature, alpha=cfg.mixup_alpha,
+                                            reduction=cfg.rm_reduction)
     else:
         terms["rca_rm"] = features.new_zeros((), dtype=torch.float32)
     with torch.no_grad():
-        if image_scores is None:
-            image_scores = torch.sigmoid(cams.float().mean(dim=(2, 3)))
+        if image_scores is None:  # the bank's gate: sigmoid(GAP(O)) (official) or sigmoid(GAP(P))
+            gate_maps = cams_aggregated if cfg.bank_gate == "aggregated" and cams_aggregated is not None else cams
+            image_scores = torch.sigmoid(gate_maps.float().mean(dim=(2, 3)))
         scores = image_scores[regions.batch_index, regions.channels]
         memory.update(regions.embeddings.detach(), regions.channels,
                       image_ids.to(regions.channels.device)[regions.batch_index], scores)
@@ -486,9 +588,10 @@ def _attach(family: str, net: nn.Module, s: RCAConfig, ctx: BuildContext) -> Non
     prototypes at the end of every epoch; patch family: ``rca_memory`` only. The bank is released
     after the last training epoch (it stays in checkpoints, not in the final model file)."""
     fg = ctx.num_classes - 1
-    memory = RegionMemoryBank(fg, ctx.feature_dim, s.capacity, s.momentum, s.score_threshold)
+    memory = RegionMemoryBank(fg, ctx.feature_dim, s.capacity, s.momentum, s.score_threshold,
+                              update_mode=s.bank_update, init_seed=ctx.seed)
     if family == "cam":
-        net.aggregation = RCAAggregation(ctx.feature_dim, fg, s.prototypes_per_class)
+        net.aggregation = RCAAggregation(ctx.feature_dim, fg, s.prototypes_per_class, mode=s.aggregation)
         net.memory = memory
     else:
         net.rca_memory = memory

@@ -52,7 +52,9 @@ class LossContext:
     probabilities Z; features (B, D, h, w); scores: pooled image scores (B, K) or None;
     output / view_outputs: the network's output for the batch and for the add-on's extra views;
     class_loss: the family's classification loss of image scores (B, K) (patch family: MCE);
-    base: the family's classification loss of this batch (parts 'mce' or 'cls').
+    base: the family's classification loss of this batch (parts 'mce' or 'cls'), as replaced so far
+    by the add-ons before (HFPL's ISL turns it into (1−λ)·L + λ·ISL); an add-on that replaces it
+    updates it, one that scales the base head's loss scales this.
     """
 
     model: nn.Module

@@ -30,8 +30,33 @@ def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+
+
+def resize_long_crop(x: torch.Tensor, lengths: tuple[int, int], size: int, rng: np.random.Generator) -> torch.Tensor:
+    """The official CAM recipe's geometry on (3, H, W) in [0, 1]: the long side resized to a random
+    length in ``lengths`` (inclusive; bicubic, antialiased), then a random ``size`` x ``size`` crop;
+    where the image is smaller it sits at a random place on the ImageNet mean colour."""
+    h, w = x.shape[-2:]
+    target = int(rng.integers(lengths[0], lengths[1] + 1))
+    if w < h:
+        new = (target, max(1, int(round(w * target / h))))
+    else:
+        new = (max(1, int(round(h * target / w))), target)
+    x = F.interpolate(x[None], size=new, mode="bicubic", align_corners=False, antialias=True)[0].clamp(0.0, 1.0)
+    h, w = new
+    out = torch.tensor(IMAGENET_MEAN, dtype=x.dtype).view(3, 1, 1).expand(3, size, size).clone()
+    img_top, cont_top = (int(rng.integers(h - size + 1)), 0) if h > size else (0, int(rng.integers(size - h + 1)))
+    img_left, cont_left = (int(rng.integers(w - size + 1)), 0) if w > size else (0, int(rng.integers(size - w + 1)))
+    ch, cw = min(size, h), min(size, w)
+    out[:, cont_top:cont_top + ch, cont_left:cont_left + cw] = x[:, img_top:img_top + ch, img_left:img_left + cw]
+    return out
+
+
 def colour_jitter(x: torch.Tensor, aug: AugmentConfig, rng: np.random.Generator) -> torch.Tensor:
-    """Contrast, saturation, hue jitter and random grayscale on (3, H, W) in [0, 1]."""
+    """Brightness, contrast, saturation, hue jitter and random grayscale on (3, H, W) in [0, 1]."""
+    if tuple(aug.brightness) != (1.0, 1.0):
+        x = TF.adjust_brightness(x, float(rng.uniform(*aug.brightness)))
     x = TF.adjust_contrast(x, float(rng.uniform(*aug.contrast)))
     x = TF.adjust_saturation(x, float(rng.uniform(*aug.saturation)))
     if aug.hue > 0:
@@ -93,6 +118,12 @@ class TrainingViews(Dataset):
     def __getitem__(self, i: int) -> dict:
         rec = self.index.records[i]
         rng = np.random.default_rng([self.seed, self.epoch, i])
+        if self.aug.geometry == "resize_long_crop":  # jitter and flip before the crop's padding, as the official code
+            image = colour_jitter(image_to_tensor(read_image(rec.image_path)), self.aug, rng)
+            flips = random_flips(self.aug, rng)
+            image = apply_flips(image, *(v > 0.5 for v in flips))
+            return {"image": resize_long_crop(image, self.aug.resize_long, self.size, rng),
+                    "labels": torch.from_numpy(rec.labels), "geom_a": torch.tensor(flips + [0.0] * 4), "index": i}
         base = resize_square(image_to_tensor(read_image(rec.image_path)), self.size)
         flips_a = random_flips(self.aug, rng)
         geom_a = torch.tensor(flips_a + [0.0, 0.0, 0.0, 0.0])

@@ -8,6 +8,7 @@ resume, logging and DDP.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -18,7 +19,8 @@ from tagseg.data.build import build_index
 from tagseg.data.views import TrainingViews
 from tagseg.engine import loop
 from tagseg.engine.distributed import DistInfo, per_process_batch
-from tagseg.engine.schedule import PhaseSchedule
+from tagseg.engine.phases import is_batchnorm
+from tagseg.engine.schedule import PhaseSchedule, PolySchedule, Schedule
 from tagseg.engine.task import SelectFn, Task, loop_options
 from tagseg.engine.threads import loader_workers
 from tagseg.experiment import validate_experiment
@@ -39,6 +41,32 @@ def model_metadata(cfg: ExperimentConfig, class_names: tuple[str, ...], palette:
             "config": config_to_yaml(cfg)}
 
 
+def optimizer_and_schedule(core: torch.nn.Module, cfg: ExperimentConfig, total_steps: int
+                            ) -> tuple[torch.optim.Optimizer, Schedule]:
+    """Adam with the warm-up/unfreeze phases (tagseg's recipe), or SGD with a per-step poly decay
+    from the first step, the head at ``head_lr_mult`` × lr and, with ``model.bn=frozen``, the
+    encoder's BatchNorm fixed (statistics and affine weights; the official CAM recipe).
+    ``total_steps``: optimizer steps of the whole run (poly only)."""
+    t = cfg.train
+    head, enc = core.head_parameters(), list(core.encoder.parameters())
+    if t.optimizer == "adam":
+        optimizer = torch.optim.Adam([{"params": head, "name": "head"}, {"params": enc, "name": "encoder"}],
+                                     lr=t.lr, weight_decay=t.weight_decay)
+    else:
+        optimizer = torch.optim.SGD([{"params": head, "name": "head", "lr_mult": t.head_lr_mult},
+                                     {"params": enc, "name": "encoder"}],
+                                    lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    if t.lr_schedule == "phases":
+        return optimizer, PhaseSchedule(core, t, cfg.model.bn, cfg.model.frozen_dropout)
+    frozen = []
+    if cfg.model.bn == "frozen":
+        frozen = [m for m in core.encoder.modules() if is_batchnorm(m)]
+        for m in frozen:
+            for p in m.parameters(recurse=False):
+                p.requires_grad_(False)
+    return optimizer, PolySchedule(t.lr, total_steps, t.poly_power, frozen)
+
+
 def classifier_task(cfg: ExperimentConfig, select_epoch: Optional[SelectFn] = None
                     ) -> Callable[[DistInfo, torch.device], Task]:
     """The engine task of ``cfg``: its family's network and loss on ``data.train_split``."""
@@ -51,16 +79,15 @@ def classifier_task(cfg: ExperimentConfig, select_epoch: Optional[SelectFn] = No
                                 align_corners=cfg.method.et_align_corners)
         family = get_family(cfg.model.family)
         core = family.build(cfg, index.num_classes).to(device)
-        head, enc = core.head_parameters(), list(core.encoder.parameters())
-        optimizer = torch.optim.Adam([{"params": head, "name": "head"}, {"params": enc, "name": "encoder"}],
-                                     lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         t = cfg.train
+        batch = per_process_batch(t.batch_size, info.world_size)
+        optimizer, schedule = optimizer_and_schedule(core, cfg, math.ceil(len(dataset) / t.batch_size) * t.epochs)
         return Task(model=core, dataset=dataset,
                     loss=lambda model, core, batch, epoch: family.loss(model, core, batch, cfg, epoch),
-                    optimizer=optimizer, schedule=PhaseSchedule(core, t, cfg.model.bn, cfg.model.frozen_dropout),
+                    optimizer=optimizer, schedule=schedule,
                     metadata=lambda: model_metadata(cfg, index.class_names, index.palette),
                     config=to_dict(cfg), config_yaml=config_to_yaml(cfg), epochs=t.epochs,
-                    batch_size=per_process_batch(t.batch_size, info.world_size), num_workers=cfg.data.num_workers,
+                    batch_size=batch, num_workers=cfg.data.num_workers,
                     seed=cfg.seed, resume_may_change=RESUME_MAY_CHANGE, resume_keys=RESUME_KEYS, select_epoch=select_epoch,
                     manifest=ManifestInfo(stage="classify", config=cfg, split=cfg.data.train_split, input=cfg.data.root,
                                           settings={"model": cfg.model, "method": cfg.method, "cam": cfg.cam,
