@@ -13,6 +13,8 @@ affinities from its head and uses radius 5, β = 8, t = 8.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -59,8 +61,10 @@ def sparse_transition(src: torch.Tensor, dst: torch.Tensor, aff: torch.Tensor, n
     col_sum = torch.zeros(n, device=dev, dtype=dtype).index_add_(0, cols, vals)
     vals = vals / col_sum[cols]
     # Tᵀ[j, i] = T[i, j]: Tᵀ's row index is A's column index
-    coo = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, (n, n)).coalesce()
-    return coo.to_sparse_csr()
+    coo = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, (n, n), check_invariants=False).coalesce()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return coo.to_sparse_csr()
 
 
 def random_walk(x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, aff: torch.Tensor,
