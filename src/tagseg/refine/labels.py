@@ -60,8 +60,12 @@ def label_unary_probs(labels: np.ndarray, n_labels: int, gt_prob: float = 0.7) -
 
 
 def _default_crf(params: CRFParams, backend: str) -> CRFFn:
+    """The project's dense CRF. Scores are divided by their per-pixel sum first: PSA feeds the
+    raw [background, scores] to the CRF, and a per-pixel constant added to every label's unary
+    (-log of the sum) leaves mean-field inference unchanged (up to the 1e-5 clip)."""
     def run(image: np.ndarray, probs: np.ndarray) -> np.ndarray:
-        return np.asarray(dense_crf(image, probs, params, backend=backend, present_only=False))
+        probs = probs / np.maximum(probs.sum(0, keepdims=True), 1e-12)
+        return np.asarray(dense_crf(image, probs.astype(np.float32), params, backend=backend, present_only=False))
     return run
 
 

@@ -127,3 +127,18 @@ def pairs_in_grid(height: int, width: int, radius: int,
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty
     return np.concatenate(src), np.concatenate(dst), np.concatenate(oid)
+
+
+def crop_pairs(height: int, width: int, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """AffinityNet's layout of pairs (PSA ``ExtractAffinityLabelInRadius``): the sources of
+    :class:`PathIndex` (S,) and their destinations (P, S) in :func:`search_offsets` order."""
+    _check_radius(radius)
+    margin = radius - 1
+    crop_h, crop_w = height - margin, width - 2 * margin
+    if crop_h < 1 or crop_w < 1:
+        raise ConfigError(f"a {height}x{width} grid is too small for radius {radius}")
+    grid = np.arange(height * width, dtype=np.int64).reshape(height, width)
+    src = grid[:crop_h, margin:margin + crop_w].reshape(-1)
+    dst = np.stack([grid[dy:dy + crop_h, margin + dx:margin + dx + crop_w].reshape(-1)
+                    for dy, dx in search_offsets(radius)])
+    return src, dst
