@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 
 from tagseg.data.prepare.cli import add_prepare_command, cmd_prepare
 from tagseg.errors import TagsegError
+from tagseg.refine.cli import add_refine_command
 from tagseg.report.cli import cmd_report
 from tagseg.segmentation.cli import cmd_predict, cmd_segment_eval, cmd_segment_train
 from tagseg.utils.runlock import run_lock
@@ -208,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_predict)
 
     add_prepare_command(sub)
+    add_refine_command(sub, common, _parse_shard, SHARD_HELP)
     sub.choices["prepare"].set_defaults(handler=cmd_prepare)
     return parser
 

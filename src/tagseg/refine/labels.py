@@ -111,14 +111,19 @@ def psa_background(scores: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def psa_seed_labels(image: np.ndarray, scores: np.ndarray, keys: np.ndarray, low_alpha: float = 4,
-                    high_alpha: float = 32, crf: Optional[CRFFn] = None, backend: str = "torch") -> np.ndarray:
+                    high_alpha: float = 32, crf: Optional[CRFFn] = None, backend: str = "torch",
+                    seed_crf: str = "score", gt_prob: float = 0.7) -> np.ndarray:
     """AffinityNet's training labels: uint8 (H, W), from a low-α (confident foreground) and a
     high-α (confident background) CRF: the low-α class where it is foreground, background where
     the high-α map says background, 255 elsewhere and where no score is above 1e-5.
 
     As PSA (``infer_cls.py`` + ``voc12/data.py``), the CRF runs on the un-normalised
-    concatenation [background, scores]."""
+    concatenation [background, scores]. ``seed_crf='label'`` is the SEAM-family variant (usr922/wseg
+    ``aff_prepare.py``): the argmax of [background, scores] through a label-unary CRF (PSA's
+    kernel parameters, ``gt_prob``); the image's absent classes are left out of that CRF."""
     scores, keys = _check_scores(scores, keys)
+    if seed_crf not in ("score", "label"):
+        raise ConfigError(f"seed_crf={seed_crf!r}: choose score or label")
     all_keys = np.concatenate([[0], keys])
     run = crf or _default_crf(PSA_SCORE_CRF, backend)
     maps, no_score = [], None
@@ -126,6 +131,8 @@ def psa_seed_labels(image: np.ndarray, scores: np.ndarray, keys: np.ndarray, low
         bg_scores = np.concatenate([psa_background(scores, alpha), scores], 0)
         if len(all_keys) == 1:
             refined = np.ones_like(bg_scores)
+        elif seed_crf == "label":
+            refined = run(image, label_unary_probs(np.argmax(bg_scores, 0), len(all_keys), gt_prob))
         else:
             refined = run(image, bg_scores)
         maps.append(all_keys[np.argmax(refined, axis=0)])
