@@ -101,3 +101,19 @@ def test_par_on_a_patch_family_run(tmp_path):
 
 def test_unknown_refine_key_is_refused(cam_run, capsys):
     assert main(["refine", "--run", str(cam_run), "--method", "par", "refine.par.wrong=1"]) == 2
+
+
+def test_eval_scores_refined_masks_and_the_report_shows_them_beside_seed_and_crf(cam_run, tmp_path):
+    assert main(["pseudo", "--run", str(cam_run), "--crf", "torch", "--threads", "1"]) == 0
+    if not (cam_run / "refine" / "par" / "train" / "masks").is_dir():
+        main(["refine", "--run", str(cam_run), "--method", "par", "--threads", "1"])
+    for folder in (cam_run / "pseudo" / "train" / "masks", cam_run / "pseudo" / "train" / "crf" / "masks",
+                   cam_run / "refine" / "par" / "train" / "masks"):
+        assert main(["eval", "--pred", str(folder), "--run", str(cam_run)]) == 0
+    summary = json.loads((cam_run / "refine" / "par" / "train" / "eval.json").read_text())
+    assert summary["images"] == 4 and 0.0 <= summary["miou"] <= 1.0
+    out = tmp_path / "report.html"
+    assert main(["report", str(cam_run), "--out", str(out)]) == 0
+    html = out.read_text()
+    assert "refined (crf)" in html and "refined (par)" in html and "pseudo-mask" in html
+    assert "refine/par/train" in html
