@@ -31,21 +31,34 @@ from tagseg.refine.labels import combine_confident
 NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
-def dilated_neighbours(x: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, 8·len(dilations), H, W): the values of each pixel's neighbours
-    at every dilation, borders replicated."""
-    _, _, h, w = x.shape
-    out = []
+def neighbour_index(height: int, width: int, dilations: Sequence[int], device=None) -> torch.Tensor:
+    """int64 (8·len(dilations), H·W): flat index of each pixel's neighbour at every dilation,
+    clamped to the border (replicate padding)."""
+    ys = torch.arange(height, device=device).view(-1, 1)
+    xs = torch.arange(width, device=device).view(1, -1)
+    rows = []
     for d in dilations:
-        padded = F.pad(x, [d, d, d, d], mode="replicate")
         for dy, dx in NEIGHBOURS:
-            out.append(padded[..., d + dy * d:d + dy * d + h, d + dx * d:d + dx * d + w])
-    return torch.stack(out, dim=2)
+            y = (ys + dy * d).clamp(0, height - 1)
+            x = (xs + dx * d).clamp(0, width - 1)
+            rows.append((y * width + x).reshape(-1))
+    return torch.stack(rows)
 
 
-def par_weights(image: torch.Tensor, dilations: Sequence[int], w1: float = 0.3, w2: float = 0.01) -> torch.Tensor:
+def dilated_neighbours(x: torch.Tensor, dilations: Sequence[int], index: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, 8·len(dilations), H, W): the values of each pixel's neighbours
+    at every dilation, borders replicated. ``index``: :func:`neighbour_index` of that grid."""
+    b, c, h, w = x.shape
+    if index is None:
+        index = neighbour_index(h, w, dilations, x.device)
+    flat = x.reshape(b * c, h * w).index_select(1, index.reshape(-1))
+    return flat.reshape(b, c, index.shape[0], h, w)
+
+
+def par_weights(image: torch.Tensor, dilations: Sequence[int], w1: float = 0.3, w2: float = 0.01,
+                index: torch.Tensor | None = None) -> torch.Tensor:
     """Neighbour weights (B, 1, N, H, W), N = 8·len(dilations), of an image (B, 3, H, W)."""
-    neigh = dilated_neighbours(image, dilations)
+    neigh = dilated_neighbours(image, dilations, index)
     diff = (neigh - image.unsqueeze(2)).abs()
     std = neigh.std(dim=2, keepdim=True)
     colour = (-(diff / (std + 1e-8) / w1) ** 2).mean(dim=1, keepdim=True)
@@ -55,10 +68,20 @@ def par_weights(image: torch.Tensor, dilations: Sequence[int], w1: float = 0.3, 
     return F.softmax(colour, dim=2) + w2 * F.softmax(position, dim=0).view(1, 1, -1, 1, 1)
 
 
+def par_kernel(image: torch.Tensor, dilations: Sequence[int] = (1, 2, 4, 8, 12, 24), w1: float = 0.3,
+               w2: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """(neighbour index, weights) of an image (B, 3, H, W), shared by every PAR run on it."""
+    image = image.float()
+    index = neighbour_index(image.shape[-2], image.shape[-1], dilations, image.device)
+    return index, par_weights(image, dilations, w1, w2, index)
+
+
 def par(image: torch.Tensor, scores: torch.Tensor, dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
-        num_iter: int = 10, w1: float = 0.3, w2: float = 0.01) -> torch.Tensor:
+        num_iter: int = 10, w1: float = 0.3, w2: float = 0.01,
+        kernel: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Refine scores (B, K, h, w) on an image (B, 3, H, W): scores are resized to (H, W)
-    (bilinear, corners aligned), then propagated; returns (B, K, H, W)."""
+    (bilinear, corners aligned), then propagated; returns (B, K, H, W). ``kernel``: the
+    (neighbour index, weights) of :func:`par_kernel` for this image, to reuse them."""
     if image.dim() != 4 or scores.dim() != 4 or image.shape[0] != scores.shape[0]:
         raise ConfigError(f"PAR needs image (B, 3, H, W) and scores (B, K, h, w), got "
                           f"{tuple(image.shape)} and {tuple(scores.shape)}")
@@ -66,19 +89,21 @@ def par(image: torch.Tensor, scores: torch.Tensor, dilations: Sequence[int] = (1
         raise ConfigError(f"PAR dilations must be integers >= 1, got {list(dilations)}")
     image = image.float()
     scores = F.interpolate(scores.float(), size=image.shape[-2:], mode="bilinear", align_corners=True)
-    weights = par_weights(image, dilations, w1, w2)
+    index, weights = kernel if kernel is not None else par_kernel(image, dilations, w1, w2)
     for _ in range(num_iter):
-        scores = (dilated_neighbours(scores, dilations) * weights).sum(2)
+        scores = (dilated_neighbours(scores, dilations, index) * weights).sum(2)
     return scores
 
 
 def par_seed_labels(image: np.ndarray, scores: np.ndarray, keys: np.ndarray, high_thres: float = 0.7,
                     low_thres: float = 0.25, down_scale: int = 2, dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
-                    num_iter: int = 10, w1: float = 0.3, w2: float = 0.01) -> np.ndarray:
+                    num_iter: int = 10, w1: float = 0.3, w2: float = 0.01,
+                    kernel: tuple[torch.Tensor, torch.Tensor] | None = None) -> np.ndarray:
     """PAR on seeds: uint8 (H, W) labels, 0 background, 255 unsure.
 
     image: uint8 (H, W, 3); scores: (C, H, W) foreground scores in [0, 1] of the present classes
-    (any grid, resized bilinearly to the image); keys: (C,) their class ids."""
+    (any grid, resized bilinearly to the image); keys: (C,) their class ids; kernel: the
+    :func:`par_kernel` of the image at 1/down_scale, when already computed."""
     scores_t = torch.as_tensor(np.asarray(scores, dtype=np.float32))
     keys = np.asarray(keys, dtype=np.int64).reshape(-1)
     if scores_t.dim() != 3 or scores_t.shape[0] != len(keys):
@@ -90,11 +115,12 @@ def par_seed_labels(image: np.ndarray, scores: np.ndarray, keys: np.ndarray, hig
     img_small = F.interpolate(img, size=small, mode="bilinear", align_corners=False)
     cams = F.interpolate(scores_t[None], size=(h, w), mode="bilinear", align_corners=False)
     all_keys = np.concatenate([[0], keys])
+    kernel = kernel if kernel is not None else par_kernel(img_small, dilations, w1, w2)
     maps = []
     for thres in (high_thres, low_thres):
         with_bg = torch.cat([torch.full_like(cams[:, :1], thres), cams], 1)
         probs = F.interpolate(with_bg, size=small, mode="bilinear", align_corners=False).softmax(1)
-        refined = par(img_small, probs, dilations, num_iter, w1, w2)
+        refined = par(img_small, probs, dilations, num_iter, w1, w2, kernel)
         refined = F.interpolate(refined, size=(h, w), mode="bilinear", align_corners=False)
         maps.append(all_keys[refined[0].argmax(0).numpy()])
     return combine_confident(*maps)

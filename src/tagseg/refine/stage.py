@@ -29,7 +29,7 @@ from tagseg.data.views import image_to_tensor
 from tagseg.errors import ConfigError
 from tagseg.refine.heads import encoder_pyramid, feature_affinity
 from tagseg.refine.pairs import pairs_in_grid
-from tagseg.refine.par import par, par_seed_labels
+from tagseg.refine.par import par, par_kernel, par_seed_labels
 from tagseg.refine.random_walk import propagate_to_boundary, random_walk, walk_labels
 from tagseg.refine.seeds import Seeds, seeds_of
 from tagseg.runner import ManifestInfo, OutputLayout, RunStats, run_per_image
@@ -44,23 +44,24 @@ def refine_layout(out_dir: str | Path, method: str) -> OutputLayout:
 
 
 def par_masks(image: np.ndarray, seeds: Seeds, cfg: RefineConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(mask, confident) uint8 (H, W) of one image with PAR."""
+    """(mask, confident) uint8 (H, W) of one image with PAR; only background and the image's
+    classes are propagated (the others are 0 in the pseudo stage's probabilities)."""
     p = cfg.par
     h, w = image.shape[:2]
+    if not len(seeds.keys):
+        return np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8)
     small = (max(1, h // p.down_scale), max(1, w // p.down_scale))
     img = image_to_tensor(image)[None] * 255.0
     img_small = F.interpolate(img, size=small, mode="bilinear", align_corners=False)
-    probs = F.interpolate(seeds.probs[None].float(), size=small, mode="bilinear", align_corners=False)
-    refined = par(img_small, probs, p.dilations, p.num_iter, p.w1, p.w2)
+    all_keys = np.concatenate([[0], seeds.keys])
+    probs = F.interpolate(seeds.probs[torch.from_numpy(all_keys)][None].float(), size=small, mode="bilinear",
+                          align_corners=False)
+    kernel = par_kernel(img_small, p.dilations, p.w1, p.w2)
+    refined = par(img_small, probs, p.dilations, p.num_iter, p.w1, p.w2, kernel)
     refined = F.interpolate(refined, size=(h, w), mode="bilinear", align_corners=False)[0]
-    absent = torch.from_numpy(np.setdiff1d(np.arange(1, refined.shape[0]), seeds.keys))
-    refined[absent] = -1.0  # the image's tags bound the classes, as in pseudo
-    mask = refined.argmax(0).numpy().astype(np.uint8)
-    if len(seeds.keys):
-        confident = par_seed_labels(image, seeds.scores, seeds.keys, p.high_thres, p.low_thres, p.down_scale,
-                                    p.dilations, p.num_iter, p.w1, p.w2)
-    else:
-        confident = np.zeros((h, w), np.uint8)
+    mask = all_keys[refined.argmax(0).numpy()].astype(np.uint8)
+    confident = par_seed_labels(image, seeds.scores, seeds.keys, p.high_thres, p.low_thres, p.down_scale,
+                                p.dilations, p.num_iter, p.w1, p.w2, kernel)
     return mask, confident
 
 

@@ -171,6 +171,10 @@ class PairLabelSet(Dataset):
         if crop % stride:
             raise ConfigError(f"crop size {crop} is not a multiple of the grid stride {stride}")
         self.grid = crop // stride
+        if self.grid < 2 * radius - 1:
+            raise ConfigError(f"refine.{layout}.crop_size={crop} gives a {self.grid}x{self.grid} grid at stride "
+                              f"{stride}, too small for pairs within radius {radius}: use at least "
+                              f"{(2 * radius - 1) * stride}")
         if layout == "irn":
             pi = build_path_index(radius, self.grid, self.grid)
             self.src, self.dst = pi.src, pi.dst
