@@ -187,7 +187,7 @@ class IRNConfig:
     crop_size: int = 512
     batch_size: int = 32
     epochs: int = 3
-    lr: float = 0.1  # the branch's layers; IRN gives its first group 1x, the rest 10x
+    lr: float = 0.1  # the boundary branch's (IRN: 1x for the edge layers, 10x only for the displacement branch)
     weight_decay: float = 1e-4
     radius: int = 5  # walk radius (step/make_sem_seg_labels.py)
     beta: float = 10
@@ -209,7 +209,7 @@ class PSAConfig:
     walk_alpha: Optional[float] = None  # background (1 - max)^α before the walk: psa 16, seam/hfpl 6
     beta: Optional[float] = None  # psa 8, seam 8, hfpl 8
     logt: Optional[int] = None  # psa 8, seam 6, hfpl 6
-    lr: Optional[float] = None  # psa 0.1, seam/hfpl 0.01
+    lr: Optional[float] = None  # base lr: psa 0.1, seam/hfpl 0.01; the head (from scratch) trains at 10x
     weight_decay: float = 5e-4
     radius: int = 5
     stride: int = 8  # affinity grid (PSA: 1/8 of the input)

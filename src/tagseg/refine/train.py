@@ -240,7 +240,8 @@ def refine_task(cfg: ExperimentConfig, method: str, encoder_builder, index: Data
         crop, radius, batch, epochs, lr, wd = c.crop_size, c.train_radius, c.batch_size, c.epochs, c.lr, c.weight_decay
     else:
         c = resolve_psa(cfg.refine.psa)
-        crop, radius, batch, epochs, lr, wd = c.crop_size, c.radius, c.batch_size, c.epochs, c.lr, c.weight_decay
+        # PSA trains its from-scratch head layers at 10x the base lr (train_aff.py param groups 2-3)
+        crop, radius, batch, epochs, lr, wd = c.crop_size, c.radius, c.batch_size, c.epochs, 10 * c.lr, c.weight_decay
 
     def build(info: DistInfo, device: torch.device) -> Task:
         core = build_refine_net(method, encoder_builder(), cfg)
