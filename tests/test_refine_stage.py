@@ -117,3 +117,12 @@ def test_eval_scores_refined_masks_and_the_report_shows_them_beside_seed_and_crf
     html = out.read_text()
     assert "refined (crf)" in html and "refined (par)" in html and "pseudo-mask" in html
     assert "refine/par/train" in html
+
+
+def test_par_with_two_worker_processes_equals_serial(cam_run, tmp_path):
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    assert main(["refine", "--run", str(cam_run), "--method", "par", "--threads", "1", "--out", str(serial)]) == 0
+    assert main(["refine", "--run", str(cam_run), "--method", "par", "--threads", "1", "--workers", "2",
+                 "--out", str(parallel)]) == 0
+    a, b = _masks(serial / "masks"), _masks(parallel / "masks")
+    assert len(a) == 4 and a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)

@@ -21,6 +21,8 @@ def add_refine_command(subparsers: argparse._SubParsersAction, common: argparse.
     p.add_argument("--out", help="output folder (default: <run>/refine/<method>/<split>)")
     p.add_argument("--shard", type=shard_type, default=(0, 1), help=shard_help)
     p.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")
+    p.add_argument("--workers", type=int, default=None,
+                   help="CPU processes, each running --threads threads (default: as `tagseg pseudo`)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted training of the irn / psa head")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. refine.irn.beta=8 refine.psa.preset=seam")
@@ -33,7 +35,8 @@ def cmd_refine(args: argparse.Namespace) -> int:
     from tagseg.errors import TagsegError
     from tagseg.inference.loading import load_trained_model
     from tagseg.refine.run import refine_run
-    from tagseg.utils.runtime import apply_threads, device_overrides
+    from tagseg.data.build import build_index
+    from tagseg.utils.runtime import apply_threads, device_overrides, inference_processes
 
     run = Path(args.run)
     if not (run / "config.yaml").is_file():
@@ -42,12 +45,16 @@ def cmd_refine(args: argparse.Namespace) -> int:
     args.shard, launch = resolve_shard(args.shard)
     device = resolve_device(launch_device(launch, cfg.device) if launch.source != "single" else cfg.device,
                             DistInfo())
-    apply_threads(args.threads or None)
     split = args.split or cfg.data.pseudo_split
+    if args.workers is not None and args.workers < 1:
+        raise TagsegError(f"--workers must be >= 1, got {args.workers}")
+    images = len(build_index(cfg.data, split))
+    threads, workers = inference_processes(device.type, images // args.shard[1], args.workers, args.threads)
+    apply_threads(threads)
     model, _, info = load_trained_model(run / "model.safetensors", device)
     stats, masks = refine_run(model, cfg, run, args.method, info["family"], split, device, shard=args.shard,
                               overwrite=args.overwrite, resume=args.resume,
-                              out=Path(args.out) if args.out else None)
+                              out=Path(args.out) if args.out else None, workers=workers, threads=threads)
     print(f"refine {args.method}: {stats.written} written, {stats.skipped} already done, "
           f"{stats.seconds:.1f}s -> {masks}")
     return 0

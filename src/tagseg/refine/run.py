@@ -12,10 +12,9 @@ from torch import nn
 from tagseg.config import ExperimentConfig
 from tagseg.data.build import build_index
 from tagseg.engine import loop
-from tagseg.engine.checkpoint import read_model_file
 from tagseg.errors import ConfigError
 from tagseg.refine.stage import run_refine
-from tagseg.refine.train import build_refine_net, make_seed_labels, refine_task
+from tagseg.refine.train import load_refine_net, make_seed_labels, refine_task
 from tagseg.runner import RunStats
 
 METHODS = ("irn", "psa", "par")
@@ -43,19 +42,12 @@ def train_refine_net(model: nn.Module, cfg: ExperimentConfig, run: Path, method:
                     out, seed=cfg.seed, device=str(device), resume=resume, show_progress=progress)
 
 
-def load_refine_net(model: nn.Module, cfg: ExperimentConfig, path: Path, method: str, device) -> nn.Module:
-    """The trained head (with the run's encoder) from ``path``."""
-    net = build_refine_net(method, copy.deepcopy(model.encoder), cfg)
-    tensors, _ = read_model_file(path)
-    net.load_state_dict(tensors, strict=True)
-    return net.to(device).eval()
-
-
 def refine_run(model: nn.Module, cfg: ExperimentConfig, run: Path, method: str, family: str, split: str,
                device="cpu", shard: tuple[int, int] = (0, 1), overwrite: bool = False, resume: bool = False,
-               progress: bool = True, out: Optional[Path] = None) -> tuple[RunStats, Path]:
+               progress: bool = True, out: Optional[Path] = None, workers: int = 1,
+               threads: Optional[int] = None) -> tuple[RunStats, Path]:
     """Refined masks of ``split``; trains the IRN / PSA head first when its model file is missing."""
-    net = None
+    net, path = None, None
     if method in ("irn", "psa"):
         path = refine_dir(run, method) / "model.safetensors"
         if not path.is_file():
@@ -66,5 +58,6 @@ def refine_run(model: nn.Module, cfg: ExperimentConfig, run: Path, method: str, 
     manifest: dict[str, Any] = {"run": run, "split": split, "config": cfg, "input": cfg.data.root}
     with torch.no_grad():
         stats = run_refine(model, index, out, cfg, method, family, device, net, shard=shard, overwrite=overwrite,
-                           progress=progress, manifest=manifest)
+                           progress=progress, manifest=manifest, workers=workers,
+                           model_path=Path(run) / "model.safetensors", net_path=path, threads=threads)
     return stats, out / "masks"

@@ -32,7 +32,7 @@ from tagseg.refine.pairs import pairs_in_grid
 from tagseg.refine.par import par, par_kernel, par_seed_labels
 from tagseg.refine.random_walk import propagate_to_boundary, random_walk, walk_labels
 from tagseg.refine.seeds import Seeds, seeds_of
-from tagseg.runner import ManifestInfo, OutputLayout, RunStats, run_per_image
+from tagseg.runner import ManifestInfo, OutputLayout, RunStats, WorkerStep, run_per_image
 from tagseg.utils.io import read_image, save_mask_png
 
 
@@ -125,15 +125,38 @@ def refine_step(model: nn.Module, cfg: ExperimentConfig, method: str, family: st
     return step
 
 
+def _worker_step(model_path: str, net_path: Optional[str], cfg: ExperimentConfig, method: str, family: str,
+                 palette: list[int], root: str):
+    from tagseg.inference.loading import load_trained_model
+    from tagseg.refine.train import load_refine_net
+
+    model = load_trained_model(model_path, "cpu")[0]
+    net = load_refine_net(model, cfg, Path(net_path), method, "cpu") if net_path else None
+    return refine_step(model, cfg, method, family, palette, Path(root), "cpu", net)
+
+
 def run_refine(model: nn.Module, index: DatasetIndex, out_dir: str | Path, cfg: ExperimentConfig, method: str,
                family: str, device="cpu", net: Optional[nn.Module] = None, shard: tuple[int, int] = (0, 1),
-               overwrite: bool = False, progress: bool = True, manifest: Optional[dict[str, Any]] = None
-               ) -> RunStats:
-    """Write refined masks for the images of ``index`` (this shard) into ``out_dir``."""
+               overwrite: bool = False, progress: bool = True, manifest: Optional[dict[str, Any]] = None,
+               workers: int = 1, model_path: Optional[Path] = None, net_path: Optional[Path] = None,
+               threads: Optional[int] = None) -> RunStats:
+    """Write refined masks for the images of ``index`` (this shard) into ``out_dir``.
+
+    workers > 1: that many CPU processes, each loading the run's model from ``model_path`` (and
+    the trained head from ``net_path`` for irn / psa) and running ``threads`` threads."""
     out_dir = Path(out_dir)
     settings = {"method": method, "par": cfg.refine.par, "irn": cfg.refine.irn, "psa": resolve_psa(cfg.refine.psa)}
     info = ManifestInfo(stage="refine", settings=settings[method], extra={"family": family, "method": method},
                         **(manifest or {}))
+    worker_step = None
+    if workers > 1:
+        if model_path is None or (method != "par" and net_path is None):
+            raise ConfigError("parallel refinement needs the model file (and the trained head's file)")
+        if torch.device(device).type != "cpu":
+            raise ConfigError("--workers runs CPU processes; on a GPU split the set with --shard instead")
+        worker_step = WorkerStep(_worker_step, (str(model_path), str(net_path) if net_path else None, cfg, method,
+                                                family, index.palette, str(out_dir)))
     step = refine_step(model, cfg, method, family, index.palette, out_dir, device, net)
     return run_per_image(index.require_nonempty().records, step, refine_layout(out_dir, method), shard=shard,
-                         overwrite=overwrite, progress=progress, desc=f"refine {method}", manifest=info)
+                         overwrite=overwrite, progress=progress, desc=f"refine {method}", workers=workers,
+                         worker_step=worker_step, threads=threads, manifest=info)

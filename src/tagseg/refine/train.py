@@ -114,6 +114,18 @@ class AffinityNet(_FrozenEncoderNet):
         return self(image[None])
 
 
+def load_refine_net(model: nn.Module, cfg: ExperimentConfig, path: Path, method: str, device) -> nn.Module:
+    """The trained head of ``method`` (with a copy of the run's encoder ``model.encoder``) from ``path``."""
+    import copy
+
+    from tagseg.engine.checkpoint import read_model_file
+
+    net = build_refine_net(method, copy.deepcopy(model.encoder), cfg)
+    tensors, _ = read_model_file(Path(path))
+    net.load_state_dict(tensors, strict=True)
+    return net.to(device).eval()
+
+
 def build_refine_net(method: str, encoder: nn.Module, cfg: ExperimentConfig) -> nn.Module:
     if method == "irn":
         return BoundaryNet(encoder, cfg.refine.irn.stride)
