@@ -126,3 +126,16 @@ def test_par_with_two_worker_processes_equals_serial(cam_run, tmp_path):
                  "--out", str(parallel)]) == 0
     a, b = _masks(serial / "masks"), _masks(parallel / "masks")
     assert len(a) == 4 and a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_par_and_irn_on_a_folder_dataset(tmp_path):
+    from fixtures import make_folder
+    make_folder(tmp_path / "data", n=4)
+    over = [o for o in TINY_VOC if not o.startswith("data.dataset")]
+    cfg = load_experiment("cam_voc", [f"data.root={tmp_path / 'data'}", "data.dataset=folder", *over])
+    Trainer(cfg, tmp_path / "run", show_progress=False).fit()
+    for method in ("par", "irn"):
+        assert main(["refine", "--run", str(tmp_path / "run"), "--method", method, "--threads", "1",
+                     *SMALL_HEADS]) == 0
+        masks = _masks(tmp_path / "run" / "refine" / method / "train" / "masks")
+        assert len(masks) == 4 and all(m.shape == (32, 32) and m.max() <= 2 for m in masks.values())
