@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--partial-dense-above", type=int, default=10**9,
                     help="for larger grids time only --squarings of the dense squarings and estimate the whole")
     ap.add_argument("--squarings", type=int, default=1)
+    ap.add_argument("--no-dense", action="store_true", help="sparse walk only (its peak memory, unmasked by a dense run)")
     ap.add_argument("--out", default=None, help="markdown file to write (the table is printed anyway)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -98,7 +99,9 @@ def main(argv: list[str] | None = None) -> None:
         sparse_ms = sorted(times)[len(times) // 2] * 1000
         sparse_mb = peak_rss_mb() - base
         row = {"size": size, "sparse_ms": sparse_ms, "sparse_mb": sparse_mb}
-        if size <= args.partial_dense_above:
+        if args.no_dense:
+            pass
+        elif size <= args.partial_dense_above:
             t0 = time.perf_counter()
             dense = run_dense(x, boundary, args.radius, args.beta, args.exp_times)
             row["dense_ms"] = (time.perf_counter() - t0) * 1000
@@ -129,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         diff = f"{r['max_diff']:.2e}" if "max_diff" in r else "–"
         star = " (est.)" if "estimated" in r else ""
-        dense = f"{r['dense_ms']:.0f}{star} | {r['dense_mb']:.0f} | {r['dense_ms'] / r['sparse_ms']:.1f}×{star} | {diff}"
+        dense = (f"{r['dense_ms']:.0f}{star} | {r['dense_mb']:.0f} | {r['dense_ms'] / r['sparse_ms']:.1f}×{star} | {diff}"
+                 if "dense_ms" in r else "not run | | |")
         lines.append(f"| {r['size']}×{r['size']} ({4 * r['size']}) | {r['sparse_ms']:.0f} | {r['sparse_mb']:.0f} | {dense} |")
     for r in rows:
         if "estimated" in r:
