@@ -13,7 +13,12 @@ One CAM-family run (EfficientNet-Lite0, `cam_voc` + the overrides below) is trai
 Every step's result is a JSON file under the work folder; a later call reuses it (``--only`` picks
 steps). The table goes to ``--out``.
 
-    python benchmarks/refine_voc.py --voc DATA --work runs/refine_voc --threads 1 --out benchmarks/results/refine_voc.md
+    python benchmarks/refine_voc.py --voc DATA --work runs/refine_voc --threads 1 --out table.md
+
+The reduced budget of benchmarks/results/refine_voc.md (seeds 1 and 2: ``--seed S --only seed par``)::
+
+    python benchmarks/refine_voc.py --voc DATA --work runs/refine_voc --train-images 200 --images 50 \
+        --head-images 100 --size 160 --epochs 2 --head-epochs 2 --head-batch 8 --irn-crop 192 --psa-crop 192 --threads 1
 """
 
 from __future__ import annotations
