@@ -139,3 +139,19 @@ def test_par_and_irn_on_a_folder_dataset(tmp_path):
                      *SMALL_HEADS]) == 0
         masks = _masks(tmp_path / "run" / "refine" / method / "train" / "masks")
         assert len(masks) == 4 and all(m.shape == (32, 32) and m.max() <= 2 for m in masks.values())
+
+
+def test_seeds_probabilities_equal_the_pseudo_stage(cam_run):
+    import torch
+
+    from tagseg.inference.loading import load_trained_model
+    from tagseg.inference.pseudo import merged_probabilities
+    from tagseg.refine.seeds import seeds_of
+    model, cfg, info = load_trained_model(cam_run / "model.safetensors")
+    image = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
+    labels = np.zeros(21, np.float32)
+    labels[[0, 3, 7]] = 1
+    seeds = seeds_of(model, image, labels, cfg.pseudo, info["family"])
+    assert torch.equal(seeds.probs, merged_probabilities(model, image, labels, cfg.pseudo, "cpu", info["family"]))
+    assert seeds.keys.tolist() == [3, 7] and seeds.scores.shape == (2, 48, 64)
+    assert abs(float(seeds.scores.max()) - 1.0) < 1e-6      # max-normalised CAMs

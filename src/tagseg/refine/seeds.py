@@ -20,6 +20,7 @@ from tagseg.data.views import image_to_tensor
 from tagseg.engine import precision as P
 from tagseg.inference.cam import normalised_cams
 from tagseg.inference.pseudo import merged_probabilities
+from tagseg.methods.cam_objective import cam_probabilities
 
 
 class Seeds(NamedTuple):
@@ -43,12 +44,16 @@ def seeds_of(model: nn.Module, image: np.ndarray, labels: np.ndarray, cfg: Pseud
     """The seeds of one image uint8 (H, W, 3) with multi-hot ``labels`` (K,): the CAM family's
     max-normalised CAMs, or the patch family's merged class probabilities, of the present classes."""
     keys = present_keys(labels)
-    probs = merged_probabilities(model, image, labels, cfg, device, family)
-    if family == "cam":
-        dev = torch.device(device)
-        with P.autocast(P.resolve_precision(cfg.precision, dev, section="pseudo"), dev):
-            cams = normalised_cams(model, image_to_tensor(image).to(dev), labels, cfg)
-        scores = cams.float().cpu()[keys - 1] if len(keys) else cams.new_zeros((0,) + cams.shape[1:]).cpu()
-    else:
-        scores = probs[keys]
-    return Seeds(scores.numpy().astype(np.float32), keys, probs)
+    if family != "cam":
+        probs = merged_probabilities(model, image, labels, cfg, device, family)
+        return Seeds(probs[keys].numpy().astype(np.float32), keys, probs)
+    # the CAM family's probabilities are its normalised CAMs plus a constant background
+    # (inference.cam.cam_merged_probabilities): one forward pass gives both
+    dev = torch.device(device)
+    if cfg.channels_last:
+        P.channels_last(model)
+    with P.autocast(P.resolve_precision(cfg.precision, dev, section="pseudo"), dev):
+        cams = normalised_cams(model, image_to_tensor(image).to(dev), labels, cfg)
+        probs = cam_probabilities(cams, cfg.bg_threshold)
+    cams, probs = cams.float().cpu(), probs.float().cpu()
+    return Seeds(cams[keys - 1].numpy().astype(np.float32), keys, probs)
