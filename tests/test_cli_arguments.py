@@ -69,6 +69,13 @@ def test_predict_overrides_and_images_anywhere(tmp_path):
     assert args.overrides == ["inference.flip=true", "inference.scales=[1.0]"]
 
 
+def test_refine_overrides_anywhere():
+    args = parse_args(["refine", "refine.irn.beta=8", "--run", "R", "--method", "irn", "pseudo.flip=true",
+                       "--shard", "0/2", "refine.psa.preset=seam"])
+    assert (args.run, args.method, args.shard) == ("R", "irn", (0, 2))
+    assert args.overrides == ["refine.irn.beta=8", "pseudo.flip=true", "refine.psa.preset=seam"]
+
+
 def test_prepare_coco_mask_settings_anywhere():
     args = parse_args(["prepare", "coco", "crowd=background", "--out", "o", "overlap=order", "--workers", "1",
                        "images=copy"])
@@ -113,6 +120,6 @@ def test_every_verb_is_covered_here():
         return found
 
     tested = {"demo", "train", "pseudo", "eval", "configs", "report", "segment train", "segment eval", "predict",
-              "prepare voc", "prepare coco"}
+              "prepare voc", "prepare coco", "refine"}
     missing = verbs(build_parser()) - tested
     assert not missing, f"add an argument-order test to tests/test_cli_arguments.py for: {sorted(missing)}"

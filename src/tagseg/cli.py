@@ -1,11 +1,13 @@
 """The ``tagseg`` command line: one parser, one subcommand per verb.
 
-Verbs: demo, train, pseudo, eval, configs, report, segment train|eval, predict, prepare voc|coco. Every verb takes
+Verbs: demo, train, pseudo, refine, eval, configs, report, segment train|eval, predict, prepare voc|coco.
+Every verb takes
 ``key=value`` overrides (the configuration keys of its stage), ``--threads N`` (CPU threads per
 process; default: the machine's cores divided by the processes the verb runs) and ``--device``
 (report: ``--threads`` only, it runs no network). Overrides may stand anywhere among a verb's
-options (:func:`parse_args`). The handlers of the segmentation, report and prepare verbs live
-beside their stage (``segmentation/cli.py``, ``report/cli.py``, ``data/prepare/cli.py``) and are
+options (:func:`parse_args`). The handlers of the refine, segmentation, report and prepare verbs live
+beside their stage (``refine/cli.py``, ``segmentation/cli.py``, ``report/cli.py``,
+``data/prepare/cli.py``) and are
 imported only when their verb runs (:func:`_lazy`), so ``--help`` loads neither torch nor numpy;
 the parser, which declares every verb, is here (:func:`build_parser`).
 """
@@ -27,6 +29,7 @@ from tagseg import __version__
 from tagseg.config import CRF_CHOICES
 from tagseg.data.prepare.cli import add_prepare_command
 from tagseg.errors import TagsegError
+from tagseg.refine.cli import add_refine_command
 from tagseg.utils.runlock import run_lock
 from tagseg.utils.runtime import apply_threads, device_overrides, inference_processes, world_size
 from tagseg.utils.safe_paths import check_path_text, refuse_links_out
@@ -244,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_lazy("tagseg.segmentation.cli:cmd_predict"))
 
     add_prepare_command(sub)
+    add_refine_command(sub, common, _parse_shard, SHARD_HELP)
     sub.choices["prepare"].set_defaults(handler=_lazy("tagseg.data.prepare.cli:cmd_prepare"))
     return parser
 
