@@ -58,6 +58,7 @@ def run_overrides(args: argparse.Namespace, masks_dir: str) -> list[str]:
         f"inference.scales=[{','.join(str(s) for s in args.scales)}]", f"inference.flip={str(args.flip).lower()}",
         "inference.crf=none", f"device={args.device}",
         f"model.aspp_rates=[{','.join(str(r) for r in aspp_rates(args))}]",
+        f"train.freeze_backbone_bn={str(args.freeze_bn).lower()}",
     ]
 
 
@@ -137,7 +138,7 @@ def report_markdown(cmd: str, args: argparse.Namespace, pseudo_quality: dict, a:
         f"- model: {args.head}, `tf_efficientnet_lite0` with ImageNet weights (`model.weights=lite`), output stride 16, "
         f"ASPP rates {list(aspp_rates(args))}.",
         f"- training: {args.epochs} epochs, batch {args.batch}, SGD momentum 0.9, weight decay 1e-4, lr {args.lr} "
-        f"(head ×10), poly 0.9; random scale 0.5–1.5, {args.crop}-px crops, horizontal flip.",
+        f"(head ×10), poly 0.9, backbone BatchNorm {'fixed' if args.freeze_bn else 'training'}; random scale 0.5–1.5, {args.crop}-px crops, horizontal flip.",
         f"- inference: scales {list(args.scales)}, flip {'on' if args.flip else 'off'}, no CRF.",
         f"- pseudo-masks: `{args.pseudo}`; their own mIoU on the {pseudo_quality['images']} training images: "
         f"{pct(pseudo_quality['miou'])}.", "",
@@ -174,6 +175,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--aspp-rates", type=int, nargs="*", default=[],
                    help="ASPP dilation rates (default: the head's 513-px rates scaled to --crop)")
+    p.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=False,
+                   help="keep the backbone's BatchNorm statistics and affine parameters fixed (default: off, "
+                        "they train)")
     p.add_argument("--gt-only", action="store_true", help="train and score only (b), on the ground truth")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)
