@@ -75,3 +75,12 @@ def test_the_voc_benchmark_recipe_trains_every_tap(crop):
     rates = tuple(cfg.model.aspp_rates) or default_rates(cfg.model.head, cfg.model.output_stride)
     assert unreached_rates(rates, cfg.augment.crop_size, cfg.model.output_stride) == []
     assert dilated_taps_without_gradient(small_net(rates), cfg.augment.crop_size) == []
+
+
+def test_the_shipped_cpu_config_trains_every_tap():
+    cfg = load_segment_config("segment_voc_cpu")
+    assert (cfg.model.encoder, cfg.model.weights, cfg.train.freeze_backbone_bn) == ("tf_efficientnet_lite0", "lite", False)
+    rates = tuple(cfg.model.aspp_rates)
+    assert rates == rates_for_crop(cfg.model.head, cfg.model.output_stride, cfg.augment.crop_size)
+    assert unreached_rates(rates, cfg.augment.crop_size, cfg.model.output_stride) == []
+    assert dilated_taps_without_gradient(small_net(rates), cfg.augment.crop_size) == []
