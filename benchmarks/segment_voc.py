@@ -51,7 +51,7 @@ def run_overrides(args: argparse.Namespace, masks_dir: str) -> list[str]:
         f"segment.masks_dir={masks_dir}",
         f"model.head={args.head}", "model.encoder=tf_efficientnet_lite0", "model.weights=lite",
         "model.pretrained=false", "model.output_stride=16",
-        f"train.epochs={args.epochs}", f"train.batch_size={args.batch}", "train.optimizer=sgd",
+        f"train.epochs={args.epochs}", f"train.batch_size={args.batch}", f"train.optimizer={args.optimizer}",
         f"train.lr={args.lr}", "train.head_lr_mult=10", "train.momentum=0.9", "train.weight_decay=1e-4",
         "train.poly_power=0.9", f"seed={args.seed}",
         "augment.scale_range=[0.5,1.5]", f"augment.crop_size={args.crop}", "augment.hflip_prob=0.5",
@@ -137,7 +137,7 @@ def report_markdown(cmd: str, args: argparse.Namespace, pseudo_quality: dict, a:
         f"for training, `val` ({a['val_images']} images) for scoring; one run each, seed {args.seed}.",
         f"- model: {args.head}, `tf_efficientnet_lite0` with ImageNet weights (`model.weights=lite`), output stride 16, "
         f"ASPP rates {list(aspp_rates(args))}.",
-        f"- training: {args.epochs} epochs, batch {args.batch}, SGD momentum 0.9, weight decay 1e-4, lr {args.lr} "
+        f"- training: {args.epochs} epochs, batch {args.batch}, {'SGD momentum 0.9' if args.optimizer == 'sgd' else 'AdamW'}, weight decay 1e-4, lr {args.lr} "
         f"(head ×10), poly 0.9, backbone BatchNorm {'fixed' if args.freeze_bn else 'training'}; random scale 0.5–1.5, {args.crop}-px crops, horizontal flip.",
         f"- inference: scales {list(args.scales)}, flip {'on' if args.flip else 'off'}, no CRF.",
         f"- pseudo-masks: `{args.pseudo}`; their own mIoU on the {pseudo_quality['images']} training images: "
@@ -169,6 +169,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--head", choices=("deeplabv2", "deeplabv3plus"), default="deeplabv3plus")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
     p.add_argument("--lr", type=float, default=0.007)
     p.add_argument("--crop", type=int, default=321)
     p.add_argument("--scales", type=float, nargs="+", default=[1.0])
