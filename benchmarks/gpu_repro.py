@@ -24,6 +24,10 @@ interrupted run continues. The table goes to ``<work>/results.md`` with every co
 **Refinement step**: the ``tagseg refine`` verb does not exist in this version; the row says so
 and DeepLab trains on the dense-CRF masks instead. Add the verb's call in :func:`refine_step`.
 
+DeepLab follows the ``segment_voc_cpu`` recipe (AdamW 2e-4, head ×10, backbone BatchNorm
+training, ASPP rates scaled to the crop) at 321-px crops. The 10-minute budget on one H100 has not
+been timed yet: the first GPU run should report its step times and trim epochs if needed.
+
 ``--tiny`` shrinks every setting to a smoke test (a few images, one epoch, small sizes) for CPUs.
 """
 
@@ -114,8 +118,8 @@ def segment_overrides(data: Path, masks: str, s: dict, device: str) -> list[str]
             f"data.max_images={s['max_images']}", f"data.num_workers={s['workers']}", f"device={device}",
             f"segment.masks_dir={masks}", "model.head=deeplabv3plus", "model.encoder=tf_efficientnet_lite0",
             "model.weights=lite", "model.pretrained=false", "model.output_stride=16", f"model.aspp_rates=[{rates}]",
-            f"train.epochs={s['seg_epochs']}", f"train.batch_size={s['seg_batch']}", "train.optimizer=sgd",
-            "train.lr=0.007", "train.head_lr_mult=10", "train.weight_decay=1e-4", f"augment.crop_size={s['crop']}",
+            f"train.epochs={s['seg_epochs']}", f"train.batch_size={s['seg_batch']}", "train.optimizer=adamw",
+            "train.lr=2e-4", "train.head_lr_mult=10", "train.weight_decay=1e-4", "train.freeze_backbone_bn=false", f"augment.crop_size={s['crop']}",
             "inference.scales=[1.0]", "inference.flip=true", "inference.crf=none"]
 
 
