@@ -39,6 +39,7 @@ from tagseg.evaluation.scorer import Scorer
 from tagseg.segmentation.config import load_segment_config
 from tagseg.segmentation.evaluate import evaluate_segmenter
 from tagseg.segmentation.inference import load_segmenter
+from tagseg.segmentation.models import rates_for_crop
 from tagseg.segmentation.trainer import SegmentationTrainer
 from tagseg.engine.checkpoint import list_checkpoints
 from tagseg.utils.io import read_mask, write_json, write_text
@@ -51,13 +52,22 @@ def run_overrides(args: argparse.Namespace, masks_dir: str) -> list[str]:
         f"segment.masks_dir={masks_dir}",
         f"model.head={args.head}", "model.encoder=tf_efficientnet_lite0", "model.weights=lite",
         "model.pretrained=false", "model.output_stride=16",
-        f"train.epochs={args.epochs}", f"train.batch_size={args.batch}", "train.optimizer=sgd",
+        f"train.epochs={args.epochs}", f"train.batch_size={args.batch}", f"train.optimizer={args.optimizer}",
         f"train.lr={args.lr}", "train.head_lr_mult=10", "train.momentum=0.9", "train.weight_decay=1e-4",
         "train.poly_power=0.9", f"seed={args.seed}",
         "augment.scale_range=[0.5,1.5]", f"augment.crop_size={args.crop}", "augment.hflip_prob=0.5",
         f"inference.scales=[{','.join(str(s) for s in args.scales)}]", f"inference.flip={str(args.flip).lower()}",
         "inference.crf=none", f"device={args.device}",
+        f"model.aspp_rates=[{','.join(str(r) for r in aspp_rates(args))}]",
+        f"train.freeze_backbone_bn={str(args.freeze_bn).lower()}",
     ]
+
+
+def aspp_rates(args: argparse.Namespace) -> tuple[int, ...]:
+    """--aspp-rates, or the head's rates scaled to the crop (every tap sees image in training)."""
+    if args.aspp_rates:
+        return tuple(args.aspp_rates)
+    return rates_for_crop(args.head, 16, args.crop)
 
 
 def run_one(name: str, masks_dir: str, args: argparse.Namespace) -> dict:
@@ -125,9 +135,10 @@ def report_markdown(cmd: str, args: argparse.Namespace, pseudo_quality: dict, a:
         "## Settings", "",
         f"- data: VOC subset `train_aug` ({'all' if not args.train_images else f'first {args.train_images}'} images) "
         f"for training, `val` ({a['val_images']} images) for scoring; one run each, seed {args.seed}.",
-        f"- model: {args.head}, `tf_efficientnet_lite0` with ImageNet weights (`model.weights=lite`), output stride 16.",
-        f"- training: {args.epochs} epochs, batch {args.batch}, SGD momentum 0.9, weight decay 1e-4, lr {args.lr} "
-        f"(head ×10), poly 0.9; random scale 0.5–1.5, {args.crop}-px crops, horizontal flip.",
+        f"- model: {args.head}, `tf_efficientnet_lite0` with ImageNet weights (`model.weights=lite`), output stride 16, "
+        f"ASPP rates {list(aspp_rates(args))}.",
+        f"- training: {args.epochs} epochs, batch {args.batch}, {'SGD momentum 0.9' if args.optimizer == 'sgd' else 'AdamW'}, weight decay 1e-4, lr {args.lr} "
+        f"(head ×10), poly 0.9, backbone BatchNorm {'fixed' if args.freeze_bn else 'training'}; random scale 0.5–1.5, {args.crop}-px crops, horizontal flip.",
         f"- inference: scales {list(args.scales)}, flip {'on' if args.flip else 'off'}, no CRF.",
         f"- pseudo-masks: `{args.pseudo}`; their own mIoU on the {pseudo_quality['images']} training images: "
         f"{pct(pseudo_quality['miou'])}.", "",
@@ -147,10 +158,10 @@ def report_markdown(cmd: str, args: argparse.Namespace, pseudo_quality: dict, a:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--voc", type=Path, default=Path(os.environ.get("TAGSEG_VOC_ROOT", "../shared/data/voc12-subset")))
-    p.add_argument("--pseudo", type=Path, required=True, help="folder of <id>.png pseudo-masks of the train_aug images")
+    p.add_argument("--pseudo", type=Path, help="folder of <id>.png pseudo-masks of the train_aug images")
     p.add_argument("--work", type=Path, default=Path("runs/segment_voc_bench"))
     p.add_argument("--results", type=Path, default=Path("benchmarks/results/segment_voc.md"))
     p.add_argument("--train-images", type=int, default=0, help="first N train_aug images (0 = all)")
@@ -158,18 +169,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--head", choices=("deeplabv2", "deeplabv3plus"), default="deeplabv3plus")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=0.007)
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw",
+                   help="default: AdamW at --lr 2e-4, the segment_voc_cpu recipe (the earlier runs: sgd, 0.007)")
+    p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--crop", type=int, default=321)
     p.add_argument("--scales", type=float, nargs="+", default=[1.0])
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--aspp-rates", type=int, nargs="*", default=[],
+                   help="ASPP dilation rates (default: the head's 513-px rates scaled to --crop)")
+    p.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=False,
+                   help="keep the backbone's BatchNorm statistics and affine parameters fixed (default: off, "
+                        "they train)")
+    p.add_argument("--gt-only", action="store_true", help="train and score only (b), on the ground truth")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--progress", action="store_true", help="show progress bars")
     args = p.parse_args(argv)
+    if args.pseudo is None and not args.gt_only:
+        p.error("--pseudo is required unless --gt-only")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.time()
+    if args.gt_only:
+        b = run_one("gt", "gt", args)
+        print(f"(b) ground truth: val mIoU {pct(b['miou'])} on {b['val_images']} images "
+              f"({b['train_seconds'] / 60:.1f} min training); record: {args.work / 'gt' / 'benchmark.json'}")
+        return 0
     cfg = load_segment_config("segment_voc", run_overrides(args, str(args.pseudo)))
     train_index = build_index(cfg.data, "train_aug")
     pseudo_dir = args.pseudo / "masks" if (args.pseudo / "masks").is_dir() and not any(args.pseudo.glob("*.png")) \

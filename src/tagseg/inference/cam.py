@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tagseg.config import PseudoConfig
-from tagseg.inference.multiscale import Forward, multiscale_maps
+from tagseg.inference.multiscale import Forward, multiscale_maps, multiscale_maps_batch
 from tagseg.methods.cam_objective import cam_probabilities, normalise_cams
 
 PATCH = 16
@@ -35,6 +35,16 @@ def cam_maps(model: nn.Module, image: torch.Tensor, size: int, scales: Sequence[
     upsampled (bilinear) to H×W and the maps are summed."""
     return multiscale_maps(cam_forward(model), image, scales, flip, "square", tuple(image.shape[-2:]),
                            base_size=size, snap=PATCH, average=False)
+
+
+@torch.no_grad()
+def cam_maps_batch(model: nn.Module, images: Sequence[torch.Tensor], size: int, scales: Sequence[float] = (1.0,),
+                   flip: bool = False) -> list[torch.Tensor]:
+    """:func:`cam_maps` of several images (3, H_i, W_i): per scale all images and their mirrors
+    in one forward (their inputs are all ``size·scale`` squares). Returns (K−1, H_i, W_i) each."""
+    return multiscale_maps_batch(cam_forward(model), images, scales, flip, "square",
+                                 [tuple(im.shape[-2:]) for im in images], base_size=size, snap=PATCH,
+                                 average=False)
 
 
 @torch.no_grad()

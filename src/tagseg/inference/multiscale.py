@@ -81,3 +81,40 @@ def multiscale_maps(forward: Forward, image: torch.Tensor, scales: Sequence[floa
         acc = part if acc is None else acc + part
         n += batch.shape[0]
     return acc / n if average else acc
+
+
+@torch.no_grad()
+def multiscale_maps_batch(forward: Forward, images: Sequence[torch.Tensor], scales: Sequence[float] = (1.0,),
+                          flip: bool = False, resize_policy: ResizePolicy = "aspect",
+                          out_sizes: Optional[Sequence[tuple[int, int]]] = None, base_size: Optional[int] = None,
+                          snap: int = 16, average: bool = True, align_corners: bool = False) -> list[torch.Tensor]:
+    """:func:`multiscale_maps` of several images, batched: per scale, every image whose input has
+    the same size (all of them under 'square') goes through ``forward`` in one batch together with
+    its mirror. images: (3, H_i, W_i) float in [0, 1] on the model's device; out_sizes: one
+    (h, w) per image (default: its own H_i × W_i). Returns one (C, *out_size_i) map per image,
+    equal to ``multiscale_maps`` of that image up to the network's batch-size rounding."""
+    if out_sizes is None:
+        out_sizes = [tuple(im.shape[-2:]) for im in images]
+    out_sizes = [tuple(s) for s in out_sizes]
+    if len(out_sizes) != len(images):
+        raise ValueError(f"{len(out_sizes)} output sizes for {len(images)} images")
+    acc: list[Optional[torch.Tensor]] = [None] * len(images)
+    per_image = 2 if flip else 1
+    for s in scales:
+        inputs = [scaled_input(im, s, resize_policy, base_size, snap, align_corners) for im in images]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, x in enumerate(inputs):
+            groups.setdefault(tuple(x.shape[-2:]), []).append(i)
+        for members in groups.values():
+            xs = torch.cat([inputs[i] for i in members])
+            batch = torch.cat([xs, xs.flip(-1)]) if flip else xs
+            maps = forward(batch)
+            n = len(members)
+            for j, i in enumerate(members):
+                m = torch.stack([maps[j], maps[n + j].flip(-1)]) if flip else maps[j:j + 1]
+                if tuple(m.shape[-2:]) != out_sizes[i]:
+                    m = F.interpolate(m, size=out_sizes[i], mode="bilinear", align_corners=align_corners)
+                part = m.sum(0)
+                acc[i] = part if acc[i] is None else acc[i] + part
+    n_views = per_image * len(scales)
+    return [a / n_views if average else a for a in acc]  # type: ignore[operator]

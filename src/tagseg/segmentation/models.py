@@ -40,6 +40,24 @@ def default_rates(head: str, output_stride: int) -> tuple[int, ...]:
     return tuple(r * (16 // output_stride) for r in V3PLUS_RATES)
 
 
+def rates_for_crop(head: str, output_stride: int, crop_size: int, reference_crop: int = 513) -> tuple[int, ...]:
+    """The head's default rates scaled to a training crop: round(r · crop / 513), at least 1
+    (the rates were chosen for 513-px crops; at 160 px and stride 16: (2, 4, 6))."""
+    return tuple(max(1, int(round(r * crop_size / reference_crop))) for r in default_rates(head, output_stride))
+
+
+def unreached_rates(rates: Sequence[int], crop_size: int, output_stride: int) -> list[int]:
+    """The dilation rates whose off-centre taps fall outside a ``crop_size``-px training crop's
+    feature map (ceil(crop/stride) cells a side) at every position.
+
+    Such a branch is a 1×1 convolution in training (its other 8 taps read zero padding and keep
+    their initial weights), but reads image content with those untrained weights at inference on
+    larger images: a train/test mismatch.
+    """
+    cells = -(-crop_size // output_stride)
+    return [r for r in rates if r >= cells]
+
+
 class SegmentationBackbone(nn.Module):
     """images (B, 3, H, W) in [0, 1] -> (high (B, C, H/os, W/os), low (B, C_low, H/4, W/4) or None).
 

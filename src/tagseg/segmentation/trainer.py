@@ -9,6 +9,7 @@ configuration), logging and DDP.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -26,7 +27,7 @@ from tagseg.engine.task import SelectFn, Task, loop_options
 from tagseg.segmentation.config import SegmentExperimentConfig, SegTrainConfig
 from tagseg.segmentation.data import SegmentationTrainSet, choose_mask_folder, resolve_mask_paths
 from tagseg.segmentation.inference import model_metadata
-from tagseg.segmentation.models import SegmentationNet, build_segmenter
+from tagseg.segmentation.models import SegmentationNet, build_segmenter, default_rates, unreached_rates
 from tagseg.runner import ManifestInfo
 from tagseg.segmentation.selection import segmentation_selection_hook
 
@@ -84,6 +85,12 @@ def segmentation_task(cfg: SegmentExperimentConfig, select_epoch: Optional[Selec
         if info.is_main:
             print(f"training masks: {folder} ({kind}; segment.mask_kind={cfg.segment.mask_kind})")
         core = build_segmenter(cfg.model, index.num_classes, cfg.augment.crop_size)
+        rates = tuple(cfg.model.aspp_rates) or default_rates(cfg.model.head, cfg.model.output_stride)
+        dead = unreached_rates(rates, cfg.augment.crop_size, core.size_divisor)
+        if dead and info.is_main:
+            print(f"warning: ASPP rates {dead} of {list(rates)} reach beyond the {cfg.augment.crop_size}-px crop's "
+                  f"feature map: those branches train as 1×1 convolutions and read image content only at "
+                  f"inference; scale model.aspp_rates with the crop (e.g. ×crop/513)", file=sys.stderr)
         pad_value = core.backbone.mean.flatten().tolist()
         dataset = SegmentationTrainSet(index, masks, cfg.augment, pad_value=pad_value, seed=cfg.seed)
         if info.enabled and device.type == "cuda":
