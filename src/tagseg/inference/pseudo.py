@@ -22,7 +22,8 @@ from tagseg.inference.patch import patch_merged_probabilities
 
 MergedProbs = Callable[[nn.Module, torch.Tensor, np.ndarray, PseudoConfig], torch.Tensor]
 
-MERGED_PROBS: dict[str, MergedProbs] = {"patch": patch_merged_probabilities, "cam": cam_merged_probabilities}
+MERGED_PROBS: dict[str, MergedProbs] = {"patch": patch_merged_probabilities, "cam": cam_merged_probabilities,
+                                          "seam": cam_merged_probabilities}
 """family name -> (model, image float (3, H, W) in [0, 1], labels (K,), cfg) -> (K, H, W)."""
 
 
