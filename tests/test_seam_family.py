@@ -161,3 +161,24 @@ def test_seam_resume_is_exact(voc, tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert np.isfinite(a["pcm.proj.weight"].numpy()).all()
+
+
+def test_seam_run_refined_by_psa_with_the_seam_preset(voc, tmp_path):
+    """SEAM + AffinityNet, the published pipeline: `tagseg refine` on a SEAM run (its seeds are the
+    PCM-revised maps), PSA with the SEAM preset of the shipped config."""
+    from PIL import Image
+
+    from tagseg.cli import main
+
+    cfg = seam_config(root=voc)
+    assert cfg.refine.method == "psa" and cfg.refine.psa.preset == "seam"
+    run = tmp_path / "run"
+    Trainer(cfg, run, show_progress=False).fit()
+    heads = ["refine.psa.crop_size=64", "refine.psa.batch_size=2", "refine.psa.epochs=1", "refine.psa.radius=3"]
+    assert main(["refine", "--run", str(run), "--method", "psa", "--threads", "1", *heads]) == 0
+    masks = sorted((run / "refine" / "psa" / "train" / "masks").glob("*.png"))
+    assert len(masks) == 4
+    index = build_index(cfg.data, "train")
+    tags = {rec.id: set(np.flatnonzero(rec.labels > 0.5).tolist()) for rec in index.records}
+    for p in masks:
+        assert set(np.unique(np.asarray(Image.open(p))).tolist()) <= tags[p.stem]

@@ -58,3 +58,26 @@ def test_the_run_records_which_masks_it_trained_on(tmp_path, capsys, kind, expec
     assert meta["training_masks_kind"] == expected
     assert meta["training_masks"] == str(pseudo / ("crf/masks" if expected == "crf" else "masks"))
     assert f"({expected}; segment.mask_kind={kind})" in capsys.readouterr().out
+
+
+def test_refined_masks_come_first(tmp_path):
+    run = tmp_path / "run"
+    plain = run / "pseudo" / "train" / "masks"
+    crf = run / "pseudo" / "train" / "crf" / "masks"
+    plain.mkdir(parents=True)
+    crf.mkdir(parents=True)
+    with pytest.raises(DataError, match="no refined masks"):
+        choose_mask_folder(str(plain), "refine")
+    par = run / "refine" / "par" / "train" / "masks"
+    par.mkdir(parents=True)
+    assert choose_mask_folder(str(plain)) == (str(par), "refined-par")
+    irn = run / "refine" / "irn" / "train" / "masks"
+    irn.mkdir(parents=True)
+    (run / "refine" / "psa" / "train" / "masks").mkdir(parents=True)
+    assert choose_mask_folder(str(plain)) == (str(irn), "refined-irn")          # IRN, then PSA, then PAR
+    assert choose_mask_folder(str(plain), "refine") == (str(irn), "refined-irn")
+    assert choose_mask_folder(str(plain), "crf") == (str(crf), "crf")
+    assert choose_mask_folder(str(plain), "plain") == (str(plain), "plain")
+    assert choose_mask_folder(str(par)) == (str(par), "refined-par")               # named directly
+    # another split's refined masks are not used
+    assert choose_mask_folder(str(run / "pseudo" / "val")) == (str(run / "pseudo" / "val"), "plain")

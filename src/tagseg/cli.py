@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 
 from tagseg.data.prepare.cli import add_prepare_command, cmd_prepare
 from tagseg.errors import TagsegError
+from tagseg.refine.cli import add_refine_command
 from tagseg.report.cli import cmd_report
 from tagseg.segmentation.cli import cmd_predict, cmd_segment_eval, cmd_segment_train
 from tagseg.utils.runlock import run_lock
@@ -208,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_predict)
 
     add_prepare_command(sub)
+    add_refine_command(sub, common, _parse_shard, SHARD_HELP)
     sub.choices["prepare"].set_defaults(handler=cmd_prepare)
     return parser
 
@@ -282,10 +284,12 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
     threads, workers = inference_processes(device.type, len(index) // args.shard[1], args.workers, args.threads)
     apply_threads(threads)
     model, _, info = load_trained_model(run / "model.safetensors", device)
-    with torch.no_grad(), run_lock(out, shard=args.shard):
+    with torch.no_grad():  # the runner holds the folder's (shard's) lock
         stats = generate_pseudo_masks(model, index, out, cfg.pseudo, device, shard=args.shard,
                                       overwrite=args.overwrite, family=info["family"], workers=workers,
-                                      model_path=run / "model.safetensors", threads=threads)
+                                      model_path=run / "model.safetensors", threads=threads,
+                                      manifest={"run": run, "split": split, "config": cfg,
+                                                "input": cfg.data.root})
     rate = f", {stats.written / stats.seconds:.2f} img/s" if stats.written and stats.seconds > 0 else ""
     print(f"pseudo-masks: {stats.written} written, {stats.skipped} already done, "
           f"{stats.seconds:.1f}s{rate} ({workers} process{'es' if workers > 1 else ''} × {threads} "

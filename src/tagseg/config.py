@@ -6,6 +6,7 @@ Shipped experiments live in ``tagseg/configs/<name>.yaml`` and are referred to b
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
@@ -173,6 +174,126 @@ class CAMConfig:
     inference_cam: str = "auto"  # auto (RCA on: aggregated head, else base) | base | aggregated
 
 
+# --- refinement stage (docs/REFINE.md): seeds -> refined pseudo-masks -------------------------
+
+@dataclass
+class PARConfig:
+    """Pixel-adaptive refinement, training-free (ToCo ``model/PAR.py``, ``scripts/dist_train_voc_seg_neg.py``)."""
+
+    dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 12, 24])
+    num_iter: int = 10
+    w1: float = 0.3  # colour-affinity temperature
+    w2: float = 0.01  # weight of the position term
+    high_thres: float = 0.7  # background score deciding foreground (ToCo VOC; COCO 0.65)
+    low_thres: float = 0.25  # background score deciding background
+    down_scale: int = 2  # PAR runs at 1/down_scale of the image
+
+
+@dataclass
+class IRNConfig:
+    """IRN's class-boundary branch and random walk (jiwoon-ahn/irn ``run_sample.py`` defaults)."""
+
+    fg_thres: float = 0.30  # conf_fg_thres: background score for the confident-foreground map
+    bg_thres: float = 0.05  # conf_bg_thres: background score for the confident-background map
+    label_gt_prob: float = 0.7  # label-unary CRF (misc/imutils.crf_inference_label)
+    stride: int = 4  # boundary map and walk grid, in input pixels
+    train_radius: int = 10  # pair radius in training (step/train_irn.py)
+    crop_size: int = 512
+    batch_size: int = 32
+    epochs: int = 3
+    lr: float = 0.1  # the boundary branch's (IRN: 1x for the edge layers, 10x only for the displacement branch)
+    weight_decay: float = 1e-4
+    radius: int = 5  # walk radius (step/make_sem_seg_labels.py)
+    beta: float = 10
+    exp_times: int = 8
+    bg_thres_walk: float = 0.25  # sem_seg_bg_thres
+    flip: bool = True  # boundary averaged with the flipped image's (EdgeDisplacement)
+
+
+@dataclass
+class PSAConfig:
+    """AffinityNet (jiwoon-ahn/psa) with selectable defaults: ``preset: psa`` (PSA's
+    ``infer_cls.py``/``train_aff.py``/``infer_aff.py``), ``seam`` (usr922/wseg ``aff_*``: label-unary
+    CRF, α 4/24) or ``hfpl`` (arvijj/hfpl: score CRF, α 1/24). Keys left null take the preset's value."""
+
+    preset: str = "psa"  # psa | seam | hfpl
+    low_alpha: Optional[float] = None  # psa 4, seam 4, hfpl 1
+    high_alpha: Optional[float] = None  # psa 32, seam 24, hfpl 24
+    seed_crf: Optional[str] = None  # score (PSA, HFPL) | label (wseg aff_prepare.py)
+    walk_alpha: Optional[float] = None  # background (1 - max)^α before the walk: psa 16, seam/hfpl 6
+    beta: Optional[float] = None  # psa 8, seam 8, hfpl 8
+    logt: Optional[int] = None  # psa 8, seam 6, hfpl 6
+    lr: Optional[float] = None  # base lr: psa 0.1, seam/hfpl 0.01; the head (from scratch) trains at 10x
+    weight_decay: float = 5e-4
+    radius: int = 5
+    stride: int = 8  # affinity grid (PSA: 1/8 of the input)
+    crop_size: int = 448
+    batch_size: int = 8
+    epochs: int = 8
+
+
+PSA_PRESETS: dict[str, dict[str, Any]] = {
+    "psa": {"low_alpha": 4.0, "high_alpha": 32.0, "seed_crf": "score", "walk_alpha": 16.0, "beta": 8.0,
+            "logt": 8, "lr": 0.1},
+    "seam": {"low_alpha": 4.0, "high_alpha": 24.0, "seed_crf": "label", "walk_alpha": 6.0, "beta": 8.0,
+             "logt": 6, "lr": 0.01},
+    "hfpl": {"low_alpha": 1.0, "high_alpha": 24.0, "seed_crf": "score", "walk_alpha": 6.0, "beta": 8.0,
+             "logt": 6, "lr": 0.01},
+}
+REFINE_METHODS = ("irn", "psa", "par")
+
+
+@dataclass
+class RefineConfig:
+    """The refinement stage between pseudo and segment (docs/REFINE.md)."""
+
+    method: str = "irn"  # irn | psa | par
+    crf: str = "torch"  # backend of the seed-label CRFs: torch | pydensecrf
+    par: PARConfig = field(default_factory=PARConfig)
+    irn: IRNConfig = field(default_factory=IRNConfig)
+    psa: PSAConfig = field(default_factory=PSAConfig)
+
+
+def resolve_psa(cfg: PSAConfig) -> PSAConfig:
+    """A copy of ``cfg`` with every null key filled from its preset."""
+    if cfg.preset not in PSA_PRESETS:
+        raise ConfigError(f"refine.psa.preset={cfg.preset!r}: choose one of {', '.join(PSA_PRESETS)}")
+    values = {k: (getattr(cfg, k) if getattr(cfg, k) is not None else v) for k, v in PSA_PRESETS[cfg.preset].items()}
+    return dataclasses.replace(cfg, **values)
+
+
+def validate_refine(cfg: RefineConfig) -> None:
+    """Out-of-range refinement settings, naming the key."""
+    if cfg.method not in REFINE_METHODS:
+        raise ConfigError(f"refine.method={cfg.method!r}: choose irn, psa or par")
+    if cfg.crf not in ("torch", "pydensecrf"):
+        raise ConfigError(f"refine.crf={cfg.crf!r}: choose torch or pydensecrf")
+    p = cfg.par
+    if not p.dilations or any(d < 1 for d in p.dilations):
+        raise ConfigError(f"refine.par.dilations={p.dilations}: integers >= 1, at least one")
+    if p.num_iter < 0 or p.down_scale < 1:
+        raise ConfigError("refine.par.num_iter must be >= 0 and refine.par.down_scale >= 1")
+    if not 0 <= p.low_thres <= p.high_thres:
+        raise ConfigError(f"refine.par: need 0 <= low_thres ({p.low_thres}) <= high_thres ({p.high_thres})")
+    i = cfg.irn
+    if not 0 <= i.bg_thres <= i.fg_thres:
+        raise ConfigError(f"refine.irn: need 0 <= bg_thres ({i.bg_thres}) <= fg_thres ({i.fg_thres})")
+    if not 0 < i.label_gt_prob < 1:
+        raise ConfigError(f"refine.irn.label_gt_prob={i.label_gt_prob}: must be in (0, 1)")
+    for key in ("radius", "train_radius"):
+        if getattr(i, key) < 2:
+            raise ConfigError(f"refine.irn.{key}={getattr(i, key)}: must be >= 2")
+    if not 0 <= i.exp_times <= 16:
+        raise ConfigError(f"refine.irn.exp_times={i.exp_times}: must be in 0..16")
+    s = resolve_psa(cfg.psa)
+    if s.seed_crf not in ("score", "label"):
+        raise ConfigError(f"refine.psa.seed_crf={s.seed_crf!r}: choose score or label")
+    if not 0 <= s.low_alpha <= s.high_alpha:
+        raise ConfigError(f"refine.psa: need 0 <= low_alpha ({s.low_alpha}) <= high_alpha ({s.high_alpha})")
+    if s.radius < 2 or not 0 <= s.logt <= 16:
+        raise ConfigError("refine.psa.radius must be >= 2 and refine.psa.logt in 0..16")
+
+
 @dataclass
 class SEAMConfig:
     """model.family=seam (SEAM, CVPR 2020; defaults from YudeWang/SEAM train_SEAM.py and
@@ -196,6 +317,7 @@ class ExperimentConfig:
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     cam: CAMConfig = field(default_factory=CAMConfig)
     seam: SEAMConfig = field(default_factory=SEAMConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
     # add-on sections by name (addons.ppc, addons.hfpl, addons.rca, ...): free-form here, turned into
     # each add-on's own settings (and checked key by key) by tagseg.addons.registry.resolve_addons
     addons: dict[str, Any] = field(default_factory=dict)
@@ -463,6 +585,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"train.select_every={t.select_every}, train.select_images={t.select_images}: must be >= 1")
     check_speed_options(t.precision, t.amp, "train")
     check_speed_options(cfg.pseudo.precision, True, "pseudo")
+    validate_refine(cfg.refine)
     if cfg.pseudo.image_size % 16:
         raise ConfigError(f"pseudo.image_size={cfg.pseudo.image_size}: must be a multiple of 16")
     if cfg.pseudo.crf not in ("none", "torch", "pydensecrf"):

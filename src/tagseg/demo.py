@@ -47,7 +47,9 @@ def run_demo(out: Path, overrides: Sequence[str] = (), threads: Optional[int] = 
     index = build_index(cfg.data, cfg.data.pseudo_split)
     pred_dir = out / "pseudo" / cfg.data.pseudo_split
     with torch.no_grad():
-        generate_pseudo_masks(model, index, pred_dir, cfg.pseudo, device, progress=progress, overwrite=True)
+        generate_pseudo_masks(model, index, pred_dir, cfg.pseudo, device, progress=progress, overwrite=True,
+                              manifest={"run": out, "split": cfg.data.pseudo_split, "config": cfg,
+                                        "input": cfg.data.root})
     print("[4/4] scoring")
     summary = evaluate_folder(pred_dir / "masks", index, progress=progress)
     baselines = chance_baselines(index, seed=cfg.seed)

@@ -7,6 +7,7 @@ an error, so a report can be written for a run at any stage. Layout read here::
     RUN/history.jsonl                    one JSON object per epoch
     RUN/pseudo/<split>/masks/            pseudo-masks
     RUN/pseudo/<split>/<name>/masks/     refined pseudo-masks (e.g. crf/)
+    RUN/refine/<method>/<split>/masks/   masks of the refine stage (irn, psa, par)
     RUN/predictions/<split>/masks/       a segmentation network's outputs (and <name>/masks/); a
                                          <split>/ folder holding the <id>.png files directly counts too
     <mask folder>/../eval.json           metrics of that mask folder (any other eval.json is kept too;
@@ -32,6 +33,7 @@ from tagseg.utils.safe_paths import check_id
 STAGE_FOLDERS = ("pseudo", "predictions")
 STAGE_LABELS = {"pseudo": "pseudo-mask", "predictions": "segmentation output"}
 SKIP_FOLDERS = {"checkpoints", "tb", "data"}
+REFINE_FOLDER = "refine"  # RUN/refine/<method>/<split>/masks: shown beside the seed and CRF masks
 
 
 @dataclass
@@ -145,7 +147,17 @@ def find_mask_sources(run_dir: Path, split: str) -> list[MaskSource]:
             if (child / "masks").is_dir():
                 label = f"refined ({child.name})" if stage == "pseudo" else f"{STAGE_LABELS[stage]} ({child.name})"
                 sources.append(MaskSource(f"{stage}/{split}/{child.name}", label, child / "masks"))
+        if stage == "pseudo":
+            sources.extend(_refine_sources(run_dir, split))
     return sources
+
+
+def _refine_sources(run_dir: Path, split: str) -> list[MaskSource]:
+    base = run_dir / REFINE_FOLDER
+    if not base.is_dir():
+        return []
+    return [MaskSource(f"{REFINE_FOLDER}/{m.name}/{split}", f"refined ({m.name})", m / split / "masks")
+            for m in sorted(p for p in base.iterdir() if p.is_dir()) if (m / split / "masks").is_dir()]
 
 
 def find_splits(run_dir: Path) -> list[str]:
@@ -155,6 +167,9 @@ def find_splits(run_dir: Path) -> list[str]:
         base = run_dir / stage
         if base.is_dir():
             found.update(d.name for d in base.iterdir() if d.is_dir() and find_mask_sources(run_dir, d.name))
+    refine = run_dir / REFINE_FOLDER
+    if refine.is_dir():
+        found.update(s.parent.name for s in refine.glob("*/*/masks") if s.is_dir())
     return sorted(found)
 
 
@@ -173,6 +188,8 @@ def _split_of(rel_parts: tuple[str, ...], summary: dict) -> Optional[str]:
     """From the path (pseudo/<split>/...), else the summary's 'split', else its dataset name 'voc:<split>'."""
     if len(rel_parts) >= 2 and rel_parts[0] in STAGE_FOLDERS:
         return rel_parts[1]
+    if len(rel_parts) >= 3 and rel_parts[0] == REFINE_FOLDER:
+        return rel_parts[2]
     if isinstance(summary.get("split"), str):
         return summary["split"]
     dataset = summary.get("dataset")

@@ -29,8 +29,9 @@ class SegmentSourceConfig:
     """
 
     masks_dir: str = ""
-    # auto: the CRF-refined pseudo-masks (<pseudo>/crf/masks, as the papers train DeepLab) when they
-    # exist beside masks_dir, else the plain ones | crf: refined, error when absent | plain: masks_dir as given
+    # auto: the best masks of masks_dir's run and split that exist: refined by `tagseg refine`
+    # (<run>/refine/<irn|psa|par>/<split>/masks), else CRF-refined (<pseudo>/crf/masks), else the plain
+    # ones | refine / crf: that kind, error when absent | plain: masks_dir as given
     mask_kind: str = "auto"
 
 
@@ -170,8 +171,8 @@ def validate_segment_config(cfg: SegmentExperimentConfig) -> None:
         raise ConfigError(f"train.select={t.select!r}: choose last or best")
     if t.select_every < 1 or t.select_images < 1:
         raise ConfigError(f"train.select_every={t.select_every}, train.select_images={t.select_images}: must be >= 1")
-    if cfg.segment.mask_kind not in ("auto", "crf", "plain"):
-        raise ConfigError(f"segment.mask_kind={cfg.segment.mask_kind!r}: choose auto, crf or plain")
+    if cfg.segment.mask_kind not in ("auto", "refine", "crf", "plain"):
+        raise ConfigError(f"segment.mask_kind={cfg.segment.mask_kind!r}: choose auto, refine, crf or plain")
     validate_inference(cfg.inference)
 
 

@@ -9,7 +9,7 @@ by (seed, epoch, index), so a sample does not depend on worker count, order or r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -24,22 +24,48 @@ from tagseg.segmentation.config import GT_MASKS, SegAugmentConfig
 from tagseg.utils.io import read_image, read_mask
 
 
-def choose_mask_folder(masks_dir: str, kind: str = "auto") -> tuple[str, str]:
-    """Which pseudo-masks to train on: (folder, 'crf' | 'plain' | 'gt').
+REFINED_ORDER = ("irn", "psa", "par")  # best first: the published mask quality of each method
 
-    ``masks_dir`` is a ``tagseg pseudo`` output folder, its ``masks/`` folder, or ``gt``. The
-    CRF-refined masks of the same output (``<pseudo>/crf/masks``) are used when ``kind`` is
-    ``crf``, or ``auto`` and they exist; ``plain`` keeps ``masks_dir`` as given.
+
+def refined_mask_folder(pseudo_root: Path) -> Optional[tuple[Path, str]]:
+    """The refined masks of the same run and split as a ``tagseg pseudo`` output folder
+    ``<run>/pseudo/<split>``: ``<run>/refine/<method>/<split>/masks``, best method first."""
+    run, split = pseudo_root.parent.parent, pseudo_root.name
+    if pseudo_root.parent.name != "pseudo":
+        return None
+    for method in REFINED_ORDER:
+        folder = run / "refine" / method / split / "masks"
+        if folder.is_dir():
+            return folder, method
+    return None
+
+
+def choose_mask_folder(masks_dir: str, kind: str = "auto") -> tuple[str, str]:
+    """Which pseudo-masks to train on: (folder, 'refined-<method>' | 'crf' | 'plain' | 'gt').
+
+    ``masks_dir`` is a ``tagseg pseudo`` output folder, its ``masks/`` folder, or ``gt``. With
+    ``kind`` ``auto`` the best masks of the same run and split that exist are used: refined by
+    ``tagseg refine`` (IRN, then PSA, then PAR), then CRF-refined (``<pseudo>/crf/masks``), then
+    the plain ones; ``refine`` / ``crf`` insist on that kind; ``plain`` keeps ``masks_dir``.
     """
     if masks_dir == GT_MASKS or not masks_dir:
         return masks_dir, "gt" if masks_dir == GT_MASKS else "plain"
     folder = Path(masks_dir)
     if folder.name == "masks" and folder.parent.name == "crf":
         return masks_dir, "crf"  # already the refined ones
+    if folder.name == "masks" and folder.parent.parent.parent.name == "refine":
+        return masks_dir, f"refined-{folder.parent.parent.name}"
     root = folder.parent if folder.name == "masks" else folder
     refined = root / "crf" / "masks"
     if kind == "plain":
         return masks_dir, "plain"
+    if kind in ("auto", "refine"):
+        found = refined_mask_folder(root)
+        if found is not None:
+            return str(found[0]), f"refined-{found[1]}"
+        if kind == "refine":
+            raise DataError(f"segment.mask_kind=refine, but no refined masks of {root} exist (make them with "
+                            "`tagseg refine --run RUN --method irn|psa|par`, or set segment.mask_kind=auto)")
     if refined.is_dir():
         return str(refined), "crf"
     if kind == "crf":

@@ -33,7 +33,7 @@ from tagseg.training.selection import selection_hook
 # Settings that may change between an interrupted run and its resumption.
 RESUME_MAY_CHANGE = ("train.epochs", "train.cpu_threads", "train.log_every", "train.keep_checkpoints",
                      "data.num_workers", "device",
-                     "train.precision", "train.compile", "train.channels_last", "pseudo")
+                     "train.precision", "train.compile", "train.channels_last", "pseudo", "refine")
 
 
 def model_metadata(cfg: ExperimentConfig, class_names: tuple[str, ...], palette: list[int]) -> dict:

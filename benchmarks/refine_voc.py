@@ -1,0 +1,185 @@
+"""Refinement on the VOC subset: seed / +CRF / PAR / PSA / IRN pseudo-mask mIoU on `train_aug` and
+`val`, every threshold chosen on `val`, cached and resumable.
+
+One CAM-family run (EfficientNet-Lite0, `cam_voc` + the overrides below) is trained into
+``<work>/cam-seed<s>``; then, on the first ``--images`` ids of each split:
+
+1. the seed's background threshold is swept on `val` (`tagseg eval --sweep-bg` logic) and used on
+   both splits; seed and dense-CRF masks are written by the pseudo stage and scored;
+2. PAR (training-free) is run and scored;
+3. IRN and PSA heads are trained on the labels of the first ``--head-images`` `train_aug` images,
+   the walk's background threshold (IRN) / α (PSA) swept on `val`, the best used on `train_aug`.
+
+Every step's result is a JSON file under the work folder; a later call reuses it (``--only`` picks
+steps). The table goes to ``--out``.
+
+    python benchmarks/refine_voc.py --voc DATA --work runs/refine_voc --threads 1 --out benchmarks/results/refine_voc.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from tagseg.config import load_config
+from tagseg.data.build import build_index
+from tagseg.evaluation.bg_sweep import sweep_background_thresholds
+from tagseg.evaluation.evaluate import evaluate_folder
+from tagseg.inference.loading import load_trained_model
+from tagseg.pseudo.generate import generate_pseudo_masks
+from tagseg.refine.run import refine_run
+from tagseg.training.trainer import Trainer
+from tagseg.utils.io import write_json, write_text
+
+BG = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55)
+IRN_BG = (0.15, 0.25, 0.35, 0.45)
+PSA_ALPHA = (4.0, 6.0, 8.0, 16.0)
+STEPS = ("seed", "par", "irn", "psa")
+
+
+def cam_config(args, seed: int, split_images: int | None = None, extra=()):
+    over = [f"data.root={args.voc}", "data.dataset=voc", "data.train_split=train_aug", "data.pseudo_split=train_aug",
+            "data.num_workers=0", f"train.cpu_threads={args.threads}", "model.weights=lite",
+            "model.encoder=tf_efficientnet_lite0", f"data.image_size={args.size}", f"train.epochs={args.epochs}",
+            "train.warmup_epochs=1", "train.unfreeze_blocks=3", "train.batch_size=8", f"pseudo.image_size={args.size}",
+            "pseudo.scales=[1.0]", "pseudo.flip=false", "pseudo.crf=pydensecrf", "pseudo.crf_preset=cam",
+            "device=cpu", f"seed={seed}", f"name=refine-voc-cam{seed}",
+            f"refine.irn.crop_size={args.irn_crop}", f"refine.irn.epochs={args.head_epochs}",
+            f"refine.irn.batch_size={args.head_batch}", f"refine.psa.crop_size={args.psa_crop}",
+            f"refine.psa.epochs={args.head_epochs}", f"refine.psa.batch_size={args.head_batch}",
+            "refine.crf=pydensecrf"]
+    if split_images:
+        over.append(f"data.max_images={split_images}")
+    return load_config("cam_voc", [*over, *extra])
+
+
+def cached(path: Path, fn):
+    if path.is_file():
+        return json.loads(path.read_text())
+    t0 = time.time()
+    result = fn()
+    result["seconds"] = round(time.time() - t0, 1)
+    write_json(path, result)
+    return result
+
+
+def score(folder: Path, index) -> dict:
+    s = evaluate_folder(folder, index, progress=False, contour=False)
+    return {"miou": s["miou"], "images": s["images"]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--voc", required=True)
+    ap.add_argument("--work", type=Path, default=Path("runs/refine_voc"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--images", type=int, default=300, help="first N ids of each split are refined and scored")
+    ap.add_argument("--train-images", type=int, default=None, help="CAM training images (default: all)")
+    ap.add_argument("--head-images", type=int, default=300, help="train_aug images the IRN / PSA heads learn from")
+    ap.add_argument("--head-epochs", type=int, default=3)
+    ap.add_argument("--head-batch", type=int, default=8)
+    ap.add_argument("--irn-crop", type=int, default=256)
+    ap.add_argument("--psa-crop", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", nargs="*", choices=STEPS, default=list(STEPS))
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    work = args.work / f"cam-seed{args.seed}"
+    cfg = cam_config(args, args.seed, args.train_images)
+    if not (work / "model.safetensors").is_file():
+        Trainer(cfg, work, resume=(work / "checkpoints").is_dir(), show_progress=False).fit()
+    model, _, info = load_trained_model(work / "model.safetensors")
+    family = info["family"]
+    res: dict = {}
+
+    # 1. seed threshold on val, seed and CRF masks
+    val_cfg = cam_config(args, args.seed, args.images)
+    val_index = build_index(val_cfg.data, "val")
+    sweep = cached(work / "bench" / "seed_bg_sweep_val.json", lambda: {
+        "best": sweep_background_thresholds(model, val_index, val_cfg.pseudo, BG, progress=False, contour=False)["best"]})
+    bg = sweep["best"]["threshold"]
+    print(f"seed background threshold (val): {bg}", flush=True)
+    for split in ("val", "train_aug"):
+        scfg = cam_config(args, args.seed, args.images, [f"pseudo.bg_threshold={bg}"])
+        index = build_index(scfg.data, split)
+        out = work / "bench" / "pseudo" / split
+        if "seed" in args.only:
+            def seed_and_crf():
+                generate_pseudo_masks(model, index, out, scfg.pseudo, family=family, progress=False)
+                return {"seed": score(out / "masks", index), "crf": score(out / "crf" / "masks", index)}
+            res[f"seed-{split}"] = cached(work / "bench" / f"seed_crf_{split}.json", seed_and_crf)
+            print(split, res[f"seed-{split}"], flush=True)
+        if "par" in args.only:
+            def par_run():
+                _, masks = refine_run(model, scfg, work, "par", family, split, progress=False,
+                                      out=work / "bench" / "par" / split)
+                return score(masks, index)
+            res[f"par-{split}"] = cached(work / "bench" / f"par_{split}.json", par_run)
+            print(split, "par", res[f"par-{split}"], flush=True)
+
+    # 3. IRN / PSA: heads trained on the first --head-images train_aug images
+    for method, key, grid in (("irn", "refine.irn.bg_thres_walk", IRN_BG), ("psa", "refine.psa.walk_alpha", PSA_ALPHA)):
+        if method not in args.only:
+            continue
+        head_cfg = cam_config(args, args.seed, args.head_images, [f"pseudo.bg_threshold={bg}"])
+        choice_path = work / "bench" / f"{method}_choice_val.json"
+
+        def choose():
+            scores = {}
+            for value in grid:
+                vcfg = cam_config(args, args.seed, args.images, [f"pseudo.bg_threshold={bg}", f"{key}={value}"])
+                _, masks = refine_run(model, vcfg, work, method, family, "val", progress=False,
+                                      out=work / "bench" / method / f"val-{value}")
+                scores[str(value)] = score(masks, build_index(vcfg.data, "val"))["miou"]
+            best = max(scores, key=scores.get)
+            return {"key": key, "scores": scores, "best": float(best)}
+        # the head is trained (and cached in <run>/refine/<method>) by the first refine_run call
+        if not (work / "refine" / method / "model.safetensors").is_file():
+            from tagseg.refine.run import train_refine_net
+            train_refine_net(model, head_cfg, work, method, family, "cpu", resume=True, progress=False)
+        choice = cached(choice_path, choose)
+        res[f"{method}-choice"] = choice
+        res[f"{method}-val"] = {"miou": max(choice["scores"].values())}
+
+        def train_split():
+            tcfg = cam_config(args, args.seed, args.images, [f"pseudo.bg_threshold={bg}", f"{key}={choice['best']}"])
+            _, masks = refine_run(model, tcfg, work, method, family, "train_aug", progress=False,
+                                  out=work / "bench" / method / "train_aug")
+            return score(masks, build_index(tcfg.data, "train_aug"))
+        res[f"{method}-train_aug"] = cached(work / "bench" / f"{method}_train_aug.json", train_split)
+        print(method, res[f"{method}-val"], res[f"{method}-train_aug"], flush=True)
+
+    write_json(work / "bench" / "summary.json", res)
+    if args.out:
+        write_text(args.out, table(res, args, bg))
+    print(table(res, args, bg))
+    return 0
+
+
+def table(res: dict, args, bg: float) -> str:
+    def cell(key, sub=None):
+        r = res.get(key)
+        if r is None:
+            return "not run"
+        r = r[sub] if sub else r
+        return f"{100 * r['miou']:.1f}"
+    rows = [("seed (CAM, bg chosen on val)", "seed-train_aug", "seed-val", "seed"),
+            ("+ dense CRF", "seed-train_aug", "seed-val", "crf"),
+            ("PAR", "par-train_aug", "par-val", None),
+            ("PSA (AffinityNet)", "psa-train_aug", "psa-val", None),
+            ("IRN", "irn-train_aug", "irn-val", None)]
+    lines = [f"| mask | train_aug (first {args.images}) | val (first {args.images}) |", "|---|---|---|"]
+    for name, tr, va, sub in rows:
+        lines.append(f"| {name} | {cell(tr, sub)} | {cell(va, sub)} |")
+    return "\n".join(lines) + f"\n\nseed background threshold (val): {bg}\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,162 @@
+"""The refine stage, image by image, on the per-image runner.
+
+Output folder ``<run>/refine/<method>/<split>/``: ``masks/<id>.png`` (full label maps, the
+refined pseudo-masks), for PAR also ``confident/<id>.png`` (ToCo's two-threshold labels, 255 =
+unsure), and ``manifest.json``.
+
+- ``par``: PAR on the pseudo stage's class probabilities (the run's background rule) at
+  1/down_scale, argmax -> masks; the two-threshold seeds -> confident.
+- ``irn``: boundary map of the trained branch (flip-averaged) on the stride grid, seeds resized
+  to it and damped by (1 - boundary), the sparse walk, upsampled, divided by the maximum,
+  background threshold, argmax.
+- ``psa``: affinities of the trained head on its grid, seeds with PSA's background
+  (1 - max)^α averaged onto it, the sparse walk, upsampled, argmax.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tagseg.config import ExperimentConfig, RefineConfig, resolve_psa
+from tagseg.data.records import DatasetIndex, ImageRecord
+from tagseg.data.views import image_to_tensor
+from tagseg.errors import ConfigError
+from tagseg.refine.heads import encoder_pyramid, feature_affinity
+from tagseg.refine.pairs import pairs_in_grid
+from tagseg.refine.par import par, par_kernel, par_seed_labels
+from tagseg.refine.random_walk import propagate_to_boundary, random_walk, walk_labels
+from tagseg.refine.seeds import Seeds, seeds_of
+from tagseg.runner import ManifestInfo, OutputLayout, RunStats, WorkerStep, run_per_image
+from tagseg.utils.io import read_image, save_mask_png
+
+
+def refine_layout(out_dir: str | Path, method: str) -> OutputLayout:
+    files = {"masks": ("masks", "{id}.png")}
+    if method == "par":
+        files["confident"] = ("confident", "{id}.png")
+    return OutputLayout(Path(out_dir), files)
+
+
+def par_masks(image: np.ndarray, seeds: Seeds, cfg: RefineConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(mask, confident) uint8 (H, W) of one image with PAR; only background and the image's
+    classes are propagated (the others are 0 in the pseudo stage's probabilities)."""
+    p = cfg.par
+    h, w = image.shape[:2]
+    if not len(seeds.keys):
+        return np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8)
+    small = (max(1, h // p.down_scale), max(1, w // p.down_scale))
+    img = image_to_tensor(image)[None] * 255.0
+    img_small = F.interpolate(img, size=small, mode="bilinear", align_corners=False)
+    all_keys = np.concatenate([[0], seeds.keys])
+    probs = F.interpolate(seeds.probs[torch.from_numpy(all_keys)][None].float(), size=small, mode="bilinear",
+                          align_corners=False)
+    kernel = par_kernel(img_small, p.dilations, p.w1, p.w2)
+    refined = par(img_small, probs, p.dilations, p.num_iter, p.w1, p.w2, kernel)
+    refined = F.interpolate(refined, size=(h, w), mode="bilinear", align_corners=False)[0]
+    mask = all_keys[refined.argmax(0).numpy()].astype(np.uint8)
+    confident = par_seed_labels(image, seeds.scores, seeds.keys, p.high_thres, p.low_thres, p.down_scale,
+                                p.dilations, p.num_iter, p.w1, p.w2, kernel)
+    return mask, confident
+
+
+def _grid_scores(scores: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+    t = torch.from_numpy(scores)[None]
+    return F.adaptive_avg_pool2d(t, grid)[0] if t.shape[1] else t.new_zeros((0,) + grid)
+
+
+@torch.no_grad()
+def irn_mask(net: nn.Module, image: np.ndarray, seeds: Seeds, cfg: RefineConfig, device) -> np.ndarray:
+    """IRN's semantic mask of one image with a trained :class:`~tagseg.refine.train.BoundaryNet`."""
+    c = cfg.irn
+    h, w = image.shape[:2]
+    if not len(seeds.keys):
+        return np.zeros((h, w), np.uint8)
+    boundary = net.boundary_probs(image_to_tensor(image).to(device), flip=c.flip).cpu()  # (h4, w4)
+    grid = tuple(boundary.shape)
+    x = _grid_scores(seeds.scores, grid)
+    walked = propagate_to_boundary(x, boundary, c.radius, c.beta, c.exp_times)
+    up = F.interpolate(walked[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    return walk_labels(up, seeds.keys, c.bg_thres_walk).numpy().astype(np.uint8)
+
+
+@torch.no_grad()
+def psa_mask(net: nn.Module, image: np.ndarray, seeds: Seeds, cfg: RefineConfig, device) -> np.ndarray:
+    """AffinityNet's mask of one image with a trained :class:`~tagseg.refine.train.AffinityNet`."""
+    s = resolve_psa(cfg.psa)
+    h, w = image.shape[:2]
+    if not len(seeds.keys):
+        return np.zeros((h, w), np.uint8)
+    feats = net.affinity_features(image_to_tensor(image).to(device)).cpu()    # (1, C, gh, gw)
+    grid = tuple(feats.shape[-2:])
+    src, dst, _ = pairs_in_grid(grid[0], grid[1], s.radius)
+    src_t, dst_t = torch.from_numpy(src), torch.from_numpy(dst)
+    aff = feature_affinity(feats, src_t, dst_t)[0]
+    bg = np.power(1.0 - seeds.scores.max(0, keepdims=True), s.walk_alpha).astype(np.float32)
+    x = _grid_scores(np.concatenate([bg, seeds.scores]), grid)
+    walked = random_walk(x, src_t, dst_t, aff, s.beta, s.logt)
+    up = F.interpolate(walked[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    all_keys = torch.from_numpy(np.concatenate([[0], seeds.keys]))
+    return all_keys[up.argmax(0)].numpy().astype(np.uint8)
+
+
+def refine_step(model: nn.Module, cfg: ExperimentConfig, method: str, family: str, palette: list[int],
+                root: Path, device, net: Optional[nn.Module] = None):
+    """The runner's step: (record, paths) -> writes that image's refined mask(s)."""
+    if method in ("irn", "psa") and net is None:
+        raise ConfigError(f"refine --method {method} needs its trained network")
+
+    def step(rec: ImageRecord, paths: dict[str, Path]) -> None:
+        image = read_image(rec.image_path)
+        seeds = seeds_of(model, image, rec.labels, cfg.pseudo, family, device)
+        if method == "par":
+            mask, confident = par_masks(image, seeds, cfg.refine)
+            save_mask_png(paths["confident"], confident, palette, root=root)
+        elif method == "irn":
+            mask = irn_mask(net, image, seeds, cfg.refine, device)
+        else:
+            mask = psa_mask(net, image, seeds, cfg.refine, device)
+        save_mask_png(paths["masks"], mask, palette, root=root)
+    return step
+
+
+def _worker_step(model_path: str, net_path: Optional[str], cfg: ExperimentConfig, method: str, family: str,
+                 palette: list[int], root: str):
+    from tagseg.inference.loading import load_trained_model
+    from tagseg.refine.train import load_refine_net
+
+    model = load_trained_model(model_path, "cpu")[0]
+    net = load_refine_net(model, cfg, Path(net_path), method, "cpu") if net_path else None
+    return refine_step(model, cfg, method, family, palette, Path(root), "cpu", net)
+
+
+def run_refine(model: nn.Module, index: DatasetIndex, out_dir: str | Path, cfg: ExperimentConfig, method: str,
+               family: str, device="cpu", net: Optional[nn.Module] = None, shard: tuple[int, int] = (0, 1),
+               overwrite: bool = False, progress: bool = True, manifest: Optional[dict[str, Any]] = None,
+               workers: int = 1, model_path: Optional[Path] = None, net_path: Optional[Path] = None,
+               threads: Optional[int] = None) -> RunStats:
+    """Write refined masks for the images of ``index`` (this shard) into ``out_dir``.
+
+    workers > 1: that many CPU processes, each loading the run's model from ``model_path`` (and
+    the trained head from ``net_path`` for irn / psa) and running ``threads`` threads."""
+    out_dir = Path(out_dir)
+    settings = {"method": method, "par": cfg.refine.par, "irn": cfg.refine.irn, "psa": resolve_psa(cfg.refine.psa)}
+    info = ManifestInfo(stage="refine", settings=settings[method], extra={"family": family, "method": method},
+                        **(manifest or {}))
+    worker_step = None
+    if workers > 1:
+        if model_path is None or (method != "par" and net_path is None):
+            raise ConfigError("parallel refinement needs the model file (and the trained head's file)")
+        if torch.device(device).type != "cpu":
+            raise ConfigError("--workers runs CPU processes; on a GPU split the set with --shard instead")
+        worker_step = WorkerStep(_worker_step, (str(model_path), str(net_path) if net_path else None, cfg, method,
+                                                family, index.palette, str(out_dir)))
+    step = refine_step(model, cfg, method, family, index.palette, out_dir, device, net)
+    return run_per_image(index.require_nonempty().records, step, refine_layout(out_dir, method), shard=shard,
+                         overwrite=overwrite, progress=progress, desc=f"refine {method}", workers=workers,
+                         worker_step=worker_step, threads=threads, manifest=info)

@@ -1,0 +1,88 @@
+"""``manifest.json``: how a stage output folder was made (version, run, split, settings, counts)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from tagseg.utils.io import write_json
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "tagseg-manifest/1"
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, tuple):
+        return list(obj)
+    return obj
+
+
+def config_hash(config: Any) -> str:
+    """sha256 (hex) of a configuration (a dataclass or JSON-able mapping), keys sorted: equal
+    settings give equal hashes on every machine."""
+    text = json.dumps(_plain(config), sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class ManifestInfo:
+    """What the caller knows about a stage's output folder; the runner adds the counts.
+
+    stage: the stage's name ('pseudo', 'predict', ...); settings: the stage's own settings
+    (a dataclass or mapping); config: the whole configuration the hash is taken of; run: the
+    run folder it came from (None without one); split: the data split; input: the folder read.
+    """
+
+    stage: str
+    settings: Any = None
+    config: Any = None
+    run: Optional[str | Path] = None
+    split: Optional[str] = None
+    input: Optional[str | Path] = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def tagseg_version() -> str:
+    from tagseg import __version__
+
+    return __version__
+
+
+def manifest_document(info: ManifestInfo, counts: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON document of :data:`MANIFEST_NAME`."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "tagseg_version": tagseg_version(),
+        "stage": info.stage,
+        "run": None if info.run is None else str(info.run),
+        "split": info.split,
+        "input": None if info.input is None else str(info.input),
+        "settings": json.loads(json.dumps(_plain(info.settings), default=str)),
+        "config_hash": None if info.config is None else config_hash(info.config),
+        **({"extra": json.loads(json.dumps(dict(info.extra), default=str))} if info.extra else {}),
+        "counts": dict(counts),
+    }
+
+
+def write_manifest(root: str | Path, info: ManifestInfo, counts: Mapping[str, Any]) -> Path:
+    """Write ``<root>/manifest.json`` atomically; returns its path."""
+    path = Path(root) / MANIFEST_NAME
+    write_json(path, manifest_document(info, counts), root=root)
+    return path
+
+
+def read_manifest(root: str | Path) -> Optional[dict[str, Any]]:
+    """The manifest of an output folder, or None when it has none (or an unreadable one)."""
+    try:
+        doc = json.loads((Path(root) / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("format") == MANIFEST_FORMAT else None

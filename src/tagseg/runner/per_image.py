@@ -1,0 +1,119 @@
+"""The per-image runner: records in, a step function, an output layout.
+
+It owns what every per-image stage needs: sharding (``i/n``; ``auto`` is resolved by the caller
+from the launcher), the run-folder lock, removal of temporary files a killed earlier run left,
+resume (records whose files all exist are skipped), a serial loop or a pool of worker processes
+that die with their parent, the progress bar, a check that the output folder is still there
+before every record and that every reported result is on disk afterwards, and
+``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+from tqdm import tqdm
+
+from tagseg.errors import ConfigError, DataError, OutputError
+from tagseg.runner.layout import OutputLayout
+from tagseg.runner.manifest import ManifestInfo, write_manifest
+from tagseg.runner.pool import Step, WorkerStep, check_root, run_pool, run_step
+from tagseg.utils.io import remove_stale_temp_files
+from tagseg.utils.runlock import run_lock
+
+
+@dataclass
+class RunStats:
+    """What one run did: records written now, skipped (already done), wall seconds, and the
+    folder's counts on disk at the end (those of the manifest)."""
+
+    written: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    counts: dict[str, Any] = field(default_factory=dict)
+
+
+def shard_of(records: Sequence[Any], shard: tuple[int, int]) -> list[Any]:
+    """The records shard i of n takes: every n-th from i (DataError for a bad shard)."""
+    i, n = shard
+    if n < 1 or not 0 <= i < n:
+        raise DataError(f"invalid shard {i}/{n}: need 0 <= i < n")
+    return list(records[i::n])
+
+
+def run_per_image(records: Sequence[Any], step: Optional[Step], layout: OutputLayout, *,
+                  shard: tuple[int, int] = (0, 1), overwrite: bool = False, progress: bool = True,
+                  desc: str = "images", workers: int = 1, worker_step: Optional[WorkerStep] = None,
+                  threads: Optional[int] = None, lock: bool = True,
+                  manifest: Optional[ManifestInfo] = None) -> RunStats:
+    """Run ``step`` on the records of this shard whose outputs are not all on disk yet.
+
+    records: the whole set (anything with a string ``id``), in a fixed order; step: ``(record,
+    paths) -> None`` writing ``paths`` (the layout's files of that record; write them with
+    ``tagseg.utils.io``'s atomic writers, ``root=layout.root``); shard: (i, n), every n-th
+    record from i; overwrite: redo finished records; workers > 1: that many spawned CPU
+    processes, each building its step from ``worker_step`` and running ``threads`` intra-op
+    threads; lock: hold ``layout.root``'s lock (this shard's when n > 1) for the run — pass
+    False only when the caller already holds it; manifest: write ``<root>/manifest.json`` with
+    these facts and the counts of the whole set's files on disk at the end.
+
+    Every record's paths are checked to lie inside ``layout.root`` before anything is written
+    (DataError). OutputError when the folder vanishes mid-run or a finished record's files are
+    missing at the end. Returns :class:`RunStats`.
+    """
+    mine = shard_of(records, shard)
+    paths = {r.id: layout.paths(r.id) for r in mine}  # refuses an escaping id before anything is created
+    if workers > 1 and worker_step is None:
+        raise ConfigError("running several worker processes needs a worker_step (how each builds its step)")
+    if workers <= 1 and step is None:
+        raise ConfigError("a serial run needs a step function")
+    if lock:
+        with run_lock(layout.root, shard=shard):
+            return _run(records, mine, paths, step, layout, shard, overwrite, progress, desc, workers,
+                        worker_step, threads, manifest)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    return _run(records, mine, paths, step, layout, shard, overwrite, progress, desc, workers, worker_step,
+                threads, manifest)
+
+
+def _run(records, mine, paths, step, layout, shard, overwrite, progress, desc, workers, worker_step, threads,
+         manifest) -> RunStats:
+    # a run killed mid-write leaves hidden temporary files of this shard's records: remove them
+    remove_stale_temp_files([p for files in paths.values() for p in files.values()])
+    todo = [r for r in mine if overwrite or not all(p.is_file() for p in paths[r.id].values())]
+    stats = RunStats(skipped=len(mine) - len(todo))
+    t0 = time.time()
+    done = 0
+    bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
+    try:
+        if workers > 1 and todo:
+            chunks = run_pool(todo, layout, worker_step, workers, threads)
+        else:
+            chunks = (_one(step, r, layout) for r in todo)
+        for n in chunks:
+            done += n
+            bar.update(n)
+            bar.set_postfix(img_per_s=f"{done / max(1e-9, time.time() - t0):.2f}")
+    finally:
+        bar.close()
+    check_root(layout.root)
+    missing = [r.id for r in todo if not all(p.is_file() for p in paths[r.id].values())]
+    if missing:
+        raise OutputError(f"{len(missing)} of the {len(todo)} images processed now have files missing from "
+                          f"{layout.root} (first: {missing[0]}); were they deleted by another program? "
+                          "Run the command again to redo them")
+    stats.written = len(todo)
+    stats.seconds = time.time() - t0
+    stats.counts = {"images": len(records), "shard": [int(shard[0]), int(shard[1])], "shard_images": len(mine),
+                    "written_now": stats.written, "skipped_now": stats.skipped,
+                    "on_disk": layout.count(r.id for r in records)}
+    if manifest is not None:
+        write_manifest(layout.root, manifest, stats.counts)
+    return stats
+
+
+def _one(step: Step, record: Any, layout: OutputLayout) -> int:
+    run_step(step, record, layout)
+    return 1

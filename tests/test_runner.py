@@ -1,0 +1,180 @@
+"""The per-image runner: shards, resume, temp clean-up, lock, workers, vanished folders, manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from runner_steps import Rec, build_write_value, write_value
+from tagseg.errors import ConfigError, DataError, OutputError
+from tagseg.runner import ManifestInfo, OutputLayout, WorkerStep, read_manifest, run_per_image, shard_of
+from tagseg.utils.runlock import RunLockedError, run_lock
+
+RECS = [Rec(f"r{i}", i) for i in range(7)]
+
+
+def layout(root: Path) -> OutputLayout:
+    return OutputLayout(root, {"out": ("vals", "{id}.txt")})
+
+
+def test_serial_run_writes_every_record_and_a_manifest_that_matches_the_files(tmp_path):
+    info = ManifestInfo(stage="trial", settings={"k": 1}, config={"a": 1}, run="r", split="val", input="in")
+    stats = run_per_image(RECS, write_value, layout(tmp_path), progress=False, manifest=info)
+    assert stats.written == 7 and stats.skipped == 0
+    assert sorted(p.name for p in (tmp_path / "vals").iterdir()) == [f"r{i}.txt" for i in range(7)]
+    assert (tmp_path / "vals" / "r3.txt").read_text() == "3\n"
+    doc = read_manifest(tmp_path)
+    assert doc["stage"] == "trial" and doc["split"] == "val" and doc["run"] == "r" and doc["input"] == "in"
+    assert doc["settings"] == {"k": 1} and len(doc["config_hash"]) == 64 and doc["tagseg_version"]
+    assert doc["counts"]["on_disk"] == {"out": 7, "complete": 7} and doc["counts"]["images"] == 7
+
+
+def test_resume_skips_finished_records_and_overwrite_redoes_them(tmp_path):
+    run_per_image(RECS[:3], write_value, layout(tmp_path), progress=False)
+    (tmp_path / "vals" / "r1.txt").write_text("kept\n")
+    stats = run_per_image(RECS, write_value, layout(tmp_path), progress=False)
+    assert (stats.written, stats.skipped) == (4, 3)
+    assert (tmp_path / "vals" / "r1.txt").read_text() == "kept\n"
+    stats = run_per_image(RECS, write_value, layout(tmp_path), progress=False, overwrite=True)
+    assert (stats.written, stats.skipped) == (7, 0) and (tmp_path / "vals" / "r1.txt").read_text() == "1\n"
+
+
+def test_shards_split_the_set_exactly_once(tmp_path):
+    assert [r.id for r in shard_of(RECS, (1, 3))] == ["r1", "r4"]
+    with pytest.raises(DataError, match="invalid shard 3/3"):
+        shard_of(RECS, (3, 3))
+    for i in range(3):
+        run_per_image(RECS, write_value, layout(tmp_path), shard=(i, 3), progress=False, manifest=ManifestInfo("t"))
+        assert (tmp_path / f".lock.shard-{i}-of-3").is_file()
+    assert len(list((tmp_path / "vals").iterdir())) == 7
+    assert read_manifest(tmp_path)["counts"]["on_disk"]["complete"] == 7
+
+
+def test_stale_temp_files_of_a_killed_run_are_removed(tmp_path):
+    (tmp_path / "vals").mkdir()
+    stale = tmp_path / "vals" / ".r2.txt.abcd1234.tmp.txt"
+    stale.write_text("half")
+    other = tmp_path / "vals" / ".unrelated"
+    other.write_text("x")
+    run_per_image(RECS, write_value, layout(tmp_path), progress=False)
+    assert not stale.exists() and other.exists()
+
+
+def test_an_escaping_id_is_refused_before_anything_is_created(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="outside the output folder"):
+        run_per_image([Rec("ok"), Rec("../../x")], write_value, layout(out), progress=False)
+    assert not out.exists()
+
+
+def test_a_held_lock_stops_the_run(tmp_path):
+    with run_lock(tmp_path / "o"):
+        code = textwrap.dedent(f"""
+            import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})
+            from runner_steps import Rec, write_value
+            from tagseg.runner import OutputLayout, run_per_image
+            run_per_image([Rec("a")], write_value, OutputLayout({str(tmp_path / 'o')!r}, {{"out": ("{{id}}",)}}),
+                          progress=False)
+        """)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        assert proc.returncode != 0 and "RunLockedError" in proc.stderr and "in use" in proc.stderr
+    with pytest.raises(ConfigError, match="step"):
+        run_per_image(RECS, None, layout(tmp_path), progress=False)
+
+
+def test_a_folder_that_vanishes_mid_run_is_an_error_not_a_silent_recreation(tmp_path):
+    out = tmp_path / "out"
+
+    def step(rec, paths):
+        write_value(rec, paths)
+        if rec.id == "r2":
+            shutil.rmtree(out)
+
+    with pytest.raises(OutputError, match="vanished"):
+        run_per_image(RECS, step, layout(out), progress=False, lock=False)
+    assert not out.exists()
+
+
+def test_files_deleted_behind_the_runner_are_not_reported_as_written(tmp_path):
+    def step(rec, paths):
+        write_value(rec, paths)
+        if rec.id == "r4":
+            (tmp_path / "vals" / "r1.txt").unlink()
+
+    with pytest.raises(OutputError, match=r"1 of the 7 images .* missing .*first: r1"):
+        run_per_image(RECS, step, layout(tmp_path), progress=False)
+    assert read_manifest(tmp_path) is None  # no manifest claims counts that are not on disk
+
+
+def test_an_unwritable_folder_is_a_clear_output_error(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root ignores folder permissions")
+    (tmp_path / "vals").mkdir()
+    (tmp_path / "vals").chmod(0o500)
+    try:
+        with pytest.raises(OutputError, match="r0.txt"):
+            run_per_image(RECS, write_value, layout(tmp_path), progress=False)
+    finally:
+        (tmp_path / "vals").chmod(0o700)
+
+
+def test_worker_processes_write_the_same_files(tmp_path):
+    run_per_image(RECS, write_value, layout(tmp_path / "serial"), progress=False)
+    stats = run_per_image(RECS, None, layout(tmp_path / "pool"), progress=False, workers=2,
+                          worker_step=WorkerStep(build_write_value), manifest=ManifestInfo("t"))
+    assert stats.written == 7
+    for i in range(7):
+        assert (tmp_path / "pool" / "vals" / f"r{i}.txt").read_bytes() == \
+            (tmp_path / "serial" / "vals" / f"r{i}.txt").read_bytes()
+    with pytest.raises(ConfigError, match="worker_step"):
+        run_per_image(RECS, write_value, layout(tmp_path / "x"), progress=False, workers=2)
+
+
+def test_workers_exit_when_the_parent_is_killed(tmp_path):
+    """kill -9 of the parent leaves no worker running (parent-death signal + watchdog)."""
+    pids = tmp_path / "pids.txt"
+    code = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from runner_steps import Rec, build_slow_writer
+        from tagseg.runner import OutputLayout, WorkerStep, run_per_image
+        recs = [Rec(f"r{{i}}") for i in range(8)]
+        run_per_image(recs, None, OutputLayout({str(tmp_path / 'o')!r}, {{"out": ("{{id}}",)}}), progress=False,
+                      workers=2, worker_step=WorkerStep(build_slow_writer, (60.0, {str(pids)!r})))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(set(pids.read_text().split()) if pids.exists() else ()) < 2:
+            time.sleep(0.2)
+        workers = {int(p) for p in pids.read_text().split()}
+        assert len(workers) == 2
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.time() + 20
+    alive = workers
+    while alive and time.time() < deadline:
+        alive = {p for p in alive if _alive(p)}
+        time.sleep(0.2)
+    assert not alive
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie waiting for its (gone) parent is not running
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
