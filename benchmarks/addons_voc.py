@@ -27,6 +27,9 @@ reported, labelled as chosen on the ground truth. Every run's metrics are cached
 --work, so an interrupted benchmark resumes (a half-trained run resumes from its checkpoint).
 
     python benchmarks/addons_voc.py --voc ../shared/data/voc12-subset
+    # SEAM rows with the background threshold chosen on 100 val images and PSA-refined masks
+    python benchmarks/addons_voc.py --voc ../shared/data/voc12-subset --variants cam seam seam+ppc seam+isl \\
+        seam+fsl --val-images 100 --refine psa
     # a quick trial of the whole pipeline
     python benchmarks/addons_voc.py --voc ../shared/data/voc12-subset --max-images 8 --seeds 0 \\
         --epochs 1 --size 64 --infer-size 64 --batch 4 --variants cam cam+rca tkpcl+isl --work /tmp/addons_trial
@@ -153,6 +156,25 @@ def val_threshold(model, cfg, args: argparse.Namespace, train_sweep: dict) -> di
             "train_aug_miou": train_sweep[best].summary()["miou"]}
 
 
+def refine_and_score(run_dir: Path, model_path: Path, args: argparse.Namespace) -> dict | None:
+    """CAM-family runs: the refine stage's masks of the same train_aug images (``--refine``; PSA with
+    the SEAM preset, the AffinityNet settings of SEAM and PPC), scored against the ground truth."""
+    from tagseg.refine.run import refine_run
+
+    model, cfg, info = load_trained_model(model_path)
+    if info["family"] not in CAM_FAMILIES:
+        return None
+    cfg.data.max_images = args.max_images
+    cfg.refine.psa.preset = "seam"
+    _, masks = refine_run(model, cfg, run_dir, args.refine, info["family"], "train_aug", progress=False)
+    index = build_index(cfg.data, "train_aug")
+    acc = Scorer(index.num_classes, index.class_names, per_image=False)
+    for rec in index.records:
+        acc.update(read_mask(masks / f"{rec.id}.png", index.num_classes), read_mask(rec.mask_path, index.num_classes),
+                   rec.id)
+    return {"method": args.refine, "train_aug": acc.brief()}
+
+
 def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
     """Train (unless cached) and score one variant at one seed; returns its record."""
     run_dir = args.work / f"{name}-seed{seed}"
@@ -166,6 +188,8 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
     model_path = Trainer(cfg, run_dir, resume=True, show_progress=False).fit()
     t_train = time.time() - t0
     metrics = score_run(model_path, args)
+    if args.refine != "none":
+        metrics["refined"] = refine_and_score(run_dir, model_path, args)
     record = {"name": name, "seed": seed, "config": config, "overrides": overrides,
               "train_seconds": round(t_train, 1), "score_seconds": round(time.time() - t0 - t_train, 1),
               "metrics": metrics}
@@ -184,19 +208,21 @@ def fmt(values: list[float | None]) -> str:
 
 def table(rows: list[tuple[str, list[dict]]]) -> str:
     head = ("| variant | seeds | mIoU | contour F | J&F | mIoU, best bg threshold (chosen on the GT) "
-            "| mIoU, bg threshold chosen on val |\n"
-            "|---|---|---|---|---|---|---|")
+            "| mIoU, bg threshold chosen on val | refined mask mIoU |\n"
+            "|---|---|---|---|---|---|---|---|")
     lines = [head]
     for label, recs in rows:
         m = [r["metrics"]["train_aug"] for r in recs]
         sweep = [r["metrics"].get("bg_sweep") for r in recs]
         best = "-" if sweep[0] is None else fmt([s["best_miou"] for s in sweep]) + " (thr " + ", ".join(
             f"{s['best_threshold']:g}" for s in sweep) + ")"
+        ref = [r["metrics"].get("refined") for r in recs]
+        refined = "-" if any(v is None for v in ref) else fmt([v["train_aug"]["miou"] for v in ref]) + f" ({ref[0]['method']})"
         val = [r["metrics"].get("val_choice") for r in recs]
         on_val = "-" if any(v is None for v in val) else fmt([v["train_aug_miou"] for v in val]) + " (thr " + ", ".join(
             f"{v['threshold']:g}" for v in val) + ")"
         lines.append(f"| {label} | {len(recs)} | {fmt([x['miou'] for x in m])} | {fmt([x['contour_f'] for x in m])} "
-                     f"| {fmt([x['j_and_f'] for x in m])} | {best} | {on_val} |")
+                     f"| {fmt([x['j_and_f'] for x in m])} | {best} | {on_val} | {refined} |")
     return "\n".join(lines)
 
 
@@ -219,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-images", type=int, default=0,
                    help="CAM/SEAM runs: also choose the background threshold on the first N val images "
                         "(0 = off) and report train_aug mIoU at it")
+    p.add_argument("--refine", choices=("none", "psa", "irn", "par"), default="none",
+                   help="CAM/SEAM runs: also refine the masks of the same images (tagseg refine) and score them")
     p.add_argument("--cached-only", action="store_true",
                    help="train nothing: tabulate the runs already scored under --work (missing ones are listed)")
     args = p.parse_args(argv)
