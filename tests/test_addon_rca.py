@@ -365,3 +365,16 @@ def test_rm_sum_over_images_by_hand():
     assert got.item() == pytest.approx((losses[0] + losses[1]).item() / 2 + losses[2].item(), rel=1e-6)
     mean = region_mixup_loss(regions, bank, 0.5, omega=torch.ones(3), partners=same)
     assert mean.item() == pytest.approx(losses.mean().item(), rel=1e-6)
+
+
+def test_official_aggregation_without_prototypes_and_bad_mode():
+    agg = RCAAggregation(4, 3, prototypes_per_class=2, mode="official")
+    f = torch.randn(2, 4, 5, 5)
+    with torch.no_grad():
+        expected = agg.project(torch.cat([f, agg.aggre(torch.zeros_like(f))], dim=1))
+    torch.testing.assert_close(agg.aggregate(f), expected)
+    assert agg(f).shape == (2, 3, 5, 5) and agg.head.in_channels == 4
+    with pytest.raises(ConfigError):
+        RCAAggregation(4, 3, mode="other")
+    with pytest.raises(ConfigError, match="aggregation"):
+        RCAConfig(aggregation="other")

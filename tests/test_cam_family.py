@@ -168,6 +168,18 @@ def test_each_addon_switch_adds_its_part_and_turns_off():
     assert set(parts) == {"cls"} and torch.equal(total, base_total)
 
 
+def test_rca_official_keys_train_a_step():
+    torch.manual_seed(4)
+    cfg = cam_config(*RCA_FILLING, "addons.rca.aggregation=official", "addons.rca.bank_update=official")
+    net = build_cam_net(cfg, K)
+    assert net.aggregation.mode == "official" and net.memory.update_mode == "official"
+    total, parts = _loss(cfg, net, toy_batch())
+    assert torch.isfinite(total) and {"rca_aux", "rca_rm"} <= set(parts)
+    total.backward()
+    assert net.aggregation.project.weight.grad is not None  # q/k/v act once k-means gave prototypes
+    assert id(net.aggregation.q.weight) in {id(p) for p in net.head_parameters()}
+
+
 def test_isl_and_rca_together_scale_the_whole_base_head_loss():
     """With ISL and RCA on, the base head gets 0.4·[(1−λ)·CE + λ·ISL] (not 0.2·CE + 0.2·ISL)."""
     torch.manual_seed(1)

@@ -33,6 +33,11 @@ COMMIT = "d410a96472580ff980bf89ea250b2c82aadca795"
 FILE = "models/rca.py"
 RM_LINES = (182, 239)
 BANK_LINES = (260, 278)
+AGG_LINES = (125, 135)
+AGG_WEIGHTS = {  # official module -> (weight shape, bias shape)
+    "Q": ([16, 16, 1, 1], [16]), "K": ([16, 16], [16]), "V": ([16, 16], [16]),
+    "aggre": ([16, 16, 1, 1], [16]), "concat_project": ([16, 32, 1, 1], [16]),
+}
 QUEUE_LEN, DIM, GRID = 6, 16, 8
 LABELS = [[3, 15], [8], [3, 8, 12]]  # foreground channels (0-based, 20 classes) of the 3 images
 
@@ -109,6 +114,27 @@ def record_bank(code, arrays: dict) -> dict:
             "queue_ptr": [int(getattr(me, f"queue_ptr{k}")[0]) for k in range(20)]}
 
 
+def record_aggregation(code, arrays: dict) -> tuple[dict, dict]:
+    """Run the official aggregation (lines 125-135) with modules holding the recorded weights."""
+    mods = {"Q": torch.nn.Conv2d(16, 16, 1), "K": torch.nn.Linear(16, 16), "V": torch.nn.Linear(16, 16),
+            "aggre": torch.nn.Conv2d(16, 16, 1), "concat_project": torch.nn.Conv2d(32, 16, 1)}
+    with torch.no_grad():
+        for name, m in mods.items():
+            m.weight.copy_(torch.from_numpy(arrays[f"{name}.weight"]))
+            m.bias.copy_(torch.from_numpy(arrays[f"{name}.bias"]))
+    x = torch.from_numpy(arrays["x"]).requires_grad_(True)
+    ns = {"torch": torch, "self": types.SimpleNamespace(cluter_num=10, **mods), "x": x,
+          "feat_cluter": torch.from_numpy(arrays["feat_cluter"])}
+    exec(code, ns)
+    out = ns["x"]
+    probe = torch.from_numpy(_common.inputs.generate({"seed": 99, "shape": list(out.shape), "dist": "normal"}))
+    (out * probe).sum().backward()
+    return ({"x_out": _common.inputs.summarise(out.detach().numpy()), "probe_seed": 99},
+            {"x": _common.inputs.summarise(x.grad.numpy()),
+             "Q.weight": _common.inputs.summarise(mods["Q"].weight.grad.numpy()),
+             "K.weight": _common.inputs.summarise(mods["K"].weight.grad.numpy())})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--official", required=True, help="checkout of maeve07/RCA at the pinned commit")
@@ -145,13 +171,24 @@ def main() -> None:
     bank_case = {"name": "bank_update_one_class_per_image", "inputs": specs, "outputs": bank_out,
                  "params": {"momentum": 0.99, "score_threshold": 0.7, "queue_len": QUEUE_LEN},
                  "notes": "images processed in order; class 3 is written twice (ring slots 0 and 1)"}
+    agg_specs = {"x": {"seed": 6, "shape": [2, 16, GRID, GRID], "dist": "normal"},
+                 "feat_cluter": {"seed": 7, "shape": [200, 16], "dist": "normal"}}
+    for i, (name, (w_shape, b_shape)) in enumerate(AGG_WEIGHTS.items()):
+        agg_specs[f"{name}.weight"] = {"seed": 20 + 2 * i, "shape": w_shape, "dist": "normal", "scale": 0.2}
+        agg_specs[f"{name}.bias"] = {"seed": 21 + 2 * i, "shape": b_shape, "dist": "normal", "scale": 0.2}
+    arrays, specs = _common.make_inputs(agg_specs)
+    agg_out, agg_grads = record_aggregation(_compile(root, *AGG_LINES), arrays)
+    agg_case = {"name": "aggregation_official", "inputs": specs, "outputs": agg_out, "grads": agg_grads,
+                "params": {"cluster_num": 10, "num_classes": 20},
+                "notes": "x (after concat_project) summarised; gradients of sum(x * N(0,1) probe, seed 99)"}
     _common.write_golden(args.out, {
         "source": {"repo": REPO, "commit": COMMIT,
                    "files": [{"path": FILE, "lines": f"{RM_LINES[0]}-{RM_LINES[1]}", "what": "region mixup contrast"},
-                             {"path": FILE, "lines": f"{BANK_LINES[0]}-{BANK_LINES[1]}", "what": "memory bank update"}]},
+                             {"path": FILE, "lines": f"{BANK_LINES[0]}-{BANK_LINES[1]}", "what": "memory bank update"},
+                             {"path": FILE, "lines": f"{AGG_LINES[0]}-{AGG_LINES[1]}", "what": "prototype aggregation"}]},
         "recorder": "benchmarks/golden/record_rca.py",
         "torch": torch.__version__, "numpy": np.__version__,
-        "cases": [rm_case, bank_case],
+        "cases": [rm_case, bank_case, agg_case],
     })
 
 

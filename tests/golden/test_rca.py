@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from tagseg.addons.rca import RCAConfig, RegionMemoryBank, region_embeddings, region_mixup_loss
+from tagseg.addons.rca import RCAAggregation, RCAConfig, RegionMemoryBank, region_embeddings, region_mixup_loss
 
 from .conftest import assert_rel_close, assert_summary_close, case_tensors, golden_case, load_golden
+from .inputs import generate
 
 GOLDEN = load_golden("rca")
 
@@ -83,3 +84,28 @@ def test_official_bank_update_matches():
         bank.update(regions.embeddings, regions.channels, torch.full_like(regions.channels, j), scores)
     assert_rel_close(bank.memory, case["outputs"]["queues"], what="queues")
     assert bank.heads.tolist() == case["outputs"]["queue_ptr"]
+
+
+def test_official_aggregation_matches():
+    """The code's learned, softmax-free aggregation (``addons.rca.aggregation=official``)."""
+    case = golden_case("rca", "aggregation_official")
+    x = case_tensors(case)
+    agg = RCAAggregation(16, 20, prototypes_per_class=10, mode="official")
+    official_names = {"Q": agg.q, "K": agg.k, "V": agg.v, "aggre": agg.aggre, "concat_project": agg.project}
+    with torch.no_grad():
+        for name, module in official_names.items():
+            module.weight.copy_(x[f"{name}.weight"])
+            module.bias.copy_(x[f"{name}.bias"])
+        agg.prototypes.copy_(x["feat_cluter"])  # class-major, 10 centres per class, as the official buffers
+        agg.prototype_valid.fill_(True)
+    feats = x["x"].clone().requires_grad_(True)
+    out = agg.aggregate(feats)
+    assert_summary_close(out, case["outputs"]["x_out"], what="aggregated features")
+    probe = torch.from_numpy(generate({"seed": case["outputs"]["probe_seed"], "shape": list(out.shape),
+                                       "dist": "normal"}))
+    (out * probe).sum().backward()
+    assert_summary_close(feats.grad, case["grads"]["x"], what="grad x")
+    assert_summary_close(agg.q.weight.grad, case["grads"]["Q.weight"], what="grad Q")
+    assert_summary_close(agg.k.weight.grad, case["grads"]["K.weight"], what="grad K")
+    assert agg(feats).shape == (2, 20, 8, 8)
+    assert RCAConfig().aggregation == "paper"  # the paper's softmax aggregation stays the default

@@ -58,6 +58,7 @@ class RCAConfig:
     bank_gate: str = "aggregated"  # regions enter the bank when sigmoid(GAP(O)) > ν; "base": GAP(P)
     # Where the code departs from the paper, the paper stays the default and the code is a key:
     bank_update: str = "paper"  # per-image slots, momentum on revisit; "official": noise-initialised FIFO ring
+    aggregation: str = "paper"  # S = softmax(F Q^T), F' = S Q; "official": learned key/value attention, no softmax
 
     def __post_init__(self) -> None:
         if self.capacity <= 0:
@@ -79,7 +80,8 @@ class RCAConfig:
         if self.contrast_start_epoch < 0:
             raise ConfigError(f"addons.rca.contrast_start_epoch={self.contrast_start_epoch}: must be >= 0")
         for name, allowed in (("rm_reduction", ("sum_images", "mean")), ("region_mask", ("softmax", "raw")),
-                              ("bank_gate", ("aggregated", "base")), ("bank_update", ("paper", "official"))):
+                              ("bank_gate", ("aggregated", "base")), ("bank_update", ("paper", "official")),
+                              ("aggregation", ("paper", "official"))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"addons.rca.{name}={getattr(self, name)!r}: choose {' or '.join(allowed)}")
 
@@ -427,10 +429,18 @@ class RCAAggregation(nn.Module):
     the second CAM P (B, C, h, w) computed by a 1x1 conv on F^ = [F, S Q], with
     S = softmax(F Q^T) over the valid prototypes (dot product, row-wise). With no valid
     prototype (before the first k-means) F' is zero.
+
+    ``mode="official"`` is the official code's aggregation instead (a departure from the paper):
+    F' = aggre((q(F) k(Q)^T) · C / Kp · v(Q)) with learned 1×1 convolutions ``q``, ``aggre`` and
+    linear maps ``k``, ``v`` (no softmax), F^ = project([F, F']) (D channels, a learned 1×1
+    convolution), and the CAM head on F^. With no valid prototype F' is aggre(0).
     """
 
-    def __init__(self, in_dim: int, num_channels: int, prototypes_per_class: int = 10) -> None:
+    def __init__(self, in_dim: int, num_channels: int, prototypes_per_class: int = 10, mode: str = "paper") -> None:
         super().__init__()
+        if mode not in ("paper", "official"):
+            raise ConfigError(f"RCA aggregation mode {mode!r}: choose paper or official")
+        self.mode = mode
         if in_dim <= 0 or num_channels <= 0 or prototypes_per_class <= 0:
             raise ConfigError(
                 "RCAAggregation needs positive sizes, got "
@@ -441,7 +451,13 @@ class RCAAggregation(nn.Module):
         self.prototypes_per_class = prototypes_per_class
         self.register_buffer("prototypes", torch.zeros(num_channels * prototypes_per_class, in_dim))
         self.register_buffer("prototype_valid", torch.zeros(num_channels * prototypes_per_class, dtype=torch.bool))
-        self.head = nn.Conv2d(2 * in_dim, num_channels, kernel_size=1, bias=False)
+        if mode == "official":
+            self.q = nn.Conv2d(in_dim, in_dim, kernel_size=1)
+            self.k = nn.Linear(in_dim, in_dim)
+            self.v = nn.Linear(in_dim, in_dim)
+            self.aggre = nn.Conv2d(in_dim, in_dim, kernel_size=1)
+            self.project = nn.Conv2d(2 * in_dim, in_dim, kernel_size=1)
+        self.head = nn.Conv2d(in_dim if mode == "official" else 2 * in_dim, num_channels, kernel_size=1, bias=False)
 
     @torch.no_grad()
     def update_prototypes(self, bank: RegionMemoryBank, iters: int = 50, seed: int = 0) -> None:
@@ -467,6 +483,8 @@ class RCAAggregation(nn.Module):
         if features.dim() != 4 or features.shape[1] != self.in_dim:
             raise TagsegError(f"RCAAggregation expects (B, {self.in_dim}, h, w) features, got {tuple(features.shape)}")
         b, d, h, w = features.shape
+        if self.mode == "official":
+            return self._aggregate_official(features)
         if not bool(self.prototype_valid.any()):
             return torch.cat([features, torch.zeros_like(features)], dim=1)
         q = self.prototypes[self.prototype_valid].to(features.dtype)  # (P, D)
@@ -474,6 +492,17 @@ class RCAAggregation(nn.Module):
         s = torch.softmax(flat @ q.t(), dim=-1)
         agg = (s @ q).transpose(1, 2).reshape(b, d, h, w)
         return torch.cat([features, agg], dim=1)
+
+    def _aggregate_official(self, features: Tensor) -> Tensor:
+        b, d, h, w = features.shape
+        q = self.prototypes[self.prototype_valid].to(features.dtype).detach()  # (P, D)
+        query = self.q(features).permute(0, 2, 3, 1).reshape(b, h * w, d)
+        if q.shape[0] == 0:
+            agg = torch.zeros_like(features)
+        else:
+            sim = query @ self.k(q).t() / self.prototypes_per_class * self.num_channels
+            agg = (sim @ self.v(q)).permute(0, 2, 1).reshape(b, d, h, w)
+        return self.project(torch.cat([features, self.aggre(agg)], dim=1))
 
     def forward(self, features: Tensor) -> Tensor:
         return self.head(self.aggregate(features))
@@ -562,7 +591,7 @@ def _attach(family: str, net: nn.Module, s: RCAConfig, ctx: BuildContext) -> Non
     memory = RegionMemoryBank(fg, ctx.feature_dim, s.capacity, s.momentum, s.score_threshold,
                               update_mode=s.bank_update, init_seed=ctx.seed)
     if family == "cam":
-        net.aggregation = RCAAggregation(ctx.feature_dim, fg, s.prototypes_per_class)
+        net.aggregation = RCAAggregation(ctx.feature_dim, fg, s.prototypes_per_class, mode=s.aggregation)
         net.memory = memory
     else:
         net.rca_memory = memory
