@@ -182,3 +182,15 @@ def test_seam_run_refined_by_psa_with_the_seam_preset(voc, tmp_path):
     tags = {rec.id: set(np.flatnonzero(rec.labels > 0.5).tolist()) for rec in index.records}
     for p in masks:
         assert set(np.unique(np.asarray(Image.open(p))).tolist()) <= tags[p.stem]
+
+
+def test_a_copy_of_the_encoder_does_not_feed_the_pcm_taps():
+    """The refine stage trains on a deep copy of the run's encoder; its forward passes must not
+    leave activations in the SEAM network's PCM taps."""
+    import copy
+
+    net = SEAMNet(PatchEncoder("test_resnet", output_stride=16), K).eval()
+    twin = copy.deepcopy(net.encoder)
+    twin(torch.rand(1, 3, 64, 64))
+    assert net._taps == {}
+    assert net.inference_maps(torch.rand(1, 3, 64, 64)).shape[1] == K - 1

@@ -104,18 +104,24 @@ class SEAMNet(CAMNet):
         info = encoder.backbone.feature_info
         self.pcm = PCMHead(info[self.pcm_indices[0]]["num_chs"], info[self.pcm_indices[1]]["num_chs"])
         self._taps: dict[int, Tensor] = {}
+        self._tapping = False  # only this network's own forward records (not a copy of its encoder)
         for i in self.pcm_indices:
             module = encoder.backbone.get_submodule(info[i]["module"])
             module.register_forward_hook(self._tap(i))
 
     def _tap(self, index: int):
         def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
-            self._taps[index] = output
+            if self._tapping:
+                self._taps[index] = output
         return hook
 
     def _one_view(self, images: Tensor) -> CAMOutput:
         self._taps.clear()
-        features = self.encoder(images)
+        self._tapping = True
+        try:
+            features = self.encoder(images)
+        finally:
+            self._tapping = False
         mid, deep = (self._taps.get(i) for i in self.pcm_indices)
         if mid is None or deep is None:
             raise ConfigError(f"encoder {self.encoder.name}: the PCM feature maps were not produced")
