@@ -11,6 +11,10 @@ over seeds. Variants:
     cam+isl          + importance sampling loss
     cam+isl+fsl      + importance sampling + feature similarity loss
     cam+rca          + regional contrast and aggregation (pseudo-masks from the aggregation head)
+    seam             SEAM (model.family=seam) on the same recipe as cam: two views, PCM, ER + ECR;
+                     pseudo-masks from the PCM-revised maps
+    seam+ppc         + PPC as usr922/wseg places it (prototypes from each view's revised maps)
+    seam+isl / seam+fsl   + HFPL's ISL / FSL as arvijj/hfpl places them on SEAM
     tkpcl            TKP-PCL (top-K + PCE + L_ET), lite0 cut at stride 16
     tkpcl+ppc / tkpcl+isl / tkpcl+rca   the add-ons that apply to the patch family
 
@@ -23,6 +27,9 @@ reported, labelled as chosen on the ground truth. Every run's metrics are cached
 --work, so an interrupted benchmark resumes (a half-trained run resumes from its checkpoint).
 
     python benchmarks/addons_voc.py --voc ../shared/data/voc12-subset
+    # SEAM rows with the background threshold chosen on 100 val images and PSA-refined masks
+    python benchmarks/addons_voc.py --voc ../shared/data/voc12-subset --variants cam seam seam+ppc seam+isl \\
+        seam+fsl --val-images 100 --refine psa
     # a quick trial of the whole pipeline
     python benchmarks/addons_voc.py --voc ../shared/data/voc12-subset --max-images 8 --seeds 0 \\
         --epochs 1 --size 64 --infer-size 64 --batch 4 --variants cam cam+rca tkpcl+isl --work /tmp/addons_trial
@@ -51,7 +58,7 @@ from tagseg.inference.loading import load_trained_model
 from tagseg.inference.pseudo import merged_probs_for
 from tagseg.methods.cam_objective import cam_pseudo_mask
 from tagseg.training.trainer import Trainer
-from tagseg.utils.io import read_image, write_json
+from tagseg.utils.io import read_image, read_mask, write_json
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "cam": ("cam_voc", []),
@@ -59,6 +66,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "cam+isl": ("cam_voc", ["addons.hfpl.isl=true"]),
     "cam+isl+fsl": ("cam_voc", ["addons.hfpl.isl=true", "addons.hfpl.fsl=true"]),
     "cam+rca": ("cam_voc", ["addons.rca.enabled=true"]),
+    "seam": ("cam_voc", ["model.family=seam"]),
+    "seam+ppc": ("cam_voc", ["model.family=seam", "addons.ppc.enabled=true"]),
+    "seam+isl": ("cam_voc", ["model.family=seam", "addons.hfpl.isl=true"]),
+    "seam+fsl": ("cam_voc", ["model.family=seam", "addons.hfpl.fsl=true"]),
     "tkpcl": ("tkpcl_voc", []),
     "tkpcl+ppc": ("tkpcl_voc", ["addons.ppc.enabled=true"]),
     "tkpcl+isl": ("tkpcl_voc", ["addons.hfpl.isl=true"]),
@@ -67,8 +78,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 LABELS = {
     "cam": "CAM baseline", "cam+ppc": "CAM + PPC", "cam+isl": "CAM + ISL", "cam+isl+fsl": "CAM + ISL + FSL",
     "cam+rca": "CAM + RCA", "tkpcl": "TKP-PCL", "tkpcl+ppc": "TKP-PCL + PPC", "tkpcl+isl": "TKP-PCL + ISL",
-    "tkpcl+rca": "TKP-PCL + RCA (contrast)",
+    "tkpcl+rca": "TKP-PCL + RCA (contrast)", "seam": "SEAM", "seam+ppc": "SEAM + PPC", "seam+isl": "SEAM + ISL",
+    "seam+fsl": "SEAM + FSL",
 }
+CAM_FAMILIES = ("cam", "seam")
 BG_DEFAULT = 0.25
 BG_SWEEP = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
 
@@ -85,9 +98,11 @@ def base_overrides(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def family_overrides(config: str, args: argparse.Namespace) -> list[str]:
+def family_overrides(config: str, args: argparse.Namespace, name: str = "") -> list[str]:
     if config == "tkpcl_voc":
         return [f"method.et_crop_size={max(16, args.size // 3 // 16 * 16)}"]
+    if name.startswith("seam"):  # PPC's second view is SEAM's own (0.3 of the crop, snapped to 16 px)
+        return [f"addons.ppc.view2_size={max(16, int(args.size * 0.3) // 16 * 16)}"]
     return []
 
 
@@ -99,12 +114,13 @@ def score_run(model_path: Path, args: argparse.Namespace) -> dict:
     index = build_index(cfg.data, "train_aug")
     k = index.num_classes
     main = Scorer(k, index.class_names, per_image=False)
-    sweep = {thr: Scorer(k, index.class_names, contour=False, per_image=False) for thr in BG_SWEEP} if info["family"] == "cam" else {}
+    cam_family = info["family"] in CAM_FAMILIES
+    sweep = {thr: Scorer(k, index.class_names, contour=False, per_image=False) for thr in BG_SWEEP} if cam_family else {}
     merged_probs = merged_probs_for(info["family"])
 
     def predict(rec, gt: np.ndarray) -> dict:
         image = image_to_tensor(read_image(rec.image_path))
-        if info["family"] == "cam":
+        if cam_family:
             fg = normalised_cams(model, image, rec.labels, cfg.pseudo)
             return {"main": cam_pseudo_mask(fg, BG_DEFAULT).numpy().astype(np.uint8),
                     **{thr: cam_pseudo_mask(fg, thr).numpy().astype(np.uint8) for thr in sweep}}
@@ -117,7 +133,46 @@ def score_run(model_path: Path, args: argparse.Namespace) -> dict:
         best = max(rows, key=lambda t: (rows[t], -t))
         out["bg_sweep"] = {"miou": {str(t): v for t, v in rows.items()}, "best_threshold": best,
                            "best_miou": rows[best], "label": "best threshold chosen on the ground truth"}
+    if cam_family and args.val_images:
+        out["val_choice"] = val_threshold(model, cfg, args, sweep)
     return out
+
+
+@torch.no_grad()
+def val_threshold(model, cfg, args: argparse.Namespace, train_sweep: dict) -> dict:
+    """The background threshold chosen on the first ``--val-images`` val images (best val mIoU,
+    ties to the lower threshold) and the train_aug mIoU at that threshold."""
+    cfg.data.max_images = args.val_images
+    index = build_index(cfg.data, "val")
+    val = {thr: Scorer(index.num_classes, index.class_names, contour=False, per_image=False) for thr in BG_SWEEP}
+
+    def predict(rec, gt: np.ndarray) -> dict:
+        fg = normalised_cams(model, image_to_tensor(read_image(rec.image_path)), rec.labels, cfg.pseudo)
+        return {thr: cam_pseudo_mask(fg, thr).numpy().astype(np.uint8) for thr in val}
+
+    predict_and_score(index.records, predict, val, index.num_classes)
+    rows = {thr: acc.summary()["miou"] for thr, acc in val.items()}
+    best = max(rows, key=lambda t: (rows[t], -t))
+    return {"val_images": len(index), "threshold": best, "val_miou": rows[best],
+            "train_aug_miou": train_sweep[best].summary()["miou"]}
+
+
+def refine_and_score(run_dir: Path, model_path: Path, args: argparse.Namespace) -> dict | None:
+    """CAM-family runs: the refine stage's masks of the same train_aug images (``--refine``; PSA with
+    the SEAM preset, the AffinityNet settings of SEAM and PPC), scored against the ground truth."""
+    from tagseg.refine.run import refine_run
+
+    model, cfg, info = load_trained_model(model_path)
+    if info["family"] not in CAM_FAMILIES:
+        return None
+    cfg.data.max_images = args.max_images
+    cfg.refine.psa.preset = "seam"
+    _, masks = refine_run(model, cfg, run_dir, args.refine, info["family"], "train_aug", progress=False)
+    index = build_index(cfg.data, "train_aug")
+    acc = Scorer(index.num_classes, index.class_names, per_image=False)
+    predict_and_score(index.records, lambda rec, gt: read_mask(masks / f"{rec.id}.png", index.num_classes), acc,
+                      index.num_classes)
+    return {"method": args.refine, "train_aug": acc.brief()}
 
 
 def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
@@ -127,12 +182,14 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
     if result_path.is_file():
         return json.loads(result_path.read_text())
     config, overrides = VARIANTS[name]
-    cfg = load_config(config, [*base_overrides(args), *family_overrides(config, args), *overrides,
+    cfg = load_config(config, [*base_overrides(args), *family_overrides(config, args, name), *overrides,
                                f"seed={seed}", f"name={name}"])
     t0 = time.time()
     model_path = Trainer(cfg, run_dir, resume=True, show_progress=False).fit()
     t_train = time.time() - t0
     metrics = score_run(model_path, args)
+    if args.refine != "none":
+        metrics["refined"] = refine_and_score(run_dir, model_path, args)
     record = {"name": name, "seed": seed, "config": config, "overrides": overrides,
               "train_seconds": round(t_train, 1), "score_seconds": round(time.time() - t0 - t_train, 1),
               "metrics": metrics}
@@ -150,16 +207,22 @@ def fmt(values: list[float | None]) -> str:
 
 
 def table(rows: list[tuple[str, list[dict]]]) -> str:
-    head = ("| variant | seeds | mIoU | contour F | J&F | mIoU, best bg threshold (chosen on the GT) |\n"
-            "|---|---|---|---|---|---|")
+    head = ("| variant | seeds | mIoU | contour F | J&F | mIoU, best bg threshold (chosen on the GT) "
+            "| mIoU, bg threshold chosen on val | refined mask mIoU |\n"
+            "|---|---|---|---|---|---|---|---|")
     lines = [head]
     for label, recs in rows:
         m = [r["metrics"]["train_aug"] for r in recs]
         sweep = [r["metrics"].get("bg_sweep") for r in recs]
         best = "-" if sweep[0] is None else fmt([s["best_miou"] for s in sweep]) + " (thr " + ", ".join(
             f"{s['best_threshold']:g}" for s in sweep) + ")"
+        ref = [r["metrics"].get("refined") for r in recs]
+        refined = "-" if any(v is None for v in ref) else fmt([v["train_aug"]["miou"] for v in ref]) + f" ({ref[0]['method']})"
+        val = [r["metrics"].get("val_choice") for r in recs]
+        on_val = "-" if any(v is None for v in val) else fmt([v["train_aug_miou"] for v in val]) + " (thr " + ", ".join(
+            f"{v['threshold']:g}" for v in val) + ")"
         lines.append(f"| {label} | {len(recs)} | {fmt([x['miou'] for x in m])} | {fmt([x['contour_f'] for x in m])} "
-                     f"| {fmt([x['j_and_f'] for x in m])} | {best} |")
+                     f"| {fmt([x['j_and_f'] for x in m])} | {best} | {on_val} | {refined} |")
     return "\n".join(lines)
 
 
@@ -179,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
     p.add_argument("--max-images", type=int, default=400, help="first N train_aug images (0 = all 1000)")
+    p.add_argument("--val-images", type=int, default=0,
+                   help="CAM/SEAM runs: also choose the background threshold on the first N val images "
+                        "(0 = off) and report train_aug mIoU at it")
+    p.add_argument("--refine", choices=("none", "psa", "irn", "par"), default="none",
+                   help="CAM/SEAM runs: also refine the masks of the same images (tagseg refine) and score them")
     p.add_argument("--cached-only", action="store_true",
                    help="train nothing: tabulate the runs already scored under --work (missing ones are listed)")
     args = p.parse_args(argv)

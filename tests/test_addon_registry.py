@@ -48,10 +48,10 @@ def test_bad_addon_keys_are_named(override, match):
 
 def test_which_family_each_switch_serves_is_declared_by_the_addon():
     table = {a.name: dict(a.switches) for a in registry.registered_addons().values()}
-    assert table == {"hfpl": {"isl": ("cam", "patch"), "fsl": ("cam",)},
-                     "ppc": {"enabled": ("cam", "patch")}, "rca": {"enabled": ("cam", "patch")}}
+    assert table == {"hfpl": {"isl": ("cam", "patch", "seam"), "fsl": ("cam", "seam")},
+                     "ppc": {"enabled": ("cam", "patch", "seam")}, "rca": {"enabled": ("cam", "patch")}}
     with pytest.raises(ConfigError, match=r"addons.hfpl.fsl=true: the FSL add-on is not available for "
-                                          r"model.family='patch' \(it serves: cam; FSL needs CAM score maps"):
+                                          r"model.family='patch' \(it serves: cam, seam; FSL needs CAM score maps"):
         load_experiment("tkpcl_voc", ["addons.hfpl.fsl=true"])
 
 

@@ -48,7 +48,7 @@ def test_unknown_config_name():
 def test_experiment_checks_the_family_and_round_trips():
     from tagseg.experiment import experiment_from_yaml, load_experiment
 
-    with pytest.raises(ConfigError, match=r"model.family='nope': choose one of \['cam', 'patch'\]"):
+    with pytest.raises(ConfigError, match=r"model.family='nope': choose one of \['cam', 'patch', 'seam'\]"):
         load_experiment("tkpcl_voc", ["model.family=nope"])
     cfg = load_experiment("cam_voc", ["addons.ppc.enabled=true"])
     assert experiment_from_yaml(config_to_yaml(cfg)) == cfg

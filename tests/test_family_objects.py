@@ -30,5 +30,5 @@ def test_a_new_family_needs_only_its_own_registration():
             merged_probs_for("trial")
     finally:
         FAMILIES.pop("trial")
-    with pytest.raises(ConfigError, match="'trial'.*known: \\['cam', 'patch'\\]"):
+    with pytest.raises(ConfigError, match="'trial'.*known: \\['cam', 'patch', 'seam'\\]"):
         merged_probs_for("trial")

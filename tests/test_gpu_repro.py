@@ -48,8 +48,7 @@ def test_tiny_pipeline_writes_the_results_table(voc_root, tmp_path):
     repro.shrink(voc_root, data, side=96, max_images=4)
     text = repro.run(data, tmp_path / "work", "cpu", tiny=True)
     assert (tmp_path / "work" / "results.md").read_text() == text
-    rows = [line for line in text.splitlines() if line.startswith("| cam ") or line.startswith("| tkpcl ")
-            or line.startswith("| ground truth")]
+    rows = [line for line in text.splitlines() if line.startswith(("| cam |", "| tkpcl |", "| ground truth"))]
     assert len(rows) == 3
     assert "refined, par (train_aug)" in text
     assert (tmp_path / "work" / "cam" / "train" / "refine" / "par" / "train_aug" / "eval.json").is_file()

@@ -215,5 +215,5 @@ def test_pseudo_probabilities_are_keyed_by_family(patch_net, cam_net):
     assert c.shape == (K, 45, 61) and torch.allclose(c.sum(0), torch.ones(45, 61), atol=1e-5)
     from tagseg.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="'nope'.*known: \\['cam', 'patch'\\]"):
+    with pytest.raises(ConfigError, match="'nope'.*known: \\['cam', 'patch', 'seam'\\]"):
         merged_probs_for("nope")

@@ -333,6 +333,17 @@ def validate_refine(cfg: RefineConfig) -> None:
 
 
 @dataclass
+class SEAMConfig:
+    """model.family=seam (SEAM, CVPR 2020; defaults from YudeWang/SEAM train_SEAM.py and
+    network/resnet38_SEAM.py): view 2 is view 1 resized by ``view2_scale`` (snapped to a multiple
+    of 16); Dropout2d before the CAM head; ECR averages the top ``ecr_fraction`` of its entries."""
+
+    view2_scale: float = 0.3
+    head_dropout: float = 0.5
+    ecr_fraction: float = 0.2
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     seed: int = 0
@@ -343,6 +354,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     cam: CAMConfig = field(default_factory=CAMConfig)
+    seam: SEAMConfig = field(default_factory=SEAMConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     # add-on sections by name (addons.ppc, addons.hfpl, addons.rca, ...): free-form here, turned into
     # each add-on's own settings (and checked key by key) by tagseg.addons.registry.resolve_addons
@@ -709,3 +721,10 @@ def validate_config(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"cam.output_stride={c.output_stride}: choose 16 or 8")
     if c.inference_cam not in ("auto", "base", "aggregated"):
         raise ConfigError(f"cam.inference_cam={c.inference_cam!r}: choose auto, base or aggregated")
+    s = cfg.seam
+    if not 0.0 < s.view2_scale <= 1.0:
+        raise ConfigError(f"seam.view2_scale={s.view2_scale}: must be in (0, 1]")
+    if not 0.0 <= s.head_dropout < 1.0:
+        raise ConfigError(f"seam.head_dropout={s.head_dropout}: must be in [0, 1)")
+    if not 0.0 < s.ecr_fraction <= 1.0:
+        raise ConfigError(f"seam.ecr_fraction={s.ecr_fraction}: must be in (0, 1]")

@@ -434,5 +434,5 @@ def _loss_terms(family: str, ctx: LossContext, s: HFPLConfig) -> tuple[dict[str,
 
 
 ADDON = register_addon(Addon(
-    name="hfpl", settings=HFPLConfig, switches={"isl": ("cam", "patch"), "fsl": ("cam",)},
-    loss_terms=_loss_terms, hints={"fsl": "FSL needs CAM score maps: use model.family=cam"}))
+    name="hfpl", settings=HFPLConfig, switches={"isl": ("cam", "patch", "seam"), "fsl": ("cam", "seam")},
+    loss_terms=_loss_terms, hints={"fsl": "FSL needs CAM score maps: use model.family=cam or seam"}))

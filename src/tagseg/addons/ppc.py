@@ -646,5 +646,5 @@ def _loss_terms(family: str, ctx: LossContext, s: PPCConfig) -> tuple[dict[str, 
     return {"ppc": loss}, loss
 
 
-ADDON = register_addon(Addon(name="ppc", settings=PPCConfig, switches={"enabled": ("cam", "patch")},
+ADDON = register_addon(Addon(name="ppc", settings=PPCConfig, switches={"enabled": ("cam", "patch", "seam")},
                              attach=_attach, views=_views, loss_terms=_loss_terms))

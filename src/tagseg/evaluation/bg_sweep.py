@@ -137,9 +137,9 @@ def sweep_bg_cli(run_dir: Path, split: str | None, thresholds: list[float], over
     cfg = load_experiment(str(run_dir / "config.yaml"), overrides)
     device = resolve_device(cfg.device, DistInfo())
     model, _, info = load_trained_model(run_dir / "model.safetensors", device)
-    if info["family"] != "cam":
+    if info["family"] not in ("cam", "seam"):
         raise TagsegError(f"{run_dir} holds a {info['family']!r} model; the background-threshold sweep is for "
-                          "the CAM family (model.family=cam)")
+                          "the CAM families (model.family=cam or seam)")
     split = split or cfg.data.pseudo_split
     index = build_index(cfg.data, split)
     result = sweep_background_thresholds(model, index, cfg.pseudo, values, device)

@@ -1,5 +1,5 @@
 """The model-family registry: the trainer, the pseudo-mask generator and the CLI work with any
-registered :class:`~tagseg.methods.family.Family` (built in: 'patch' and 'cam')."""
+registered :class:`~tagseg.methods.family.Family` (built in: 'patch', 'cam' and 'seam')."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from tagseg.errors import ConfigError, TagsegError
 from tagseg.methods.cam_objective import CAM_FAMILY
 from tagseg.methods.family import Family
 from tagseg.methods.objective import PATCH_FAMILY
+from tagseg.methods.seam_objective import SEAM_FAMILY
 
 FAMILIES: dict[str, Family] = {}
 
@@ -31,3 +32,4 @@ def family_for_format(fmt: str | None) -> Family:
 
 register_family(PATCH_FAMILY)
 register_family(CAM_FAMILY)
+register_family(SEAM_FAMILY)

@@ -33,6 +33,7 @@ class CAMOutput:
     features: Tensor
     embeddings: Optional[Tensor] = None
     cams_aggregated: Optional[Tensor] = None
+    cams_revised: Optional[Tensor] = None  # SEAM: PCM-revised maps (B, K, h, w), background first
 
 
 class CAMNet(nn.Module):

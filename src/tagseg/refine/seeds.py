@@ -42,12 +42,12 @@ def present_keys(labels: np.ndarray) -> np.ndarray:
 def seeds_of(model: nn.Module, image: np.ndarray, labels: np.ndarray, cfg: PseudoConfig, family: str,
              device: torch.device | str = "cpu") -> Seeds:
     """The seeds of one image uint8 (H, W, 3) with multi-hot ``labels`` (K,): the CAM family's
-    max-normalised CAMs, or the patch family's merged class probabilities, of the present classes."""
+    max-normalised CAMs (SEAM: PCM-revised), or the patch family's merged class probabilities, of the present classes."""
     keys = present_keys(labels)
-    if family != "cam":
+    if family not in ("cam", "seam"):
         probs = merged_probabilities(model, image, labels, cfg, device, family)
         return Seeds(probs[keys].numpy().astype(np.float32), keys, probs)
-    # the CAM family's probabilities are its normalised CAMs plus a constant background
+    # the CAM family's (and SEAM's, PCM-revised) probabilities are its normalised CAMs plus a constant background
     # (inference.cam.cam_merged_probabilities): one forward pass gives both
     dev = torch.device(device)
     if cfg.channels_last:
