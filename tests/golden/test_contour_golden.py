@@ -4,7 +4,6 @@ both recorded by ``benchmarks/golden/record_contour.py``. The tests need only th
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -13,21 +12,15 @@ import pytest
 
 from tagseg.evaluation.contour import ContourFAccumulator, seg2bmap
 
+from .inputs import checksum as _checksum, generate
+
 HERE = Path(__file__).parent
 DAVIS = json.loads((HERE / "davis.json").read_text())
 HFPL = json.loads((HERE / "hfpl_contour.json").read_text())
 
 
-def _checksum(a: np.ndarray) -> str:
-    a = np.ascontiguousarray(a)
-    a = a.astype(a.dtype.newbyteorder("<"), copy=False)
-    return hashlib.sha256(f"{a.dtype.str}{list(a.shape)}".encode() + a.tobytes()).hexdigest()
-
-
 def _draw(spec: dict) -> np.ndarray:
-    rng = np.random.default_rng(int(spec["seed"]))
-    shape = tuple(spec["shape"])
-    x = (rng.standard_normal(shape) if spec["dist"] == "normal" else rng.random(shape)).astype(np.float32)
+    x = generate(spec)  # the shared golden-input generator (tests/golden/inputs.py)
     assert _checksum(x) == spec["sha256"], "golden input regenerated differently from the recording"
     return x
 

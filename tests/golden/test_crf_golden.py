@@ -10,7 +10,6 @@ of pixels.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from pathlib import Path
 
@@ -19,22 +18,16 @@ import pytest
 
 from tagseg.inference.crf import CRF_PRESETS, dense_crf, pydensecrf_available
 
+from .inputs import checksum as _checksum, generate
+
 GOLDEN = json.loads((Path(__file__).parent / "vit_pcm_crf.json").read_text())
 CASES = GOLDEN["cases"]
 TORCH_ATOL = 2e-5
 ARGMAX_DISAGREEMENT = 0.001
 
 
-def _checksum(a: np.ndarray) -> str:
-    a = np.ascontiguousarray(a)
-    a = a.astype(a.dtype.newbyteorder("<"), copy=False)
-    return hashlib.sha256(f"{a.dtype.str}{list(a.shape)}".encode() + a.tobytes()).hexdigest()
-
-
 def _draw(spec: dict) -> np.ndarray:
-    rng = np.random.default_rng(int(spec["seed"]))
-    shape = tuple(spec["shape"])
-    x = (rng.standard_normal(shape) if spec["dist"] == "normal" else rng.random(shape)).astype(np.float32)
+    x = generate(spec)  # the shared golden-input generator (tests/golden/inputs.py)
     assert _checksum(x) == spec["sha256"], "golden input regenerated differently from the recording"
     return x
 
