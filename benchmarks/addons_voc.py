@@ -57,6 +57,7 @@ from tagseg.inference.cam import normalised_cams
 from tagseg.inference.loading import load_trained_model
 from tagseg.inference.pseudo import merged_probs_for
 from tagseg.methods.cam_objective import cam_pseudo_mask
+from tagseg.methods.families import get_family
 from tagseg.training.trainer import Trainer
 from tagseg.utils.io import read_image, read_mask, write_json
 
@@ -81,7 +82,6 @@ LABELS = {
     "tkpcl+rca": "TKP-PCL + RCA (contrast)", "seam": "SEAM", "seam+ppc": "SEAM + PPC", "seam+isl": "SEAM + ISL",
     "seam+fsl": "SEAM + FSL",
 }
-CAM_FAMILIES = ("cam", "seam")
 BG_DEFAULT = 0.25
 BG_SWEEP = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
 
@@ -114,7 +114,7 @@ def score_run(model_path: Path, args: argparse.Namespace) -> dict:
     index = build_index(cfg.data, "train_aug")
     k = index.num_classes
     main = Scorer(k, index.class_names, per_image=False)
-    cam_family = info["family"] in CAM_FAMILIES
+    cam_family = get_family(info["family"]).cam_maps
     sweep = {thr: Scorer(k, index.class_names, contour=False, per_image=False) for thr in BG_SWEEP} if cam_family else {}
     merged_probs = merged_probs_for(info["family"])
 
@@ -163,7 +163,7 @@ def refine_and_score(run_dir: Path, model_path: Path, args: argparse.Namespace) 
     from tagseg.refine.run import refine_run
 
     model, cfg, info = load_trained_model(model_path)
-    if info["family"] not in CAM_FAMILIES:
+    if not get_family(info["family"]).cam_maps:
         return None
     cfg.data.max_images = args.max_images
     cfg.refine.psa.preset = "seam"

@@ -32,3 +32,9 @@ def test_a_new_family_needs_only_its_own_registration():
         FAMILIES.pop("trial")
     with pytest.raises(ConfigError, match="'trial'.*known: \\['cam', 'patch', 'seam'\\]"):
         merged_probs_for("trial")
+
+
+def test_cam_maps_is_declared_by_the_families_whose_masks_threshold_normalised_cams():
+    """The background sweep and the refine stage's CAM seeds ask the family, not its name."""
+    assert {name for name, fam in FAMILIES.items() if fam.cam_maps} == {"cam", "seam"}
+    assert not get_family("patch").cam_maps

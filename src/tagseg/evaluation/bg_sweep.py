@@ -22,6 +22,7 @@ from tagseg.errors import ConfigError, DataError, TagsegError
 from tagseg.evaluation.miou import MIOU_CONVENTION
 from tagseg.evaluation.predict_and_score import predict_and_score
 from tagseg.evaluation.scorer import Scorer, require_masks
+from tagseg.methods.families import get_family
 from tagseg.utils.io import read_image, write_json
 
 BEST_LABEL = "best threshold chosen on the ground truth"
@@ -137,7 +138,7 @@ def sweep_bg_cli(run_dir: Path, split: str | None, thresholds: list[float], over
     cfg = load_experiment(str(run_dir / "config.yaml"), overrides)
     device = resolve_device(cfg.device, DistInfo())
     model, _, info = load_trained_model(run_dir / "model.safetensors", device)
-    if info["family"] not in ("cam", "seam"):
+    if not get_family(info["family"]).cam_maps:
         raise TagsegError(f"{run_dir} holds a {info['family']!r} model; the background-threshold sweep is for "
                           "the CAM families (model.family=cam or seam)")
     split = split or cfg.data.pseudo_split

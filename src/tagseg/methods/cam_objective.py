@@ -137,4 +137,4 @@ def cam_pseudo_mask(fg: Tensor, bg_threshold: float) -> Tensor:
 
 
 CAM_FAMILY = Family("cam", "tagseg.cam/1", build_cam_net, cam_family_loss, validate_cam_family,
-                    inference="tagseg.inference.cam:cam_merged_probabilities")
+                    inference="tagseg.inference.cam:cam_merged_probabilities", cam_maps=True)

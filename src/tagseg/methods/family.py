@@ -10,6 +10,9 @@
   (that layer sits above this one, so the family names the rule and
   :func:`tagseg.inference.pseudo.merged_probs_for` imports it): ``(model, image float (3, H, W)
   in [0, 1], labels (K,), PseudoConfig) -> (K, H, W)`` label-restricted class probabilities.
+- ``cam_maps``: its pseudo-masks are normalised class activation maps against a background
+  threshold (``pseudo.bg_threshold``), so the background sweep and the refine stage's CAM seeds
+  apply to it (``cam``, ``seam``); otherwise its rule gives class probabilities directly.
 
 A family's network has an ``encoder`` with ``block_groups()`` / ``final_norm()`` (for the
 warm-up/unfreeze schedule) and ``head_parameters()``; it may define ``on_epoch_start(epoch)`` and
@@ -36,3 +39,4 @@ class Family:
     loss: Callable[[nn.Module, nn.Module, dict, ExperimentConfig, int], tuple[torch.Tensor, dict]]
     validate: Callable[[ExperimentConfig], None] = lambda cfg: None
     inference: str = ""
+    cam_maps: bool = False

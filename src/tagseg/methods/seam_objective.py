@@ -119,4 +119,5 @@ def validate_seam_family(cfg: ExperimentConfig) -> None:
 
 
 SEAM_FAMILY = Family("seam", "tagseg.seam/1", build_seam_net, seam_family_loss, validate_seam_family,
-                     inference="tagseg.inference.cam:cam_merged_probabilities")  # from its PCM-revised maps
+                     inference="tagseg.inference.cam:cam_merged_probabilities",  # from its PCM-revised maps
+                     cam_maps=True)

@@ -21,6 +21,7 @@ from tagseg.engine import precision as P
 from tagseg.inference.cam import normalised_cams
 from tagseg.inference.pseudo import merged_probabilities
 from tagseg.methods.cam_objective import cam_probabilities
+from tagseg.methods.families import get_family
 
 
 class Seeds(NamedTuple):
@@ -44,7 +45,7 @@ def seeds_of(model: nn.Module, image: np.ndarray, labels: np.ndarray, cfg: Pseud
     """The seeds of one image uint8 (H, W, 3) with multi-hot ``labels`` (K,): the CAM family's
     max-normalised CAMs (SEAM: PCM-revised), or the patch family's merged class probabilities, of the present classes."""
     keys = present_keys(labels)
-    if family not in ("cam", "seam"):
+    if not get_family(family).cam_maps:
         probs = merged_probabilities(model, image, labels, cfg, device, family)
         return Seeds(probs[keys].numpy().astype(np.float32), keys, probs)
     # the CAM family's (and SEAM's, PCM-revised) probabilities are its normalised CAMs plus a constant background
