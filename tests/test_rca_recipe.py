@@ -86,15 +86,18 @@ def test_official_numbers():
     assert (t.lr, t.head_lr_mult, t.bias_lr_mult) == (0.001, 10.0, 2.0)
     assert (t.lr_schedule, list(t.lr_decay_epochs), t.lr_decay_factor) == ("step", [5, 10], 0.1)
     assert (t.batch_size, t.epochs, t.warmup_epochs) == (8, 30, 0)
+    assert (cfg.addons["rca"].enabled, cfg.addons["rca"].contrast_start_epoch) == (False, 2)
     assert (a.geometry, a.hflip_prob, a.vflip_prob, a.transpose_prob, a.grayscale_prob) == ("square", 0.0, 0.0, 0.0, 0.0)
     assert (tuple(a.brightness), tuple(a.contrast), tuple(a.saturation), a.hue) == (
         (0.7, 1.3), (0.7, 1.3), (0.7, 1.3), 0.1)
 
 
-def test_two_sgd_steps_at_the_official_learning_rates(tmp_path):
+@pytest.mark.parametrize("addon", [[], ["addons.rca.enabled=true", "addons.rca.score_threshold=0.0"]],
+                         ids=["base", "with_rca"])
+def test_two_sgd_steps_at_the_official_learning_rates(tmp_path, addon):
     root = tmp_path / "voc"
     make_voc(root, n=2)
-    cfg = rca(root=root)
+    cfg = rca(*addon, root=root)
     index = build_index(cfg.data, cfg.data.train_split)
     views = TrainingViews(index, cfg.data.image_size, cfg.train.augment, seed=cfg.seed)
     batch = default_collate([views[0], views[1]])
@@ -114,8 +117,10 @@ def test_two_sgd_steps_at_the_official_learning_rates(tmp_path):
         sched.epoch_start(epoch, step, opt)
         sched.step(step, opt)
         assert {g["name"]: g["lr"] for g in opt.param_groups} == pytest.approx(expected[epoch])
-        loss, _ = family.loss(core, core, batch, cfg, epoch)
+        loss, parts = family.loss(core, core, batch, cfg, epoch)
         assert torch.isfinite(loss)
+        if addon:  # L_RM off before epoch 2 (train.py:101), on after
+            assert (float(parts["rca_rm"]) > 0) == (epoch >= 2)
         opt.zero_grad()
         loss.backward()
         opt.step()
