@@ -135,3 +135,17 @@ def test_vgg16_reads_conv5_at_stride_16_and_refuses_stride_8():
     assert sum(isinstance(m, torch.nn.Conv2d) for m in enc.modules()) == 13  # all of VGG-16's convs
     with pytest.raises(ConfigError, match="no dilated variant"):
         PatchEncoder("vgg16", pretrained=False, image_size=64, output_stride=8)
+
+
+@pytest.mark.slow
+def test_the_loop_logs_the_step_decay(tmp_path):
+    import json
+
+    from tagseg.training.trainer import Trainer
+
+    root = tmp_path / "voc"
+    make_voc(root, n=2)
+    cfg = rca("train.epochs=2", "train.lr_decay_epochs=[1]", root=root)
+    Trainer(cfg, tmp_path / "run", show_progress=False).fit()
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert [h["lr"] for h in history] == pytest.approx([1e-3, 1e-4])
