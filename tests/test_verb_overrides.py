@@ -20,7 +20,10 @@ def test_check_verb_overrides_names_key_and_verb():
         check_verb_overrides("pseudo", ["dataset=1"])
     with pytest.raises(ConfigError, match="key=value"):
         check_verb_overrides("pseudo", ["model.bn"])
-    assert set(VERB_APPLIES) == {"pseudo", "eval", "eval --sweep-bg", "segment eval", "predict", "report"}
+    assert set(VERB_APPLIES) == {"pseudo", "eval", "eval --sweep-bg", "segment eval", "predict", "report", "refine"}
+    check_verb_overrides("refine", ["refine.irn.beta=8", "pseudo.flip=true", "data.root=/x", "device=cpu"])
+    with pytest.raises(ConfigError, match=r"^model\.bn is not applied by `tagseg refine`"):
+        check_verb_overrides("refine", ["model.bn=frozen"])
     with pytest.raises(ConfigError, match=r"model\.head is not applied by `tagseg predict`: it takes only "
                                           r"inference\.key=value overrides"):
         check_verb_overrides("predict", ["inference.flip=true", "model.head=x"])

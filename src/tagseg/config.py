@@ -148,6 +148,11 @@ class AugmentConfig:
     resize_long: tuple[int, int] = (448, 768)
 
 
+# train.lr_schedule values; each is built by tagseg.engine.schedule (a test checks every one builds):
+# phases (warmup_epochs, warmup_lr, unfreeze_blocks), poly (poly_power), step (lr_decay_epochs, lr_decay_factor)
+LR_SCHEDULES = ("phases", "poly", "step")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation schedule: Adam, warm-up with the backbone frozen, then the last blocks."""
@@ -174,12 +179,18 @@ class TrainConfig:
     select_images: int = 100
     # optimizer adam: Adam with the warm-up/unfreeze phases (lr_schedule phases); sgd with
     # lr_schedule poly: the official CAM recipe, every layer trained from the first step, the lr
-    # decayed per step as lr·(1 − t/T)^poly_power, the head at head_lr_mult × lr
+    # decayed per step as lr·(1 − t/T)^poly_power, the head at head_lr_mult × lr;
+    # lr_schedule step: the lr constant within an epoch, × lr_decay_factor at each epoch (0-based)
+    # listed in lr_decay_epochs (RCA's recipe), the head at head_lr_mult × lr
     optimizer: str = "adam"  # adam | sgd
     momentum: float = 0.9  # SGD only
-    lr_schedule: str = "phases"  # phases | poly
-    poly_power: float = 0.9
+    nesterov: bool = False  # SGD only
+    lr_schedule: str = "phases"  # one of LR_SCHEDULES
+    poly_power: float = 0.9  # poly only
+    lr_decay_epochs: list[int] = field(default_factory=list)  # step only
+    lr_decay_factor: float = 0.1  # step only
     head_lr_mult: float = 1.0
+    bias_lr_mult: float = 1.0  # SGD only: biases at bias_lr_mult × their group's lr (× head_lr_mult in the head)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -685,8 +696,13 @@ def validate_config(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"train.select={t.select!r}: choose last or best")
     if t.optimizer not in ("adam", "sgd"):
         raise ConfigError(f"train.optimizer={t.optimizer!r}: choose adam or sgd")
-    if t.lr_schedule not in ("phases", "poly"):
-        raise ConfigError(f"train.lr_schedule={t.lr_schedule!r}: choose phases or poly")
+    if t.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"train.lr_schedule={t.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
+    if any(e < 1 for e in t.lr_decay_epochs) or list(t.lr_decay_epochs) != sorted(set(t.lr_decay_epochs)):
+        raise ConfigError(f"train.lr_decay_epochs={list(t.lr_decay_epochs)}: need increasing epochs >= 1")
+    if not 0.0 < t.lr_decay_factor <= 1.0 or not t.bias_lr_mult > 0:
+        raise ConfigError(f"train.lr_decay_factor={t.lr_decay_factor}, train.bias_lr_mult={t.bias_lr_mult}: "
+                          "need 0 < lr_decay_factor <= 1 and bias_lr_mult > 0")
     if not t.head_lr_mult > 0 or t.poly_power < 0 or not 0.0 <= t.momentum < 1.0:
         raise ConfigError(f"train.head_lr_mult={t.head_lr_mult}, train.poly_power={t.poly_power}, "
                           f"train.momentum={t.momentum}: need head_lr_mult > 0, poly_power >= 0, 0 <= momentum < 1")

@@ -1,4 +1,4 @@
-"""Learning-rate schedules of the engine: per-epoch phases or a per-step poly decay.
+"""Learning-rate schedules of the engine: per-epoch phases, a per-step poly decay or a per-epoch step decay.
 
 A schedule sets the optimizer's learning rates. ``epoch_start`` runs before each epoch and
 returns an :class:`EpochPlan` (phase name, modules to keep in eval mode, current lr);
@@ -90,3 +90,30 @@ class PolySchedule:
         lr = poly_lr(self.base_lr, global_step, self.total_steps, self.power)
         set_lr(optimizer, lr)
         return lr
+
+
+def step_lr(base_lr: float, epoch: int, decay_epochs: Sequence[int], factor: float = 0.1) -> float:
+    """Step decay: base_lr · factor^n, n = how many of ``decay_epochs`` (0-based) are <= ``epoch``.
+    RCA's ``my_optim.reduce_lr`` multiplies every group's lr by the factor at the start of each listed epoch."""
+    return base_lr * factor ** sum(1 for e in decay_epochs if e <= epoch)
+
+
+class StepSchedule:
+    """Step decay per epoch (lr constant within an epoch, a pure function of it); groups scaled by their
+    ``lr_mult``; ``frozen`` modules stay in eval mode every epoch."""
+
+    lr_key = "lr"
+
+    def __init__(self, base_lr: float, decay_epochs: Sequence[int], factor: float = 0.1,
+                 frozen: Sequence[nn.Module] = ()) -> None:
+        self.base_lr, self.decay_epochs, self.factor, self.frozen = base_lr, list(decay_epochs), factor, list(frozen)
+        self.lr = base_lr
+
+    def epoch_start(self, epoch: int, global_step: int, optimizer: torch.optim.Optimizer) -> EpochPlan:
+        self.lr = step_lr(self.base_lr, epoch, self.decay_epochs, self.factor)
+        set_lr(optimizer, self.lr)
+        return EpochPlan(None, self.lr, self.frozen)
+
+    def step(self, global_step: int, optimizer: torch.optim.Optimizer) -> float:
+        set_lr(optimizer, self.lr)
+        return self.lr

@@ -36,7 +36,7 @@ def _create_dilated(name: str, weights: str | None, pretrained: bool, output_str
     try:
         return build_timm_model(name, weights=weights, pretrained=pretrained, num_classes=0,
                                 output_stride=output_stride)
-    except TypeError:
+    except (TypeError, AssertionError):  # no output_stride argument, or timm refuses the value (VGG: 32 only)
         if output_stride != PATCH_STRIDE:
             raise ConfigError(f"encoder {name} has no dilated variant (timm output_stride={output_stride}); "
                               "use a CNN such as a ResNet or an EfficientNet, or output stride 16") from None

@@ -20,7 +20,7 @@ from tagseg.data.views import TrainingViews
 from tagseg.engine import loop
 from tagseg.engine.distributed import DistInfo, per_process_batch
 from tagseg.engine.phases import is_batchnorm
-from tagseg.engine.schedule import PhaseSchedule, PolySchedule, Schedule
+from tagseg.engine.schedule import PhaseSchedule, PolySchedule, Schedule, StepSchedule
 from tagseg.engine.task import SelectFn, Task, loop_options
 from tagseg.engine.threads import loader_workers
 from tagseg.experiment import validate_experiment
@@ -44,7 +44,7 @@ def model_metadata(cfg: ExperimentConfig, class_names: tuple[str, ...], palette:
 def optimizer_and_schedule(core: torch.nn.Module, cfg: ExperimentConfig, total_steps: int
                             ) -> tuple[torch.optim.Optimizer, Schedule]:
     """Adam with the warm-up/unfreeze phases (tagseg's recipe), or SGD with a per-step poly decay
-    from the first step, the head at ``head_lr_mult`` × lr and, with ``model.bn=frozen``, the
+    (or a per-epoch step decay, ``lr_schedule=step``) from the first step, the head at ``head_lr_mult`` × lr and, with ``model.bn=frozen``, the
     encoder's BatchNorm fixed (statistics and affine weights; the official CAM recipe).
     ``total_steps``: optimizer steps of the whole run (poly only)."""
     t = cfg.train
@@ -53,9 +53,8 @@ def optimizer_and_schedule(core: torch.nn.Module, cfg: ExperimentConfig, total_s
         optimizer = torch.optim.Adam([{"params": head, "name": "head"}, {"params": enc, "name": "encoder"}],
                                      lr=t.lr, weight_decay=t.weight_decay)
     else:
-        optimizer = torch.optim.SGD([{"params": head, "name": "head", "lr_mult": t.head_lr_mult},
-                                     {"params": enc, "name": "encoder"}],
-                                    lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        optimizer = torch.optim.SGD(sgd_groups(core, head, enc, t.head_lr_mult, t.bias_lr_mult),
+                                    lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov)
     if t.lr_schedule == "phases":
         return optimizer, PhaseSchedule(core, t, cfg.model.bn, cfg.model.frozen_dropout)
     frozen = []
@@ -64,7 +63,25 @@ def optimizer_and_schedule(core: torch.nn.Module, cfg: ExperimentConfig, total_s
         for m in frozen:
             for p in m.parameters(recurse=False):
                 p.requires_grad_(False)
+    if t.lr_schedule == "step":
+        return optimizer, StepSchedule(t.lr, t.lr_decay_epochs, t.lr_decay_factor, frozen)
     return optimizer, PolySchedule(t.lr, total_steps, t.poly_power, frozen)
+
+
+def sgd_groups(core: torch.nn.Module, head: list[torch.nn.Parameter], enc: list[torch.nn.Parameter],
+               head_lr_mult: float, bias_lr_mult: float) -> list[dict]:
+    """SGD's parameter groups: head (``head_lr_mult``) and encoder (1); with ``bias_lr_mult`` != 1 each is
+    split into weights and biases (parameters named ``*.bias``, at ``bias_lr_mult`` × the group's multiplier),
+    as RCA's ``get_parameter_groups`` (1×, 2×, 10×, 20× lr); empty groups are left out."""
+    if bias_lr_mult == 1.0:
+        return [{"params": head, "name": "head", "lr_mult": head_lr_mult}, {"params": enc, "name": "encoder"}]
+    biases = {id(p) for n, p in core.named_parameters() if n.rsplit(".", 1)[-1] == "bias"}
+    groups = []
+    for name, params, mult in (("head", head, head_lr_mult), ("encoder", enc, 1.0)):
+        groups.append({"params": [p for p in params if id(p) not in biases], "name": name, "lr_mult": mult})
+        groups.append({"params": [p for p in params if id(p) in biases], "name": f"{name}_bias",
+                       "lr_mult": mult * bias_lr_mult})
+    return [g for g in groups if g["params"]]
 
 
 def classifier_task(cfg: ExperimentConfig, select_epoch: Optional[SelectFn] = None
