@@ -312,8 +312,11 @@ def test_total_loss_switches_contrast_on_after_first_epoch():
     ce_o = (-math.log(sig(2.0)) - math.log(1 - sig(-1.0))) / 2
     ce_p = (-math.log(sig(0.0)) - math.log(1 - sig(1.0))) / 2
     rm = torch.tensor(3.0)
-    first, parts0 = rca_total_loss(o, p, labels, rm, epoch=0)
-    later, parts1 = rca_total_loss(o, p, labels, rm, epoch=1)
+    paper = RCAConfig(contrast_start_epoch=1)  # the paper's start; the default is the official code's 2
+    first, parts0 = rca_total_loss(o, p, labels, rm, epoch=0, cfg=paper)
+    later, parts1 = rca_total_loss(o, p, labels, rm, epoch=1, cfg=paper)
+    assert rca_total_loss(o, p, labels, rm, epoch=1)[1]["rm"].item() == 0.0  # default: still off in epoch 1
+    assert rca_total_loss(o, p, labels, rm, epoch=2)[1]["rm"].item() == 3.0
     assert first.item() == pytest.approx(ce_o + 0.4 * ce_p, rel=1e-6)
     assert later.item() == pytest.approx(ce_o + 0.4 * ce_p + 0.01 * 3.0, rel=1e-6)
     assert parts0["rm"].item() == 0.0 and parts1["rm"].item() == 3.0

@@ -232,8 +232,9 @@ def test_rca_terms_memory_update_and_gradient_path():
     assert grads[0] is None  # regions are features masked by constant region masks
     assert any(g is not None and g.abs().sum() > 0 for g in grads[1:])
     assert not net.memory.memory.requires_grad
-    # contrast off before contrast_start_epoch (default 1): the part is 0 in epoch 0
-    cfg1 = cam_config("addons.rca.enabled=true", "addons.rca.score_threshold=0.0")
+    # contrast off before contrast_start_epoch (default 2, the official code's; the paper's 1 here)
+    assert cam_config("addons.rca.enabled=true").addons["rca"].contrast_start_epoch == 2
+    cfg1 = cam_config("addons.rca.enabled=true", "addons.rca.score_threshold=0.0", "addons.rca.contrast_start_epoch=1")
     assert _loss(cfg1, net, batch, epoch=0)[1]["rca_rm"].item() == 0
     assert _loss(cfg1, net, batch, epoch=1)[1]["rca_rm"].item() > 0
     # a region enters the bank only when its class score exceeds ν
