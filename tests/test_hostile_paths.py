@@ -172,15 +172,21 @@ def test_prepare_with_workers_checks_links_made_after_the_start(tmp_path, outsid
     out = tmp_path / "out"
     real_copy = voc_module._copy_job
 
+    lock_path = tmp_path / "plant.lock"
+
     def plant_then_copy(payload, out_path):
-        images = Path(out_path).parent
-        if not images.is_symlink():
-            images.mkdir(parents=True, exist_ok=True)
-            for f in images.iterdir():
-                f.unlink()
-            images.rmdir()
-            images.symlink_to(outside, target_is_directory=True)
-        return real_copy(payload, out_path)
+        import fcntl
+
+        with open(lock_path, "w") as lock:  # one worker at a time: planting is several steps
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            images = Path(out_path).parent
+            if not images.is_symlink():
+                images.mkdir(parents=True, exist_ok=True)
+                for f in images.iterdir():
+                    f.unlink()
+                images.rmdir()
+                images.symlink_to(outside, target_is_directory=True)
+            return real_copy(payload, out_path)
 
     monkeypatch.setattr(voc_module, "_copy_job", plant_then_copy)
     before = snapshot(outside)
