@@ -180,7 +180,11 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
     run_dir = args.work / f"{name}-seed{seed}"
     result_path = run_dir / "addons.json"
     if result_path.is_file():
-        return json.loads(result_path.read_text())
+        record = json.loads(result_path.read_text())
+        if args.refine != "none" and not record["metrics"].get("refined"):  # a cached run, refined now
+            record["metrics"]["refined"] = refine_and_score(run_dir, run_dir / "model.safetensors", args)
+            write_json(result_path, record)
+        return record
     config, overrides = VARIANTS[name]
     cfg = load_config(config, [*base_overrides(args), *family_overrides(config, args, name), *overrides,
                                f"seed={seed}", f"name={name}"])
