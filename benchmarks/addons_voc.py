@@ -181,7 +181,8 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
     result_path = run_dir / "addons.json"
     if result_path.is_file():
         record = json.loads(result_path.read_text())
-        if args.refine != "none" and not record["metrics"].get("refined"):  # a cached run, refined now
+        if args.refine != "none" and not args.cached_only and not record["metrics"].get("refined"):
+            # a run cached before --refine was asked: refine it now (never under --cached-only)
             record["metrics"]["refined"] = refine_and_score(run_dir, run_dir / "model.safetensors", args)
             write_json(result_path, record)
         return record
