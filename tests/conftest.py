@@ -35,6 +35,8 @@ def voc_root() -> Path:
 
 @pytest.fixture(autouse=True)
 def _one_thread_again():
-    """Commands under test set torch's threads (``--threads``, its default); later tests get 1 back."""
+    """Every test starts with one torch thread (small tensors: faster than several, and it shares the
+    CPU); commands under test set torch's threads (``--threads``, its default), so later tests get 1 back."""
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(1)

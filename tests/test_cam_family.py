@@ -47,14 +47,6 @@ PPC_SMALL = ["addons.ppc.enabled=true", "addons.ppc.view2_size=32"]
 RCA_FILLING = ["addons.rca.enabled=true", "addons.rca.score_threshold=0.0", "addons.rca.contrast_start_epoch=0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster than several (and shares the CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def cam_config(*extra: str, root: Path | str = "unused"):
     return load_experiment("cam_voc", [f"data.root={root}", *TINY, *extra])

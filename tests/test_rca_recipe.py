@@ -26,13 +26,6 @@ RCA_TINY = [o for o in TINY if o.split("=")[0] in (
     "train.cpu_threads")]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def rca(*extra: str, root="unused"):
     return load_experiment("cam_voc_rca_official", [f"data.root={root}", *RCA_TINY, *extra])

@@ -32,13 +32,6 @@ SEAM_TINY = [o for o in TINY if not o.startswith(("train.warmup_epochs", "train.
 SMALL = ["train.augment.resize_long=[48,96]", "cam.output_stride=16"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory) -> Path:
