@@ -170,8 +170,8 @@ def test_every_verb_has_threads_and_overrides(verb, capsys):
 
 
 def test_report_and_predict_reject_overrides_they_cannot_use(tmp_path, capsys):
-    from tagseg.segmentation.config import SegInferenceConfig
-    from tagseg.segmentation.predict import inference_with_overrides
+    from tagseg.segment.config import SegInferenceConfig
+    from tagseg.segment.predict import inference_with_overrides
 
     run, _ = _scored_run(tmp_path)
     assert main(["report", str(run), "train.epochs=3"]) == 2
@@ -186,7 +186,7 @@ def test_report_and_predict_reject_overrides_they_cannot_use(tmp_path, capsys):
 
 def test_a_second_background_sweep_does_not_replace_the_first(tmp_path):
     from tagseg.config import load_config
-    from tagseg.evaluation.bg_sweep import sweep_output_path
+    from tagseg.evaluate.bg_sweep import sweep_output_path
 
     cfg = load_config("cam_voc", ["pseudo.image_size=320", "pseudo.flip=true", "pseudo.scales=[1.0,0.5]"])
     first = sweep_output_path(tmp_path, "train", cfg, [0.1, 0.3])

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from fixtures import write_mask
-from tagseg.evaluation.miou import ConfusionMatrix
-from tagseg.evaluation.predict_and_score import predict_and_score
-from tagseg.evaluation.scorer import Scorer
+from tagseg.metrics.miou import ConfusionMatrix
+from tagseg.metrics.predict_and_score import predict_and_score
+from tagseg.metrics.scorer import Scorer
 
 
 @dataclass

@@ -11,10 +11,10 @@ from PIL import Image
 
 from tagseg.data.classes import VOC_CLASSES, voc_palette
 from tagseg.engine.checkpoint import save_final_model
-from tagseg.segmentation.config import load_segment_config
-from tagseg.segmentation.models import build_segmenter
-from tagseg.segmentation.predict import run_predict
-from tagseg.segmentation.inference import model_metadata
+from tagseg.segment.config import load_segment_config
+from tagseg.segment.models import build_segmenter
+from tagseg.segment.predict import run_predict
+from tagseg.segment.inference import model_metadata
 
 
 def test_predict_writes_a_manifest_that_matches_its_files(tmp_path):

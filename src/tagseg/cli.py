@@ -6,7 +6,7 @@ Every verb takes
 process; default: the machine's cores divided by the processes the verb runs) and ``--device``
 (report: ``--threads`` only, it runs no network). Overrides may stand anywhere among a verb's
 options (:func:`parse_args`). The handlers of the refine, segmentation, report and prepare verbs live
-beside their stage (``refine/cli.py``, ``segmentation/cli.py``, ``report/cli.py``,
+beside their stage (``refine/cli.py``, ``segment/cli.py``, ``report/cli.py``,
 ``data/prepare/cli.py``) and are
 imported only when their verb runs (:func:`_lazy`), so ``--help`` loads neither torch nor numpy;
 the parser, which declares every verb, is here (:func:`build_parser`).
@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_args(p, "a shipped config name (e.g. segment_voc) or a YAML path")
     _add_check_data(p, "training masks (segment.masks_dir)")
     _add_overrides(p, "train.epochs=2 segment.masks_dir=runs/x/pseudo/train_aug/masks")
-    p.set_defaults(handler=_lazy("tagseg.segmentation.cli:cmd_segment_train"))
+    p.set_defaults(handler=_lazy("tagseg.segment.cli:cmd_segment_train"))
 
     p = seg_sub.add_parser("eval", parents=[common],
                            help="score a trained network on a split with ground truth (mIoU, contour F, J&F)")
@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "<run>/eval.shard-<i>-of-<n>.json for a shard)")
     p.add_argument("--save-masks", action="store_true", help="also write the predictions to <run>/predictions/<split>/")
     _add_overrides(p, "inference.flip=true data.max_images=50")
-    p.set_defaults(handler=_lazy("tagseg.segmentation.cli:cmd_segment_eval"))
+    p.set_defaults(handler=_lazy("tagseg.segment.cli:cmd_segment_eval"))
 
     p = sub.add_parser("predict", parents=[common],
                        help="write masks and colour overlays for images with a segmentation model")
@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dense-CRF refinement (default: as stored in the model)")
     p.add_argument("--classes", default=None,
                    help="check the model's classes against 'voc', a classes file or a folder with classes.txt")
-    p.set_defaults(handler=_lazy("tagseg.segmentation.cli:cmd_predict"))
+    p.set_defaults(handler=_lazy("tagseg.segment.cli:cmd_predict"))
 
     add_prepare_command(sub)
     add_refine_command(sub, common, _parse_shard, SHARD_HELP)
@@ -334,7 +334,7 @@ def _check_data(cfg, requested: Optional[bool]) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from tagseg.config import load_config
     from tagseg.engine.checkpoint import ensure_fresh_run_dir
-    from tagseg.training.trainer import Trainer
+    from tagseg.classify.trainer import Trainer
     from tagseg.utils.run_kind import TAGS, require_run_kind
     from tagseg.utils.safe_paths import run_folder
 
@@ -395,9 +395,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tagseg.data.build import build_index
     from tagseg.runner.launch import resolve_shard
     from tagseg.experiment import load_experiment
-    from tagseg.evaluation.evaluate import evaluate_folder, merge_eval_files, summarize_runs
-    from tagseg.evaluation.miou import format_table
-    from tagseg.evaluation.shards import shard_file_name
+    from tagseg.evaluate.folder import evaluate_folder, merge_eval_files, summarize_runs
+    from tagseg.metrics.miou import format_table
+    from tagseg.metrics.shards import shard_file_name
     from tagseg.utils.io import write_json
 
     if args.merge:
@@ -427,7 +427,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     split = args.split or cfg.data.pseudo_split
     if args.sweep_bg:
-        from tagseg.evaluation.bg_sweep import sweep_bg_cli
+        from tagseg.evaluate.bg_sweep import sweep_bg_cli
 
         if not args.run:
             raise TagsegError("--sweep-bg needs --run (the CAMs come from the run's model)")
@@ -472,7 +472,7 @@ def cmd_configs(args: argparse.Namespace) -> int:
         print("\n".join(shipped_configs()))
         return 0
     if Path(args.name).stem.startswith("segment"):
-        from tagseg.segmentation.config import load_segment_config
+        from tagseg.segment.config import load_segment_config
 
         cfg = load_segment_config(args.name, [*device_overrides(args.device), *args.overrides])
     else:

@@ -26,10 +26,10 @@ from tagseg.data.classes import IGNORE_INDEX, VOC_CLASSES
 from tagseg.errors import ConfigError, DataError, TagsegError
 from tagseg.config import check_verb_overrides
 from tagseg.runner import ManifestInfo, OutputLayout, run_per_image
-from tagseg.segmentation.config import SegInferenceConfig, validate_inference
-from tagseg.segmentation.evaluate import check_class_names
-from tagseg.segmentation.inference import load_segmenter, predict_mask
-from tagseg.segmentation.models import SegmentationNet
+from tagseg.segment.config import SegInferenceConfig, validate_inference
+from tagseg.segment.evaluate import check_class_names
+from tagseg.segment.inference import load_segmenter, predict_mask
+from tagseg.segment.models import SegmentationNet
 from tagseg.utils.io import atomic_path, read_image, save_mask_png, write_json
 from tagseg.utils.safe_paths import check_id, path_inside
 

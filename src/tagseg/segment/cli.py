@@ -17,7 +17,7 @@ from tagseg.utils.runlock import run_lock
 
 def _run_config(run: Path, overrides: Sequence[str]):
     from tagseg.config import check_verb_overrides
-    from tagseg.segmentation.config import load_segment_config
+    from tagseg.segment.config import load_segment_config
 
     check_verb_overrides("segment eval", overrides)
     cfg_path = run / "config.yaml"
@@ -37,7 +37,7 @@ def _check_training_masks(cfg, requested) -> None:
 
     from tagseg.data.build import build_index
     from tagseg.data.check import check_split, should_check
-    from tagseg.segmentation.data import choose_mask_folder, resolve_mask_paths
+    from tagseg.segment.data import choose_mask_folder, resolve_mask_paths
 
     index = build_index(cfg.data, cfg.data.train_split)
     if not should_check(requested, len(index)):
@@ -54,8 +54,8 @@ def _check_training_masks(cfg, requested) -> None:
 def cmd_segment_train(args: argparse.Namespace) -> int:
     from tagseg.utils.runtime import apply_threads, device_overrides, world_size
     from tagseg.utils.safe_paths import run_folder
-    from tagseg.segmentation.config import load_segment_config
-    from tagseg.segmentation.trainer import SegmentationTrainer
+    from tagseg.segment.config import load_segment_config
+    from tagseg.segment.trainer import SegmentationTrainer
     from tagseg.engine.checkpoint import ensure_fresh_run_dir
     from tagseg.utils.run_kind import SEGMENT, require_run_kind
 
@@ -74,12 +74,12 @@ def cmd_segment_train(args: argparse.Namespace) -> int:
 def cmd_segment_eval(args: argparse.Namespace) -> int:
     from tagseg.utils.runtime import apply_threads, device_overrides
     from tagseg.data.build import build_index
-    from tagseg.evaluation.miou import format_table
-    from tagseg.segmentation.evaluate import check_class_names, evaluate_segmenter
-    from tagseg.segmentation.inference import load_segmenter
+    from tagseg.metrics.miou import format_table
+    from tagseg.segment.evaluate import check_class_names, evaluate_segmenter
+    from tagseg.segment.inference import load_segmenter
     from tagseg.engine.distributed import DistInfo, launch_device, resolve_device
     from tagseg.runner.launch import resolve_shard
-    from tagseg.evaluation.shards import shard_file_name
+    from tagseg.metrics.shards import shard_file_name
     from tagseg.utils.io import write_json
 
     run = Path(args.run)
@@ -112,7 +112,7 @@ def cmd_segment_eval(args: argparse.Namespace) -> int:
 def default_predict_out(model: str | Path, images: Sequence[str]) -> Path:
     """``<folder of the model>/predict/<name of the first input>``: beside the model, never the
     current folder (which may be a source tree)."""
-    from tagseg.segmentation.predict import resolve_model_path
+    from tagseg.segment.predict import resolve_model_path
 
     first = Path(images[0]).resolve() if images else Path("images")
     name = (first.stem if first.is_file() else first.name) or "images"
@@ -122,7 +122,7 @@ def default_predict_out(model: str | Path, images: Sequence[str]) -> Path:
 def cmd_predict(args: argparse.Namespace) -> int:
     """Exit status 0 when every input was processed, 1 when some failed (the rest are written)."""
     from tagseg.utils.runtime import apply_threads
-    from tagseg.segmentation.predict import run_predict
+    from tagseg.segment.predict import run_predict
 
     apply_threads(args.threads)
     out = Path(args.out) if args.out else default_predict_out(args.model, args.images)

@@ -10,13 +10,13 @@ import torch
 
 from tagseg.data.records import DatasetIndex
 from tagseg.errors import DataError, TagsegError
-from tagseg.evaluation.predict_and_score import predict_and_score
-from tagseg.evaluation.scorer import Scorer, require_masks
-from tagseg.evaluation.shards import scorer_state
+from tagseg.metrics.predict_and_score import predict_and_score
+from tagseg.metrics.scorer import Scorer, require_masks
+from tagseg.metrics.shards import scorer_state
 from tagseg.runner import shard_of
-from tagseg.segmentation.config import SegInferenceConfig
-from tagseg.segmentation.inference import predict_mask
-from tagseg.segmentation.models import SegmentationNet
+from tagseg.segment.config import SegInferenceConfig
+from tagseg.segment.inference import predict_mask
+from tagseg.segment.models import SegmentationNet
 from tagseg.utils.io import read_image, save_mask_png
 
 
@@ -42,7 +42,7 @@ def evaluate_segmenter(model: SegmentationNet, index: DatasetIndex, inference: S
                        shard: tuple[int, int] = (0, 1)) -> dict:
     """Predict every image of ``index`` (which must have masks) and score it.
 
-    Returns :func:`tagseg.evaluation.miou.summarize`'s dict plus ``images``, ``dataset``,
+    Returns :func:`tagseg.metrics.miou.summarize`'s dict plus ``images``, ``dataset``,
     ``per_image`` (mIoU, worst first), ``contour_f`` (mean F over foreground classes),
     ``contour`` (per-class P/R/F and conventions), ``j_and_f`` and ``inference`` (settings used).
     ``save_dir``: also write the predicted masks there as ``<id>.png``. ``shard=(i, n)``: only

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tagseg.data.records import DatasetIndex
-from tagseg.evaluation.miou import ConfusionMatrix
+from tagseg.metrics.miou import ConfusionMatrix
 from tagseg.utils.io import read_mask
 
 
