@@ -21,7 +21,8 @@ from fixtures import make_voc, write_mask
 from tagseg.data.build import build_index
 from tagseg.errors import TagsegError
 from tagseg.evaluate.folder import evaluate_folder
-from tagseg.report import collect_run, render_report, write_report
+from tagseg.report.collect import collect_run
+from tagseg.report.html import render_report, write_report
 from tagseg.cli import build_parser
 from tagseg.report.figures import (
     fit_size, format_number, heatmap_svg, line_chart_svg, mask_data_uri, mask_thumbnail, nice_ticks,

@@ -1,8 +1,4 @@
-"""Handlers of the segmentation verbs ``segment train``, ``segment eval`` and ``predict``.
-
-Their arguments are declared in :mod:`tagseg.cli` (the one parser); each handler takes the
-parsed ``argparse.Namespace`` and returns the exit status.
-"""
+"""The verbs of the segmentation stage: ``segment train``, ``segment eval`` and ``predict``."""
 
 from __future__ import annotations
 
@@ -11,8 +7,54 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from tagseg.cli_args import (
+    add_check_data, add_overrides, add_training_args, common, parse_scales, parse_shard,
+)
 from tagseg.errors import TagsegError
-from tagseg.utils.runlock import run_lock
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from tagseg.config import CRF_CHOICES  # plain dataclasses, no torch
+
+    seg = subparsers.add_parser("segment", help="train or evaluate the DeepLab segmentation network on pseudo-masks")
+    seg_sub = seg.add_subparsers(dest="segment_command", required=True)
+    p = seg_sub.add_parser("train", parents=[common()], help="train a DeepLab network on the pseudo-masks of a config")
+    add_training_args(p, "a shipped config name (e.g. segment_voc) or a YAML path")
+    add_check_data(p, "training masks (segment.masks_dir)")
+    add_overrides(p, "train.epochs=2 segment.masks_dir=runs/x/pseudo/train_aug/masks")
+    p.set_defaults(handler=cmd_segment_train)
+
+    p = seg_sub.add_parser("eval", parents=[common()],
+                           help="score a trained network on a split with ground truth (mIoU, contour F, J&F)")
+    p.add_argument("--run", required=True, help="run folder of `tagseg segment train`")
+    p.add_argument("--split", help="split to score (default: data.val_split of the run)")
+    p.add_argument("--shard", type=parse_shard, default=(0, 1),
+                   help="score shard i of n (i/n), or auto: from torchrun (RANK, WORLD_SIZE, LOCAL_RANK) or SLURM "
+                        "(SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID), one GPU per process; writes "
+                        "eval.shard-<i>-of-<n>.json, added up by `tagseg eval --merge`")
+    p.add_argument("--out", help="JSON file for the metrics (default: <run>/eval.json, "
+                                 "<run>/eval.shard-<i>-of-<n>.json for a shard)")
+    p.add_argument("--save-masks", action="store_true", help="also write the predictions to <run>/predictions/<split>/")
+    add_overrides(p, "inference.flip=true data.max_images=50")
+    p.set_defaults(handler=cmd_segment_eval)
+
+    p = subparsers.add_parser("predict", parents=[common()],
+                              help="write masks and colour overlays for images with a segmentation model")
+    p.add_argument("images", nargs="+", metavar="IMAGES",
+                   help="image files and/or folders of images, then any key=value overrides of the model's "
+                        "inference settings (inference.scales=[1.0,0.75] ...)")
+    p.add_argument("--model", required=True, help="model.safetensors of `tagseg segment train` (or its run folder)")
+    p.add_argument("--out", help="output folder (default: <folder of the model>/predict/<name of the first input>)")
+    p.add_argument("--scales", type=parse_scales, default=None,
+                   help="comma-separated inference scales (default: those stored in the model)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="average with the mirrored image (default: as stored in the model)")
+    p.add_argument("--crf", choices=CRF_CHOICES, default=None,
+                   help="dense-CRF refinement (default: as stored in the model)")
+    p.add_argument("--classes", default=None,
+                   help="check the model's classes against 'voc', a classes file or a folder with classes.txt")
+    # override-looking words join the overrides; any other word, even behind a later option, is an image
+    p.set_defaults(handler=cmd_predict, paths_with_overrides="images", late_words_are_paths=True)
 
 
 def _run_config(run: Path, overrides: Sequence[str]):
@@ -58,6 +100,7 @@ def cmd_segment_train(args: argparse.Namespace) -> int:
     from tagseg.segment.trainer import SegmentationTrainer
     from tagseg.engine.checkpoint import ensure_fresh_run_dir
     from tagseg.utils.run_kind import SEGMENT, require_run_kind
+    from tagseg.utils.runlock import run_lock
 
     cfg = load_segment_config(args.config, [*device_overrides(args.device), *args.overrides])
     out = Path(args.out) if args.out else run_folder(cfg.name)
