@@ -13,11 +13,11 @@ from tagseg.errors import DataError, TagsegError
 from tagseg.metrics.predict_and_score import predict_and_score
 from tagseg.metrics.scorer import Scorer, require_masks
 from tagseg.metrics.shards import scorer_state
-from tagseg.runner import shard_of
+from tagseg.runner import ManifestInfo, OutputLayout, run_per_image, shard_of
 from tagseg.segment.config import SegInferenceConfig
 from tagseg.segment.inference import predict_mask
 from tagseg.segment.models import SegmentationNet
-from tagseg.utils.io import read_image, save_mask_png
+from tagseg.utils.io import read_image, read_mask, save_mask_png
 
 
 def check_class_names(model_names: Sequence[str], data_names: Sequence[str], model_desc: str, data_desc: str) -> None:
@@ -35,18 +35,30 @@ def check_class_names(model_names: Sequence[str], data_names: Sequence[str], mod
                       f"{'...' if len(data_names) > 6 else ''} ({detail})")
 
 
+def _size_mismatch(rec, gt: np.ndarray, image_shape: tuple[int, ...]) -> DataError:
+    return DataError(f"mask {rec.mask_path} is {gt.shape[1]}×{gt.shape[0]} px but image "
+                     f"{rec.image_path} is {image_shape[1]}×{image_shape[0]} px")
+
+
+def masks_layout(save_dir: Path) -> OutputLayout:
+    """``<save_dir>/<id>.png``: the predictions of ``segment eval --save-masks``."""
+    return OutputLayout(save_dir, {"masks": ("{id}.png",)})
+
+
 @torch.no_grad()
 def evaluate_segmenter(model: SegmentationNet, index: DatasetIndex, inference: SegInferenceConfig,
                        device: torch.device | str = "cpu", progress: bool = True,
                        save_dir: Optional[Path] = None, palette: Optional[Sequence[int]] = None,
-                       shard: tuple[int, int] = (0, 1)) -> dict:
+                       shard: tuple[int, int] = (0, 1), manifest: Optional[ManifestInfo] = None) -> dict:
     """Predict every image of ``index`` (which must have masks) and score it.
 
     Returns :func:`tagseg.metrics.miou.summarize`'s dict plus ``images``, ``dataset``,
     ``per_image`` (mIoU, worst first), ``contour_f`` (mean F over foreground classes),
     ``contour`` (per-class P/R/F and conventions), ``j_and_f`` and ``inference`` (settings used).
-    ``save_dir``: also write the predicted masks there as ``<id>.png``. ``shard=(i, n)``: only
-    shard i of n; ``state`` holds the sums ``tagseg eval --merge`` adds over shards.
+    ``save_dir``: the predictions are written there as ``<id>.png`` by the per-image runner (the
+    folder's lock, atomic writes, ``manifest.json`` from ``manifest``), then scored from those
+    files (lossless PNGs: the same scores). ``shard=(i, n)``: only shard i of n; ``state`` holds
+    the sums ``tagseg eval --merge`` adds over shards.
     """
     index.require_nonempty()
     require_masks(index)
@@ -54,15 +66,29 @@ def evaluate_segmenter(model: SegmentationNet, index: DatasetIndex, inference: S
     k = index.num_classes
     scorer = Scorer(k, index.class_names)
 
-    def predict(rec, gt: np.ndarray) -> np.ndarray:
-        image = read_image(rec.image_path)
-        if gt.shape != image.shape[:2]:
-            raise DataError(f"mask {rec.mask_path} is {gt.shape[1]}×{gt.shape[0]} px but image "
-                            f"{rec.image_path} is {image.shape[1]}×{image.shape[0]} px")
-        pred = predict_mask(model, image, inference, device)
-        if save_dir is not None:
-            save_mask_png(Path(save_dir) / f"{rec.id}.png", pred, palette or index.palette, root=save_dir)
-        return pred
+    if save_dir is None:
+        def predict(rec, gt: np.ndarray) -> np.ndarray:
+            image = read_image(rec.image_path)
+            if gt.shape != image.shape[:2]:
+                raise _size_mismatch(rec, gt, image.shape)
+            return predict_mask(model, image, inference, device)
+    else:
+        save_dir = Path(save_dir)
+        layout = masks_layout(save_dir)
+        colours = palette or index.palette
+
+        def step(rec, paths: dict[str, Path]) -> None:
+            mask = predict_mask(model, read_image(rec.image_path), inference, device)
+            save_mask_png(paths["masks"], mask, colours, root=save_dir)
+
+        run_per_image(index.records, step, layout, shard=shard, overwrite=True, progress=progress,
+                      desc="predicting", manifest=manifest)
+
+        def predict(rec, gt: np.ndarray) -> np.ndarray:
+            pred = read_mask(layout.paths(rec.id)["masks"], k)  # the image's size
+            if gt.shape != pred.shape:
+                raise _size_mismatch(rec, gt, pred.shape)
+            return pred
 
     predict_and_score(records, predict, scorer, k, progress=progress, desc="evaluating")
     summary = scorer.summary()
@@ -72,4 +98,3 @@ def evaluate_segmenter(model: SegmentationNet, index: DatasetIndex, inference: S
                             "crf_preset": inference.crf_preset}
     summary["state"] = scorer_state(scorer, [r.id for r in records], shard)
     return summary
-
