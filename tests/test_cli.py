@@ -18,6 +18,16 @@ def test_demo_tiny(tmp_path, capsys):
     summary = json.loads((tmp_path / "demo" / "pseudo" / "train" / "eval.json").read_text())
     assert summary["images"] == 16 and 0.0 <= summary["miou"] <= 1.0
     assert (tmp_path / "demo" / "config.yaml").is_file()
+    # every stage output folder says how it was made: the data, the training run, the pseudo-masks,
+    # and any folder a stage writes images, masks or a model into
+    run = tmp_path / "demo"
+    outputs = {p.parent for p in run.rglob("*") if p.name in ("masks", "images", "model.safetensors")}
+    outputs -= {p for p in outputs if p.parent.name == "checkpoints"}
+    assert outputs == {run, run / "data", run / "pseudo" / "train"}
+    stages = {folder.relative_to(run).as_posix(): json.loads((folder / "manifest.json").read_text())
+              for folder in outputs}
+    assert stages["data"]["stage"] == "synthetic data" and stages["data"]["counts"]["on_disk"]["complete"] == 20
+    assert stages["pseudo/train"]["stage"] == "pseudo" and stages["pseudo/train"]["counts"]["on_disk"]["complete"] == 16
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
