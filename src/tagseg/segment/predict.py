@@ -13,6 +13,8 @@ to lie inside ``<out>`` before it is written.
 
 from __future__ import annotations
 
+import importlib
+
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -231,7 +233,7 @@ def run_predict(inputs: Sequence[str | Path], model_spec: str | Path, out_dir: s
     validate_inference(inference)
     if inference.crf != "none":  # fail once, before any image, when the CRF module is unusable
         try:
-            import tagseg.inference.crf  # noqa: F401
+            importlib.import_module("tagseg.inference.crf")
         except ImportError as exc:
             raise TagsegError(f"crf={inference.crf!r} needs the dense CRF module tagseg.inference.crf, which cannot be imported: {exc}") from exc
     files, problems = collect_images(inputs)

@@ -122,5 +122,3 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     _print_report(result.report, result.seconds)
     return 0
 
-
-PREPARE_COMMANDS = {"prepare": cmd_prepare}
