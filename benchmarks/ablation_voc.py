@@ -34,12 +34,12 @@ import torch.nn.functional as F
 
 from tagseg.config import load_config
 from tagseg.data.build import build_index
-from tagseg.evaluation.predict_and_score import predict_and_score
+from tagseg.metrics.predict_and_score import predict_and_score
 from tagseg.data.views import image_to_tensor
-from tagseg.evaluation.scorer import Scorer
+from tagseg.metrics.scorer import Scorer
 from tagseg.methods.label_merge import label_merge
 from tagseg.inference.loading import load_patch_classifier
-from tagseg.training.trainer import Trainer
+from tagseg.classify.trainer import Trainer
 from tagseg.utils.io import read_image, save_mask_png, write_json
 
 VARIANTS: dict[str, list[str]] = {

@@ -50,15 +50,15 @@ import torch
 
 from tagseg.config import load_config
 from tagseg.data.build import build_index
-from tagseg.evaluation.predict_and_score import predict_and_score
+from tagseg.metrics.predict_and_score import predict_and_score
 from tagseg.data.views import image_to_tensor
-from tagseg.evaluation.scorer import Scorer
+from tagseg.metrics.scorer import Scorer
 from tagseg.inference.cam import normalised_cams
 from tagseg.inference.loading import load_trained_model
 from tagseg.inference.pseudo import merged_probs_for
 from tagseg.methods.cam_objective import cam_pseudo_mask
 from tagseg.methods.families import get_family
-from tagseg.training.trainer import Trainer
+from tagseg.classify.trainer import Trainer
 from tagseg.utils.io import read_image, read_mask, write_json
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {

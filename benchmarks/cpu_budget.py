@@ -50,8 +50,8 @@ def cam_network():
 
 
 def segmenter(crop: int):
-    from tagseg.segmentation.config import load_segment_config
-    from tagseg.segmentation.models import build_segmenter
+    from tagseg.segment.config import load_segment_config
+    from tagseg.segment.models import build_segmenter
 
     cfg = load_segment_config("segment_voc", ["model.head=deeplabv3plus", "model.encoder=tf_efficientnet_lite0",
                                               "model.pretrained=false", "model.output_stride=16"])

@@ -34,11 +34,11 @@ from gpu_check import CRF_PRESETS, dense_crf, image_seed, pydensecrf_available  
 from tagseg.config import load_config  # noqa: E402
 from tagseg.engine.distributed import DistInfo  # noqa: E402
 from tagseg.engine.loop import seed_everything  # noqa: E402
-from tagseg.evaluation.contour import ContourFAccumulator  # noqa: E402
-from tagseg.evaluation.miou import ConfusionMatrix  # noqa: E402
+from tagseg.metrics.contour import ContourFAccumulator  # noqa: E402
+from tagseg.metrics.miou import ConfusionMatrix  # noqa: E402
 from tagseg.methods.families import get_family  # noqa: E402
 from tagseg.inference.patch import patch_merged_probabilities  # noqa: E402
-from tagseg.training.trainer import classifier_task  # noqa: E402
+from tagseg.classify.trainer import classifier_task  # noqa: E402
 from tagseg.utils.io import read_image  # noqa: E402
 
 

@@ -48,7 +48,7 @@ from tagseg.engine.distributed import DistInfo  # noqa: E402
 from tagseg.engine.loop import seed_everything  # noqa: E402
 from tagseg.methods.families import get_family  # noqa: E402
 from tagseg.methods.label_merge import label_merge  # noqa: E402
-from tagseg.training.trainer import classifier_task  # noqa: E402
+from tagseg.classify.trainer import classifier_task  # noqa: E402
 
 try:  # the CRF's home after the inference layer landed; before, under pseudo/
     from tagseg.inference.crf import CRF_PRESETS, dense_crf, pydensecrf_available  # noqa: E402

@@ -111,7 +111,7 @@ def family_overrides(family: str, data: Path, s: dict, device: str) -> tuple[str
 
 def segment_overrides(data: Path, masks: str, s: dict, device: str) -> list[str]:
     sys.path.insert(0, str(REPO / "src"))
-    from tagseg.segmentation.models import rates_for_crop
+    from tagseg.segment.models import rates_for_crop
 
     rates = ",".join(str(r) for r in rates_for_crop("deeplabv3plus", 16, s["crop"]))
     return [f"data.root={data}", "data.dataset=voc", "data.train_split=train_aug", "data.val_split=val",

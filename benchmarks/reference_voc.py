@@ -39,16 +39,16 @@ import torch
 
 from tagseg.config import PseudoConfig, load_config
 from tagseg.data.build import build_index
-from tagseg.evaluation.predict_and_score import predict_and_score
+from tagseg.metrics.predict_and_score import predict_and_score
 from tagseg.data.views import image_to_tensor
-from tagseg.evaluation.miou import ConfusionMatrix
+from tagseg.metrics.miou import ConfusionMatrix
 from tagseg.inference.cam import normalised_cams
 from tagseg.inference.pseudo import merged_probs_for
 from tagseg.methods.cam_objective import cam_pseudo_mask, cam_probabilities
 from tagseg.inference.crf.dense import dense_crf
 from tagseg.inference.crf.params import get_preset
 from tagseg.inference.loading import load_trained_model
-from tagseg.training.trainer import Trainer
+from tagseg.classify.trainer import Trainer
 from tagseg.utils.io import read_image, write_json
 
 PATCH_VARIANTS: dict[str, list[str]] = {

@@ -32,12 +32,12 @@ import torch
 
 from tagseg.config import load_config
 from tagseg.data.build import build_index
-from tagseg.evaluation.bg_sweep import sweep_background_thresholds
-from tagseg.evaluation.evaluate import evaluate_folder
+from tagseg.evaluate.bg_sweep import sweep_background_thresholds
+from tagseg.evaluate.folder import evaluate_folder
 from tagseg.inference.loading import load_trained_model
 from tagseg.pseudo.generate import generate_pseudo_masks
 from tagseg.refine.run import refine_run
-from tagseg.training.trainer import Trainer
+from tagseg.classify.trainer import Trainer
 from tagseg.utils.io import write_json, write_text
 
 BG = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55)

@@ -13,10 +13,10 @@ import os
 import time
 import torch, numpy as np
 torch.set_num_threads(1)
-from tagseg.segmentation.config import load_segment_config
-from tagseg.segmentation.models import build_segmenter
-from tagseg.segmentation.data import SegmentationTrainSet, resolve_mask_paths
-from tagseg.segmentation.trainer import build_optimizer, segmentation_loss, freeze_batchnorm
+from tagseg.segment.config import load_segment_config
+from tagseg.segment.models import build_segmenter
+from tagseg.segment.data import SegmentationTrainSet, resolve_mask_paths
+from tagseg.segment.trainer import build_optimizer, segmentation_loss, freeze_batchnorm
 from tagseg.engine.schedule import PolySchedule
 from tagseg.data.build import build_index
 p = argparse.ArgumentParser()
@@ -53,7 +53,7 @@ for step in range(a.steps):
     if step % 10 == 0 or step == a.steps - 1:
         print(f"step {step} loss {loss.item():.3f} ({time.time()-t0:.0f}s)", flush=True)
 # train mIoU on full images
-from tagseg.evaluation.scorer import Scorer
+from tagseg.metrics.scorer import Scorer
 from tagseg.data.views import image_to_tensor
 net.eval(); sc = Scorer(21, index.class_names, contour=False, per_image=False); sc2 = Scorer(21, index.class_names, contour=False, per_image=False)
 with torch.no_grad():

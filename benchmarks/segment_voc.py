@@ -34,13 +34,13 @@ from pathlib import Path
 import torch
 
 from tagseg.data.build import build_index
-from tagseg.evaluation.predict_and_score import predict_and_score
-from tagseg.evaluation.scorer import Scorer
-from tagseg.segmentation.config import load_segment_config
-from tagseg.segmentation.evaluate import evaluate_segmenter
-from tagseg.segmentation.inference import load_segmenter
-from tagseg.segmentation.models import rates_for_crop
-from tagseg.segmentation.trainer import SegmentationTrainer
+from tagseg.metrics.predict_and_score import predict_and_score
+from tagseg.metrics.scorer import Scorer
+from tagseg.segment.config import load_segment_config
+from tagseg.segment.evaluate import evaluate_segmenter
+from tagseg.segment.inference import load_segmenter
+from tagseg.segment.models import rates_for_crop
+from tagseg.segment.trainer import SegmentationTrainer
 from tagseg.engine.checkpoint import list_checkpoints
 from tagseg.utils.io import read_mask, write_json, write_text
 

@@ -47,7 +47,7 @@ def test_a_value_outside_the_list_is_refused_naming_the_key(override, message):
 
 
 def test_segment_inference_crf_uses_the_same_list():
-    from tagseg.segmentation.config import load_segment_config
+    from tagseg.segment.config import load_segment_config
 
     with pytest.raises(ConfigError, match=re.escape("inference.crf='dense': choose none, torch or pydensecrf")):
         load_segment_config("segment_demo", ["inference.crf=dense"])

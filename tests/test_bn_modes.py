@@ -112,7 +112,7 @@ def test_bn_key_is_checked_and_reaches_the_schedule():
 
 
 def test_segmentation_freeze_batchnorm_handles_nested_norms():
-    from tagseg.segmentation.trainer import freeze_batchnorm
+    from tagseg.segment.trainer import freeze_batchnorm
 
     core = _net()
     stats = _bn_state(core)

@@ -20,8 +20,8 @@ from tagseg.addons.rca import gap_multilabel_loss, region_embeddings, region_mix
 from tagseg.experiment import load_experiment
 from tagseg.data.build import build_index
 from tagseg.errors import ConfigError, TagsegError
-from tagseg.evaluation.bg_sweep import BEST_LABEL, check_thresholds, sweep_background_thresholds, sweep_bg_cli
-from tagseg.evaluation.evaluate import evaluate_folder
+from tagseg.evaluate.bg_sweep import BEST_LABEL, check_thresholds, sweep_background_thresholds, sweep_bg_cli
+from tagseg.evaluate.folder import evaluate_folder
 from tagseg.methods.families import get_family
 from tagseg.inference.cam import cam_maps
 from tagseg.inference.cam import cam_merged_probabilities as cam_merged_probs
@@ -33,7 +33,7 @@ from tagseg.models.encoder import PatchEncoder
 from tagseg.inference.loading import load_trained_model
 from tagseg.pseudo.generate import generate_pseudo_masks
 from tagseg.engine.checkpoint import list_checkpoints
-from tagseg.training.trainer import Trainer
+from tagseg.classify.trainer import Trainer
 
 K = 21
 TINY = [

@@ -14,7 +14,7 @@ from tagseg.engine.schedule import PhaseSchedule, PolySchedule
 from tagseg.errors import ConfigError
 from tagseg.experiment import load_experiment
 from tagseg.methods.cam_objective import build_cam_net
-from tagseg.training.trainer import Trainer, optimizer_and_schedule
+from tagseg.classify.trainer import Trainer, optimizer_and_schedule
 
 from fixtures import make_voc
 from test_cam_family import TINY

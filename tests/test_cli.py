@@ -18,6 +18,16 @@ def test_demo_tiny(tmp_path, capsys):
     summary = json.loads((tmp_path / "demo" / "pseudo" / "train" / "eval.json").read_text())
     assert summary["images"] == 16 and 0.0 <= summary["miou"] <= 1.0
     assert (tmp_path / "demo" / "config.yaml").is_file()
+    # every stage output folder says how it was made: the data, the training run, the pseudo-masks,
+    # and any folder a stage writes images, masks or a model into
+    run = tmp_path / "demo"
+    outputs = {p.parent for p in run.rglob("*") if p.name in ("masks", "images", "model.safetensors")}
+    outputs -= {p for p in outputs if p.parent.name == "checkpoints"}
+    assert outputs == {run, run / "data", run / "pseudo" / "train"}
+    stages = {folder.relative_to(run).as_posix(): json.loads((folder / "manifest.json").read_text())
+              for folder in outputs}
+    assert stages["data"]["stage"] == "synthetic data" and stages["data"]["counts"]["on_disk"]["complete"] == 20
+    assert stages["pseudo/train"]["stage"] == "pseudo" and stages["pseudo/train"]["counts"]["on_disk"]["complete"] == 16
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
@@ -170,8 +180,8 @@ def test_every_verb_has_threads_and_overrides(verb, capsys):
 
 
 def test_report_and_predict_reject_overrides_they_cannot_use(tmp_path, capsys):
-    from tagseg.segmentation.config import SegInferenceConfig
-    from tagseg.segmentation.predict import inference_with_overrides
+    from tagseg.segment.config import SegInferenceConfig
+    from tagseg.segment.predict import inference_with_overrides
 
     run, _ = _scored_run(tmp_path)
     assert main(["report", str(run), "train.epochs=3"]) == 2
@@ -186,7 +196,7 @@ def test_report_and_predict_reject_overrides_they_cannot_use(tmp_path, capsys):
 
 def test_a_second_background_sweep_does_not_replace_the_first(tmp_path):
     from tagseg.config import load_config
-    from tagseg.evaluation.bg_sweep import sweep_output_path
+    from tagseg.evaluate.bg_sweep import sweep_output_path
 
     cfg = load_config("cam_voc", ["pseudo.image_size=320", "pseudo.flip=true", "pseudo.scales=[1.0,0.5]"])
     first = sweep_output_path(tmp_path, "train", cfg, [0.1, 0.3])

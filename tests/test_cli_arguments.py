@@ -123,3 +123,26 @@ def test_every_verb_is_covered_here():
               "prepare voc", "prepare coco", "refine"}
     missing = verbs(build_parser()) - tested
     assert not missing, f"add an argument-order test to tests/test_cli_arguments.py for: {sorted(missing)}"
+
+
+def test_each_verb_is_registered_and_handled_by_its_own_stage():
+    """Each stage package declares its verbs in its cli.py; the top-level cli keeps only the
+    pipeline-wide demo and configs."""
+    import tagseg.cli as cli
+
+    owners = {
+        ("demo",): "tagseg.cli", ("configs",): "tagseg.cli",
+        ("prepare", "voc", "--out", "o"): "tagseg.data.prepare.cli",
+        ("train", "--config", "demo"): "tagseg.classify.cli",
+        ("pseudo", "--run", "R"): "tagseg.pseudo.cli",
+        ("refine", "--run", "R", "--method", "par"): "tagseg.refine.cli",
+        ("segment", "train", "--config", "segment_demo"): "tagseg.segment.cli",
+        ("segment", "eval", "--run", "R"): "tagseg.segment.cli",
+        ("predict", "x.png", "--model", "M"): "tagseg.segment.cli",
+        ("eval", "--pred", "P", "--run", "R"): "tagseg.evaluate.cli",
+        ("report", "R"): "tagseg.report.cli",
+    }
+    for argv, module in owners.items():
+        assert parse_args(list(argv)).handler.__module__ == module, argv
+    assert cli.STAGE_VERBS == ("tagseg.data.prepare.cli", "tagseg.classify.cli", "tagseg.pseudo.cli",
+                               "tagseg.refine.cli", "tagseg.segment.cli", "tagseg.evaluate.cli", "tagseg.report.cli")

@@ -82,7 +82,7 @@ def test_segment_train_resume_on_a_tag_classifier_run_says_what_the_folder_is(ca
 
 def test_train_resume_on_a_segmentation_run_says_what_the_folder_is(tmp_path, capsys):
     from tagseg.config import config_to_yaml
-    from tagseg.segmentation.config import load_segment_config
+    from tagseg.segment.config import load_segment_config
 
     run = tmp_path / "seg"
     run.mkdir()

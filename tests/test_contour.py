@@ -10,8 +10,8 @@ import pytest
 from tagseg.errors import ConfigError, DataError
 from functools import partial
 
-from tagseg.evaluation.contour import ContourFAccumulator as _Accumulator
-from tagseg.evaluation.contour import (
+from tagseg.metrics.contour import ContourFAccumulator as _Accumulator
+from tagseg.metrics.contour import (
     boundary_map,
     count_matched_points,
     disk,
@@ -454,7 +454,7 @@ def test_real_masks_fast_path_and_self_score(voc_root):
 
 
 def test_predicted_255_counts_as_background_for_boundaries():
-    from tagseg.evaluation.contour import ContourFAccumulator
+    from tagseg.metrics.contour import ContourFAccumulator
 
     gt = np.zeros((20, 20), dtype=np.uint8)
     gt[5:15, 5:15] = 1
@@ -469,7 +469,7 @@ def test_predicted_255_counts_as_background_for_boundaries():
 # ---------------------------------------------------------------- DAVIS seg2bmap (default)
 
 def test_seg2bmap_square_by_hand():
-    from tagseg.evaluation.contour import seg2bmap
+    from tagseg.metrics.contour import seg2bmap
 
     seg = np.zeros((4, 4), dtype=np.uint8)
     seg[1:3, 1:3] = 1

@@ -17,8 +17,8 @@ from tagseg.engine import precision as P
 from tagseg.engine.checkpoint import list_checkpoints, load_latest_checkpoint
 from tagseg.engine.distributed import DistInfo
 from tagseg.errors import ConfigError
-from tagseg.segmentation.config import load_segment_config
-from tagseg.training.trainer import Trainer, classifier_task
+from tagseg.segment.config import load_segment_config
+from tagseg.classify.trainer import Trainer, classifier_task
 
 TINY = [
     "data.dataset=voc", "data.train_split=train", "data.pseudo_split=train", "data.image_size=64",
@@ -107,7 +107,7 @@ def test_fp16_training_uses_the_grad_scaler_and_checkpoints_its_state(tmp_path):
     make_voc(tmp_path / "voc", n=4)
     cfg = tiny_config(tmp_path / "voc", "train.batch_size=2", "train.precision=fp16", "train.epochs=2")
     Trainer(cfg, tmp_path / "run", show_progress=False).fit(stop_after_epoch=1)
-    from tagseg.training.trainer import classifier_task as build
+    from tagseg.classify.trainer import classifier_task as build
     task = build(cfg)(DistInfo(), CPU)
     _, state = load_latest_checkpoint(tmp_path / "run", task.model)
     # two fp16 steps from torch's initial scale 2^16: each either counts a good step or halves the
@@ -214,9 +214,9 @@ def test_pseudo_and_segmentation_inference_follow_their_precision_keys(tmp_path)
     from tagseg.config import PseudoConfig
     from tagseg.methods.families import get_family
     from tagseg.inference.pseudo import merged_probabilities
-    from tagseg.segmentation.config import SegInferenceConfig, SegModelConfig
-    from tagseg.segmentation.inference import predict_probs
-    from tagseg.segmentation.models import build_segmenter
+    from tagseg.segment.config import SegInferenceConfig, SegModelConfig
+    from tagseg.segment.inference import predict_probs
+    from tagseg.segment.models import build_segmenter
 
     torch.manual_seed(0)
     image = (torch.rand(48, 64, 3) * 255).to(torch.uint8).numpy()

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tagseg.data.geometry import apply_flips, undo_flips, view_b_image
 from tagseg.methods.equivariance import (
-    apply_flips, build_mosaic, equivariance_loss, equivariance_target, mosaic_indices, split_mosaic,
-    target_grid_transform, undo_flips, view_b_image,
+    build_mosaic, equivariance_loss, equivariance_target, mosaic_indices, split_mosaic, target_grid_transform,
 )
 
 S, P = 128, 16  # image size, patch size -> 8x8 grid, view B 64 px -> 4x4 grid

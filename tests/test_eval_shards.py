@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from tagseg.errors import DataError
-from tagseg.evaluation.contour import ContourFAccumulator
-from tagseg.evaluation.miou import ConfusionMatrix
-from tagseg.evaluation.shards import accumulators, eval_state, merge_states, read_state, shard_file_name
+from tagseg.metrics.contour import ContourFAccumulator
+from tagseg.metrics.miou import ConfusionMatrix
+from tagseg.metrics.shards import accumulators, eval_state, merge_states, read_state, shard_file_name
 
 K = 4
 NAMES = ["background", "a", "b", "c"]

@@ -18,8 +18,8 @@ from tagseg.methods.cam_objective import cam_probabilities, normalise_cams
 from tagseg.methods.label_merge import label_merge
 from tagseg.methods.cam_objective import build_cam_net
 from tagseg.models.patch_classifier import build_patch_classifier
-from tagseg.segmentation.config import SegModelConfig
-from tagseg.segmentation.models import build_segmenter
+from tagseg.segment.config import SegModelConfig
+from tagseg.segment.models import build_segmenter
 
 K = 6
 SCALES = (1.0, 0.5, 1.5)

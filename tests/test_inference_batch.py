@@ -11,8 +11,8 @@ from tagseg.inference.cam import cam_maps, cam_maps_batch
 from tagseg.inference.multiscale import multiscale_maps, multiscale_maps_batch
 from tagseg.inference.segment import segmentation_forward
 from tagseg.methods.cam_objective import build_cam_net
-from tagseg.segmentation.config import SegModelConfig
-from tagseg.segmentation.models import build_segmenter
+from tagseg.segment.config import SegModelConfig
+from tagseg.segment.models import build_segmenter
 
 K = 6
 SCALES = (1.0, 0.5, 1.5)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tagseg.errors import DataError
-from tagseg.evaluation.miou import ConfusionMatrix
+from tagseg.metrics.miou import ConfusionMatrix
 
 
 def test_miou_hand_example():

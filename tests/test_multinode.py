@@ -17,7 +17,7 @@ from fixtures import make_voc
 from tagseg.config import load_config
 from tagseg.engine.distributed import DistInfo
 from tagseg.engine.loop import seed_everything
-from tagseg.training.trainer import classifier_task
+from tagseg.classify.trainer import classifier_task
 
 # One warm-up step: the encoder is frozen and in eval mode (BatchNorm uses running statistics), the
 # head and the LSTM inputs have no dropout, and PCE and L_ET are off (L_ET's mosaic tiles view-B images of the same

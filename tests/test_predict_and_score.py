@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from fixtures import write_mask
-from tagseg.evaluation.miou import ConfusionMatrix
-from tagseg.evaluation.predict_and_score import predict_and_score
-from tagseg.evaluation.scorer import Scorer
+from tagseg.metrics.miou import ConfusionMatrix
+from tagseg.metrics.predict_and_score import predict_and_score
+from tagseg.metrics.scorer import Scorer
 
 
 @dataclass
@@ -55,3 +55,28 @@ def test_several_accumulators_by_key_and_a_ground_truth_elsewhere(tmp_path):
     assert scorers["gt"].summary()["miou"] == 1.0
     # all zeros: IoU(bg) = 2/7, IoU(1) = IoU(2) = 0 -> mIoU = 2/21
     assert scorers["zero"].summary()["miou"] == pytest.approx(2 / 21)
+
+
+def test_chance_baselines_through_the_loop_equal_a_plain_reference(tmp_path):
+    """The label-aware chance guesses go through predict_and_score; the scores (random draws
+    included) equal a plain loop's, written out here as the reference."""
+    from fixtures import make_folder
+    from tagseg.data.folder import read_folder
+    from tagseg.metrics.baselines import chance_baselines
+    from tagseg.utils.io import read_mask
+
+    make_folder(tmp_path / "data", n=5)
+    index = read_folder(tmp_path / "data")
+    k = index.num_classes
+    rng = np.random.default_rng(3)
+    ref = {name: ConfusionMatrix(k) for name in ("all background", "random present class", "one present class")}
+    for rec in index.records:
+        gt = read_mask(rec.mask_path, k)
+        present = np.flatnonzero(rec.labels > 0.5)
+        ref["all background"].update(np.zeros_like(gt), gt)
+        ref["random present class"].update(rng.choice(present, size=gt.shape).astype(np.uint8), gt)
+        fg = present[present > 0]
+        ref["one present class"].update(np.full_like(gt, fg[0] if fg.size else 0), gt)
+    got = chance_baselines(index, seed=3)
+    assert got == {name: cm.summary(index.class_names) for name, cm in ref.items()}
+    assert got["all background"]["iou"][1:] == [0.0] * (k - 1)  # no foreground pixel is ever guessed

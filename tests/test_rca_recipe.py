@@ -14,7 +14,7 @@ from tagseg.engine.schedule import StepSchedule, step_lr
 from tagseg.errors import ConfigError
 from tagseg.experiment import load_experiment
 from tagseg.methods.families import get_family
-from tagseg.training.trainer import optimizer_and_schedule
+from tagseg.classify.trainer import optimizer_and_schedule
 
 from fixtures import make_voc
 from test_cam_family import TINY
@@ -134,7 +134,7 @@ def test_vgg16_reads_conv5_at_stride_16_and_refuses_stride_8():
 def test_the_loop_logs_the_step_decay(tmp_path):
     import json
 
-    from tagseg.training.trainer import Trainer
+    from tagseg.classify.trainer import Trainer
 
     root = tmp_path / "voc"
     make_voc(root, n=2)

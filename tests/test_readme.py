@@ -49,7 +49,7 @@ def test_the_verbs_line_lists_every_verb():
 
 def _defaults() -> dict[str, Any]:
     """Every config key with its dataclass default: the experiment and the segmentation schemas."""
-    from tagseg.segmentation.config import SegmentExperimentConfig
+    from tagseg.segment.config import SegmentExperimentConfig
 
     flat: dict[str, Any] = {}
 

@@ -14,7 +14,7 @@ from fixtures import make_voc
 from tagseg.cli import main
 from tagseg.config import load_config
 from tagseg.experiment import load_experiment
-from tagseg.training.trainer import Trainer
+from tagseg.classify.trainer import Trainer
 
 TINY_VOC = [
     "data.dataset=voc", "data.train_split=train", "data.pseudo_split=train", "data.image_size=64",

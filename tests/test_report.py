@@ -20,14 +20,15 @@ from PIL import Image
 from fixtures import make_voc, write_mask
 from tagseg.data.build import build_index
 from tagseg.errors import TagsegError
-from tagseg.evaluation.evaluate import evaluate_folder
-from tagseg.report import collect_run, render_report, write_report
+from tagseg.evaluate.folder import evaluate_folder
+from tagseg.report.collect import collect_run
+from tagseg.report.html import render_report, write_report
 from tagseg.cli import build_parser
 from tagseg.report.figures import (
     fit_size, format_number, heatmap_svg, line_chart_svg, mask_data_uri, mask_thumbnail, nice_ticks,
     sequential_color,
 )
-from tagseg.evaluation.scorer import image_miou
+from tagseg.metrics.scorer import image_miou
 from tagseg.utils.io import read_mask, write_json
 
 TINY = [
@@ -85,7 +86,7 @@ def tiny_run(tmp_path_factory) -> Path:
     from tagseg.config import load_config
     from tagseg.pseudo.generate import generate_pseudo_masks
     from tagseg.inference.loading import load_patch_classifier
-    from tagseg.training.trainer import Trainer
+    from tagseg.classify.trainer import Trainer
 
     torch.set_num_threads(1)
     base = tmp_path_factory.mktemp("report")

@@ -7,12 +7,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import tagseg.training.trainer as trainer_module
+import tagseg.classify.trainer as trainer_module
 from fixtures import make_voc
 from tagseg.config import load_config
 from tagseg.engine.resume import check_resumable
 from tagseg.errors import TrainingError
-from tagseg.training.trainer import RESUME_KEYS, Trainer
+from tagseg.classify.trainer import RESUME_KEYS, Trainer
 
 TINY = [
     "data.dataset=voc", "data.train_split=train", "data.pseudo_split=train", "data.image_size=64",

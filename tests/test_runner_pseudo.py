@@ -17,7 +17,7 @@ from tagseg.data.records import DatasetIndex
 from tagseg.experiment import load_experiment
 from tagseg.inference.loading import load_trained_model
 from tagseg.pseudo.generate import generate_pseudo_masks, pseudo_layout, process_record
-from tagseg.training.trainer import Trainer
+from tagseg.classify.trainer import Trainer
 
 TINY_VOC = [
     "data.dataset=voc", "data.train_split=train", "data.pseudo_split=train", "data.image_size=64",

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from tagseg.evaluation.contour import ContourFAccumulator
-from tagseg.evaluation.scorer import Scorer, image_miou
+from tagseg.metrics.contour import ContourFAccumulator
+from tagseg.metrics.scorer import Scorer, image_miou
 
 
 def _square(size: int, lo: int, hi: int, cls: int = 1) -> np.ndarray:

@@ -16,14 +16,14 @@ from safetensors.torch import load_file
 from fixtures import make_voc
 from tagseg.data.build import build_index
 from tagseg.errors import ConfigError
-from tagseg.evaluation.evaluate import evaluate_folder
+from tagseg.evaluate.folder import evaluate_folder
 from tagseg.experiment import load_experiment
 from tagseg.inference.loading import load_trained_model
 from tagseg.methods.seam_objective import build_seam_net, seam_family_loss, seam_view2
 from tagseg.models.encoder import PatchEncoder
 from tagseg.models.seam_net import SEAMNet, pcm_feature_indices
 from tagseg.pseudo.generate import generate_pseudo_masks
-from tagseg.training.trainer import Trainer
+from tagseg.classify.trainer import Trainer
 
 from test_cam_family import TINY, toy_batch
 

@@ -11,9 +11,9 @@ import torch
 from fixtures import make_voc
 from tagseg.engine.distributed import DistInfo
 from tagseg.errors import ConfigError, DataError
-from tagseg.segmentation.config import load_segment_config
-from tagseg.segmentation.data import choose_mask_folder
-from tagseg.segmentation.trainer import segmentation_task
+from tagseg.segment.config import load_segment_config
+from tagseg.segment.data import choose_mask_folder
+from tagseg.segment.trainer import segmentation_task
 
 TINY = ["data.dataset=voc", "data.train_split=train", "data.val_split=val", "data.num_workers=0",
         "model.encoder=test_resnet", "model.pretrained=false", "model.aspp_channels=16",

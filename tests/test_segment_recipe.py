@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tagseg.segmentation.config import load_segment_config
-from tagseg.segmentation.models import build_segmenter, default_rates, rates_for_crop, unreached_rates
+from tagseg.segment.config import load_segment_config
+from tagseg.segment.models import build_segmenter, default_rates, rates_for_crop, unreached_rates
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -22,15 +22,15 @@ from fixtures import make_folder, make_voc, write_mask
 from tagseg.data.classes import VOC_CLASSES, voc_palette
 from tagseg.errors import ConfigError, DataError, TagsegError, TrainingError
 from tagseg.cli import main
-from tagseg.segmentation.config import SegAugmentConfig, SegInferenceConfig, SegModelConfig, load_segment_config
-from tagseg.segmentation.data import SegmentationTrainSet, random_scale_crop_flip, resolve_mask_paths
+from tagseg.segment.config import SegAugmentConfig, SegInferenceConfig, SegModelConfig, load_segment_config
+from tagseg.segment.data import SegmentationTrainSet, random_scale_crop_flip, resolve_mask_paths
 from tagseg.inference.refine import refine_with_crf
 from tagseg.inference.segment import multiscale_logits
-from tagseg.segmentation.inference import load_segmenter, model_metadata, predict_probs
-from tagseg.segmentation.models import DeepLabV2Head, DeepLabV3PlusHead, build_segmenter
-from tagseg.segmentation.predict import colour_overlay, run_predict
+from tagseg.segment.inference import load_segmenter, model_metadata, predict_probs
+from tagseg.segment.models import DeepLabV2Head, DeepLabV3PlusHead, build_segmenter
+from tagseg.segment.predict import colour_overlay, run_predict
 from tagseg.engine.schedule import poly_lr, set_lr
-from tagseg.segmentation.trainer import SegmentationTrainer, build_optimizer, segmentation_loss
+from tagseg.segment.trainer import SegmentationTrainer, build_optimizer, segmentation_loss
 from tagseg.engine.checkpoint import list_checkpoints, save_final_model
 
 TINY = ["data.dataset=voc", "data.train_split=train", "data.val_split=val", "data.num_workers=0",
@@ -294,7 +294,7 @@ def test_resume_refuses_another_configuration(tmp_path):
 
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
     tiny_voc(tmp_path / "voc", n=4)
-    import tagseg.segmentation.trainer as trainer_module
+    import tagseg.segment.trainer as trainer_module
 
     real, calls = trainer_module.segmentation_loss, {"n": 0}
 

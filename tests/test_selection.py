@@ -12,9 +12,9 @@ from safetensors import safe_open
 from fixtures import make_voc
 from tagseg.config import load_config
 from tagseg.errors import ConfigError
-from tagseg.evaluation.scorer import Scorer, matrix_miou
-from tagseg.training.selection import scheduled
-from tagseg.training.trainer import Trainer
+from tagseg.metrics.scorer import Scorer, matrix_miou
+from tagseg.classify.selection import scheduled
+from tagseg.classify.trainer import Trainer
 
 TINY = ["data.dataset=voc", "data.train_split=train", "data.pseudo_split=train", "data.val_split=val",
         "data.image_size=64", "data.num_workers=0", "model.encoder=test_resnet", "model.pretrained=false",
@@ -66,8 +66,8 @@ def test_best_epoch_is_chosen_on_val_and_recorded(tmp_path):
 
 
 def test_segmentation_selects_on_the_training_masks(tmp_path):
-    from tagseg.segmentation.config import load_segment_config
-    from tagseg.segmentation.trainer import SegmentationTrainer
+    from tagseg.segment.config import load_segment_config
+    from tagseg.segment.trainer import SegmentationTrainer
 
     _voc(tmp_path / "voc")
     cfg = load_segment_config("segment_demo", [

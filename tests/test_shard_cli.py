@@ -121,3 +121,31 @@ def test_segment_eval_shards_merge_into_the_unsharded_result(tmp_path, clean_env
     whole = json.loads((run / "eval.json").read_text())
     assert json.loads((tmp_path / "merged.json").read_text()) == whole
     assert whole["images"] == N_IMAGES and whole["split"] == "val" and "inference" in whole
+
+
+SHARD_PROBE = """
+import sys
+from tagseg.cli import parse_args
+from tagseg.runner.launch import resolve_shard
+for argv in (['pseudo', '--run', 'r', '--shard', '1/4'], ['refine', '--run', 'r', '--method', 'par', '--shard', '1/4'],
+             ['eval', '--pred', 'p', '--run', 'r', '--shard', '1/4'], ['segment', 'eval', '--run', 'r', '--shard', '1/4']):
+    assert parse_args(argv).shard == (1, 4), argv
+assert parse_args(['pseudo', '--run', 'r', '--shard', 'auto']).shard == 'auto'
+shard, launch = resolve_shard('auto')
+assert shard == (2, 3) and launch.source == 'torchrun', (shard, launch)
+print(sorted(m for m in ('torch', 'timm', 'triton') if m in sys.modules))
+"""
+
+
+def test_parsing_and_resolving_a_shard_imports_no_torch():
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    env = {**{k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}, "PYTHONPATH": str(REPO_ROOT / "src"),
+           "RANK": "2", "WORLD_SIZE": "3", "LOCAL_RANK": "0"}
+    out = subprocess.run([sys.executable, "-c", SHARD_PROBE], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -287,6 +287,19 @@ def test_generate_dataset_is_skipped_when_complete(tmp_path, monkeypatch) -> Non
         generate_dataset(root, num_train=2, num_val=1, size=48, overwrite=True)
 
 
+def test_generated_folder_carries_a_manifest(tmp_path) -> None:
+    """The data folder is a stage output like any other: manifest.json with its parameters and
+    the files on disk; a complete folder generated before manifests existed gains one."""
+    root = generate_dataset(tmp_path / "syn", num_train=3, num_val=2, size=48, seed=4)
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["stage"] == "synthetic data" and manifest["settings"]["seed"] == 4
+    assert manifest["counts"]["splits"] == {"train": 3, "val": 2}
+    assert manifest["counts"]["on_disk"] == {"images": 5, "masks": 5, "complete": 5}
+    (root / "manifest.json").unlink()
+    generate_dataset(root, num_train=3, num_val=2, size=48, seed=4)
+    assert json.loads((root / "manifest.json").read_text())["counts"]["on_disk"]["complete"] == 5
+
+
 def test_interrupted_generation_is_redone_without_overwrite(tmp_path, monkeypatch) -> None:
     import tagseg.data.synthetic as synthetic
 

@@ -13,7 +13,7 @@ from fixtures import make_voc
 from tagseg.config import load_config
 from tagseg.errors import TrainingError
 from tagseg.engine.checkpoint import list_checkpoints
-from tagseg.training.trainer import Trainer
+from tagseg.classify.trainer import Trainer
 
 TINY = [
     "data.dataset=voc", "data.train_split=train", "data.pseudo_split=train", "data.image_size=64",
@@ -145,7 +145,7 @@ def test_batch_size_is_the_global_batch(tmp_path):
     """train.batch_size is divided over the processes (DistInfo.world_size); not divisible -> ConfigError."""
     from tagseg.engine.distributed import DistInfo, per_process_batch
     from tagseg.errors import ConfigError
-    from tagseg.training.trainer import classifier_task
+    from tagseg.classify.trainer import classifier_task
 
     assert per_process_batch(16, 1) == 16 and per_process_batch(16, 4) == 4
     with pytest.raises(ConfigError, match="train.batch_size=6 is the global batch"):

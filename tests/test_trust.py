@@ -24,12 +24,12 @@ from tagseg.cli import main
 from tagseg.config import load_config
 from tagseg.data.voc import load_cls_labels
 from tagseg.errors import ConfigError, DataError, TagsegError, TrainingError
-from tagseg.segmentation.config import load_segment_config
+from tagseg.segment.config import load_segment_config
 from tagseg.engine.checkpoint import (
     CheckpointReadError, canonical_safetensors, decode_state, encode_state, list_checkpoints, load_checkpoint,
     load_latest_checkpoint, read_model_file, rng_state, save_checkpoint, save_final_model, set_rng_state,
 )
-from tagseg.training.trainer import Trainer
+from tagseg.classify.trainer import Trainer
 from tagseg.utils.safe_npy import RestrictedUnpickler, load_npy
 
 try:

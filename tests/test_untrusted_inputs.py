@@ -160,7 +160,7 @@ def test_cli_pseudo_with_a_traversal_id_fails_cleanly_and_writes_nothing_outside
 
 
 def test_predict_refuses_unsafe_names_and_writes_nothing_outside(tmp_path, monkeypatch):
-    import tagseg.segmentation.predict as predict
+    import tagseg.segment.predict as predict
 
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -431,7 +431,7 @@ def test_exif_orientation_is_applied(tmp_path):
 
 
 def test_predict_writes_masks_in_the_displayed_orientation(tmp_path, monkeypatch):
-    import tagseg.segmentation.predict as predict
+    import tagseg.segment.predict as predict
 
     stored = np.zeros((20, 40, 3), np.uint8)
     _exif_rotated_jpeg(tmp_path / "r.jpg", stored, 8)
@@ -449,8 +449,8 @@ def test_predict_writes_masks_in_the_displayed_orientation(tmp_path, monkeypatch
 
 
 def test_dataset_image_whose_size_disagrees_with_its_mask_names_both_files(tmp_path):
-    from tagseg.segmentation.config import SegAugmentConfig
-    from tagseg.segmentation.data import SegmentationTrainSet
+    from tagseg.segment.config import SegAugmentConfig
+    from tagseg.segment.data import SegmentationTrainSet
 
     make_folder(tmp_path, n=2)
     stored = np.zeros((32, 48, 3), np.uint8)

@@ -57,7 +57,7 @@ def test_run_verbs_refuse_keys_they_would_ignore(tmp_path, capsys, argv, verb, k
 
 
 def test_segment_eval_refuses_training_keys(tmp_path, capsys):
-    from tagseg.segmentation.config import load_segment_config
+    from tagseg.segment.config import load_segment_config
 
     run = tmp_path / "seg"
     run.mkdir()

@@ -11,14 +11,14 @@ import torch
 from tagseg.config import load_config
 from tagseg.data.build import build_index
 from tagseg.data.synthetic import generate_dataset
-from tagseg.evaluation.baselines import chance_baselines
-from tagseg.evaluation.evaluate import evaluate_folder
-from tagseg.evaluation.miou import format_table
+from tagseg.metrics.baselines import chance_baselines
+from tagseg.evaluate.folder import evaluate_folder
+from tagseg.metrics.miou import format_table
 from tagseg.pseudo.generate import generate_pseudo_masks
 from tagseg.inference.loading import load_patch_classifier
 from tagseg.engine.checkpoint import list_checkpoints
 from tagseg.engine.distributed import DistInfo, resolve_device
-from tagseg.training.trainer import Trainer
+from tagseg.classify.trainer import Trainer
 from tagseg.utils.io import write_json
 from tagseg.utils.runtime import apply_threads
 

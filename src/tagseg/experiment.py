@@ -7,11 +7,14 @@ stays the plain loader (dataclasses only, no registry).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 from tagseg.addons.registry import check_family, resolve_addons
-from tagseg.config import ExperimentConfig, config_from_yaml, load_config, validate_config
+from tagseg.config import ExperimentConfig, check_verb_overrides, config_from_yaml, load_config, validate_config
+from tagseg.errors import TagsegError
 from tagseg.methods.families import get_family
+from tagseg.utils.run_kind import TAGS, require_run_kind
 
 
 def validate_experiment(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -33,3 +36,15 @@ def load_experiment(name_or_path: str | None = None, overrides: Sequence[str] = 
 def experiment_from_yaml(text: str) -> ExperimentConfig:
     """A run's ``config.yaml`` (or a model file's config) back into a validated experiment."""
     return validate_experiment(config_from_yaml(text))
+
+
+def load_run_experiment(run: Path, overrides: Sequence[str], verb: str, action: str = "use") -> ExperimentConfig:
+    """The configuration of a finished tag-classifier run with the overrides ``verb`` applies
+    (any other key is refused, naming it and the verb), validated as training validates it.
+    ``action``: what the verb does with the run, for the error when the folder holds another kind."""
+    check_verb_overrides(verb, overrides)
+    cfg_path = Path(run) / "config.yaml"
+    if not cfg_path.is_file():
+        raise TagsegError(f"{run} is not a tagseg run folder (no config.yaml)")
+    require_run_kind(Path(run), TAGS, action)
+    return load_experiment(str(cfg_path), overrides)

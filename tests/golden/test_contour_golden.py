@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tagseg.evaluation.contour import ContourFAccumulator, seg2bmap
+from tagseg.metrics.contour import ContourFAccumulator, seg2bmap
 
 from .inputs import checksum as _checksum, generate
 

@@ -11,9 +11,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-GEOMETRY_FIELDS = ("hflip", "vflip", "transpose", "crop", "crop_y0", "crop_x0", "crop_size")
-
-
 def apply_flips(x: torch.Tensor, hflip: bool, vflip: bool, transpose: bool) -> torch.Tensor:
     """Flip the last two axes (..., H, W): horizontal, then vertical, then transpose."""
     if hflip:

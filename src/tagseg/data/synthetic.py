@@ -34,6 +34,8 @@ from tqdm import tqdm
 
 from tagseg.data.classes import IGNORE_INDEX, voc_palette
 from tagseg.errors import ConfigError
+from tagseg.runner.layout import OutputLayout
+from tagseg.runner.manifest import MANIFEST_NAME, ManifestInfo, write_manifest
 from tagseg.utils.io import atomic_path, save_mask_png, write_json, write_text
 
 SYNTHETIC_CLASSES: tuple[str, ...] = ("background", "disc", "box", "triangle", "cross", "star")
@@ -401,6 +403,7 @@ def _is_interrupted_generation(root: Path) -> bool:
 def _remove_previous(root: Path) -> None:
     """Delete the files a previous generation wrote (and only those)."""
     (root / "synthetic.json").unlink(missing_ok=True)
+    (root / MANIFEST_NAME).unlink(missing_ok=True)
     for name in ("classes.txt", "labels.csv", "splits/train.txt", "splits/val.txt"):
         (root / name).unlink(missing_ok=True)
     for sub in ("images", "masks"):
@@ -435,6 +438,8 @@ def generate_dataset(root: str | Path, num_train: int = 320, num_val: int = 80,
         raise ConfigError(f"ignore_border must be >= 0, got {ignore_border}")
     params = _params(num_train, num_val, size, seed, ignore_border)
     if _is_complete(root, params):
+        if not (root / MANIFEST_NAME).is_file():  # generated before datasets carried one
+            _write_manifest(root, params)
         return root
 
     existing = (root / "synthetic.json").exists() or (root / "images").exists() \
@@ -462,4 +467,14 @@ def generate_dataset(root: str | Path, num_train: int = 320, num_val: int = 80,
     write_text(root / "splits" / "train.txt", "".join(f"{s}\n" for s in ids[:num_train]))
     write_text(root / "splits" / "val.txt", "".join(f"{s}\n" for s in ids[num_train:]))
     write_json(root / "synthetic.json", {**params, "complete": True})
+    _write_manifest(root, params)
     return root
+
+
+def _write_manifest(root: Path, params: dict) -> None:
+    """``manifest.json`` of the generated folder: its parameters and the files on disk."""
+    num_train, num_val = params["num_train"], params["num_val"]
+    ids = [sample_id(i) for i in range(num_train + num_val)]
+    layout = OutputLayout(root, {"images": ("images", "{id}.png"), "masks": ("masks", "{id}.png")})
+    counts = {"images": len(ids), "splits": {"train": num_train, "val": num_val}, "on_disk": layout.count(ids)}
+    write_manifest(root, ManifestInfo(stage="synthetic data", settings=params), counts)

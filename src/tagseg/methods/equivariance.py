@@ -17,9 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tagseg.data.geometry import (  # noqa: F401  (re-exported: the view geometry lives with the data)
-    GEOMETRY_FIELDS, _crop_box, _flips, apply_flips, crop_and_resize, undo_flips, view_b_image,
-)
+from tagseg.data.geometry import _crop_box, _flips, apply_flips, crop_and_resize, undo_flips
 from tagseg.methods.label_merge import label_merge
 
 def target_grid_transform(grid_a: torch.Tensor, geom_a: torch.Tensor, geom_b: torch.Tensor,

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tagseg.cli_args import SHARD_HELP, add_overrides, common, parse_shard
+
 METHOD_HELP = ("irn: IRN's class-boundary branch + random walk (trains the branch first); psa: AffinityNet's "
                "affinity head + random walk (trains the head first); par: pixel-adaptive refinement, no training")
 
 
-def add_refine_command(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser,
-                       shard_type, shard_help: str) -> None:
-    p = subparsers.add_parser("refine", parents=[common],
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("refine", parents=[common()],
                               help="refine a run's pseudo-masks with IRN, AffinityNet (PSA) or PAR",
                               description="Refined pseudo-masks: <run>/refine/<method>/<split>/masks. "
                                           "Methods: " + METHOD_HELP)
@@ -19,35 +20,29 @@ def add_refine_command(subparsers: argparse._SubParsersAction, common: argparse.
     p.add_argument("--method", required=True, choices=["irn", "psa", "par"], help=METHOD_HELP)
     p.add_argument("--split", help="split to refine (default: data.pseudo_split of the run)")
     p.add_argument("--out", help="output folder (default: <run>/refine/<method>/<split>)")
-    p.add_argument("--shard", type=shard_type, default=(0, 1), help=shard_help)
+    p.add_argument("--shard", type=parse_shard, default=(0, 1), help=SHARD_HELP)
     p.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")
     p.add_argument("--workers", type=int, default=None,
                    help="CPU processes, each running --threads threads (default: as `tagseg pseudo`)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted training of the irn / psa head")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, e.g. refine.irn.beta=8 refine.psa.preset=seam")
+    add_overrides(p, "refine.irn.beta=8 refine.psa.preset=seam")
     p.set_defaults(handler=cmd_refine)
 
 
 def cmd_refine(args: argparse.Namespace) -> int:
-    from tagseg.config import check_verb_overrides
+    from tagseg.data.build import build_index
     from tagseg.engine.distributed import DistInfo, launch_device, resolve_device
-    from tagseg.experiment import load_experiment
-    from tagseg.runner.launch import resolve_shard
-    from tagseg.utils.run_kind import TAGS, require_run_kind
     from tagseg.errors import TagsegError
+    from tagseg.experiment import load_run_experiment
     from tagseg.inference.loading import load_trained_model
     from tagseg.refine.run import refine_run
-    from tagseg.data.build import build_index
+    from tagseg.runner.launch import resolve_shard
     from tagseg.utils.runtime import apply_threads, device_overrides, inference_processes
 
     run = Path(args.run)
     overrides = [*device_overrides(args.device), *args.overrides]
-    check_verb_overrides("refine", overrides)  # a key refine would not apply is refused, naming it
-    if not (run / "config.yaml").is_file():
-        raise TagsegError(f"{run} is not a tagseg run folder (no config.yaml)")
-    require_run_kind(run, TAGS, "refine")
-    cfg = load_experiment(str(run / "config.yaml"), overrides)
+    # a key refine would not apply is refused, naming it
+    cfg = load_run_experiment(run, overrides, "refine", action="refine")
     args.shard, launch = resolve_shard(args.shard)
     device = resolve_device(launch_device(launch, cfg.device) if launch.source != "single" else cfg.device,
                             DistInfo())

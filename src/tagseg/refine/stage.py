@@ -27,7 +27,7 @@ from tagseg.config import ExperimentConfig, RefineConfig, resolve_psa
 from tagseg.data.records import DatasetIndex, ImageRecord
 from tagseg.data.views import image_to_tensor
 from tagseg.errors import ConfigError
-from tagseg.refine.heads import encoder_pyramid, feature_affinity
+from tagseg.refine.heads import feature_affinity
 from tagseg.refine.pairs import pairs_in_grid
 from tagseg.refine.par import par, par_kernel, par_seed_labels
 from tagseg.refine.random_walk import propagate_to_boundary, random_walk, walk_labels

@@ -19,7 +19,7 @@ import numpy as np
 import tagseg
 from tagseg.data.classes import IGNORE_INDEX, VOC_CLASSES, voc_palette
 from tagseg.errors import TagsegError
-from tagseg.evaluation.contour import j_and_f
+from tagseg.metrics.contour import j_and_f
 from tagseg.report.collect import (EvalResult, RunContents, collect_run, data_section, load_dataset_index,
                                     numeric_history_keys)
 from tagseg.report.figures import heatmap_svg, hex_color, line_chart_svg, text_color_on

@@ -2,7 +2,7 @@
 
 A row holds the photo, its ground truth and one mask per mask folder of the split, each as a
 data URI, with the per-image mIoU of every mask (computed from the files by the one scorer,
-:func:`tagseg.evaluation.scorer.image_miou`) and the classes present.
+:func:`tagseg.metrics.scorer.image_miou`) and the classes present.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 
 from tagseg.data.records import DatasetIndex
 from tagseg.errors import TagsegError
-from tagseg.evaluation.scorer import image_miou
+from tagseg.metrics.scorer import image_miou
 from tagseg.report.collect import MaskSource, RunContents
 from tagseg.report.figures import image_thumbnail, jpeg_data_uri, mask_data_uri, mask_thumbnail
 from tagseg.utils.io import read_image, read_mask

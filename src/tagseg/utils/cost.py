@@ -30,3 +30,13 @@ def cost_note(stage: str, train_size: int, infer_size: int, scales: Sequence[flo
             f"(largest {largest:.0f} px, {largest / train_size:.1f}× the training size {train_size} px): "
             f"{ratio:.0f}× the pixels of a training image; {keys}.image_size, {keys}.scales and "
             f"{keys}.flip lower it")
+
+
+def print_cost_note(stage: str, cfg) -> None:
+    """One line on stderr when ``stage`` (run with ``cfg.pseudo``'s inference settings) costs far
+    more per image than a training step of ``cfg`` (an ExperimentConfig)."""
+    import sys
+
+    note = cost_note(stage, cfg.data.image_size, cfg.pseudo.image_size, cfg.pseudo.scales, cfg.pseudo.flip)
+    if note:
+        print(note, file=sys.stderr)

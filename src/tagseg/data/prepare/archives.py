@@ -82,10 +82,6 @@ Payload = Union[Path, Staged]
 """A member's content: the file's path (folder sources) or its staged copy (archive sources)."""
 
 
-def is_archive(path: Path) -> bool:
-    return path.is_file() and tarfile.is_tarfile(path)
-
-
 def _size_text(n: int) -> str:
     return f"{n / MB:,.1f} MB" if n < GB else f"{n / GB:,.2f} GB"
 

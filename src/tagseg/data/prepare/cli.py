@@ -24,7 +24,7 @@ COCO_EPILOG = (
 )
 
 
-def add_prepare_command(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Register ``prepare`` with its subcommands ``voc`` and ``coco``."""
     p = subparsers.add_parser("prepare", help="build VOC 2012 + SBD or COCO 2014 from the downloaded archives, "
                                               "and verify it")
@@ -53,6 +53,7 @@ def add_prepare_command(subparsers: argparse._SubParsersAction) -> None:
                    "ids of the sorted standard val list")
     c.add_argument("overrides", nargs="*", metavar="key=value", help="mask settings, e.g. crowd=background")
     _common(c)
+    p.set_defaults(handler=cmd_prepare)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -121,5 +122,3 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     _print_report(result.report, result.seconds)
     return 0
 
-
-PREPARE_COMMANDS = {"prepare": cmd_prepare}

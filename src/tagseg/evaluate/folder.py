@@ -10,9 +10,9 @@ import numpy as np
 
 from tagseg.data.records import DatasetIndex
 from tagseg.errors import DataError
-from tagseg.evaluation.predict_and_score import predict_and_score
-from tagseg.evaluation.scorer import Scorer, require_masks
-from tagseg.evaluation.shards import merge_states, read_state, scorer_from_state, scorer_state
+from tagseg.metrics.predict_and_score import predict_and_score
+from tagseg.metrics.scorer import Scorer, require_masks
+from tagseg.metrics.shards import merge_states, read_state, scorer_from_state, scorer_state
 from tagseg.runner import shard_of
 from tagseg.utils.io import read_mask
 
@@ -21,7 +21,7 @@ def evaluate_folder(pred_dir: str | Path, index: DatasetIndex, progress: bool = 
                     contour: bool = True, shard: tuple[int, int] = (0, 1)) -> dict:
     """mIoU, pixel accuracy, contour F and J&F of ``pred_dir/<id>.png`` over the records of
     ``index`` (which must have masks; with ``shard=(i, n)`` only shard i of n). Returns the summary
-    of :func:`tagseg.evaluation.miou.summarize` plus 'contour' (per-class P/R/F), 'contour_f',
+    of :func:`tagseg.metrics.miou.summarize` plus 'contour' (per-class P/R/F), 'contour_f',
     'j_and_f', per-image mIoU ('per_image', worst first) and 'state', the sums that
     :func:`merge_eval_files` adds over shards.
     """

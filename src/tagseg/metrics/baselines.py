@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from tagseg.data.records import DatasetIndex
-from tagseg.evaluation.miou import ConfusionMatrix
-from tagseg.utils.io import read_mask
+from tagseg.metrics.miou import ConfusionMatrix
+from tagseg.metrics.predict_and_score import predict_and_score
 
 
 def chance_baselines(index: DatasetIndex, seed: int = 0) -> dict[str, dict]:
@@ -20,11 +20,13 @@ def chance_baselines(index: DatasetIndex, seed: int = 0) -> dict[str, dict]:
     k = index.num_classes
     rng = np.random.default_rng(seed)
     cms = {name: ConfusionMatrix(k) for name in ("all background", "random present class", "one present class")}
-    for rec in index.records:
-        gt = read_mask(rec.mask_path, k)
+
+    def guesses(rec, gt: np.ndarray) -> dict[str, np.ndarray]:
         present = np.flatnonzero(rec.labels > 0.5)
-        cms["all background"].update(np.zeros_like(gt), gt)
-        cms["random present class"].update(rng.choice(present, size=gt.shape).astype(np.uint8), gt)
         fg = present[present > 0]
-        cms["one present class"].update(np.full_like(gt, fg[0] if fg.size else 0), gt)
+        return {"all background": np.zeros_like(gt),
+                "random present class": rng.choice(present, size=gt.shape).astype(np.uint8),
+                "one present class": np.full_like(gt, fg[0] if fg.size else 0)}
+
+    predict_and_score(index.records, guesses, cms, k)
     return {name: cm.summary(index.class_names) for name, cm in cms.items()}

@@ -24,12 +24,12 @@ from tagseg.engine import loop
 from tagseg.engine.distributed import DistInfo, per_process_batch
 from tagseg.engine.schedule import PolySchedule
 from tagseg.engine.task import SelectFn, Task, loop_options
-from tagseg.segmentation.config import SegmentExperimentConfig, SegTrainConfig
-from tagseg.segmentation.data import SegmentationTrainSet, choose_mask_folder, resolve_mask_paths
-from tagseg.segmentation.inference import model_metadata
-from tagseg.segmentation.models import SegmentationNet, build_segmenter, default_rates, unreached_rates
+from tagseg.segment.config import SegmentExperimentConfig, SegTrainConfig
+from tagseg.segment.data import SegmentationTrainSet, choose_mask_folder, resolve_mask_paths
+from tagseg.segment.inference import model_metadata
+from tagseg.segment.models import SegmentationNet, build_segmenter, default_rates, unreached_rates
 from tagseg.runner import ManifestInfo
-from tagseg.segmentation.selection import segmentation_selection_hook
+from tagseg.segment.selection import segmentation_selection_hook
 
 # The sections whose settings decide what training computes, compared when a run is resumed.
 RESUME_KEYS = ("seed", "data", "segment", "model", "train", "augment")

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tagseg.errors import ConfigError
-from tagseg.segmentation.config import SegModelConfig
+from tagseg.segment.config import SegModelConfig
 
 V2_RATES = (6, 12, 18, 24)
 V3PLUS_RATES = (6, 12, 18)  # at output stride 16; doubled at 8

@@ -20,7 +20,7 @@ from tagseg.data.classes import IGNORE_INDEX
 from tagseg.data.records import DatasetIndex
 from tagseg.data.views import image_to_tensor
 from tagseg.errors import DataError
-from tagseg.segmentation.config import GT_MASKS, SegAugmentConfig
+from tagseg.segment.config import GT_MASKS, SegAugmentConfig
 from tagseg.utils.io import read_image, read_mask
 
 

@@ -13,6 +13,8 @@ to lie inside ``<out>`` before it is written.
 
 from __future__ import annotations
 
+import importlib
+
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,10 +28,10 @@ from tagseg.data.classes import IGNORE_INDEX, VOC_CLASSES
 from tagseg.errors import ConfigError, DataError, TagsegError
 from tagseg.config import check_verb_overrides
 from tagseg.runner import ManifestInfo, OutputLayout, run_per_image
-from tagseg.segmentation.config import SegInferenceConfig, validate_inference
-from tagseg.segmentation.evaluate import check_class_names
-from tagseg.segmentation.inference import load_segmenter, predict_mask
-from tagseg.segmentation.models import SegmentationNet
+from tagseg.segment.config import SegInferenceConfig, validate_inference
+from tagseg.segment.evaluate import check_class_names
+from tagseg.segment.inference import load_segmenter, predict_mask
+from tagseg.segment.models import SegmentationNet
 from tagseg.utils.io import atomic_path, read_image, save_mask_png, write_json
 from tagseg.utils.safe_paths import check_id, path_inside
 
@@ -231,7 +233,7 @@ def run_predict(inputs: Sequence[str | Path], model_spec: str | Path, out_dir: s
     validate_inference(inference)
     if inference.crf != "none":  # fail once, before any image, when the CRF module is unusable
         try:
-            import tagseg.inference.crf  # noqa: F401
+            importlib.import_module("tagseg.inference.crf")
         except ImportError as exc:
             raise TagsegError(f"crf={inference.crf!r} needs the dense CRF module tagseg.inference.crf, which cannot be imported: {exc}") from exc
     files, problems = collect_images(inputs)

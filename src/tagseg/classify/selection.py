@@ -23,8 +23,8 @@ from tagseg.data.build import build_index
 from tagseg.data.records import DatasetIndex
 from tagseg.data.views import image_to_tensor
 from tagseg.errors import DataError
-from tagseg.evaluation.predict_and_score import predict_and_score
-from tagseg.evaluation.scorer import Scorer, matrix_miou
+from tagseg.metrics.predict_and_score import predict_and_score
+from tagseg.metrics.scorer import Scorer, matrix_miou
 from tagseg.inference.pseudo import merged_probs_for
 from tagseg.utils.io import read_image
 

@@ -15,11 +15,11 @@ import torch
 from tagseg.config import config_to_yaml
 from tagseg.errors import TagsegError
 from tagseg.inference.segment import segmentation_probs
-from tagseg.segmentation.config import SegInferenceConfig, SegmentExperimentConfig, segment_config_from_yaml
-from tagseg.segmentation.models import SegmentationNet, build_segmenter
+from tagseg.segment.config import SegInferenceConfig, SegmentExperimentConfig, segment_config_from_yaml
+from tagseg.segment.models import SegmentationNet, build_segmenter
 from tagseg.engine.checkpoint import model_classes, read_model_file
 
-MODEL_FORMAT = "tagseg.segmentation/1"
+MODEL_FORMAT = "tagseg.segment/1"
 
 
 def model_metadata(cfg: SegmentExperimentConfig, class_names: Sequence[str], palette: Sequence[int]) -> dict:

@@ -13,8 +13,8 @@ import numpy as np
 
 from tagseg.data.records import DatasetIndex
 from tagseg.errors import DataError
-from tagseg.evaluation.contour import ContourFAccumulator, j_and_f
-from tagseg.evaluation.miou import ConfusionMatrix, iou_from_matrix
+from tagseg.metrics.contour import ContourFAccumulator, j_and_f
+from tagseg.metrics.miou import ConfusionMatrix, iou_from_matrix
 
 
 def matrix_miou(matrix: np.ndarray) -> Optional[float]:
@@ -76,7 +76,7 @@ class Scorer:
         return self
 
     def summary(self) -> dict:
-        """:func:`tagseg.evaluation.miou.summarize`'s dict plus, with contour on, 'contour'
+        """:func:`tagseg.metrics.miou.summarize`'s dict plus, with contour on, 'contour'
         (per-class P/R/F and conventions), 'contour_f' and 'j_and_f' (None when no foreground class
         occurred or the mIoU is undefined), and 'per_image' (mIoU, worst first, None last)."""
         summary = self.confusion.summary(self.class_names)

@@ -26,7 +26,7 @@ from tagseg.engine.threads import loader_workers
 from tagseg.experiment import validate_experiment
 from tagseg.methods.families import get_family
 from tagseg.runner import ManifestInfo
-from tagseg.training.selection import selection_hook
+from tagseg.classify.selection import selection_hook
 
 # The sections whose settings decide what training computes, compared when a run is resumed
 # (pseudo-mask settings, the device and the name are not among them).

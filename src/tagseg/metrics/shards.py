@@ -17,9 +17,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from tagseg.errors import DataError
-from tagseg.evaluation.contour import ContourFAccumulator
-from tagseg.evaluation.miou import ConfusionMatrix
-from tagseg.evaluation.scorer import Scorer
+from tagseg.metrics.contour import ContourFAccumulator
+from tagseg.metrics.miou import ConfusionMatrix
+from tagseg.metrics.scorer import Scorer
 
 STATE_FORMAT = "tagseg-eval-state/1"
 SHARED_KEYS = ("inference", "split")  # settings a merged result keeps when every shard has the same
@@ -181,7 +181,7 @@ def accumulators(state: dict[str, Any]) -> tuple[ConfusionMatrix, Optional[Conto
 
 
 def scorer_state(scorer: Scorer, ids: Sequence[str], shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
-    """:func:`eval_state` of a :class:`~tagseg.evaluation.scorer.Scorer` (its per-image mIoU in
+    """:func:`eval_state` of a :class:`~tagseg.metrics.scorer.Scorer` (its per-image mIoU in
     scoring order)."""
     return eval_state(scorer.confusion, scorer.contour, scorer.per_image, ids, shard)
 

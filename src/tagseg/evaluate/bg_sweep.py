@@ -19,9 +19,9 @@ from tagseg.config import PseudoConfig
 from tagseg.data.records import DatasetIndex
 from tagseg.data.views import image_to_tensor
 from tagseg.errors import ConfigError, DataError, TagsegError
-from tagseg.evaluation.miou import MIOU_CONVENTION
-from tagseg.evaluation.predict_and_score import predict_and_score
-from tagseg.evaluation.scorer import Scorer, require_masks
+from tagseg.metrics.miou import MIOU_CONVENTION
+from tagseg.metrics.predict_and_score import predict_and_score
+from tagseg.metrics.scorer import Scorer, require_masks
 from tagseg.methods.families import get_family
 from tagseg.utils.io import read_image, write_json
 

@@ -18,8 +18,8 @@ from tagseg.utils.io import read_mask
 
 
 class Accumulator(Protocol):
-    """Anything that adds one image's scores: :class:`~tagseg.evaluation.scorer.Scorer`,
-    :class:`~tagseg.evaluation.miou.ConfusionMatrix`."""
+    """Anything that adds one image's scores: :class:`~tagseg.metrics.scorer.Scorer`,
+    :class:`~tagseg.metrics.miou.ConfusionMatrix`."""
 
     def update(self, pred: np.ndarray, gt: np.ndarray, name: str = "") -> Any: ...
 

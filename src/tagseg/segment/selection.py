@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from tagseg.data.build import build_index
-from tagseg.evaluation.predict_and_score import predict_and_score
-from tagseg.evaluation.scorer import Scorer
-from tagseg.segmentation.config import SegInferenceConfig, SegmentExperimentConfig
-from tagseg.segmentation.data import choose_mask_folder, resolve_mask_paths
-from tagseg.segmentation.inference import predict_mask
+from tagseg.metrics.predict_and_score import predict_and_score
+from tagseg.metrics.scorer import Scorer
+from tagseg.segment.config import SegInferenceConfig, SegmentExperimentConfig
+from tagseg.segment.data import choose_mask_folder, resolve_mask_paths
+from tagseg.segment.inference import predict_mask
 from tagseg.utils.io import read_image
 
 SINGLE_SCALE = SegInferenceConfig(scales=[1.0], flip=False, crf="none")

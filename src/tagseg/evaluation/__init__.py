@@ -1,1 +1,0 @@
-"""tagseg.evaluation"""
