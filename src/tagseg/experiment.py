@@ -9,18 +9,20 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from tagseg.addons.registry import check_family, resolve_addons
+from tagseg.addons.registry import check_capabilities, resolve_addons
 from tagseg.config import ExperimentConfig, config_from_yaml, load_config, validate_config
-from tagseg.methods.families import get_family
+from tagseg.methods.families import FAMILIES, get_family
 
 
 def validate_experiment(cfg: ExperimentConfig) -> ExperimentConfig:
     """Every start-up check (ConfigError naming the key): the plain ones, the family, the add-on
-    sections (unknown keys, ranges) and which add-on serves which family. Types ``cfg.addons``."""
+    sections (unknown keys, ranges) and whether the family offers every capability the switched-on
+    add-ons need. Types ``cfg.addons``."""
     validate_config(cfg)
     family = get_family(cfg.model.family)
     resolve_addons(cfg)
-    check_family(cfg, family.name)
+    check_capabilities(cfg, family.name, family.capabilities,
+                       {name: f.capabilities for name, f in FAMILIES.items()})
     family.validate(cfg)
     return cfg
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tagseg.addons.registry import Addon, LossContext, register_addon
+from tagseg.addons.registry import CAM_LOGITS, SCORE_MAPS, Addon, LossContext, register_addon
 from tagseg.errors import ConfigError, TagsegError
 
 SAMPLING_EPS = 1e-5
@@ -409,23 +409,22 @@ def hfpl_loss(
 # ----------------------------------------------------------------------------- plug-in
 
 
-def _loss_terms(family: str, ctx: LossContext, s: HFPLConfig) -> tuple[dict[str, Tensor], Tensor]:
-    """ISL replaces the classification loss L by (1−λ)·L + λ·ISL (added as λ·(ISL − L)); FSL adds
-    fsl_weight·L_fs. CAM family: ctx.maps are the K−1 raw CAMs; patch family: the K probabilities Z."""
+def _loss_terms(ctx: LossContext, s: HFPLConfig) -> tuple[dict[str, Tensor], Tensor]:
+    """ISL replaces the classification loss L (``ctx.base``) by (1−λ)·L + λ·ISL; FSL adds
+    fsl_weight·L_fs. Raw CAM logits (CAM_LOGITS): ISL samples the K−1 CAMs themselves; class
+    probabilities with background: ISL is a pooling of them under the family's class loss."""
     parts: dict[str, Tensor] = {}
     extra = ctx.base.new_zeros(())
     official = s.formulation == "official"
     maps = _at_least(ctx.maps, s.min_map_size)
     if s.isl:
-        if family == "cam":
+        if ctx.offers(CAM_LOGITS):
             parts["isl"] = importance_sampling_loss(maps, ctx.labels, s.n_samples, official=official)
         else:
             parts["isl"] = ctx.class_loss(importance_pooling(maps, s.n_samples))
-        replaced = s.lam * (s.isl_weight * parts["isl"] - ctx.base)
-        extra = extra + replaced
         # the base head's class loss is now (1−λ)·L + λ·ISL: add-ons after this one that scale the
         # base head's loss (RCA's aux_weight) scale all of it
-        ctx.base = ctx.base + replaced
+        ctx.base = ctx.base + s.lam * (s.isl_weight * parts["isl"] - ctx.base)
     if s.fsl:
         parts["fsl"] = feature_similarity_loss(maps, ctx.labels, ctx.images, s.sigma, s.mu, s.block, s.window,
                                                background=s.fsl_background, official=official)
@@ -434,5 +433,6 @@ def _loss_terms(family: str, ctx: LossContext, s: HFPLConfig) -> tuple[dict[str,
 
 
 ADDON = register_addon(Addon(
-    name="hfpl", settings=HFPLConfig, switches={"isl": ("cam", "patch", "seam"), "fsl": ("cam", "seam")},
+    name="hfpl", settings=HFPLConfig,
+    requires={"isl": frozenset({SCORE_MAPS}), "fsl": frozenset({SCORE_MAPS, CAM_LOGITS})},
     loss_terms=_loss_terms, hints={"fsl": "FSL needs CAM score maps: use model.family=cam or seam"}))

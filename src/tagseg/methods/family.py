@@ -13,6 +13,11 @@
 - ``cam_maps``: its pseudo-masks are normalised class activation maps against a background
   threshold (``pseudo.bg_threshold``), so the background sweep and the refine stage's CAM seeds
   apply to it (``cam``, ``seam``); otherwise its rule gives class probabilities directly.
+- ``patch_size``: px; its network's inputs are multiples of it and its coarsest grid cell is that
+  size (the ViT patch, the CNN's stride-16 map); training views and the inference rule take it
+  from here.
+- ``capabilities``: what it offers add-ons (:data:`tagseg.addons.registry.CAPABILITIES`); an
+  add-on switch that needs a capability the family lacks is refused at load time, naming both.
 
 A family's network has an ``encoder`` with ``block_groups()`` / ``final_norm()`` (for the
 warm-up/unfreeze schedule) and ``head_parameters()``; it may define ``on_epoch_start(epoch)`` and
@@ -29,6 +34,7 @@ import torch
 from torch import nn
 
 from tagseg.config import ExperimentConfig
+from tagseg.models.encoder import PATCH_STRIDE
 
 
 @dataclass(frozen=True)
@@ -40,3 +46,5 @@ class Family:
     validate: Callable[[ExperimentConfig], None] = lambda cfg: None
     inference: str = ""
     cam_maps: bool = False
+    capabilities: frozenset = frozenset()
+    patch_size: int = PATCH_STRIDE
