@@ -11,6 +11,7 @@ from typing import Sequence
 
 from tagseg.addons.registry import check_capabilities, resolve_addons
 from tagseg.config import ExperimentConfig, config_from_yaml, load_config, validate_config
+from tagseg.errors import ConfigError
 from tagseg.methods.families import FAMILIES, get_family
 
 
@@ -23,6 +24,10 @@ def validate_experiment(cfg: ExperimentConfig) -> ExperimentConfig:
     resolve_addons(cfg)
     check_capabilities(cfg, family.name, family.capabilities,
                        {name: f.capabilities for name, f in FAMILIES.items()})
+    for key, size in (("data.image_size", cfg.data.image_size), ("pseudo.image_size", cfg.pseudo.image_size)):
+        if size % family.patch_size:
+            raise ConfigError(f"{key}={size}: must be a multiple of {family.patch_size} "
+                              f"(the patch size of model.family={family.name!r})")
     family.validate(cfg)
     return cfg
 

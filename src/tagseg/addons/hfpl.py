@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tagseg.addons.registry import CAM_LOGITS, SCORE_MAPS, Addon, LossContext, register_addon
+from tagseg.addons.registry import CAM_LOGITS, FORMULATIONS, SCORE_MAPS, Addon, LossContext, register_addon
 from tagseg.errors import ConfigError, TagsegError
 
 SAMPLING_EPS = 1e-5
@@ -87,7 +87,7 @@ class HFPLConfig:
             raise ConfigError(f"addons.hfpl.block={self.block}: must be > 0")
         if self.window is not None and not self.window > 0:
             raise ConfigError(f"addons.hfpl.window={self.window}: must be > 0 or None")
-        if self.formulation not in ("official", "paper"):
+        if self.formulation not in FORMULATIONS:
             raise ConfigError(f"addons.hfpl.formulation={self.formulation!r}: choose official or paper")
         if self.isl_weight < 0:
             raise ConfigError(f"addons.hfpl.isl_weight={self.isl_weight}: must be >= 0")
@@ -412,7 +412,10 @@ def hfpl_loss(
 def _loss_terms(ctx: LossContext, s: HFPLConfig) -> tuple[dict[str, Tensor], Tensor]:
     """ISL replaces the classification loss L (``ctx.base``) by (1−λ)·L + λ·ISL; FSL adds
     fsl_weight·L_fs. Raw CAM logits (CAM_LOGITS): ISL samples the K−1 CAMs themselves; class
-    probabilities with background: ISL is a pooling of them under the family's class loss."""
+    probabilities with background: ISL is a pooling of them under the family's class loss.
+    On SEAM (arvijj/hfpl ``train_cam_voc.py`` lines 141-170) ``ctx.base`` is view 1's
+    classification loss, which ISL replaces before SEAM averages it with view 2's, and FSL runs on
+    view 1's raw CAM logits."""
     parts: dict[str, Tensor] = {}
     extra = ctx.base.new_zeros(())
     official = s.formulation == "official"

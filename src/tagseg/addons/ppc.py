@@ -52,12 +52,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tagseg.addons.registry import (
-    FEATURES, SCORE_MAPS, SHARED_VIEWS, VIEW_HEADS, Addon, BuildContext, LossContext, register_addon,
+    FEATURES, FORMULATIONS, SCORE_MAPS, SHARED_VIEWS, VIEW_HEADS, Addon, BuildContext, LossContext, register_addon,
 )
 from tagseg.errors import ConfigError, TagsegError
 
 _NEGATIVE_SELECTIONS = ("random", "less_hard")
-_FORMULATIONS = ("official", "paper")
+_FORMULATIONS = FORMULATIONS
 
 
 @dataclass(frozen=True)
@@ -627,6 +627,10 @@ def ppc_loss_official(
 # forward pass when it offers SHARED_VIEWS, otherwise here as a second pass. The score maps
 # (foreground CAMs with a constant background, or class probabilities with background) give the
 # pseudo labels: the family's label maps of each view.
+# On SEAM this is where usr922/wseg contrast_train.py (lines 179-392) places PPC: view 2 is the
+# 128 px copy SEAM's own losses use too, prototypes and pseudo labels come from each view's
+# PCM-revised maps (SEAM's label maps, background replaced by ``bg_score``), the embeddings from the
+# projector on each view's encoder features, and L_PPC is added with weight 1.
 
 
 def _attach(s: PPCConfig, ctx: BuildContext) -> nn.Module:

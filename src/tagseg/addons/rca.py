@@ -26,10 +26,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tagseg.addons.registry import (
-    AUX_CAM_HEAD, FEATURES, SCORE_MAPS, WHOLE_CLASS_LOSS, Addon, BuildContext, LossContext, register_addon,
+    AUX_CAM_HEAD, FEATURES, FORMULATIONS, SCORE_MAPS, WHOLE_CLASS_LOSS, Addon, BuildContext, LossContext, register_addon,
 )
 from tagseg.errors import ConfigError, TagsegError
 from tagseg.addons.hfpl import channel_targets
+
+RM_REDUCTIONS = ("sum_images", "mean")  # addons.rca.rm_reduction: region_mixup_loss
 
 
 @dataclass(frozen=True)
@@ -83,9 +85,9 @@ class RCAConfig:
                 raise ConfigError(f"addons.rca.{name}={getattr(self, name)}: must be >= 0")
         if self.contrast_start_epoch < 0:
             raise ConfigError(f"addons.rca.contrast_start_epoch={self.contrast_start_epoch}: must be >= 0")
-        for name, allowed in (("rm_reduction", ("sum_images", "mean")), ("region_mask", ("softmax", "raw")),
-                              ("bank_gate", ("aggregated", "base")), ("bank_update", ("paper", "official")),
-                              ("aggregation", ("paper", "official"))):
+        for name, allowed in (("rm_reduction", RM_REDUCTIONS), ("region_mask", ("softmax", "raw")),
+                              ("bank_gate", ("aggregated", "base")), ("bank_update", FORMULATIONS),
+                              ("aggregation", FORMULATIONS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"addons.rca.{name}={getattr(self, name)!r}: choose {' or '.join(allowed)}")
 
@@ -156,7 +158,7 @@ class RegionMemoryBank(nn.Module):
         init_seed: int = 0,
     ) -> None:
         super().__init__()
-        if update_mode not in ("paper", "official"):
+        if update_mode not in FORMULATIONS:
             raise ConfigError(f"memory bank update mode {update_mode!r}: choose paper or official")
         self.update_mode = update_mode
         self.init_seed = init_seed
@@ -326,7 +328,7 @@ def region_mixup_loss(
     "sum_images": per image the mean over its regions, summed over images (Eq. 11 and the
     official code).
     """
-    if reduction not in ("mean", "sum_images"):
+    if reduction not in RM_REDUCTIONS:
         raise ConfigError(f"L_RM reduction {reduction!r}: choose mean or sum_images")
     emb, cls = regions.embeddings, regions.channels
     n = emb.shape[0]
@@ -442,7 +444,7 @@ class RCAAggregation(nn.Module):
 
     def __init__(self, in_dim: int, num_channels: int, prototypes_per_class: int = 10, mode: str = "paper") -> None:
         super().__init__()
-        if mode not in ("paper", "official"):
+        if mode not in FORMULATIONS:
             raise ConfigError(f"RCA aggregation mode {mode!r}: choose paper or official")
         self.mode = mode
         if in_dim <= 0 or num_channels <= 0 or prototypes_per_class <= 0:

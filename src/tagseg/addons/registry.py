@@ -37,6 +37,9 @@ BUILTIN = (
     "tagseg.addons.rca",
 )
 
+# The formulations an add-on (or one of its parts) can follow: its official code, or the paper.
+FORMULATIONS = ("official", "paper")
+
 # What a family can offer its add-ons (``Family.capabilities``):
 SCORE_MAPS = "score_maps"  # ctx.maps / ctx.label_maps: per-location class scores of view 1
 FEATURES = "features"  # ctx.features: per-location features (B, D, h, w) that add-on modules act on

@@ -18,6 +18,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
+from tagseg.config import INFERENCE_CAMS
 from tagseg.errors import ConfigError
 from tagseg.models.addon_slots import addon_container, cam_head_name, end_epoch, view_outputs
 from tagseg.models.encoder import PatchEncoder
@@ -51,7 +52,7 @@ class CAMNet(nn.Module):
         super().__init__()
         if num_classes < 2:
             raise ConfigError(f"the CAM network needs K >= 2 classes (background + 1), got {num_classes}")
-        if inference_cam not in ("base", "aggregated"):
+        if inference_cam not in INFERENCE_CAMS[1:]:  # "auto" is resolved when the network is built
             raise ConfigError(f"inference_cam={inference_cam!r}: choose base or aggregated")
         self.encoder = encoder
         self.num_classes = num_classes

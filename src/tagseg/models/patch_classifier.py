@@ -18,7 +18,7 @@ from torch import nn
 
 from tagseg.config import ModelConfig
 from tagseg.models.addon_slots import addon_container, end_epoch
-from tagseg.models.encoder import PatchEncoder
+from tagseg.models.encoder import PATCH_STRIDE, PatchEncoder
 from tagseg.models.hv_bilstm import HVBiLSTM
 
 
@@ -58,7 +58,7 @@ class PatchClassifierNet(nn.Module):
         self.addons = addon_container()
 
     def forward(self, images: torch.Tensor) -> PatchOutput:
-        """images (B, 3, H, W) in [0, 1] -> PatchOutput with an (H/16)×(W/16) grid."""
+        """images (B, 3, H, W) in [0, 1] -> PatchOutput with an (H/p)×(W/p) grid (p: the patch size)."""
         return self.head(self.encoder(images).permute(0, 2, 3, 1))
 
     def head(self, grid: torch.Tensor) -> PatchOutput:
@@ -87,7 +87,7 @@ class PatchClassifierNet(nn.Module):
 def build_patch_encoder(cfg: ModelConfig, image_size: int) -> PatchEncoder:
     """The patch encoder of the model config (every patch-family network builds it here)."""
     return PatchEncoder(cfg.encoder, weights=cfg.weights, pretrained=cfg.pretrained, image_size=image_size,
-                        output_stride=16 if cfg.cnn_grid == "dilated" else None, vit_dropout=cfg.vit_dropout,
+                        output_stride=PATCH_STRIDE if cfg.cnn_grid == "dilated" else None, vit_dropout=cfg.vit_dropout,
                         cnn_features=cfg.cnn_features)
 
 
