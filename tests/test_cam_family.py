@@ -507,7 +507,7 @@ def test_torchrun_two_processes_cam_with_every_addon(voc, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert len(history) == 2 and {"ppc", "isl", "fsl", "rca_aux", "rca_rm"} <= set(history[-1])
-    assert load_file(str(out / "model.safetensors"))["aggregation.prototype_valid"].any()
+    assert load_file(str(out / "model.safetensors"))["addons.rca.aggregation.prototype_valid"].any()
 
 
 @pytest.mark.slow

@@ -438,4 +438,4 @@ def _loss_terms(ctx: LossContext, s: HFPLConfig) -> tuple[dict[str, Tensor], Ten
 ADDON = register_addon(Addon(
     name="hfpl", settings=HFPLConfig,
     requires={"isl": frozenset({SCORE_MAPS}), "fsl": frozenset({SCORE_MAPS, CAM_LOGITS})},
-    loss_terms=_loss_terms, hints={"fsl": "FSL needs CAM score maps: use model.family=cam or seam"}))
+    loss_terms=_loss_terms, hints={"fsl": "FSL needs CAM score maps"}))
