@@ -78,32 +78,32 @@ def test_cam_net_shapes_and_modules(stride):
     g = 64 // stride
     assert out.cams.shape == (2, K - 1, g, g)
     assert out.features.shape == (2, net.encoder.out_channels, g, g)
-    assert out.embeddings.shape == (2, 128, g, g)
-    assert torch.allclose(out.embeddings.norm(dim=1)[out.embeddings.norm(dim=1) > 0], torch.tensor(1.0), atol=1e-5)
+    assert out.addon_maps["ppc"].shape == (2, 128, g, g)
+    assert torch.allclose(out.addon_maps["ppc"].norm(dim=1)[out.addon_maps["ppc"].norm(dim=1) > 0], torch.tensor(1.0), atol=1e-5)
     assert out.cams_aggregated.shape == (2, K - 1, g, g)
     one, two = net(x, make_ppc_view2(x, 32))
     assert torch.equal(one.cams, out.cams) and two.cams.shape == (2, K - 1, 32 // stride, 32 // stride)
     head = {id(p) for p in net.head_parameters()}
     assert not head & {id(p) for p in net.encoder.parameters()}
-    assert {id(net.classifier.weight), id(net.projector.conv.weight), id(net.aggregation.head.weight)} <= head
+    assert {id(net.classifier.weight), id(net.addons["ppc"].conv.weight), id(net.addons["rca"].aggregation.head.weight)} <= head
     assert net.inference_cam == "aggregated"  # 'auto' with RCA on
 
 
 def test_official_ppc_projector_keeps_raw_features_behind_dropout():
     """The official code averages un-normalised ReLU features into prototypes, after Dropout2d(0.5)."""
     net = build_cam_net(cam_config(*PPC_SMALL), K)
-    assert isinstance(net.projector.dropout, torch.nn.Dropout2d) and net.projector.dropout.p == 0.5
+    assert isinstance(net.addons["ppc"].dropout, torch.nn.Dropout2d) and net.addons["ppc"].dropout.p == 0.5
     net.eval()
     out = net(torch.rand(2, 3, 64, 64))
-    norms = out.embeddings.norm(dim=1)
-    assert (out.embeddings >= 0).all() and not torch.allclose(norms[norms > 0], torch.tensor(1.0), atol=1e-3)
+    norms = out.addon_maps["ppc"].norm(dim=1)
+    assert (out.addon_maps["ppc"] >= 0).all() and not torch.allclose(norms[norms > 0], torch.tensor(1.0), atol=1e-3)
 
 
 def test_plain_cam_net_has_no_addon_modules():
     net = build_cam_net(cam_config(), K)
     out = net(torch.rand(1, 3, 64, 64))
-    assert net.projector is None and net.aggregation is None and net.memory is None
-    assert out.embeddings is None and out.cams_aggregated is None and net.inference_cam == "base"
+    assert len(net.addons) == 0
+    assert out.addon_maps == {} and out.cams_aggregated is None and net.inference_cam == "base"
     assert net.encoder.dilated and net.encoder.output_stride == 16
 
 
@@ -164,12 +164,12 @@ def test_rca_official_keys_train_a_step():
     torch.manual_seed(4)
     cfg = cam_config(*RCA_FILLING, "addons.rca.aggregation=official", "addons.rca.bank_update=official")
     net = build_cam_net(cfg, K)
-    assert net.aggregation.mode == "official" and net.memory.update_mode == "official"
+    assert net.addons["rca"].aggregation.mode == "official" and net.addons["rca"].memory.update_mode == "official"
     total, parts = _loss(cfg, net, toy_batch())
     assert torch.isfinite(total) and {"rca_aux", "rca_rm"} <= set(parts)
     total.backward()
-    assert net.aggregation.project.weight.grad is not None  # q/k/v act once k-means gave prototypes
-    assert id(net.aggregation.q.weight) in {id(p) for p in net.head_parameters()}
+    assert net.addons["rca"].aggregation.project.weight.grad is not None  # q/k/v act once k-means gave prototypes
+    assert id(net.addons["rca"].aggregation.q.weight) in {id(p) for p in net.head_parameters()}
 
 
 def test_isl_and_rca_together_scale_the_whole_base_head_loss():
@@ -195,10 +195,10 @@ def test_ppc_part_matches_the_module_and_flows_only_into_the_projector_and_encod
     _, parts = _loss(cfg, net, batch)
     torch.manual_seed(0)
     out, out2 = net(batch["image"], make_ppc_view2(batch["image"], 32, official=formulation == "official"))
-    expected, _ = ppc_loss(out.embeddings, out.cams, out2.embeddings, out2.cams, batch["labels"],
+    expected, _ = ppc_loss(out.addon_maps["ppc"], out.cams, out2.addon_maps["ppc"], out2.cams, batch["labels"],
                            cfg.addons.ppc)
     assert parts["ppc"].item() == pytest.approx(expected.item(), rel=1e-6)
-    grads = torch.autograd.grad(expected, [net.classifier.weight, net.projector.conv.weight], allow_unused=True)
+    grads = torch.autograd.grad(expected, [net.classifier.weight, net.addons["ppc"].conv.weight], allow_unused=True)
     assert grads[0] is None  # pseudo labels and prototypes come from the CAMs without gradient
     assert grads[1] is not None and grads[1].abs().sum() > 0
 
@@ -210,20 +210,20 @@ def test_rca_terms_memory_update_and_gradient_path():
     batch = toy_batch()
     _, parts = _loss(cfg, net, batch, epoch=0)
     assert parts["rca_rm"].item() == 0  # empty bank before the first batch
-    assert net.memory.sizes.tolist()[7] == 2 and net.memory.sizes.tolist()[11] == 1  # cat in both, dog in one
-    assert sorted(net.memory.keys[7, :2].tolist()) == [0, 1]
+    assert net.addons["rca"].memory.sizes.tolist()[7] == 2 and net.addons["rca"].memory.sizes.tolist()[11] == 1  # cat in both, dog in one
+    assert sorted(net.addons["rca"].memory.keys[7, :2].tolist()) == [0, 1]
     out = net(batch["image"])
     assert gap_multilabel_loss(out.cams_aggregated, batch["labels"]).item() == pytest.approx(parts["rca_aux"].item(),
                                                                                               rel=1e-6)
     _, parts = _loss(cfg, net, batch, epoch=0)
     assert parts["rca_rm"].item() > 0
     regions = region_embeddings(out.features, out.cams, batch["labels"])
-    rm = region_mixup_loss(regions, net.memory, 0.07)
+    rm = region_mixup_loss(regions, net.addons["rca"].memory, 0.07)
     enc = list(net.encoder.parameters())
     grads = torch.autograd.grad(rm, [net.classifier.weight, *enc], allow_unused=True)
     assert grads[0] is None  # regions are features masked by constant region masks
     assert any(g is not None and g.abs().sum() > 0 for g in grads[1:])
-    assert not net.memory.memory.requires_grad
+    assert not net.addons["rca"].memory.memory.requires_grad
     # contrast off before contrast_start_epoch (default 2, the official code's; the paper's 1 here)
     assert cam_config("addons.rca.enabled=true").addons["rca"].contrast_start_epoch == 2
     cfg1 = cam_config("addons.rca.enabled=true", "addons.rca.score_threshold=0.0", "addons.rca.contrast_start_epoch=1")
@@ -232,7 +232,7 @@ def test_rca_terms_memory_update_and_gradient_path():
     # a region enters the bank only when its class score exceeds ν
     strict = build_cam_net(cam_config("addons.rca.enabled=true", "addons.rca.score_threshold=1.0"), K)
     _loss(cam_config("addons.rca.enabled=true", "addons.rca.score_threshold=1.0"), strict, batch)
-    assert int(strict.memory.sizes.sum()) == 0
+    assert int(strict.addons["rca"].memory.sizes.sum()) == 0
 
 
 def test_rca_kmeans_at_epoch_end_and_release_after_the_last_epoch():
@@ -240,14 +240,14 @@ def test_rca_kmeans_at_epoch_end_and_release_after_the_last_epoch():
     cfg = cam_config(*RCA_FILLING, "train.epochs=2")
     net = build_cam_net(cfg, K)
     _loss(cfg, net, toy_batch())
-    assert not net.aggregation.prototype_valid.any()
+    assert not net.addons["rca"].aggregation.prototype_valid.any()
     net.on_epoch_end(0)
-    valid = net.aggregation.prototype_valid.view(K - 1, -1)
+    valid = net.addons["rca"].aggregation.prototype_valid.view(K - 1, -1)
     assert valid[7].sum() == 2 and valid[11].sum() == 1 and valid.sum() == 3  # N <= Kp: every region is a centre
-    assert not net.memory.released
+    assert not net.addons["rca"].memory.released
     net.on_epoch_end(1)
-    assert net.memory.released and net.memory.memory.shape[1] == 0
-    assert net.aggregation.prototype_valid.sum() == 3  # the prototypes stay
+    assert net.addons["rca"].memory.released and net.addons["rca"].memory.memory.shape[1] == 0
+    assert net.addons["rca"].aggregation.prototype_valid.sum() == 3  # the prototypes stay
 
 
 # ----------------------------------------------------------------------------- patch family add-ons
@@ -277,7 +277,7 @@ def test_patch_family_addons_add_their_parts():
     cfg_all = patch_config("addons.hfpl.isl=true", *PPC_SMALL, *RCA_FILLING)
     torch.manual_seed(0)
     core = get_family("patch").build(cfg_all, K)
-    assert core.ppc_projector is not None and core.rca_memory is not None
+    assert core.addons["ppc"] is not None and core.addons["rca"].memory is not None
     state = copy.deepcopy(core.state_dict())
     torch.manual_seed(0)
     base_total, base = patch_classifier_loss(core, core, batch, patch_config(), 0)
@@ -289,7 +289,7 @@ def test_patch_family_addons_add_their_parts():
     expected = (base_total - base["mce"] + (1 - lam) * parts["mce"] + lam * parts["isl"] + parts["ppc"]
                 + 0.01 * parts["rca_rm"])
     assert total.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert int(core.rca_memory.sizes.sum()) == 3  # cat ×2, dog ×1 (foreground classes only)
+    assert int(core.addons["rca"].memory.sizes.sum()) == 3  # cat ×2, dog ×1 (foreground classes only)
 
 
 # ----------------------------------------------------------------------------- invalid configurations
@@ -434,16 +434,16 @@ def test_rca_prototypes_are_saved_and_used_at_inference(voc, tmp_path):
     cfg = cam_config(*RCA_FILLING, "train.epochs=2", root=voc)
     path = Trainer(cfg, tmp_path / "run", show_progress=False).fit()
     weights = load_file(str(path))
-    assert weights["aggregation.prototype_valid"].any()
-    assert weights["memory.memory"].shape[1] == 0  # the bank is not in the model file
+    assert weights["addons.rca.aggregation.prototype_valid"].any()
+    assert weights["addons.rca.memory.memory"].shape[1] == 0  # the bank is not in the model file
     ckpt = load_file(str(list_checkpoints(tmp_path / "run")[0] / "model.safetensors"))
-    assert ckpt["memory.memory"].shape[1] == 500 and int(ckpt["memory.sizes"].sum()) > 0  # but is in checkpoints
+    assert ckpt["addons.rca.memory.memory"].shape[1] == 500 and int(ckpt["addons.rca.memory.sizes"].sum()) > 0  # but is in checkpoints
     model, _, _ = load_trained_model(path)
-    assert torch.equal(model.aggregation.prototypes, weights["aggregation.prototypes"])
+    assert torch.equal(model.addons["rca"].aggregation.prototypes, weights["addons.rca.aggregation.prototypes"])
     assert model.inference_cam == "aggregated"
     image, labels = torch.rand(3, 64, 64), np.eye(K)[[0, 8, 12]].sum(0)
     with_protos = cam_merged_probs(model, image, labels, cfg.pseudo)
-    model.aggregation.prototype_valid.zero_()
+    model.addons["rca"].aggregation.prototype_valid.zero_()
     without = cam_merged_probs(model, image, labels, cfg.pseudo)
     assert not torch.allclose(with_protos, without)
 
@@ -507,7 +507,7 @@ def test_torchrun_two_processes_cam_with_every_addon(voc, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert len(history) == 2 and {"ppc", "isl", "fsl", "rca_aux", "rca_rm"} <= set(history[-1])
-    assert load_file(str(out / "model.safetensors"))["aggregation.prototype_valid"].any()
+    assert load_file(str(out / "model.safetensors"))["addons.rca.aggregation.prototype_valid"].any()
 
 
 @pytest.mark.slow

@@ -61,8 +61,15 @@ def test_an_addon_written_by_the_recipe_plugs_in_with_one_line(trial_package, mo
     assert total.item() == pytest.approx((parts["mce"] + parts["l2"] + 3 * parts["sparsity"]).item(), rel=1e-5)
     with pytest.raises(ConfigError, match=r"addons.sparsity.wieght: unknown key"):
         load_experiment("tkpcl_voc", ["addons.sparsity.wieght=1"])
-    with pytest.raises(ConfigError, match=r"not available for model.family='cam'"):
-        load_experiment("cam_voc", ["addons.sparsity.enabled=true"])
+    # it asks for a capability, not a family: the CAM family offers score maps too (its CAMs
+    # have no background channel); a family lacking a capability is refused in
+    # tests/test_family_capabilities.py
+    cam_cfg = load_experiment("cam_voc", ["model.encoder=test_resnet", "model.pretrained=false", "data.image_size=64",
+                                          "addons.sparsity.enabled=true", "addons.sparsity.weight=3"])
+    torch.manual_seed(0)
+    cam = get_family("cam").build(cam_cfg, 4).eval()
+    _, cam_parts = get_family("cam").loss(cam, cam, batch, cam_cfg, 0)
+    assert cam_parts["sparsity"].item() == pytest.approx(cam(batch["image"]).cams.mean().item(), rel=1e-5)
 
 
 def test_a_dataset_written_by_the_recipe_is_read_by_build_index(trial_package, tmp_path, monkeypatch):

@@ -25,12 +25,23 @@ from tagseg.errors import ConfigError
 # implements each (tagseg.data.build, tagseg.engine.phases, tagseg.inference.crf, the segmentation
 # stage's inference) reads these tuples, and the checks below refuse anything else. They live here
 # because this module may import nothing from tagseg, and every loader must refuse a bad value.
+# px: the patch size of the built-in encoders (ViT-B/16 patches, CNNs cut at stride 16); a model
+# family carries its own (tagseg.methods.family.Family.patch_size), which defaults to this
+PATCH_SIZE = 16
 DATASETS = ("voc", "coco", "folder", "synthetic")  # data.dataset: tagseg.data.build.build_index
 BN_MODES = ("frozen", "adapt", "train")  # model.bn: tagseg.engine.phases.apply_bn_mode
 CRF_BACKENDS = ("torch", "pydensecrf")  # tagseg.inference.crf.dense_crf's backends
 CRF_CHOICES = ("none", *CRF_BACKENDS)  # pseudo.crf, inference.crf, --crf: none = no CRF
 POOLINGS = ("avg", "max", "topk")  # method.pooling: tagseg.methods.pooling.pool_patch_scores
 PCE_REDUCTIONS = ("pair_mean", "class_sum")  # method.pce_reduction: tagseg.methods.pce
+CNN_FEATURES = ("last_block", "head")  # model.cnn_features: tagseg.models.encoder.PatchEncoder
+LSTM_INITS = ("keras", "torch")  # model.lstm_init: tagseg.models.hv_bilstm
+LSTM_DROPOUT_MASKS = ("per_step", "per_direction", "shared")  # model.lstm_dropout_masks: tagseg.models.hv_bilstm
+ET_CROP_CORNERS = ("official", "uniform")  # method.et_crop_corners: tagseg.data.views.TrainingViews
+SELECT_MODES = ("last", "best")  # train.select (both stages): the engine's best-epoch hook
+INFERENCE_CAMS = ("auto", "base", "aggregated")  # cam.inference_cam: tagseg.models.cam_net (auto: resolved at build)
+OUTPUT_STRIDES = (16, 8)  # cam.output_stride, segment model.output_stride: tagseg.models.encoder
+SEED_CRF_MODES = ("score", "label")  # refine.psa.seed_crf: tagseg.refine.labels.psa_seed_labels
 
 
 def choose(key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -289,7 +300,8 @@ PSA_PRESETS: dict[str, dict[str, Any]] = {
     "hfpl": {"low_alpha": 1.0, "high_alpha": 24.0, "seed_crf": "score", "walk_alpha": 6.0, "beta": 8.0,
              "logt": 6, "lr": 0.01},
 }
-REFINE_METHODS = ("irn", "psa", "par")
+REFINE_METHODS = ("irn", "psa", "par")  # refine.method, refine --method; best published masks first
+TRAINED_REFINE_METHODS = ("irn", "psa")  # the methods that train a network first (tagseg.refine.train)
 
 
 @dataclass
@@ -315,8 +327,7 @@ def validate_refine(cfg: RefineConfig) -> None:
     """Out-of-range refinement settings, naming the key."""
     if cfg.method not in REFINE_METHODS:
         raise ConfigError(f"refine.method={cfg.method!r}: choose irn, psa or par")
-    if cfg.crf not in ("torch", "pydensecrf"):
-        raise ConfigError(f"refine.crf={cfg.crf!r}: choose torch or pydensecrf")
+    choose("refine.crf", cfg.crf, CRF_BACKENDS)
     p = cfg.par
     if not p.dilations or any(d < 1 for d in p.dilations):
         raise ConfigError(f"refine.par.dilations={p.dilations}: integers >= 1, at least one")
@@ -335,8 +346,7 @@ def validate_refine(cfg: RefineConfig) -> None:
     if not 0 <= i.exp_times <= 16:
         raise ConfigError(f"refine.irn.exp_times={i.exp_times}: must be in 0..16")
     s = resolve_psa(cfg.psa)
-    if s.seed_crf not in ("score", "label"):
-        raise ConfigError(f"refine.psa.seed_crf={s.seed_crf!r}: choose score or label")
+    choose("refine.psa.seed_crf", s.seed_crf, SEED_CRF_MODES)
     if not 0 <= s.low_alpha <= s.high_alpha:
         raise ConfigError(f"refine.psa: need 0 <= low_alpha ({s.low_alpha}) <= high_alpha ({s.high_alpha})")
     if s.radius < 2 or not 0 <= s.logt <= 16:
@@ -652,13 +662,9 @@ def validate_config(cfg: ExperimentConfig) -> None:
         if not 0.0 <= getattr(cfg.model, key) < 1.0:
             raise ConfigError(f"model.{key}={getattr(cfg.model, key)}: must be in [0, 1)")
     choose("model.bn", cfg.model.bn, BN_MODES)
-    if cfg.model.cnn_features not in ("last_block", "head"):
-        raise ConfigError(f"model.cnn_features={cfg.model.cnn_features!r}: choose last_block or head")
-    if cfg.model.lstm_init not in ("keras", "torch"):
-        raise ConfigError(f"model.lstm_init={cfg.model.lstm_init!r}: choose keras or torch")
-    if cfg.model.lstm_dropout_masks not in ("per_step", "per_direction", "shared"):
-        raise ConfigError(f"model.lstm_dropout_masks={cfg.model.lstm_dropout_masks!r}: "
-                          "choose per_step, per_direction or shared")
+    choose("model.cnn_features", cfg.model.cnn_features, CNN_FEATURES)
+    choose("model.lstm_init", cfg.model.lstm_init, LSTM_INITS)
+    choose("model.lstm_dropout_masks", cfg.model.lstm_dropout_masks, LSTM_DROPOUT_MASKS)
     if cfg.model.cnn_grid not in ("dilated", "cut"):
         raise ConfigError(f"model.cnn_grid={cfg.model.cnn_grid!r}: choose dilated or cut")
     m, d, t = cfg.method, cfg.data, cfg.train
@@ -674,17 +680,16 @@ def validate_config(cfg: ExperimentConfig) -> None:
         if getattr(m, key) < 0:
             raise ConfigError(f"method.{key}={getattr(m, key)}: must be >= 0")
     choose("data.dataset", d.dataset, DATASETS)
-    if d.image_size % 16:
-        raise ConfigError(f"data.image_size={d.image_size}: must be a multiple of 16 (the patch size)")
+    if d.image_size % PATCH_SIZE:
+        raise ConfigError(f"data.image_size={d.image_size}: must be a multiple of {PATCH_SIZE} (the patch size)")
     if m.et_weight > 0:
         if d.image_size % 32:
             raise ConfigError(f"data.image_size={d.image_size}: L_ET needs a multiple of 32 "
                               "(view B is S/2 and must stay on the patch grid)")
-        if m.et_crop_size % 16 or not 16 <= m.et_crop_size <= d.image_size:
-            raise ConfigError(f"method.et_crop_size={m.et_crop_size}: must be a multiple of 16 "
-                              f"between 16 and data.image_size={d.image_size}")
-        if m.et_crop_corners not in ("official", "uniform"):
-            raise ConfigError(f"method.et_crop_corners={m.et_crop_corners!r}: choose official or uniform")
+        if m.et_crop_size % PATCH_SIZE or not PATCH_SIZE <= m.et_crop_size <= d.image_size:
+            raise ConfigError(f"method.et_crop_size={m.et_crop_size}: must be a multiple of {PATCH_SIZE} "
+                              f"between {PATCH_SIZE} and data.image_size={d.image_size}")
+        choose("method.et_crop_corners", m.et_crop_corners, ET_CROP_CORNERS)
         if not 0.0 <= m.et_crop_prob <= 1.0:
             raise ConfigError(f"method.et_crop_prob={m.et_crop_prob}: must be in [0, 1]")
     if t.epochs < 1 or t.warmup_epochs < 0 or t.warmup_epochs > t.epochs:
@@ -692,8 +697,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
                           "need epochs >= 1 and 0 <= warmup_epochs <= epochs")
     if t.batch_size < 1:
         raise ConfigError(f"train.batch_size={t.batch_size}: must be >= 1")
-    if t.select not in ("last", "best"):
-        raise ConfigError(f"train.select={t.select!r}: choose last or best")
+    choose("train.select", t.select, SELECT_MODES)
     if t.optimizer not in ("adam", "sgd"):
         raise ConfigError(f"train.optimizer={t.optimizer!r}: choose adam or sgd")
     if t.lr_schedule not in LR_SCHEDULES:
@@ -723,8 +727,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
     check_speed_options(t.precision, t.amp, "train")
     check_speed_options(cfg.pseudo.precision, True, "pseudo")
     validate_refine(cfg.refine)
-    if cfg.pseudo.image_size % 16:
-        raise ConfigError(f"pseudo.image_size={cfg.pseudo.image_size}: must be a multiple of 16")
+    if cfg.pseudo.image_size % PATCH_SIZE:
+        raise ConfigError(f"pseudo.image_size={cfg.pseudo.image_size}: must be a multiple of {PATCH_SIZE}")
     choose("pseudo.crf", cfg.pseudo.crf, CRF_CHOICES)
     if cfg.pseudo.crf_preset not in ("patch", "cam", "segmentation"):
         raise ConfigError(f"pseudo.crf_preset={cfg.pseudo.crf_preset!r}: choose patch, cam or segmentation")
@@ -733,10 +737,9 @@ def validate_config(cfg: ExperimentConfig) -> None:
     if not 0.0 <= cfg.pseudo.bg_threshold <= 1.0:
         raise ConfigError(f"pseudo.bg_threshold={cfg.pseudo.bg_threshold}: must be in [0, 1]")
     c = cfg.cam
-    if c.output_stride not in (8, 16):
+    if c.output_stride not in OUTPUT_STRIDES:
         raise ConfigError(f"cam.output_stride={c.output_stride}: choose 16 or 8")
-    if c.inference_cam not in ("auto", "base", "aggregated"):
-        raise ConfigError(f"cam.inference_cam={c.inference_cam!r}: choose auto, base or aggregated")
+    choose("cam.inference_cam", c.inference_cam, INFERENCE_CAMS)
     s = cfg.seam
     if not 0.0 < s.view2_scale <= 1.0:
         raise ConfigError(f"seam.view2_scale={s.view2_scale}: must be in (0, 1]")

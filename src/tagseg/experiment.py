@@ -10,20 +10,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from tagseg.addons.registry import check_family, resolve_addons
+from tagseg.addons.registry import check_capabilities, resolve_addons
 from tagseg.config import ExperimentConfig, check_verb_overrides, config_from_yaml, load_config, validate_config
-from tagseg.errors import TagsegError
-from tagseg.methods.families import get_family
+from tagseg.errors import ConfigError, TagsegError
+from tagseg.methods.families import FAMILIES, get_family
 from tagseg.utils.run_kind import TAGS, require_run_kind
 
 
 def validate_experiment(cfg: ExperimentConfig) -> ExperimentConfig:
     """Every start-up check (ConfigError naming the key): the plain ones, the family, the add-on
-    sections (unknown keys, ranges) and which add-on serves which family. Types ``cfg.addons``."""
+    sections (unknown keys, ranges) and whether the family offers every capability the switched-on
+    add-ons need. Types ``cfg.addons``."""
     validate_config(cfg)
     family = get_family(cfg.model.family)
     resolve_addons(cfg)
-    check_family(cfg, family.name)
+    check_capabilities(cfg, family.name, family.capabilities,
+                       {name: f.capabilities for name, f in FAMILIES.items()})
+    for key, size in (("data.image_size", cfg.data.image_size), ("pseudo.image_size", cfg.pseudo.image_size)):
+        if size % family.patch_size:
+            raise ConfigError(f"{key}={size}: must be a multiple of {family.patch_size} "
+                              f"(the patch size of model.family={family.name!r})")
     family.validate(cfg)
     return cfg
 

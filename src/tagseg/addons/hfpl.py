@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tagseg.addons.registry import Addon, LossContext, register_addon
+from tagseg.addons.registry import CAM_LOGITS, FORMULATIONS, SCORE_MAPS, Addon, LossContext, register_addon
 from tagseg.errors import ConfigError, TagsegError
 
 SAMPLING_EPS = 1e-5
@@ -87,7 +87,7 @@ class HFPLConfig:
             raise ConfigError(f"addons.hfpl.block={self.block}: must be > 0")
         if self.window is not None and not self.window > 0:
             raise ConfigError(f"addons.hfpl.window={self.window}: must be > 0 or None")
-        if self.formulation not in ("official", "paper"):
+        if self.formulation not in FORMULATIONS:
             raise ConfigError(f"addons.hfpl.formulation={self.formulation!r}: choose official or paper")
         if self.isl_weight < 0:
             raise ConfigError(f"addons.hfpl.isl_weight={self.isl_weight}: must be >= 0")
@@ -409,23 +409,25 @@ def hfpl_loss(
 # ----------------------------------------------------------------------------- plug-in
 
 
-def _loss_terms(family: str, ctx: LossContext, s: HFPLConfig) -> tuple[dict[str, Tensor], Tensor]:
-    """ISL replaces the classification loss L by (1−λ)·L + λ·ISL (added as λ·(ISL − L)); FSL adds
-    fsl_weight·L_fs. CAM family: ctx.maps are the K−1 raw CAMs; patch family: the K probabilities Z."""
+def _loss_terms(ctx: LossContext, s: HFPLConfig) -> tuple[dict[str, Tensor], Tensor]:
+    """ISL replaces the classification loss L (``ctx.base``) by (1−λ)·L + λ·ISL; FSL adds
+    fsl_weight·L_fs. Raw CAM logits (CAM_LOGITS): ISL samples the K−1 CAMs themselves; class
+    probabilities with background: ISL is a pooling of them under the family's class loss.
+    On SEAM (arvijj/hfpl ``train_cam_voc.py`` lines 141-170) ``ctx.base`` is view 1's
+    classification loss, which ISL replaces before SEAM averages it with view 2's, and FSL runs on
+    view 1's raw CAM logits."""
     parts: dict[str, Tensor] = {}
     extra = ctx.base.new_zeros(())
     official = s.formulation == "official"
     maps = _at_least(ctx.maps, s.min_map_size)
     if s.isl:
-        if family == "cam":
+        if ctx.offers(CAM_LOGITS):
             parts["isl"] = importance_sampling_loss(maps, ctx.labels, s.n_samples, official=official)
         else:
             parts["isl"] = ctx.class_loss(importance_pooling(maps, s.n_samples))
-        replaced = s.lam * (s.isl_weight * parts["isl"] - ctx.base)
-        extra = extra + replaced
         # the base head's class loss is now (1−λ)·L + λ·ISL: add-ons after this one that scale the
         # base head's loss (RCA's aux_weight) scale all of it
-        ctx.base = ctx.base + replaced
+        ctx.base = ctx.base + s.lam * (s.isl_weight * parts["isl"] - ctx.base)
     if s.fsl:
         parts["fsl"] = feature_similarity_loss(maps, ctx.labels, ctx.images, s.sigma, s.mu, s.block, s.window,
                                                background=s.fsl_background, official=official)
@@ -434,5 +436,6 @@ def _loss_terms(family: str, ctx: LossContext, s: HFPLConfig) -> tuple[dict[str,
 
 
 ADDON = register_addon(Addon(
-    name="hfpl", settings=HFPLConfig, switches={"isl": ("cam", "patch", "seam"), "fsl": ("cam", "seam")},
-    loss_terms=_loss_terms, hints={"fsl": "FSL needs CAM score maps: use model.family=cam or seam"}))
+    name="hfpl", settings=HFPLConfig,
+    requires={"isl": frozenset({SCORE_MAPS}), "fsl": frozenset({SCORE_MAPS, CAM_LOGITS})},
+    loss_terms=_loss_terms, hints={"fsl": "FSL needs CAM score maps"}))

@@ -51,11 +51,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tagseg.addons.registry import Addon, BuildContext, LossContext, register_addon
+from tagseg.addons.registry import (
+    FEATURES, FORMULATIONS, SCORE_MAPS, SHARED_VIEWS, VIEW_HEADS, Addon, BuildContext, LossContext, register_addon,
+)
 from tagseg.errors import ConfigError, TagsegError
 
 _NEGATIVE_SELECTIONS = ("random", "less_hard")
-_FORMULATIONS = ("official", "paper")
+_FORMULATIONS = FORMULATIONS
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,10 @@ class PPCProjector(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         out = F.relu(self.conv(self.dropout(features)))
         return F.normalize(out, p=2, dim=1, eps=1e-12) if self.normalize else out
+
+    def view_output(self, features: Tensor) -> Tensor:
+        """Run on every view by a network with view heads (``output.addon_maps["ppc"]``)."""
+        return self(features)
 
 
 def make_ppc_view2(images: Tensor, size: int | tuple[int, int] = 128, *, official: bool = False) -> Tensor:
@@ -615,36 +621,43 @@ def ppc_loss_official(
 
 
 # ----------------------------------------------------------------------------- plug-in
-# CAM family: the projector ``projector`` on the backbone features; view 2 runs in the family's
-# forward pass; the CAMs with a constant background give the pseudo labels.
-# Patch family: ``ppc_projector`` on the patch features f; view 2 is a second forward pass; Z
-# (background included) gives the pseudo labels.
+# The projector is the module ``net.addons["ppc"]``, on the family's per-location features. A
+# family with VIEW_HEADS runs it on every view in its forward pass (``output.addon_maps["ppc"]``),
+# otherwise it runs here on the features the family hands over. View 2 runs in the family's
+# forward pass when it offers SHARED_VIEWS, otherwise here as a second pass. The score maps
+# (foreground CAMs with a constant background, or class probabilities with background) give the
+# pseudo labels: the family's label maps of each view.
+# On SEAM this is where usr922/wseg contrast_train.py (lines 179-392) places PPC: view 2 is the
+# 128 px copy SEAM's own losses use too, prototypes and pseudo labels come from each view's
+# PCM-revised maps (SEAM's label maps, background replaced by ``bg_score``), the embeddings from the
+# projector on each view's encoder features, and L_PPC is added with weight 1.
 
 
-def _attach(family: str, net: nn.Module, s: PPCConfig, ctx: BuildContext) -> None:
+def _attach(s: PPCConfig, ctx: BuildContext) -> nn.Module:
     official = s.formulation == "official"
     dropout = s.projector_dropout if s.projector_dropout is not None else (0.5 if official else 0.0)
-    setattr(net, "projector" if family == "cam" else "ppc_projector",
-            PPCProjector(ctx.feature_dim, s.proj_dim, dropout=dropout, normalize=not official))
+    return PPCProjector(ctx.feature_dim, s.proj_dim, dropout=dropout, normalize=not official)
 
 
-def _views(family: str, images: Tensor, s: PPCConfig) -> list[Tensor]:
-    return [make_ppc_view2(images, s.view2_size, official=s.formulation == "official")] if family == "cam" else []
+def _view2(images: Tensor, s: PPCConfig) -> Tensor:
+    return make_ppc_view2(images, s.view2_size, official=s.formulation == "official")
 
 
-def _loss_terms(family: str, ctx: LossContext, s: PPCConfig) -> tuple[dict[str, Tensor], Tensor]:
-    if family == "cam":
-        out, (out2,) = ctx.output, ctx.view_outputs
-        loss, _ = ppc_loss(out.embeddings.float(), ctx.maps, out2.embeddings.float(), out2.cams.float(),
-                           ctx.labels, s)
+def _views(images: Tensor, s: PPCConfig) -> list[Tensor]:
+    return [_view2(images, s)]
+
+
+def _loss_terms(ctx: LossContext, s: PPCConfig) -> tuple[dict[str, Tensor], Tensor]:
+    projector = ctx.core.addons["ppc"]
+    out2 = ctx.view_outputs[0] if ctx.offers(SHARED_VIEWS) else ctx.model(_view2(ctx.images, s))
+    if ctx.offers(VIEW_HEADS):
+        v1, v2 = ctx.output.addon_maps["ppc"], out2.addon_maps["ppc"]
     else:
-        out2 = ctx.model(make_ppc_view2(ctx.images, s.view2_size, official=s.formulation == "official"))
-        z2 = out2.logits.float().softmax(dim=-1).permute(0, 3, 1, 2)
-        v1 = ctx.core.ppc_projector(ctx.features)
-        v2 = ctx.core.ppc_projector(out2.features.permute(0, 3, 1, 2))
-        loss, _ = ppc_loss(v1.float(), ctx.maps, v2.float(), z2, ctx.labels, s, has_background=True)
+        v1, v2 = projector(ctx.features), projector(ctx.view_features(out2))
+    loss, _ = ppc_loss(v1.float(), ctx.label_maps.float(), v2.float(), ctx.view_label_maps(out2).float(),
+                       ctx.labels, s, has_background=ctx.has_background)
     return {"ppc": loss}, loss
 
 
-ADDON = register_addon(Addon(name="ppc", settings=PPCConfig, switches={"enabled": ("cam", "patch", "seam")},
+ADDON = register_addon(Addon(name="ppc", settings=PPCConfig, requires={"enabled": frozenset({FEATURES, SCORE_MAPS})},
                              attach=_attach, views=_views, loss_terms=_loss_terms))

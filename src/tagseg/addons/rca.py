@@ -25,9 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tagseg.addons.registry import Addon, BuildContext, LossContext, register_addon
+from tagseg.addons.registry import (
+    AUX_CAM_HEAD, FEATURES, FORMULATIONS, SCORE_MAPS, WHOLE_CLASS_LOSS, Addon, BuildContext, LossContext, register_addon,
+)
 from tagseg.errors import ConfigError, TagsegError
 from tagseg.addons.hfpl import channel_targets
+
+RM_REDUCTIONS = ("sum_images", "mean")  # addons.rca.rm_reduction: region_mixup_loss
 
 
 @dataclass(frozen=True)
@@ -35,8 +39,9 @@ class RCAConfig:
     """The ``addons.rca`` section: switch and hyper-parameters (defaults from §4; ``mixup_alpha``
     is the Beta(a, a) parameter).
 
-    CAM family: memory bank, region mixup contrast, k-means prototypes and the aggregation head.
-    Patch family: the region contrast on patch features only (no aggregation head).
+    On a family that takes an add-on CAM head (CAM family): memory bank, region mixup contrast,
+    k-means prototypes and the aggregation head. Otherwise (patch family): the region contrast on
+    the family's features only.
     ``contrast_start_epoch`` is 0-based: the default 2 switches L_RM off in the first two epochs, as the
     official code does (maeve07/RCA ``train.py:101``); the paper's "off in the first epoch" is 1.
     """
@@ -80,9 +85,9 @@ class RCAConfig:
                 raise ConfigError(f"addons.rca.{name}={getattr(self, name)}: must be >= 0")
         if self.contrast_start_epoch < 0:
             raise ConfigError(f"addons.rca.contrast_start_epoch={self.contrast_start_epoch}: must be >= 0")
-        for name, allowed in (("rm_reduction", ("sum_images", "mean")), ("region_mask", ("softmax", "raw")),
-                              ("bank_gate", ("aggregated", "base")), ("bank_update", ("paper", "official")),
-                              ("aggregation", ("paper", "official"))):
+        for name, allowed in (("rm_reduction", RM_REDUCTIONS), ("region_mask", ("softmax", "raw")),
+                              ("bank_gate", ("aggregated", "base")), ("bank_update", FORMULATIONS),
+                              ("aggregation", FORMULATIONS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"addons.rca.{name}={getattr(self, name)!r}: choose {' or '.join(allowed)}")
 
@@ -153,7 +158,7 @@ class RegionMemoryBank(nn.Module):
         init_seed: int = 0,
     ) -> None:
         super().__init__()
-        if update_mode not in ("paper", "official"):
+        if update_mode not in FORMULATIONS:
             raise ConfigError(f"memory bank update mode {update_mode!r}: choose paper or official")
         self.update_mode = update_mode
         self.init_seed = init_seed
@@ -323,7 +328,7 @@ def region_mixup_loss(
     "sum_images": per image the mean over its regions, summed over images (Eq. 11 and the
     official code).
     """
-    if reduction not in ("mean", "sum_images"):
+    if reduction not in RM_REDUCTIONS:
         raise ConfigError(f"L_RM reduction {reduction!r}: choose mean or sum_images")
     emb, cls = regions.embeddings, regions.channels
     n = emb.shape[0]
@@ -439,7 +444,7 @@ class RCAAggregation(nn.Module):
 
     def __init__(self, in_dim: int, num_channels: int, prototypes_per_class: int = 10, mode: str = "paper") -> None:
         super().__init__()
-        if mode not in ("paper", "official"):
+        if mode not in FORMULATIONS:
             raise ConfigError(f"RCA aggregation mode {mode!r}: choose paper or official")
         self.mode = mode
         if in_dim <= 0 or num_channels <= 0 or prototypes_per_class <= 0:
@@ -584,42 +589,63 @@ def batch_image_ids(batch: dict) -> Tensor:
     return torch.as_tensor(ids, dtype=torch.long)
 
 
-def _attach(family: str, net: nn.Module, s: RCAConfig, ctx: BuildContext) -> None:
-    """CAM family: ``aggregation`` head (prototypes kept in the model file) + ``memory`` bank, k-means
-    prototypes at the end of every epoch; patch family: ``rca_memory`` only. The bank is released
-    after the last training epoch (it stays in checkpoints, not in the final model file)."""
+class RCAModules(nn.Module):
+    """RCA's modules in a network's add-on container: the region ``memory`` bank and, on a family
+    that takes an add-on CAM head (AUX_CAM_HEAD), the ``aggregation`` head, whose maps are the
+    network's second CAMs (``view_output``). At the end of every epoch the head's prototypes come
+    from k-means of the bank; the bank is released after the last training epoch (it stays in
+    checkpoints, not in the final model file)."""
+
+    def __init__(self, memory: RegionMemoryBank, aggregation: RCAAggregation | None, *, kmeans_iters: int,
+                 seed: int, last_epoch: int | None) -> None:
+        super().__init__()
+        self.aggregation = aggregation
+        self.memory = memory
+        self.kmeans_iters, self.seed, self.last_epoch = kmeans_iters, seed, last_epoch
+
+    @property
+    def cam_head(self) -> bool:
+        return self.aggregation is not None
+
+    def view_output(self, features: Tensor) -> Tensor | None:
+        return self.aggregation(features) if self.aggregation is not None else None
+
+    @torch.no_grad()
+    def on_epoch_end(self, epoch: int) -> None:
+        if self.aggregation is not None:
+            self.aggregation.update_prototypes(self.memory, iters=self.kmeans_iters,
+                                               seed=self.seed * 100_003 + 1000 * epoch)
+        if self.last_epoch is not None and epoch >= self.last_epoch:
+            self.memory.release()
+
+
+def _attach(s: RCAConfig, ctx: BuildContext) -> RCAModules:
     fg = ctx.num_classes - 1
     memory = RegionMemoryBank(fg, ctx.feature_dim, s.capacity, s.momentum, s.score_threshold,
                               update_mode=s.bank_update, init_seed=ctx.seed)
-    if family == "cam":
-        net.aggregation = RCAAggregation(ctx.feature_dim, fg, s.prototypes_per_class, mode=s.aggregation)
-        net.memory = memory
-    else:
-        net.rca_memory = memory
-
-    @torch.no_grad()
-    def on_epoch_end(epoch: int) -> None:
-        if family == "cam":
-            net.aggregation.update_prototypes(memory, iters=s.kmeans_iters, seed=ctx.seed * 100_003 + 1000 * epoch)
-        if ctx.last_epoch is not None and epoch >= ctx.last_epoch:
-            memory.release()
-
-    net.epoch_end_hooks.append(on_epoch_end)
+    aggregation = (RCAAggregation(ctx.feature_dim, fg, s.prototypes_per_class, mode=s.aggregation)
+                   if ctx.offers(AUX_CAM_HEAD) else None)
+    return RCAModules(memory, aggregation, kmeans_iters=s.kmeans_iters, seed=ctx.seed, last_epoch=ctx.last_epoch)
 
 
-def _loss_terms(family: str, ctx: LossContext, s: RCAConfig) -> tuple[dict[str, Tensor], Tensor]:
+def _loss_terms(ctx: LossContext, s: RCAConfig) -> tuple[dict[str, Tensor], Tensor]:
     ids = batch_image_ids(ctx.batch)
-    if family == "cam":
-        terms = rca_terms(ctx.core.memory, ctx.maps, ctx.output.cams_aggregated, ctx.features, ctx.labels, ids,
+    modules = ctx.core.addons["rca"]
+    if modules.aggregation is not None:
+        terms = rca_terms(modules.memory, ctx.maps, ctx.output.cams_aggregated, ctx.features, ctx.labels, ids,
                           ctx.epoch, s)
         # Eq. 11: CE(GAP(O)) + aux_weight·CE(GAP(P)) + contrast_weight·L_RM, with O the aggregated CAM
-        # ('rca_aux', weight 1) and P the intermediate (base) CAM, whose class loss the family already
-        # added with weight 1 (ctx.base): scale it down to aux_weight here
-        return terms, terms["rca_aux"] - (1.0 - s.aux_weight) * ctx.base + s.contrast_weight * terms["rca_rm"]
-    terms = rca_terms(ctx.core.rca_memory, ctx.maps[:, 1:], None, ctx.features, ctx.labels, ids, ctx.epoch, s,
-                      image_scores=ctx.scores[:, 1:].detach().float())
+        # ('rca_aux', weight 1) and P the intermediate (base) CAM, whose class loss is the family's
+        # whole classification loss (ctx.base): scaled down to aux_weight here
+        ctx.base = ctx.base - (1.0 - s.aux_weight) * ctx.base
+        return terms, terms["rca_aux"] + s.contrast_weight * terms["rca_rm"]
+    fg_maps = ctx.maps[:, 1:] if ctx.has_background else ctx.maps
+    gate = ctx.scores[:, 1:].detach().float() if ctx.scores is not None else None
+    terms = rca_terms(modules.memory, fg_maps, None, ctx.features, ctx.labels, ids, ctx.epoch, s, image_scores=gate)
     return {"rca_rm": terms["rca_rm"]}, s.contrast_weight * terms["rca_rm"]
 
 
-ADDON = register_addon(Addon(name="rca", settings=RCAConfig, switches={"enabled": ("cam", "patch")},
-                             attach=_attach, loss_terms=_loss_terms))
+ADDON = register_addon(Addon(name="rca", settings=RCAConfig,
+                             requires={"enabled": frozenset({FEATURES, SCORE_MAPS, WHOLE_CLASS_LOSS})},
+                             attach=_attach, loss_terms=_loss_terms, cam_head=True,
+                             hints={"enabled": "RCA's Eq. 11 re-weights the whole classification loss"}))

@@ -1,12 +1,17 @@
 """The add-on registry: each add-on is one module that declares an :class:`Addon` and registers it here.
 
 An add-on declares its config dataclass (every key of its ``addons.<name>`` section, switches
-included), which switch serves which model family, and its hooks:
+included), the family **capabilities** each switch requires (:data:`CAPABILITIES`; a family
+declares the ones it offers, :func:`check_capabilities` refuses the rest) and its hooks:
 
-- ``attach(family, net, settings, ctx)``: add its modules to a freshly built network;
-- ``views(family, images, settings)``: extra input views run in the family's single forward pass;
-- ``loss_terms(family, ctx, settings)``: its loss parts (logged) and what it adds to the total.
+- ``attach(settings, ctx)``: its module for a freshly built network (or None); the network keeps
+  it in its add-on container ``net.addons[<name>]`` (state-dict keys ``addons.<name>.*``);
+- ``views(images, settings)``: extra input views, run in the family's forward pass when the
+  family offers :data:`SHARED_VIEWS`;
+- ``loss_terms(ctx, settings)``: its loss parts (logged) and what it adds to the total; an add-on
+  that replaces or re-weights the family's classification loss does so through ``ctx.base``.
 
+An add-on asks the context for capabilities (``ctx.offers(...)``), never for a family name.
 ``ExperimentConfig.addons`` holds free-form sections (name -> mapping); :func:`resolve_addons`
 turns them into each add-on's dataclass, rejecting unknown add-ons and keys by name. Adding an
 add-on touches its module, its test and one line of :data:`BUILTIN` below.
@@ -32,29 +37,83 @@ BUILTIN = (
     "tagseg.addons.rca",
 )
 
+# The formulations an add-on (or one of its parts) can follow: its official code, or the paper.
+FORMULATIONS = ("official", "paper")
+
+# What a family can offer its add-ons (``Family.capabilities``):
+SCORE_MAPS = "score_maps"  # ctx.maps / ctx.label_maps: per-location class scores of view 1
+FEATURES = "features"  # ctx.features: per-location features (B, D, h, w) that add-on modules act on
+CAM_LOGITS = "cam_logits"  # ctx.maps are raw foreground CAM logits (B, K-1, h, w), no background channel
+SHARED_VIEWS = "shared_views"  # the family runs the add-ons' extra views in its own forward pass
+VIEW_HEADS = "view_heads"  # the network runs each add-on module on every view's features in its forward
+AUX_CAM_HEAD = "aux_cam_head"  # the network takes an add-on's second CAM head, whose maps masks may use
+WHOLE_CLASS_LOSS = "whole_class_loss"  # ctx.base is the family's whole classification loss
+CAPABILITIES = (SCORE_MAPS, FEATURES, CAM_LOGITS, SHARED_VIEWS, VIEW_HEADS, AUX_CAM_HEAD, WHOLE_CLASS_LOSS)
+
+# State-dict keys of model files written before add-on modules lived in ``net.addons`` (one
+# attribute per family and add-on): old first key component -> its place in the container.
+LEGACY_KEYS = {
+    "projector": "addons.ppc",  # PPC on the CAM family
+    "ppc_projector": "addons.ppc",  # PPC on the patch family
+    "aggregation": "addons.rca.aggregation",  # RCA's aggregation head (CAM family)
+    "memory": "addons.rca.memory",  # RCA's region bank (CAM family)
+    "rca_memory": "addons.rca.memory",  # RCA's region bank (patch family)
+}
+
+
+def upgrade_state_dict(state: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``state`` with every legacy add-on key (:data:`LEGACY_KEYS`, after ``prefix``) renamed to
+    its place in the add-on container; other keys unchanged, order kept."""
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        rest = key[len(prefix):] if key.startswith(prefix) else None
+        head, dot, tail = (rest or "").partition(".")
+        if rest is not None and dot and head in LEGACY_KEYS:
+            key = f"{prefix}{LEGACY_KEYS[head]}.{tail}"
+        out[key] = value
+    return out
+
+
+def _upgrade_on_load(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    renamed = upgrade_state_dict(state_dict, prefix)
+    if list(renamed) != list(state_dict):
+        state_dict.clear()
+        state_dict.update(renamed)
+
 
 @dataclass
 class BuildContext:
     """What an add-on needs to size its modules: K (with background), the feature channels its
-    modules act on, the 0-based last training epoch and the run's seed."""
+    modules act on, the 0-based last training epoch, the run's seed and the family's capabilities."""
 
     num_classes: int
     feature_dim: int
     last_epoch: Optional[int]
     seed: int
+    capabilities: frozenset = frozenset()
+
+    def offers(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+
+def _no_features(output: Any) -> Tensor:
+    raise ConfigError("this family gives its add-ons no per-view features")
 
 
 @dataclass
 class LossContext:
     """One batch as a family sees it after its forward pass.
 
-    maps: score maps (B, C, h, w): the CAM family's K−1 raw CAMs, the patch family's K patch
-    probabilities Z; features (B, D, h, w); scores: pooled image scores (B, K) or None;
-    output / view_outputs: the network's output for the batch and for the add-on's extra views;
-    class_loss: the family's classification loss of image scores (B, K) (patch family: MCE);
-    base: the family's classification loss of this batch (parts 'mce' or 'cls'), as replaced so far
-    by the add-ons before (HFPL's ISL turns it into (1−λ)·L + λ·ISL); an add-on that replaces it
-    updates it, one that scales the base head's loss scales this.
+    maps: score maps (B, C, h, w) of view 1: raw foreground CAMs (C = K-1, :data:`CAM_LOGITS`) or
+    K class probabilities with background; label_maps: the maps the family draws pixel labels from
+    (defaults to ``maps``; SEAM: its PCM-revised foreground maps); features (B, D, h, w); scores:
+    pooled image scores (B, K) or None; output / view_outputs: the network's output for the batch
+    and for the add-on's extra views; view_label_maps / view_features: the label maps and
+    features of one such output; class_loss: the family's classification loss of image scores
+    (B, K); base: the family's classification loss of this batch (parts 'mce' or 'cls'), as
+    replaced so far by the add-ons before (HFPL's ISL turns it into (1-λ)·L + λ·ISL): an add-on
+    that replaces or re-weights it assigns ``ctx.base``, and the family puts ``ctx.base`` into
+    its total in place of its own classification loss.
     """
 
     model: nn.Module
@@ -68,6 +127,22 @@ class LossContext:
     view_outputs: tuple = ()
     scores: Optional[Tensor] = None
     class_loss: Optional[Callable[[Tensor], Tensor]] = None
+    capabilities: frozenset = frozenset()
+    label_maps: Optional[Tensor] = None
+    view_label_maps: Callable[[Any], Tensor] = _no_features
+    view_features: Callable[[Any], Tensor] = _no_features
+
+    def __post_init__(self) -> None:
+        if self.label_maps is None:
+            self.label_maps = self.maps
+
+    def offers(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+    @property
+    def has_background(self) -> bool:
+        """Whether the score maps include the background channel (not raw foreground CAMs)."""
+        return not self.offers(CAM_LOGITS)
 
     @property
     def images(self) -> Tensor:
@@ -78,30 +153,39 @@ class LossContext:
         return self.batch["labels"].float()
 
 
-def _no_views(family: str, images: Tensor, settings: Any) -> list:
+def _no_views(images: Tensor, settings: Any) -> list:
     return []
 
 
-def _no_modules(family: str, net: nn.Module, settings: Any, ctx: BuildContext) -> None:
+def _no_modules(settings: Any, ctx: BuildContext) -> Optional[nn.Module]:
     return None
 
 
-def _no_terms(family: str, ctx: LossContext, settings: Any) -> tuple[dict[str, Tensor], Optional[Tensor]]:
+def _no_terms(ctx: LossContext, settings: Any) -> tuple[dict[str, Tensor], Optional[Tensor]]:
     return {}, None
 
 
 @dataclass(frozen=True)
 class Addon:
-    """An add-on. switches: switch key of its section -> the families it serves (e.g. HFPL:
-    ``{"isl": ("cam", "patch"), "fsl": ("cam",)}``); hints: extra words when a switch is refused."""
+    """An add-on. requires: switch key of its section -> the family capabilities it needs (e.g.
+    HFPL: ``{"isl": {SCORE_MAPS}, "fsl": {SCORE_MAPS, CAM_LOGITS}}``); hints: extra words when a
+    switch is refused."""
 
     name: str
     settings: type
-    switches: Mapping[str, tuple[str, ...]]
-    attach: Callable[[str, nn.Module, Any, BuildContext], None] = _no_modules
-    views: Callable[[str, Tensor, Any], list] = _no_views
-    loss_terms: Callable[[str, LossContext, Any], tuple[dict[str, Tensor], Optional[Tensor]]] = _no_terms
+    requires: Mapping[str, frozenset]
+    attach: Callable[[Any, BuildContext], Optional[nn.Module]] = _no_modules
+    views: Callable[[Tensor, Any], list] = _no_views
+    loss_terms: Callable[[LossContext, Any], tuple[dict[str, Tensor], Optional[Tensor]]] = _no_terms
     hints: Mapping[str, str] = field(default_factory=dict)
+    cam_head: bool = False  # on a family with AUX_CAM_HEAD its module gives a second set of CAMs
+
+    def __post_init__(self) -> None:
+        for switch, needs in self.requires.items():
+            unknown = sorted(set(needs) - set(CAPABILITIES))
+            if unknown:
+                raise ConfigError(f"add-on {self.name!r}, switch {switch!r}: unknown capability {unknown[0]!r} "
+                                  f"(known: {', '.join(CAPABILITIES)})")
 
     def key(self, switch: str) -> str:
         return f"addons.{self.name}.{switch}"
@@ -111,7 +195,11 @@ class Addon:
 
     def on(self, settings: Any) -> list[str]:
         """The switches turned on in ``settings``."""
-        return [s for s in self.switches if getattr(settings, s)]
+        return [s for s in self.requires if getattr(settings, s)]
+
+    def missing(self, switch: str, capabilities: frozenset) -> list[str]:
+        """The capabilities ``switch`` needs that ``capabilities`` lacks, sorted."""
+        return sorted(set(self.requires[switch]) - set(capabilities))
 
 
 ADDONS: dict[str, Addon] = {}
@@ -187,46 +275,73 @@ def enabled_addons(cfg: Any) -> list[tuple[Addon, Any]]:
     return [(a, sections[name]) for name, a in registered_addons().items() if a.on(sections[name])]
 
 
-def check_family(cfg: Any, family: str) -> None:
-    """Reject a switched-on add-on that does not serve ``family``, naming the key."""
+def cam_head_keys(cfg: Any, enabled_only: bool = True) -> list[str]:
+    """The switch keys of the add-ons that give a network a second CAM head (``addons.<name>.<switch>``),
+    only the switched-on ones unless ``enabled_only`` is false."""
+    sections = resolve_addons(cfg)
+    return [a.key(switch) for name, a in registered_addons().items() if a.cam_head
+            for switch in a.requires if not enabled_only or getattr(sections[name], switch)]
+
+
+def served_families(addon: Addon, switch: str, families: Mapping[str, frozenset]) -> list[str]:
+    """The families (name -> capabilities) that offer everything ``switch`` needs, sorted."""
+    return sorted(name for name, caps in families.items() if not addon.missing(switch, caps))
+
+
+def check_capabilities(cfg: Any, family: str, capabilities: frozenset,
+                       families: Optional[Mapping[str, frozenset]] = None) -> None:
+    """Reject a switched-on add-on whose switch needs a capability the family ``family`` does not
+    offer: one ConfigError naming the key, the add-on, the family and the missing capability
+    (``families``: every registered family's capabilities, to say which would serve)."""
     for addon, settings in enabled_addons(cfg):
         for switch in addon.on(settings):
-            served = addon.switches[switch]
-            if family not in served:
+            missing = addon.missing(switch, capabilities)
+            if missing:
+                served = served_families(addon, switch, families or {})
                 hint = addon.hints.get(switch, "")
-                raise ConfigError(f"{addon.key(switch)}=true: the {addon.label(switch).upper()} add-on is not "
-                                  f"available for model.family={family!r} (it serves: {', '.join(served)}"
-                                  f"{'; ' + hint if hint else ''})")
+                raise ConfigError(
+                    f"{addon.key(switch)}=true: the {addon.label(switch).upper()} add-on is not available for "
+                    f"model.family={family!r} (it serves: {', '.join(served) or 'no registered family'}"
+                    f"{'; ' + hint if hint else ''}; it needs the family capability "
+                    f"{', '.join(repr(m) for m in missing)}, which {family!r} does not offer)")
 
 
-def attach_addons(cfg: Any, family: str, net: nn.Module, ctx: BuildContext) -> nn.Module:
-    """Let every enabled add-on add its modules to ``net``."""
+def attach_addons(cfg: Any, net: nn.Module, ctx: BuildContext) -> nn.Module:
+    """Put every enabled add-on's module into the network's add-on container ``net.addons`` (an
+    ``nn.ModuleDict`` keyed by add-on name) and let the network read model files written with the
+    older per-attribute key names (:data:`LEGACY_KEYS`)."""
+    container = getattr(net, "addons", None)
+    if not isinstance(container, nn.ModuleDict):
+        raise ConfigError(f"{type(net).__name__} has no add-on container (an nn.ModuleDict 'addons')")
     for addon, settings in enabled_addons(cfg):
-        addon.attach(family, net, settings, ctx)
+        module = addon.attach(settings, ctx)
+        if module is not None:
+            container[addon.name] = module
+    net.register_load_state_dict_pre_hook(_upgrade_on_load)
     return net
 
 
-def extra_views(cfg: Any, family: str, images: Tensor) -> tuple[list[Tensor], dict[str, slice]]:
+def extra_views(cfg: Any, images: Tensor) -> tuple[list[Tensor], dict[str, slice]]:
     """All enabled add-ons' extra views for one forward pass, and each add-on's slice of them."""
     views: list[Tensor] = []
     where: dict[str, slice] = {}
     for addon, settings in enabled_addons(cfg):
-        mine = addon.views(family, images, settings)
+        mine = addon.views(images, settings)
         where[addon.name] = slice(len(views), len(views) + len(mine))
         views.extend(mine)
     return views, where
 
 
-def addon_loss_terms(cfg: Any, family: str, ctx: LossContext, parts: dict[str, Tensor],
+def addon_loss_terms(cfg: Any, ctx: LossContext, parts: dict[str, Tensor],
                      view_outputs: Optional[list] = None, where: Optional[dict[str, slice]] = None
                      ) -> Optional[Tensor]:
-    """Sum of what the enabled add-ons add to the total (None when none is on); their parts go
-    into ``parts``."""
+    """Sum of the terms the enabled add-ons add to the total (None when none adds one); their
+    parts go into ``parts``; a replaced classification loss is left in ``ctx.base``."""
     extra = None
     for addon, settings in enabled_addons(cfg):
         if view_outputs is not None and where is not None:
             ctx.view_outputs = tuple(view_outputs[where[addon.name]])
-        new_parts, term = addon.loss_terms(family, ctx, settings)
+        new_parts, term = addon.loss_terms(ctx, settings)
         parts.update(new_parts)
         if term is not None:
             extra = term if extra is None else extra + term

@@ -26,6 +26,7 @@ from tagseg.errors import DataError
 from tagseg.metrics.predict_and_score import predict_and_score
 from tagseg.metrics.scorer import Scorer, matrix_miou
 from tagseg.inference.pseudo import merged_probs_for
+from tagseg.methods.families import get_family
 from tagseg.utils.io import read_image
 
 
@@ -54,6 +55,7 @@ class ValPseudoMaskMIoU:
         if not scheduled(epoch, self.every, self.epochs):
             return None
         rule = merged_probs_for(self.cfg.model.family)
+        patch_size = get_family(self.cfg.model.family).patch_size
         modes = [m.training for m in core.modules()]
         core.eval()
         device = next(core.parameters()).device
@@ -62,7 +64,7 @@ class ValPseudoMaskMIoU:
         try:
             def predict(rec, gt: np.ndarray) -> np.ndarray:
                 x = image_to_tensor(read_image(rec.image_path)).to(device)
-                return rule(core, x, rec.labels, self.cfg.pseudo).argmax(0).cpu().numpy().astype(np.uint8)
+                return rule(core, x, rec.labels, self.cfg.pseudo, patch_size=patch_size).argmax(0).cpu().numpy().astype(np.uint8)
 
             predict_and_score(self.index.records, predict, scorer, k)
         finally:

@@ -90,11 +90,11 @@ def classifier_task(cfg: ExperimentConfig, select_epoch: Optional[SelectFn] = No
 
     def build(info: DistInfo, device: torch.device) -> Task:
         index = build_index(cfg.data, cfg.data.train_split).require_nonempty()
+        family = get_family(cfg.model.family)
         dataset = TrainingViews(index, cfg.data.image_size, cfg.train.augment, seed=cfg.seed,
                                 equivariance=cfg.method.et_weight > 0, crop_prob=cfg.method.et_crop_prob,
-                                crop_size=cfg.method.et_crop_size, crop_corners=cfg.method.et_crop_corners,
-                                align_corners=cfg.method.et_align_corners)
-        family = get_family(cfg.model.family)
+                                crop_size=cfg.method.et_crop_size, patch_size=family.patch_size,
+                                crop_corners=cfg.method.et_crop_corners, align_corners=cfg.method.et_align_corners)
         core = family.build(cfg, index.num_classes).to(device)
         t = cfg.train
         batch = per_process_batch(t.batch_size, info.world_size)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
 
-from tagseg.config import AugmentConfig
+from tagseg.config import ET_CROP_CORNERS, PATCH_SIZE, AugmentConfig
 from tagseg.data.records import DatasetIndex
 from tagseg.data.geometry import apply_flips, view_b_image
 from tagseg.utils.io import read_image
@@ -66,7 +66,7 @@ def colour_jitter(x: torch.Tensor, aug: AugmentConfig, rng: np.random.Generator)
     return x.clamp(0.0, 1.0).contiguous()
 
 
-CROP_CORNERS = ("official", "uniform")
+CROP_CORNERS = ET_CROP_CORNERS
 
 
 def crop_corner(rng: np.random.Generator, image_size: int, crop_size: int, patch: int, corners: str) -> int:
@@ -93,7 +93,7 @@ class TrainingViews(Dataset):
 
     def __init__(self, index: DatasetIndex, image_size: int, augment: AugmentConfig, seed: int = 0,
                  equivariance: bool = False, crop_prob: float = 0.3, crop_size: int = 128,
-                 patch_size: int = 16, crop_corners: str = "official", align_corners: bool = True) -> None:
+                 patch_size: int = PATCH_SIZE, crop_corners: str = "official", align_corners: bool = True) -> None:
         """crop_corners / align_corners: ``method.et_crop_corners`` / ``method.et_align_corners``."""
         if crop_corners not in CROP_CORNERS:
             raise ValueError(f"crop corners {crop_corners!r}: choose one of {CROP_CORNERS}")

@@ -18,8 +18,7 @@ from torch import nn
 from tagseg.config import PseudoConfig
 from tagseg.inference.multiscale import Forward, multiscale_maps, multiscale_maps_batch
 from tagseg.methods.cam_objective import cam_probabilities, normalise_cams
-
-PATCH = 16
+from tagseg.models.encoder import PATCH_STRIDE
 
 
 def cam_forward(model: nn.Module) -> Forward:
@@ -29,32 +28,33 @@ def cam_forward(model: nn.Module) -> Forward:
 
 @torch.no_grad()
 def cam_maps(model: nn.Module, image: torch.Tensor, size: int, scales: Sequence[float] = (1.0,),
-             flip: bool = False) -> torch.Tensor:
+             flip: bool = False, patch_size: int = PATCH_STRIDE) -> torch.Tensor:
     """ReLU CAMs (K−1, H, W) of ``image`` (3, H, W) in [0, 1]: for each scale the image resized to
-    a square of ``size·scale`` px (multiple of 16), with ``flip`` also mirrored; every map is
-    upsampled (bilinear) to H×W and the maps are summed."""
+    a square of ``size·scale`` px (a multiple of the family's ``patch_size``), with ``flip`` also
+    mirrored; every map is upsampled (bilinear) to H×W and the maps are summed."""
     return multiscale_maps(cam_forward(model), image, scales, flip, "square", tuple(image.shape[-2:]),
-                           base_size=size, snap=PATCH, average=False)
+                           base_size=size, snap=patch_size, average=False)
 
 
 @torch.no_grad()
 def cam_maps_batch(model: nn.Module, images: Sequence[torch.Tensor], size: int, scales: Sequence[float] = (1.0,),
-                   flip: bool = False) -> list[torch.Tensor]:
+                   flip: bool = False, patch_size: int = PATCH_STRIDE) -> list[torch.Tensor]:
     """:func:`cam_maps` of several images (3, H_i, W_i): per scale all images and their mirrors
     in one forward (their inputs are all ``size·scale`` squares). Returns (K−1, H_i, W_i) each."""
     return multiscale_maps_batch(cam_forward(model), images, scales, flip, "square",
-                                 [tuple(im.shape[-2:]) for im in images], base_size=size, snap=PATCH,
+                                 [tuple(im.shape[-2:]) for im in images], base_size=size, snap=patch_size,
                                  average=False)
 
 
 @torch.no_grad()
-def normalised_cams(model: nn.Module, image: torch.Tensor, labels: np.ndarray, cfg: PseudoConfig) -> torch.Tensor:
+def normalised_cams(model: nn.Module, image: torch.Tensor, labels: np.ndarray, cfg: PseudoConfig,
+                    patch_size: int = PATCH_STRIDE) -> torch.Tensor:
     """(K−1, H, W) normalised CAMs of one image at ``cfg.image_size`` / ``scales`` / ``flip``."""
-    return normalise_cams(cam_maps(model, image, cfg.image_size, cfg.scales, cfg.flip), labels)
+    return normalise_cams(cam_maps(model, image, cfg.image_size, cfg.scales, cfg.flip, patch_size), labels)
 
 
 @torch.no_grad()
-def cam_merged_probabilities(model: nn.Module, image: torch.Tensor, labels: np.ndarray, cfg: PseudoConfig
-                             ) -> torch.Tensor:
+def cam_merged_probabilities(model: nn.Module, image: torch.Tensor, labels: np.ndarray, cfg: PseudoConfig,
+                             patch_size: int = PATCH_STRIDE) -> torch.Tensor:
     """(K, H, W) class probabilities of one image (background = ``cfg.bg_threshold``)."""
-    return cam_probabilities(normalised_cams(model, image, labels, cfg), cfg.bg_threshold)
+    return cam_probabilities(normalised_cams(model, image, labels, cfg, patch_size), cfg.bg_threshold)

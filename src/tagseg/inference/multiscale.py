@@ -23,13 +23,15 @@ from typing import Callable, Literal, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from tagseg.models.encoder import PATCH_STRIDE
+
 Forward = Callable[[torch.Tensor], torch.Tensor]
 """batch (B, 3, h, w) float in [0, 1] -> maps (B, C, h', w')."""
 
 ResizePolicy = Literal["square", "aspect"]
 
 
-def snapped_side(base: int, scale: float, snap: int = 16) -> int:
+def snapped_side(base: int, scale: float, snap: int = PATCH_STRIDE) -> int:
     """Side of the square input at ``scale``: round(base·scale / snap)·snap, at least ``snap``."""
     return max(snap, int(round(base * scale / snap)) * snap)
 
@@ -40,7 +42,7 @@ def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
 
 
 def scaled_input(image: torch.Tensor, scale: float, policy: ResizePolicy, base_size: Optional[int] = None,
-                 snap: int = 16, align_corners: bool = False) -> torch.Tensor:
+                 snap: int = PATCH_STRIDE, align_corners: bool = False) -> torch.Tensor:
     """image (3, H, W) float -> (1, 3, h, w): the network input at ``scale`` under ``policy``."""
     x = image[None].float()
     if policy == "square":
@@ -61,7 +63,7 @@ def scaled_input(image: torch.Tensor, scale: float, policy: ResizePolicy, base_s
 @torch.no_grad()
 def multiscale_maps(forward: Forward, image: torch.Tensor, scales: Sequence[float] = (1.0,), flip: bool = False,
                     resize_policy: ResizePolicy = "aspect", out_size: Optional[tuple[int, int]] = None,
-                    base_size: Optional[int] = None, snap: int = 16, average: bool = True,
+                    base_size: Optional[int] = None, snap: int = PATCH_STRIDE, average: bool = True,
                     align_corners: bool = False) -> torch.Tensor:
     """Mean (``average=False``: sum) of ``forward``'s maps over scales and flips: image (3, H, W)
     float in [0, 1] on the model's device -> (C, *out_size) (default out_size: H × W).
@@ -87,7 +89,7 @@ def multiscale_maps(forward: Forward, image: torch.Tensor, scales: Sequence[floa
 def multiscale_maps_batch(forward: Forward, images: Sequence[torch.Tensor], scales: Sequence[float] = (1.0,),
                           flip: bool = False, resize_policy: ResizePolicy = "aspect",
                           out_sizes: Optional[Sequence[tuple[int, int]]] = None, base_size: Optional[int] = None,
-                          snap: int = 16, average: bool = True, align_corners: bool = False) -> list[torch.Tensor]:
+                          snap: int = PATCH_STRIDE, average: bool = True, align_corners: bool = False) -> list[torch.Tensor]:
     """:func:`multiscale_maps` of several images, batched: per scale, every image whose input has
     the same size (all of them under 'square') goes through ``forward`` in one batch together with
     its mirror. images: (3, H_i, W_i) float in [0, 1] on the model's device; out_sizes: one

@@ -20,8 +20,8 @@ from tagseg.engine import precision as P
 from tagseg.errors import ConfigError
 from tagseg.methods.families import FAMILIES
 
-MergedProbs = Callable[[nn.Module, torch.Tensor, np.ndarray, PseudoConfig], torch.Tensor]
-"""(model, image float (3, H, W) in [0, 1], labels (K,), cfg) -> (K, H, W)."""
+MergedProbs = Callable[..., torch.Tensor]
+"""(model, image float (3, H, W) in [0, 1], labels (K,), cfg, patch_size=<the family's>) -> (K, H, W)."""
 
 
 def merged_probs_for(family: str) -> MergedProbs:
@@ -42,13 +42,15 @@ def merged_probs_for(family: str) -> MergedProbs:
 def merged_probabilities(model: nn.Module, image: np.ndarray, labels: np.ndarray, cfg: PseudoConfig,
                          device: torch.device | str = "cpu", family: str = "patch") -> torch.Tensor:
     """image uint8 (H, W, 3), labels (K,) -> label-restricted class probabilities (K, H, W), float32
-    on CPU, computed by the model family's own rule (patch classifier: label merge of Z), under
+    on CPU, computed by the model family's own rule (patch classifier: label merge of Z) at the
+    family's patch size, under
     ``cfg.precision`` autocast and with channels-last weights when ``cfg.channels_last``."""
     rule = merged_probs_for(family)
+    patch_size = FAMILIES[family].patch_size
     dev = torch.device(device)
     if cfg.channels_last:
         P.channels_last(model)
     x = image_to_tensor(image).to(dev)
     with P.autocast(P.resolve_precision(cfg.precision, dev, section="pseudo"), dev):
-        probs = rule(model, x, labels, cfg)
+        probs = rule(model, x, labels, cfg, patch_size=patch_size)
     return probs.float().cpu()

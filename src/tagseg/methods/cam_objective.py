@@ -1,19 +1,10 @@
 """The CAM family (METHODS.md §2): training objective with switchable add-ons, and CAM pseudo-masks.
 
-Loss (all terms optional except the first):
-
-    L = L_cls + [fsl_weight · L_fs] + [L_PPC] + [L_CE(GAP(O)) − (1 − aux_weight) · L_cls + contrast_weight · L_RM]
-
-With RCA on this is RCA's Eq. 11, CE(GAP(O)) + 0.4·CE(GAP(P)) + 0.01·L_RM: O the aggregated CAM
-(part 'rca_aux', weight 1, the maps pseudo-masks come from), P the intermediate base CAM (L_cls,
-weight ``aux_weight`` = 0.4).
-
-L_cls is the multi-label soft-margin loss of GAP(O) over the K−1 foreground classes; with ISL on
-it becomes (1−λ)·soft-margin + λ·ISL (METHODS.md §3). L_PPC (§2) compares view 1 with view 2 =
-view 1 resized to ``addons.ppc.view2_size`` px; both views go through the network in one call.
-RCA (§4) adds the aggregation head's loss and the region mixup contrast L_RM (from
-``contrast_start_epoch`` on), then writes the batch's regions into the memory bank (image id =
-dataset index; a region enters when sigmoid(GAP(O)) of its class exceeds ν).
+Loss: L = L_cls, the multi-label soft-margin loss of GAP(O) over the K−1 foreground classes, plus
+the terms of the enabled add-ons (:mod:`tagseg.addons`, METHODS.md §2-§4). The family offers them
+:data:`CAM_CAPABILITIES`: their extra views run with view 1 in one forward pass, their modules run
+on every view's encoder features (an add-on CAM head's maps become ``cams_aggregated``), and an
+add-on may replace or re-weight L_cls (``LossContext.base``), which then stands in the total for it.
 
 Pseudo-masks: ReLU of the CAMs, summed over scales and flips after bilinear upsampling to the
 image, each present class divided by its maximum, absent classes 0, background a constant
@@ -30,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tagseg.addons.registry import (
-    BuildContext, LossContext, addon_loss_terms, attach_addons, enabled_addons, extra_views,
+    AUX_CAM_HEAD, CAM_LOGITS, FEATURES, SCORE_MAPS, SHARED_VIEWS, VIEW_HEADS, WHOLE_CLASS_LOSS, BuildContext,
+    LossContext, addon_loss_terms, attach_addons, cam_head_keys, enabled_addons, extra_views,
 )
 from tagseg.config import ExperimentConfig
 from tagseg.errors import ConfigError
@@ -39,6 +31,12 @@ from tagseg.models.cam_net import CAMNet
 from tagseg.models.encoder import PatchEncoder
 
 NORM_EPS = 1e-5
+
+# what the CAM family offers add-ons: raw CAM logits of view 1 and encoder features, add-on views
+# and view heads run in its one forward pass, an add-on CAM head whose maps masks may use, and one
+# classification loss (soft-margin of GAP(O)) that add-ons may replace or re-weight
+CAM_CAPABILITIES = frozenset({SCORE_MAPS, FEATURES, CAM_LOGITS, SHARED_VIEWS, VIEW_HEADS, AUX_CAM_HEAD,
+                              WHOLE_CLASS_LOSS})
 
 
 def cam_classification_loss(cams: Tensor, labels: Tensor) -> Tensor:
@@ -53,10 +51,10 @@ def cam_family_loss(model: nn.Module, core: CAMNet, batch: dict, cfg: Experiment
 
     model: what to differentiate through (``core`` or its DDP wrapper); batch: collated items of
     :class:`tagseg.data.views.TrainingViews` (image (B, 3, S, S) in [0, 1], labels (B, K), index (B,)).
-    Parts: 'cls' (soft-margin), and those of the enabled add-ons ('isl', 'fsl', 'ppc', 'rca_aux', 'rca_rm').
+    Parts: 'cls' (soft-margin), and those of the enabled add-ons.
     """
     images, labels = batch["image"], batch["labels"].float()
-    views, where = extra_views(cfg, "cam", images)
+    views, where = extra_views(cfg, images)
     if views:
         out, *view_outputs = model(images, *views)
     else:
@@ -66,33 +64,34 @@ def cam_family_loss(model: nn.Module, core: CAMNet, batch: dict, cfg: Experiment
     total = parts["cls"]
     if enabled_addons(cfg):
         ctx = LossContext(model=model, core=core, batch=batch, epoch=epoch, maps=cams, features=out.features,
-                          base=parts["cls"], output=out)
-        extra = addon_loss_terms(cfg, "cam", ctx, parts, view_outputs, where)
-        if extra is not None:
-            total = total + extra
+                          base=parts["cls"], output=out, capabilities=CAM_CAPABILITIES,
+                          view_label_maps=lambda o: o.cams)
+        extra = addon_loss_terms(cfg, ctx, parts, view_outputs, where)
+        total = ctx.base if extra is None else ctx.base + extra
     return total, {k: v.detach() for k, v in parts.items()}
 
 
 def build_cam_net(cfg: ExperimentConfig, num_classes: int) -> CAMNet:
     """The CAM network of ``cfg`` (model.encoder/weights, cam.output_stride) with the modules of its
-    enabled add-ons; ``cam.inference_cam=auto`` uses RCA's aggregated maps when RCA attached them."""
+    enabled add-ons; ``cam.inference_cam=auto`` uses an add-on CAM head's maps when one is attached."""
     m = cfg.model
     encoder = PatchEncoder(m.encoder, weights=m.weights, pretrained=m.pretrained, image_size=cfg.data.image_size,
                            output_stride=cfg.cam.output_stride, cnn_features=m.cnn_features)
     net = CAMNet(encoder, num_classes)
-    attach_addons(cfg, "cam", net, BuildContext(num_classes=num_classes, feature_dim=encoder.out_channels,
-                                                last_epoch=cfg.train.epochs - 1, seed=cfg.seed))
+    attach_addons(cfg, net, BuildContext(num_classes=num_classes, feature_dim=encoder.out_channels,
+                                         last_epoch=cfg.train.epochs - 1, seed=cfg.seed,
+                                         capabilities=CAM_CAPABILITIES))
     inference_cam = cfg.cam.inference_cam
     if inference_cam == "auto":
-        inference_cam = "aggregated" if net.aggregation is not None else "base"
-    if inference_cam == "aggregated" and net.aggregation is None:
-        raise ConfigError("cam.inference_cam=aggregated needs the RCA aggregation head: set addons.rca.enabled=true")
+        inference_cam = "aggregated" if net.aux_cam_head() is not None else "base"
+    if inference_cam == "aggregated" and net.aux_cam_head() is None:
+        raise ConfigError(_needs_cam_head(cfg))
     net.inference_cam = inference_cam
     return net
 
 
 def validate_cam_family(cfg: ExperimentConfig) -> None:
-    """The patch-family loss terms are refused; the aggregated maps need RCA."""
+    """The patch-family loss terms are refused; the aggregated maps need an add-on CAM head."""
     m = cfg.method
     wrong = [f"{k}={v}" for k, v, ok in (("method.pooling", m.pooling, m.pooling == "avg"),
                                          ("method.pce_weight", m.pce_weight, m.pce_weight == 0),
@@ -102,9 +101,15 @@ def validate_cam_family(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"model.family=cam uses GAP and the soft-margin loss only: {', '.join(wrong)} "
                           "(patch-family settings); set method.pooling=avg method.pce_weight=0 method.et_weight=0 "
                           "method.l2_weight=0 (the shipped cam_voc config does)")
-    if cfg.cam.inference_cam == "aggregated" and not cfg.addons.rca.enabled:
-        raise ConfigError("cam.inference_cam=aggregated needs the RCA aggregation head: "
-                          "set addons.rca.enabled=true")
+    if cfg.cam.inference_cam == "aggregated" and not cam_head_keys(cfg):
+        raise ConfigError(_needs_cam_head(cfg))
+
+
+def _needs_cam_head(cfg: ExperimentConfig) -> str:
+    keys = cam_head_keys(cfg, enabled_only=False)
+    names = " or ".join(k.split(".")[1].upper() for k in keys) or "an add-on's"
+    return (f"cam.inference_cam=aggregated needs the {names} aggregation head: set "
+            f"{' or '.join(k + '=true' for k in keys) or 'an add-on CAM head on'}")
 
 
 # ----------------------------------------------------------------------------- pseudo-masks
@@ -137,4 +142,5 @@ def cam_pseudo_mask(fg: Tensor, bg_threshold: float) -> Tensor:
 
 
 CAM_FAMILY = Family("cam", "tagseg.cam/1", build_cam_net, cam_family_loss, validate_cam_family,
-                    inference="tagseg.inference.cam:cam_merged_probabilities", cam_maps=True)
+                    inference="tagseg.inference.cam:cam_merged_probabilities", cam_maps=True,
+                    capabilities=CAM_CAPABILITIES)

@@ -6,16 +6,11 @@ network in one batched forward pass; the L_ET target comes from a separate eval-
 no-gradient pass over view A.
 
 Add-ons (``addons.*`` of an ExperimentConfig, :mod:`tagseg.addons`; all off leaves the loss above
-untouched) add their terms through the add-on registry; what they do in this family:
-
-- ISL (``addons.hfpl.isl``): importance sampling as a pooling over the patch scores Z:
-  MCE becomes (1−λ)·MCE(pooling) + λ·MCE(importance pooling), N samples per image and class.
-- PPC (``addons.ppc.enabled``): pixel-to-prototype contrast on the projected patch features f
-  of view A and of view 2 (view A resized to ``view2_size`` px, a second forward pass), with Z
-  (background included) as the score maps; its weighted total is added.
-- RCA (``addons.rca.enabled``): the region mixup contrast on patch features (regions from the
-  foreground maps of Z, bank entry when the pooled image score exceeds ν), weighted by
-  ``contrast_weight`` from ``contrast_start_epoch`` on. No aggregation head in this family.
+untouched) add their terms through the add-on registry. The family offers them
+:data:`PATCH_CAPABILITIES`: the patch probabilities Z of view A (background included) as score
+maps, the patch features f (B, F, h, w) for their modules (which they run themselves: this
+network runs no view heads, and an add-on that needs a second view runs a second forward pass),
+and MCE as the classification loss they may replace or re-weight.
 """
 
 from __future__ import annotations
@@ -23,7 +18,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tagseg.addons.registry import BuildContext, LossContext, addon_loss_terms, attach_addons, enabled_addons
+from tagseg.addons.registry import (
+    FEATURES, SCORE_MAPS, WHOLE_CLASS_LOSS, BuildContext, LossContext, addon_loss_terms, attach_addons, enabled_addons,
+)
 from tagseg.config import ExperimentConfig, MethodConfig
 from tagseg.errors import ConfigError
 from tagseg.methods.family import Family
@@ -31,9 +28,10 @@ from tagseg.methods.equivariance import build_mosaic, equivariance_loss, equivar
 from tagseg.methods.losses import l2_penalty, multilabel_ce
 from tagseg.methods.pce import patch_contrastive_error
 from tagseg.methods.pooling import pool_patch_scores
+from tagseg.models.encoder import PATCH_STRIDE
 from tagseg.models.patch_classifier import PatchClassifierNet, build_patch_classifier
 
-PATCH = 16
+PATCH_CAPABILITIES = frozenset({SCORE_MAPS, FEATURES, WHOLE_CLASS_LOSS})
 
 
 @torch.no_grad()
@@ -88,7 +86,7 @@ def patch_classifier_loss(model: nn.Module, core: PatchClassifierNet, batch: dic
     if use_et:
         grid_a = out.grid[:b] if out.grid is not None else None
         target = equivariance_target(eval_mode_probs(core, images, grid_a), batch["geom_a"], batch["geom_b"],
-                                     labels, PATCH, cfg.et_align_corners)
+                                     labels, PATCH_FAMILY.patch_size, cfg.et_align_corners)
         parts["et"] = equivariance_loss(mosaic_logits.permute(0, 3, 1, 2), tile_idx, target)
     parts["l2"] = l2_penalty(core.classifier.weight, cfg.l2_weight)
     total = parts["mce"] + parts["l2"]
@@ -101,8 +99,12 @@ def patch_classifier_loss(model: nn.Module, core: PatchClassifierNet, batch: dic
         ctx = LossContext(model=model, core=core, batch=batch, epoch=epoch,
                           maps=z.transpose(1, 2).reshape(b, -1, h, w), features=features.permute(0, 3, 1, 2),
                           base=parts["mce"], output=out, scores=scores,
-                          class_loss=lambda s: multilabel_ce(s, labels))
-        extra = addon_loss_terms(experiment, "patch", ctx, parts)
+                          class_loss=lambda s: multilabel_ce(s, labels), capabilities=PATCH_CAPABILITIES,
+                          view_label_maps=lambda o: o.logits.float().softmax(dim=-1).permute(0, 3, 1, 2),
+                          view_features=lambda o: o.features.permute(0, 3, 1, 2))
+        extra = addon_loss_terms(experiment, ctx, parts)
+        if ctx.base is not parts["mce"]:  # an add-on replaced or re-weighted MCE
+            total = total + (ctx.base - parts["mce"])
         if extra is not None:
             total = total + extra
     return total, {k: v.detach() for k, v in parts.items()}
@@ -112,14 +114,14 @@ def build_patch_family(cfg: ExperimentConfig, num_classes: int) -> PatchClassifi
     """The patch classifier of ``cfg`` with the modules of its enabled add-ons (on the patch features f)."""
     net = build_patch_classifier(cfg.model, num_classes, cfg.data.image_size)
     ctx = BuildContext(num_classes=num_classes, feature_dim=net.classifier.in_features,
-                       last_epoch=cfg.train.epochs - 1, seed=cfg.seed)
-    return attach_addons(cfg, "patch", net, ctx)
+                       last_epoch=cfg.train.epochs - 1, seed=cfg.seed, capabilities=PATCH_CAPABILITIES)
+    return attach_addons(cfg, net, ctx)
 
 
 def validate_patch_family(cfg: ExperimentConfig) -> None:
     """The CAM-only settings are refused on the patch family."""
     c = cfg.cam
-    if c.output_stride != 16:
+    if c.output_stride != PATCH_STRIDE:
         raise ConfigError(f"cam.output_stride={c.output_stride}: only the CAM family (model.family=cam) "
                           "has a stride-8 variant")
     if c.inference_cam == "aggregated":
@@ -127,4 +129,5 @@ def validate_patch_family(cfg: ExperimentConfig) -> None:
 
 
 PATCH_FAMILY = Family("patch", "tagseg.patch_classifier/1", build_patch_family, patch_classifier_loss,
-                      validate_patch_family, inference="tagseg.inference.patch:patch_merged_probabilities")
+                      validate_patch_family, inference="tagseg.inference.patch:patch_merged_probabilities",
+                      capabilities=PATCH_CAPABILITIES)

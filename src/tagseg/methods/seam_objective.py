@@ -1,54 +1,52 @@
 """The SEAM family (``model.family: seam``): SEAM's siamese training on the CAM network with the
-PCM, and PPC / HFPL placed as their official code places them on SEAM.
+PCM; add-ons plug in through the capabilities it offers (:data:`SEAM_CAPABILITIES`).
 
 One batch (YudeWang/SEAM ``train_SEAM.py`` lines 104-142):
 
 - view 1 = the batch images (B, 3, S, S); view 2 = view 1 resized (bilinear, align_corners) by
-  ``seam.view2_scale`` = 0.3, snapped down to a multiple of 16 (the encoder needs one; at S = 448
-  view 2 is 128 px against the official 134). With PPC on, view 2 is ``addons.ppc.view2_size``
-  (usr922/wseg ``contrast_train.py`` builds SEAM's second view at 128 × 128 and uses it for both);
+  ``seam.view2_scale`` = 0.3, snapped down to a multiple of the family's patch size (the encoder
+  needs one; at S = 448 view 2 is 128 px against the official 134). When an add-on asks for an
+  extra view, view 2 is made at that view's size instead and serves both (SEAM runs two views);
 - both views go through :class:`~tagseg.models.seam_net.SEAMNet` in one call; the raw CAMs and the
   PCM-revised maps are upsampled (bilinear, align_corners) to their view's size, a zero
   background channel put in front of the raw CAMs (the official head's background output is
   never read), and :func:`tagseg.methods.seam.seam_losses` gives cls, rvmin, ER and ECR;
-- HFPL (arvijj/hfpl ``train_cam_voc.py`` lines 141-170): ISL on view 1's raw CAM logits replaces
-  view 1's classification loss by (1−λ)·L_cls1 + λ·ISL *before* SEAM halves it; FSL on view 1's
-  raw CAM logits (max-normalised, background 1 − max) is added with ``fsl_weight``;
-- PPC (usr922/wseg ``contrast_train.py`` lines 179-392): prototypes and pseudo labels from each
-  view's PCM-revised maps on the CAM grid (background replaced by ``addons.ppc.bg_score``), pixel
-  embeddings from the projector on each view's encoder features; L_PPC is added with weight 1.
+- add-ons see view 1's raw CAM logits as score maps, each view's PCM-revised foreground maps as
+  label maps, the encoder features of each view, and view 1's classification loss as the loss
+  they may replace (SEAM then halves it with view 2's); their other terms are added with weight 1.
 
-Total: (L_cls1' + L_cls2)/2 + (L_rvmin1 + L_rvmin2)/2 + L_ER + L_ECR [+ fsl_weight·L_FS] [+ L_PPC].
-RCA has no official placement on SEAM and is refused.
+Total: (L_cls1' + L_cls2)/2 + (L_rvmin1 + L_rvmin2)/2 + L_ER + L_ECR [+ the add-ons' terms].
+SEAM's classification loss is the mean over its two views, so it does not offer the whole of it
+to add-ons (no WHOLE_CLASS_LOSS) nor an add-on CAM head: it infers from the PCM-revised maps.
 """
 
 from __future__ import annotations
-
-from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tagseg.addons.hfpl import ADDON as HFPL
-from tagseg.addons.ppc import ppc_loss
-from tagseg.addons.registry import BuildContext, LossContext, attach_addons, resolve_addons
+from tagseg.addons.registry import (
+    CAM_LOGITS, FEATURES, SCORE_MAPS, SHARED_VIEWS, VIEW_HEADS, BuildContext, LossContext, addon_loss_terms,
+    attach_addons, enabled_addons, extra_views,
+)
 from tagseg.config import ExperimentConfig
 from tagseg.errors import ConfigError
 from tagseg.methods.cam_objective import validate_cam_family
 from tagseg.methods.family import Family
 from tagseg.methods.seam import seam_losses
-from tagseg.models.encoder import PatchEncoder
+from tagseg.models.encoder import PATCH_STRIDE, PatchEncoder
 from tagseg.models.seam_net import SEAMNet
 
-SNAP = 16
+SEAM_CAPABILITIES = frozenset({SCORE_MAPS, FEATURES, CAM_LOGITS, SHARED_VIEWS, VIEW_HEADS})
+SNAP = PATCH_STRIDE
 
 
-def seam_view2(images: Tensor, scale: float, size: int | None = None) -> Tensor:
+def seam_view2(images: Tensor, scale: float, size: int | None = None, snap: int = SNAP) -> Tensor:
     """View 2: images (B, 3, H, W) resized (bilinear, align_corners) to ``size`` px square, or by
-    ``scale`` with each side snapped down to a multiple of 16 (at least 16)."""
+    ``scale`` with each side snapped down to a multiple of ``snap`` px (at least ``snap``)."""
     if size is None:
-        h, w = (max(SNAP, int(d * scale) // SNAP * SNAP) for d in images.shape[-2:])
+        h, w = (max(snap, int(d * scale) // snap * snap) for d in images.shape[-2:])
     else:
         h = w = size
     return F.interpolate(images, size=(h, w), mode="bilinear", align_corners=True)
@@ -60,14 +58,23 @@ def _full(maps: Tensor, size: tuple[int, int], add_background: bool) -> Tensor:
     return F.interpolate(maps.float(), size=size, mode="bilinear", align_corners=True)
 
 
+def _asked_side(views: list[Tensor]) -> int | None:
+    """The side of the square view the add-ons asked for (None: none asked); one size only."""
+    sides = {tuple(v.shape[-2:]) for v in views}
+    if not sides:
+        return None
+    if len(sides) > 1 or any(h != w for h, w in sides):
+        raise ConfigError(f"model.family=seam runs one second view; the add-ons ask for views of sizes {sorted(sides)}")
+    return next(iter(sides))[0]
+
+
 def seam_family_loss(model: nn.Module, core: SEAMNet, batch: dict, cfg: ExperimentConfig, epoch: int = 0
                      ) -> tuple[Tensor, dict[str, Tensor]]:
     """Total loss and its detached parts for one batch (see the module docstring). Parts: 'cls'
-    ((cls1' + cls2)/2), 'rvmin', 'er', 'ecr', and 'isl', 'fsl', 'ppc' when on."""
+    ((cls1' + cls2)/2), 'rvmin', 'er', 'ecr', and those of the enabled add-ons."""
     images, labels = batch["image"], batch["labels"].float()
-    addons = resolve_addons(cfg)
-    ppc, hfpl = addons.ppc, addons.hfpl
-    view2 = seam_view2(images, cfg.seam.view2_scale, ppc.view2_size if ppc.enabled else None)
+    views, where = extra_views(cfg, images)
+    view2 = seam_view2(images, cfg.seam.view2_scale, _asked_side(views), snap=SEAM_FAMILY.patch_size)
     out1, out2 = model(images, view2)
     size1, size2 = tuple(images.shape[-2:]), tuple(view2.shape[-2:])
     p = seam_losses(_full(out1.cams, size1, True), _full(out1.cams_revised, size1, False),
@@ -75,44 +82,37 @@ def seam_family_loss(model: nn.Module, core: SEAMNet, batch: dict, cfg: Experime
                     labels, cfg.seam.ecr_fraction)
     cls1 = p["cls1"]
     parts: dict[str, Tensor] = {}
-    fsl_term = None
-    if hfpl.isl or hfpl.fsl:
+    extra = None
+    if enabled_addons(cfg):
         ctx = LossContext(model=model, core=core, batch=batch, epoch=epoch, maps=out1.cams.float(),
-                          features=out1.features, base=cls1, output=out1)
-        if hfpl.isl:  # replaces view 1's classification loss only
-            isl_parts, isl_extra = HFPL.loss_terms("cam", ctx, replace(hfpl, fsl=False))
-            parts.update(isl_parts)
-            cls1 = cls1 + isl_extra
-        if hfpl.fsl:
-            fsl_parts, fsl_term = HFPL.loss_terms("cam", ctx, replace(hfpl, isl=False))
-            parts.update(fsl_parts)
+                          features=out1.features, base=cls1, output=out1, capabilities=SEAM_CAPABILITIES,
+                          label_maps=out1.cams_revised[:, 1:], view_label_maps=lambda o: o.cams_revised[:, 1:])
+        extra = addon_loss_terms(cfg, ctx, parts, [out2] * len(views), where)
+        cls1 = ctx.base  # view 1's classification loss as the add-ons replaced it
     parts["cls"] = (cls1 + p["cls2"]) / 2
     parts["rvmin"] = (p["rvmin1"] + p["rvmin2"]) / 2
     parts["er"], parts["ecr"] = p["er"], p["ecr"]
     total = parts["cls"] + parts["rvmin"] + parts["er"] + parts["ecr"]
-    if fsl_term is not None:
-        total = total + fsl_term
-    if ppc.enabled:
-        parts["ppc"], _ = ppc_loss(out1.embeddings.float(), out1.cams_revised[:, 1:].float(),
-                                   out2.embeddings.float(), out2.cams_revised[:, 1:].float(), labels, ppc)
-        total = total + parts["ppc"]
+    if extra is not None:
+        total = total + extra
     return total, {k: v.detach() for k, v in parts.items()}
 
 
 def build_seam_net(cfg: ExperimentConfig, num_classes: int) -> SEAMNet:
     """SEAM's network for ``cfg`` (model.encoder/weights, cam.output_stride, seam.head_dropout), with
-    PPC's projector when PPC is on (attached as on the CAM network)."""
+    the modules of its enabled add-ons in its container."""
     m = cfg.model
     encoder = PatchEncoder(m.encoder, weights=m.weights, pretrained=m.pretrained, image_size=cfg.data.image_size,
                            output_stride=cfg.cam.output_stride, cnn_features=m.cnn_features)
     net = SEAMNet(encoder, num_classes, head_dropout=cfg.seam.head_dropout)
-    attach_addons(cfg, "cam", net, BuildContext(num_classes=num_classes, feature_dim=encoder.out_channels,
-                                                last_epoch=cfg.train.epochs - 1, seed=cfg.seed))
+    attach_addons(cfg, net, BuildContext(num_classes=num_classes, feature_dim=encoder.out_channels,
+                                         last_epoch=cfg.train.epochs - 1, seed=cfg.seed,
+                                         capabilities=SEAM_CAPABILITIES))
     return net
 
 
 def validate_seam_family(cfg: ExperimentConfig) -> None:
-    """The CAM family's checks; the PCM-revised maps are SEAM's inference maps (no RCA head)."""
+    """The CAM family's checks; the PCM-revised maps are SEAM's inference maps (no add-on CAM head)."""
     validate_cam_family(cfg)
     if cfg.cam.inference_cam == "aggregated":
         raise ConfigError("cam.inference_cam=aggregated: model.family=seam infers from the PCM-revised maps")
@@ -120,4 +120,4 @@ def validate_seam_family(cfg: ExperimentConfig) -> None:
 
 SEAM_FAMILY = Family("seam", "tagseg.seam/1", build_seam_net, seam_family_loss, validate_seam_family,
                      inference="tagseg.inference.cam:cam_merged_probabilities",  # from its PCM-revised maps
-                     cam_maps=True)
+                     cam_maps=True, capabilities=SEAM_CAPABILITIES)

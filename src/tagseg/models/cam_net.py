@@ -3,21 +3,24 @@
 encoder (B, D, h, w) at stride 16 (or 8, dilated) -> 1×1 conv without bias -> K−1 foreground
 class activation maps O (B, K−1, h, w). GAP of O gives the image logits.
 
-Add-ons (``tagseg.addons``) attach their modules to the network so they are trained from the
-first epoch and saved with it: ``projector`` (PPC: per-pixel unit vectors of the encoder
-features), ``aggregation`` (RCA: a second CAM head on prototype-augmented features, whose maps
-pseudo-masks use with ``inference_cam='aggregated'``) and ``memory`` (RCA's region bank). Hooks in
-``epoch_end_hooks`` run at the end of every training epoch (RCA's k-means, releasing the bank).
+Add-ons (``tagseg.addons``) put their modules in the network's container ``addons`` (an
+``nn.ModuleDict`` keyed by add-on name, :mod:`tagseg.models.addon_slots`) so they are trained from
+the first epoch and saved with it. The network runs every module's ``view_output`` on each view's
+features in its forward pass (``CAMOutput.addon_maps``); a module flagged ``cam_head`` gives a
+second set of CAMs (``cams_aggregated``), which pseudo-masks use with ``inference_cam='aggregated'``.
+The modules' ``on_epoch_end`` hooks run at the end of every training epoch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional
+from dataclasses import dataclass, field
+from typing import Optional
 
 from torch import Tensor, nn
 
+from tagseg.config import INFERENCE_CAMS
 from tagseg.errors import ConfigError
+from tagseg.models.addon_slots import addon_container, cam_head_name, end_epoch, view_outputs
 from tagseg.models.encoder import PatchEncoder
 
 
@@ -25,47 +28,52 @@ from tagseg.models.encoder import PatchEncoder
 class CAMOutput:
     """Outputs of one view.
 
-    cams: O (B, K−1, h, w) raw scores; features: F (B, D, h, w); embeddings: PPC's v
-    (B, P, h, w) unit vectors or None; cams_aggregated: RCA's aggregated CAM O (B, K−1, h, w) or None (``cams`` is its intermediate P).
+    cams: O (B, K−1, h, w) raw scores; features: F (B, D, h, w); addon_maps: each add-on
+    module's per-view output by add-on name (e.g. projected pixel embeddings (B, P, h, w));
+    cams_aggregated: the add-on CAM head's maps (B, K−1, h, w) or None (then ``cams`` is the
+    intermediate map of that head's loss).
     """
 
     cams: Tensor
     features: Tensor
-    embeddings: Optional[Tensor] = None
+    addon_maps: dict = field(default_factory=dict)
     cams_aggregated: Optional[Tensor] = None
     cams_revised: Optional[Tensor] = None  # SEAM: PCM-revised maps (B, K, h, w), background first
 
 
 class CAMNet(nn.Module):
-    """Backbone + 1×1 CAM head; add-ons may set ``projector``, ``aggregation`` and ``memory``.
+    """Backbone + 1×1 CAM head; add-on modules live in ``addons``.
 
     num_classes: K including background (the head has K−1 outputs). inference_cam: 'base' (O) or
-    'aggregated' (O, needs an ``aggregation`` module): the maps pseudo-masks are made from.
+    'aggregated' (the maps of an add-on module flagged ``cam_head``): the maps pseudo-masks are made from.
     """
 
     def __init__(self, encoder: PatchEncoder, num_classes: int, inference_cam: str = "base") -> None:
         super().__init__()
         if num_classes < 2:
             raise ConfigError(f"the CAM network needs K >= 2 classes (background + 1), got {num_classes}")
-        if inference_cam not in ("base", "aggregated"):
+        if inference_cam not in INFERENCE_CAMS[1:]:  # "auto" is resolved when the network is built
             raise ConfigError(f"inference_cam={inference_cam!r}: choose base or aggregated")
         self.encoder = encoder
         self.num_classes = num_classes
         self.classifier = nn.Conv2d(encoder.out_channels, num_classes - 1, kernel_size=1, bias=False)
-        self.projector: Optional[nn.Module] = None
-        self.aggregation: Optional[nn.Module] = None
-        self.memory: Optional[nn.Module] = None
+        self.addons = addon_container()
         self.inference_cam = inference_cam
-        self.epoch_end_hooks: list[Callable[[int], None]] = []
+
+    def aux_cam_head(self) -> Optional[str]:
+        """The name of the add-on module that gives a second set of CAMs, or None."""
+        return cam_head_name(self.addons)
+
+    def _outputs(self, cams: Tensor, features: Tensor, **more: Optional[Tensor]) -> CAMOutput:
+        """One view's output: the add-on modules run on ``features`` after the CAM head."""
+        maps = view_outputs(self.addons, features)
+        head = self.aux_cam_head()
+        return CAMOutput(cams=cams, features=features, addon_maps=maps,
+                         cams_aggregated=maps.get(head) if head is not None else None, **more)
 
     def _one_view(self, images: Tensor) -> CAMOutput:
         features = self.encoder(images)
-        return CAMOutput(
-            cams=self.classifier(features),
-            features=features,
-            embeddings=self.projector(features) if self.projector is not None else None,
-            cams_aggregated=self.aggregation(features) if self.aggregation is not None else None,
-        )
+        return self._outputs(self.classifier(features), features)
 
     def forward(self, images: Tensor, *more_views: Tensor) -> CAMOutput | tuple[CAMOutput, ...]:
         """images (B, 3, H, W) in [0, 1] -> CAMOutput on the (H/s)×(W/s) grid (s = output stride).
@@ -78,9 +86,10 @@ class CAMNet(nn.Module):
         return tuple(self._one_view(x) for x in (images, *more_views))
 
     def inference_maps(self, images: Tensor) -> Tensor:
-        """The raw maps pseudo-masks are made from: O, or RCA's P when ``inference_cam='aggregated'``."""
-        if self.inference_cam == "aggregated" and self.aggregation is None:
-            raise ConfigError("inference_cam='aggregated' needs the RCA aggregation head")
+        """The raw maps pseudo-masks are made from: O, or the add-on CAM head's maps when
+        ``inference_cam='aggregated'``."""
+        if self.inference_cam == "aggregated" and self.aux_cam_head() is None:
+            raise ConfigError("inference_cam='aggregated' needs an add-on CAM head (a module in net.addons flagged cam_head)")
         out = self._one_view(images)
         return out.cams_aggregated if self.inference_cam == "aggregated" else out.cams
 
@@ -89,7 +98,5 @@ class CAMNet(nn.Module):
         return [p for n, p in self.named_parameters() if not n.startswith("encoder.")]
 
     def on_epoch_end(self, epoch: int) -> None:
-        """Run the add-ons' end-of-epoch hooks (e.g. RCA: k-means prototypes, then the bank released
-        after the last epoch)."""
-        for hook in self.epoch_end_hooks:
-            hook(epoch)
+        """Run the add-on modules' end-of-epoch hooks."""
+        end_epoch(self.addons, epoch)

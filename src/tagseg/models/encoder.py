@@ -23,10 +23,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from tagseg.config import CNN_FEATURES, PATCH_SIZE
 from tagseg.errors import ConfigError
 
-PATCH_STRIDE = 16
-CNN_FEATURES = ("last_block", "head")
+PATCH_STRIDE = PATCH_SIZE
 
 
 def _create_dilated(name: str, weights: str | None, pretrained: bool, output_stride: int) -> nn.Module | None:
@@ -103,7 +103,7 @@ class PatchEncoder(nn.Module):
             patch = self.backbone.patch_embed.patch_size
             patch = patch[0] if isinstance(patch, (tuple, list)) else patch
             if patch != PATCH_STRIDE:
-                raise ConfigError(f"encoder {name} has patch size {patch}; tagseg needs 16")
+                raise ConfigError(f"encoder {name} has patch size {patch}; tagseg needs {PATCH_STRIDE}")
             self.feature_index = len(self.backbone.blocks) - 1
             self.backbone.prune_intermediate_layers([self.feature_index], prune_norm=False, prune_head=True)
             self.out_channels = self.backbone.embed_dim
@@ -111,7 +111,7 @@ class PatchEncoder(nn.Module):
             info = self.backbone.feature_info
             stride16 = [i for i, f in enumerate(info) if f["reduction"] == PATCH_STRIDE]
             if not stride16:
-                raise ConfigError(f"encoder {name} has no feature map at stride 16 "
+                raise ConfigError(f"encoder {name} has no feature map at stride {PATCH_STRIDE} "
                                   f"(reductions: {[f['reduction'] for f in info]})")
             self.feature_index = stride16[-1]
             self.out_channels = info[self.feature_index]["num_chs"]
@@ -128,7 +128,7 @@ class PatchEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) in [0, 1], H and W multiples of 16 -> (B, D, H/s, W/s), s = output stride."""
         if images.shape[-1] % PATCH_STRIDE or images.shape[-2] % PATCH_STRIDE:
-            raise ValueError(f"input size {tuple(images.shape[-2:])} is not a multiple of 16")
+            raise ValueError(f"input size {tuple(images.shape[-2:])} is not a multiple of {PATCH_STRIDE}")
         x = (images - self.mean) / self.std
         if self.with_head:
             return self.backbone.forward_features(x)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tagseg.config import LSTM_DROPOUT_MASKS, LSTM_INITS
+
 
 class SequenceInputDropout(nn.Module):
     """Input dropout of a recurrent layer. x (N, T, D) -> same; identity in eval mode.
@@ -29,8 +31,7 @@ class SequenceInputDropout(nn.Module):
         return x * keep / (1.0 - self.p)
 
 
-LSTM_INITS = ("keras", "torch")
-DROPOUT_MASKS = ("per_step", "per_direction", "shared")
+DROPOUT_MASKS = LSTM_DROPOUT_MASKS
 
 
 def keras_lstm_init_(lstm: nn.LSTM) -> None:

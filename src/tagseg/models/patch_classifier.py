@@ -1,6 +1,7 @@
 """The patch-classifier network of ViT-PCM / TKP-PCL (METHODS.md §1).
 
-Add-ons may attach modules (``ppc_projector``, ``rca_memory``) and ``epoch_end_hooks``.
+Add-on modules live in the container ``addons`` (:mod:`tagseg.models.addon_slots`); this network
+does not run them in its forward pass (the add-ons call them on the features it returns).
 
 encoder (B, D, h, w) -> HV-BiLSTM (B, h, w, 4·hidden) = features f -> dropout -> linear
 (no bias, N(0, 0.05²) init) -> logits A (B, h, w, K); Z = softmax over K per patch.
@@ -10,13 +11,14 @@ Pooling and losses live in ``tagseg.methods``; this module only computes patch s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 
 from tagseg.config import ModelConfig
-from tagseg.models.encoder import PatchEncoder
+from tagseg.models.addon_slots import addon_container, end_epoch
+from tagseg.models.encoder import PATCH_STRIDE, PatchEncoder
 from tagseg.models.hv_bilstm import HVBiLSTM
 
 
@@ -53,10 +55,10 @@ class PatchClassifierNet(nn.Module):
         self.classifier_dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(feat_dim, num_classes, bias=False)
         nn.init.normal_(self.classifier.weight, mean=0.0, std=init_std)
-        self.epoch_end_hooks: list[Callable[[int], None]] = []  # set by add-ons (e.g. RCA releases its bank)
+        self.addons = addon_container()
 
     def forward(self, images: torch.Tensor) -> PatchOutput:
-        """images (B, 3, H, W) in [0, 1] -> PatchOutput with an (H/16)×(W/16) grid."""
+        """images (B, 3, H, W) in [0, 1] -> PatchOutput with an (H/p)×(W/p) grid (p: the patch size)."""
         return self.head(self.encoder(images).permute(0, 2, 3, 1))
 
     def head(self, grid: torch.Tensor) -> PatchOutput:
@@ -78,15 +80,14 @@ class PatchClassifierNet(nn.Module):
         return [p for n, p in self.named_parameters() if not n.startswith("encoder.")]
 
     def on_epoch_end(self, epoch: int) -> None:
-        """Run the end-of-epoch hooks of the attached add-ons."""
-        for hook in self.epoch_end_hooks:
-            hook(epoch)
+        """Run the end-of-epoch hooks of the add-on modules."""
+        end_epoch(self.addons, epoch)
 
 
 def build_patch_encoder(cfg: ModelConfig, image_size: int) -> PatchEncoder:
     """The patch encoder of the model config (every patch-family network builds it here)."""
     return PatchEncoder(cfg.encoder, weights=cfg.weights, pretrained=cfg.pretrained, image_size=image_size,
-                        output_stride=16 if cfg.cnn_grid == "dilated" else None, vit_dropout=cfg.vit_dropout,
+                        output_stride=PATCH_STRIDE if cfg.cnn_grid == "dilated" else None, vit_dropout=cfg.vit_dropout,
                         cnn_features=cfg.cnn_features)
 
 

@@ -131,12 +131,7 @@ class SEAMNet(CAMNet):
         size = tuple(cams.shape[-2:])
         normalised = (images - self.encoder.mean) / self.encoder.std
         revised = pixel_correlation(pcm_seed(cams), self.pcm(normalised, mid, deep, size))
-        return CAMOutput(
-            cams=cams, features=features,
-            embeddings=self.projector(features) if self.projector is not None else None,
-            cams_aggregated=self.aggregation(features) if self.aggregation is not None else None,
-            cams_revised=revised,
-        )
+        return self._outputs(cams, features, cams_revised=revised)
 
     def inference_maps(self, images: Tensor) -> Tensor:
         """The PCM-revised foreground maps (B, K−1, h, w) (``infer_SEAM.py`` uses ``cam_rv[:, 1:]``)."""

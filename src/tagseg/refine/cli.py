@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from tagseg.cli_args import SHARD_HELP, add_overrides, common, parse_shard
+from tagseg.config import REFINE_METHODS
 
 METHOD_HELP = ("irn: IRN's class-boundary branch + random walk (trains the branch first); psa: AffinityNet's "
                "affinity head + random walk (trains the head first); par: pixel-adaptive refinement, no training")
@@ -17,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Refined pseudo-masks: <run>/refine/<method>/<split>/masks. "
                                           "Methods: " + METHOD_HELP)
     p.add_argument("--run", required=True, help="run folder of `tagseg train` (holds model.safetensors)")
-    p.add_argument("--method", required=True, choices=["irn", "psa", "par"], help=METHOD_HELP)
+    p.add_argument("--method", required=True, choices=REFINE_METHODS, help=METHOD_HELP)
     p.add_argument("--split", help="split to refine (default: data.pseudo_split of the run)")
     p.add_argument("--out", help="output folder (default: <run>/refine/<method>/<split>)")
     p.add_argument("--shard", type=parse_shard, default=(0, 1), help=SHARD_HELP)

@@ -22,6 +22,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from tagseg.config import SEED_CRF_MODES
 from tagseg.errors import ConfigError
 from tagseg.inference.crf import CRFParams, dense_crf
 
@@ -122,7 +123,7 @@ def psa_seed_labels(image: np.ndarray, scores: np.ndarray, keys: np.ndarray, low
     ``aff_prepare.py``): the argmax of [background, scores] through a label-unary CRF (PSA's
     kernel parameters, ``gt_prob``); the image's absent classes are left out of that CRF."""
     scores, keys = _check_scores(scores, keys)
-    if seed_crf not in ("score", "label"):
+    if seed_crf not in SEED_CRF_MODES:
         raise ConfigError(f"seed_crf={seed_crf!r}: choose score or label")
     all_keys = np.concatenate([[0], keys])
     run = crf or _default_crf(PSA_SCORE_CRF, backend)

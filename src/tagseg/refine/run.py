@@ -9,7 +9,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from tagseg.config import ExperimentConfig
+from tagseg.config import REFINE_METHODS, TRAINED_REFINE_METHODS, ExperimentConfig
 from tagseg.data.build import build_index
 from tagseg.engine import loop
 from tagseg.errors import ConfigError
@@ -17,7 +17,7 @@ from tagseg.refine.stage import run_refine
 from tagseg.refine.train import load_refine_net, make_seed_labels, refine_task
 from tagseg.runner import RunStats
 
-METHODS = ("irn", "psa", "par")
+METHODS = REFINE_METHODS
 
 
 def refine_dir(run: Path, method: str) -> Path:
@@ -48,7 +48,7 @@ def refine_run(model: nn.Module, cfg: ExperimentConfig, run: Path, method: str, 
                threads: Optional[int] = None) -> tuple[RunStats, Path]:
     """Refined masks of ``split``; trains the IRN / PSA head first when its model file is missing."""
     net, path = None, None
-    if method in ("irn", "psa"):
+    if method in TRAINED_REFINE_METHODS:
         path = refine_dir(run, method) / "model.safetensors"
         if not path.is_file():
             path = train_refine_net(model, cfg, run, method, family, device, resume=resume, progress=progress)

@@ -54,7 +54,7 @@ def seeds_of(model: nn.Module, image: np.ndarray, labels: np.ndarray, cfg: Pseud
     if cfg.channels_last:
         P.channels_last(model)
     with P.autocast(P.resolve_precision(cfg.precision, dev, section="pseudo"), dev):
-        cams = normalised_cams(model, image_to_tensor(image).to(dev), labels, cfg)
+        cams = normalised_cams(model, image_to_tensor(image).to(dev), labels, cfg, get_family(family).patch_size)
         probs = cam_probabilities(cams, cfg.bg_threshold)
     cams, probs = cams.float().cpu(), probs.float().cpu()
     return Seeds(cams[keys - 1].numpy().astype(np.float32), keys, probs)

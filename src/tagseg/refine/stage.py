@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tagseg.config import ExperimentConfig, RefineConfig, resolve_psa
+from tagseg.config import TRAINED_REFINE_METHODS, ExperimentConfig, RefineConfig, resolve_psa
 from tagseg.data.records import DatasetIndex, ImageRecord
 from tagseg.data.views import image_to_tensor
 from tagseg.errors import ConfigError
@@ -108,7 +108,7 @@ def psa_mask(net: nn.Module, image: np.ndarray, seeds: Seeds, cfg: RefineConfig,
 def refine_step(model: nn.Module, cfg: ExperimentConfig, method: str, family: str, palette: list[int],
                 root: Path, device, net: Optional[nn.Module] = None):
     """The runner's step: (record, paths) -> writes that image's refined mask(s)."""
-    if method in ("irn", "psa") and net is None:
+    if method in TRAINED_REFINE_METHODS and net is None:
         raise ConfigError(f"refine --method {method} needs its trained network")
 
     def step(rec: ImageRecord, paths: dict[str, Path]) -> None:

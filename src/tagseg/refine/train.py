@@ -28,6 +28,7 @@ from tagseg.engine.distributed import DistInfo
 from tagseg.engine.schedule import PolySchedule
 from tagseg.engine.task import Task
 from tagseg.errors import ConfigError, DataError
+from tagseg.models.encoder import PATCH_STRIDE
 from tagseg.refine.heads import (AffinityHead, BoundaryBranch, encoder_pyramid, feature_affinity, path_affinity,
                                  pyramid_channels, pyramid_levels)
 from tagseg.refine.labels import IGNORE, irn_seed_labels, pair_labels, psa_seed_labels
@@ -100,7 +101,7 @@ class AffinityNet(_FrozenEncoderNet):
 
     def grid_stride(self) -> int:
         if getattr(self.encoder, "is_vit", False):
-            return 16
+            return PATCH_STRIDE
         return int(self.encoder.backbone.feature_info[self.levels[-3]]["reduction"])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from tagseg.config import CRF_CHOICES, DataConfig, check_speed_options, choose, config_from_yaml, load_config
+from tagseg.config import CRF_CHOICES, OUTPUT_STRIDES, SELECT_MODES, DataConfig, check_speed_options, choose, config_from_yaml, load_config
 from tagseg.errors import ConfigError
 
 HEADS = ("deeplabv2", "deeplabv3plus")
@@ -136,7 +136,7 @@ def validate_segment_config(cfg: SegmentExperimentConfig) -> None:
     m, t, a = cfg.model, cfg.train, cfg.augment
     if m.head not in HEADS:
         raise ConfigError(f"model.head={m.head!r}: choose one of {', '.join(HEADS)}")
-    if m.output_stride not in (8, 16):
+    if m.output_stride not in OUTPUT_STRIDES:
         raise ConfigError(f"model.output_stride={m.output_stride}: choose 16 or 8")
     if any(r < 1 for r in m.aspp_rates):
         raise ConfigError(f"model.aspp_rates={list(m.aspp_rates)}: rates must be >= 1")
@@ -165,8 +165,7 @@ def validate_segment_config(cfg: SegmentExperimentConfig) -> None:
         raise ConfigError(f"augment.crop_size={a.crop_size}: must be >= 16")
     if not 0.0 <= a.hflip_prob <= 1.0:
         raise ConfigError(f"augment.hflip_prob={a.hflip_prob}: must be in [0, 1]")
-    if t.select not in ("last", "best"):
-        raise ConfigError(f"train.select={t.select!r}: choose last or best")
+    choose("train.select", t.select, SELECT_MODES)
     if t.select_every < 1 or t.select_images < 1:
         raise ConfigError(f"train.select_every={t.select_every}, train.select_images={t.select_images}: must be >= 1")
     if cfg.segment.mask_kind not in ("auto", "refine", "crf", "plain"):

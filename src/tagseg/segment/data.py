@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from tagseg.config import REFINE_METHODS
 from tagseg.data.classes import IGNORE_INDEX
 from tagseg.data.records import DatasetIndex
 from tagseg.data.views import image_to_tensor
@@ -24,7 +25,7 @@ from tagseg.segment.config import GT_MASKS, SegAugmentConfig
 from tagseg.utils.io import read_image, read_mask
 
 
-REFINED_ORDER = ("irn", "psa", "par")  # best first: the published mask quality of each method
+REFINED_ORDER = REFINE_METHODS  # best first: the published mask quality of each method
 
 
 def refined_mask_folder(pseudo_root: Path) -> Optional[tuple[Path, str]]:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tagseg.errors import ConfigError
-from tagseg.segment.config import SegModelConfig
+from tagseg.segment.config import HEADS, SegModelConfig
 
 V2_RATES = (6, 12, 18, 24)
 V3PLUS_RATES = (6, 12, 18)  # at output stride 16; doubled at 8
@@ -223,7 +223,7 @@ class SegmentationNet(nn.Module):
 
 def build_segmenter(cfg: SegModelConfig, num_classes: int, image_size: int = 512) -> SegmentationNet:
     """The network of ``cfg`` for ``num_classes`` classes (image_size: the ViT's nominal input)."""
-    if cfg.head not in ("deeplabv2", "deeplabv3plus"):
+    if cfg.head not in HEADS:
         raise ConfigError(f"model.head={cfg.head!r}: choose deeplabv2 or deeplabv3plus")
     backbone = SegmentationBackbone(cfg.encoder, cfg.weights, cfg.pretrained, cfg.output_stride, image_size)
     rates = tuple(cfg.aspp_rates) or default_rates(cfg.head, cfg.output_stride)
