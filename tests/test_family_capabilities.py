@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tagseg.addons import registry
+from tagseg.classify.trainer import model_metadata
 from tagseg.config import PseudoConfig
 from tagseg.engine.checkpoint import write_safetensors
 from tagseg.errors import ConfigError
@@ -22,7 +23,6 @@ from tagseg.experiment import load_experiment
 from tagseg.inference.loading import load_trained_model
 from tagseg.inference.pseudo import merged_probabilities
 from tagseg.methods.families import FAMILIES, get_family, register_family
-from tagseg.training.trainer import model_metadata
 
 K = 21
 COMMON = ["data.root=unused", "data.dataset=voc", "data.train_split=train", "data.pseudo_split=train",
@@ -194,7 +194,7 @@ def test_the_patch_size_reaches_inference_from_the_family():
 
 
 def test_the_patch_size_reaches_the_training_views_and_config_checks(monkeypatch):
-    import tagseg.training.trainer as trainer
+    import tagseg.classify.trainer as trainer
 
     seen = {}
 
