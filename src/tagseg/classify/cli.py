@@ -36,7 +36,7 @@ def _check_data(cfg, requested: Optional[bool]) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tagseg.classify.trainer import Trainer
-    from tagseg.config import load_config
+    from tagseg.config import is_segment_config, load_config
     from tagseg.engine.checkpoint import ensure_fresh_run_dir
     from tagseg.errors import TagsegError
     from tagseg.utils.run_kind import TAGS, require_run_kind
@@ -44,7 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tagseg.utils.runtime import apply_threads, device_overrides, world_size
     from tagseg.utils.safe_paths import run_folder
 
-    if Path(args.config).stem.startswith("segment"):
+    if is_segment_config(args.config):
         raise TagsegError(f"{args.config} is a segmentation-stage config: use `tagseg segment train --config {args.config}`")
     threads = [f"train.cpu_threads={args.threads}"] if args.threads else []
     cfg = load_config(args.config, [*device_overrides(args.device), *threads, *args.overrides])
