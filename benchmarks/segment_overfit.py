@@ -52,19 +52,25 @@ for step in range(a.steps):
     opt.zero_grad(); loss.backward(); opt.step()
     if step % 10 == 0 or step == a.steps - 1:
         print(f"step {step} loss {loss.item():.3f} ({time.time()-t0:.0f}s)", flush=True)
-# train mIoU on full images
+# train mIoU on full images and on crop-sized tiles, through the one predict-and-score loop
+from tagseg.metrics.predict_and_score import predict_and_score
 from tagseg.metrics.scorer import Scorer
 from tagseg.data.views import image_to_tensor
+from tagseg.utils.io import read_image
 net.eval(); sc = Scorer(21, index.class_names, contour=False, per_image=False); sc2 = Scorer(21, index.class_names, contour=False, per_image=False)
+gt_masks = dict(zip((r.id for r in index.records), resolve_mask_paths(index, "gt")))
+
+
+def whole_and_tiled(rec, gt):
+    x = image_to_tensor(read_image(rec.image_path))[None]; H, W = x.shape[-2:]; c = a.crop
+    out = torch.zeros(H, W, dtype=torch.long)
+    for t in range(0, H, c):
+        for l in range(0, W, c):
+            out[t:t+c, l:l+c] = net(x[..., t:t+c, l:l+c]).argmax(1)[0]
+    return {"whole": net(x).argmax(1)[0].numpy().astype(np.uint8), "tiled": out.numpy().astype(np.uint8)}
+
+
 with torch.no_grad():
-    for i in range(len(ds)):
-        img, m = ds.load_pair(i)
-        pred = net(image_to_tensor(img)[None]).argmax(1)[0].numpy().astype(np.uint8)
-        sc.update(pred, m, name=str(i))
-        x = image_to_tensor(img)[None]; H, W = x.shape[-2:]; c = a.crop; out = torch.zeros(H, W, dtype=torch.long)
-        for t in range(0, H, c):
-            for l in range(0, W, c):
-                out[t:t+c, l:l+c] = net(x[..., t:t+c, l:l+c]).argmax(1)[0]
-        sc2.update(out.numpy().astype(np.uint8), m, name=str(i))
+    predict_and_score(index.records, whole_and_tiled, {"whole": sc, "tiled": sc2}, 21, gt_path=lambda r: gt_masks[r.id])
 s2 = sc2.summary(); print("tiled train mIoU", round(100*s2["miou"],1), "pixacc", round(100*s2["pixel_accuracy"],1))
 s = sc.summary(); print("train mIoU", round(100*s["miou"],1), "pixacc", round(100*s["pixel_accuracy"],1), "classes", [index.class_names[c] for c in s["miou_classes"]] if isinstance(s["miou_classes"][0], int) else s["miou_classes"])

@@ -48,3 +48,17 @@ def test_each_coco_config_is_its_voc_method_plus_the_coco_part(name):
     own = [line for line in text.splitlines() if line and not line.startswith(("#", "defaults:"))]
     leaves = [line for line in own if not line.rstrip().endswith(":")]
     assert all("#" in line for line in leaves if not line.lstrip().startswith("name:")), leaves
+
+
+@pytest.mark.parametrize("name,differs", [
+    ("seam_ppc_voc", {"name", "addons.ppc.enabled"}),
+    ("seam_hfpl_voc", {"name", "addons.hfpl.isl", "addons.hfpl.fsl", "refine.psa.preset"}),
+])
+def test_each_seam_addon_config_is_seam_voc_plus_its_addon(name, differs):
+    from importlib import resources
+
+    text = (resources.files("tagseg") / "configs" / f"{name}.yaml").read_text(encoding="utf-8")
+    assert "defaults: [seam_voc]" in text and "# Paper row:" in text
+    base, own = _leaves(to_dict(load_config("seam_voc"))), _leaves(to_dict(load_config(name)))
+    changed = {k for k in base.keys() | own.keys() if base.get(k) != own.get(k)}
+    assert changed - {"addons"} == differs  # "addons" is seam_voc's empty section, a leaf of its own

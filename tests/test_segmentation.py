@@ -393,6 +393,20 @@ def test_predict_class_set_and_model_checks(tmp_path, capsys):
     assert "not a tagseg segmentation model" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("family,fmt", [("patch", "tagseg.patch_classifier/1"), ("cam", "tagseg.cam/1"),
+                                        ("seam", "tagseg.seam/1")])
+def test_predict_given_a_tag_classifier_of_any_family_points_to_pseudo(tmp_path, capsys, family, fmt):
+    from safetensors.torch import save_file
+
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "tags.safetensors"), metadata={"format": fmt})
+    assert main(["predict", str(img), "--model", str(tmp_path / "tags.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "not a tagseg segmentation model" in err
+    assert f"a tag classifier of model.family={family}: use it with `tagseg pseudo`" in err
+
+
 # ---------------------------------------------------------------- command line
 
 def test_cli_segment_train_eval_predict(tmp_path, capsys):

@@ -13,7 +13,7 @@ from fixtures import make_voc
 from tagseg.config import load_config
 from tagseg.errors import ConfigError
 from tagseg.metrics.scorer import Scorer, matrix_miou
-from tagseg.classify.selection import scheduled
+from tagseg.engine.selection import scheduled
 from tagseg.classify.trainer import Trainer
 
 TINY = ["data.dataset=voc", "data.train_split=train", "data.pseudo_split=train", "data.val_split=val",
@@ -80,3 +80,23 @@ def test_segmentation_selects_on_the_training_masks(tmp_path):
     assert set(sel["scores"]) == {"1", "2"} and sel["selected_epoch"] in (1, 2)
     assert "gt training masks on the first 2 images of 'train'" in sel["metric"]
     assert all(0.0 <= v <= 1.0 for v in sel["scores"].values())
+
+
+def test_both_hooks_score_in_eval_mode_and_restore_each_modules_mode():
+    import torch
+    from torch import nn
+
+    from tagseg.engine.selection import evaluating
+
+    net = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5), nn.BatchNorm1d(2))
+    net.train()
+    net[2].eval()  # a frozen norm inside a training network
+    before = [m.training for m in net.modules()]
+    with evaluating(net) as device:
+        assert device == torch.device("cpu")
+        assert not any(m.training for m in net.modules())
+        assert not torch.is_grad_enabled()
+    assert [m.training for m in net.modules()] == before
+    with pytest.raises(RuntimeError), evaluating(net):
+        raise RuntimeError("a failing score")
+    assert [m.training for m in net.modules()] == before

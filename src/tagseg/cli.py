@@ -110,7 +110,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def cmd_configs(args: argparse.Namespace) -> int:
-    from tagseg.config import config_to_yaml, shipped_configs
+    from tagseg.config import config_to_yaml, is_segment_config, shipped_configs
 
     # nothing is computed here: no torch threads to set (and no torch to import)
     if args.name is None:
@@ -118,7 +118,7 @@ def cmd_configs(args: argparse.Namespace) -> int:
             raise TagsegError("overrides and --device need a config name: tagseg configs NAME key=value ...")
         print("\n".join(shipped_configs()))
         return 0
-    if Path(args.name).stem.startswith("segment"):
+    if is_segment_config(args.name):
         from tagseg.segment.config import load_segment_config
 
         cfg = load_segment_config(args.name, [*device_overrides(args.device), *args.overrides])

@@ -442,6 +442,18 @@ def compose_yaml(name_or_path: str, _chain: tuple[str, ...] = ()) -> Any:
     return OmegaConf.merge(*parts, node) if parts else node
 
 
+# Top-level sections only a segmentation-stage config has (tagseg.segment.config's schema); the
+# tag classifier's schema has neither.
+SEGMENT_SECTIONS = ("segment", "inference")
+
+
+def is_segment_config(name_or_path: str) -> bool:
+    """Whether a config (a shipped name or a YAML path, after its ``defaults``) is for the
+    segmentation stage, read from its sections (:data:`SEGMENT_SECTIONS`), whatever its file name."""
+    node = compose_yaml(name_or_path)
+    return any(section in node for section in SEGMENT_SECTIONS)
+
+
 def load_config(name_or_path: str | None = None, overrides: Sequence[str] = (),
                 schema_class: type = None, validate: Any = None) -> Any:
     """Resolve defaults <- YAML (a shipped name or a path) <- ``key=value`` overrides.

@@ -8,7 +8,6 @@ from typing import Optional, Sequence
 
 import torch
 
-from tagseg.config import load_config
 from tagseg.data.build import build_index
 from tagseg.data.synthetic import generate_dataset
 from tagseg.metrics.baselines import chance_baselines
@@ -18,6 +17,7 @@ from tagseg.pseudo.generate import generate_pseudo_masks
 from tagseg.inference.loading import load_patch_classifier
 from tagseg.engine.checkpoint import list_checkpoints
 from tagseg.engine.distributed import DistInfo, resolve_device
+from tagseg.experiment import load_experiment
 from tagseg.classify.trainer import Trainer
 from tagseg.utils.io import write_json
 from tagseg.utils.runtime import apply_threads
@@ -30,7 +30,8 @@ def run_demo(out: Path, overrides: Sequence[str] = (), threads: Optional[int] = 
     threads: CPU threads (default: the cores left after the data-loader workers, as training
     uses); progress: a progress bar in every stage."""
     t0 = time.time()
-    cfg = load_config("demo", [f"data.root={out / 'data'}", *overrides])
+    # every key checked (add-on sections and the family included) before any data is generated
+    cfg = load_experiment("demo", [f"data.root={out / 'data'}", *overrides])
     apply_threads(threads or cfg.train.cpu_threads or None, 1, cfg.data.num_workers)
     device = resolve_device(cfg.device, DistInfo())
     print(f"[1/4] synthetic data -> {cfg.data.root}")

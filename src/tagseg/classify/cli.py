@@ -36,18 +36,20 @@ def _check_data(cfg, requested: Optional[bool]) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tagseg.classify.trainer import Trainer
-    from tagseg.config import load_config
+    from tagseg.config import is_segment_config
     from tagseg.engine.checkpoint import ensure_fresh_run_dir
     from tagseg.errors import TagsegError
+    from tagseg.experiment import load_experiment
     from tagseg.utils.run_kind import TAGS, require_run_kind
     from tagseg.utils.runlock import run_lock
     from tagseg.utils.runtime import apply_threads, device_overrides, world_size
     from tagseg.utils.safe_paths import run_folder
 
-    if Path(args.config).stem.startswith("segment"):
+    if is_segment_config(args.config):
         raise TagsegError(f"{args.config} is a segmentation-stage config: use `tagseg segment train --config {args.config}`")
     threads = [f"train.cpu_threads={args.threads}"] if args.threads else []
-    cfg = load_config(args.config, [*device_overrides(args.device), *threads, *args.overrides])
+    # every key checked (add-on sections and the family included) before the run folder is touched
+    cfg = load_experiment(args.config, [*device_overrides(args.device), *threads, *args.overrides])
     out = Path(args.out) if args.out else run_folder(cfg.name)
     with run_lock(out):
         require_run_kind(out, TAGS, "resume" if args.resume else "train into")

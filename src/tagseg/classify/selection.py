@@ -15,24 +15,19 @@ import dataclasses
 from typing import Optional
 
 import numpy as np
-import torch
 from torch import nn
 
 from tagseg.config import ExperimentConfig
 from tagseg.data.build import build_index
 from tagseg.data.records import DatasetIndex
 from tagseg.data.views import image_to_tensor
+from tagseg.engine.selection import evaluating, scheduled
 from tagseg.errors import DataError
 from tagseg.metrics.predict_and_score import predict_and_score
 from tagseg.metrics.scorer import Scorer, matrix_miou
 from tagseg.inference.pseudo import merged_probs_for
 from tagseg.methods.families import get_family
 from tagseg.utils.io import read_image
-
-
-def scheduled(epoch: int, every: int, epochs: int) -> bool:
-    """Score 0-based ``epoch`` when it ends a block of ``every`` epochs or is the last one."""
-    return (epoch + 1) % every == 0 or epoch + 1 == epochs
 
 
 class ValPseudoMaskMIoU:
@@ -50,26 +45,19 @@ class ValPseudoMaskMIoU:
                             f"{cfg.data.val_split!r} (not the scored {cfg.data.pseudo_split!r}), "
                             f"every {self.every} epoch(s) and the last")
 
-    @torch.no_grad()
     def __call__(self, core: nn.Module, epoch: int) -> Optional[float]:
         if not scheduled(epoch, self.every, self.epochs):
             return None
         rule = merged_probs_for(self.cfg.model.family)
         patch_size = get_family(self.cfg.model.family).patch_size
-        modes = [m.training for m in core.modules()]
-        core.eval()
-        device = next(core.parameters()).device
         k = self.index.num_classes
         scorer = Scorer(k, contour=False, per_image=False)
-        try:
+        with evaluating(core) as device:
             def predict(rec, gt: np.ndarray) -> np.ndarray:
                 x = image_to_tensor(read_image(rec.image_path)).to(device)
                 return rule(core, x, rec.labels, self.cfg.pseudo, patch_size=patch_size).argmax(0).cpu().numpy().astype(np.uint8)
 
             predict_and_score(self.index.records, predict, scorer, k)
-        finally:
-            for m, mode in zip(core.modules(), modes):
-                m.training = mode
         return matrix_miou(scorer.confusion.matrix) or 0.0
 
 

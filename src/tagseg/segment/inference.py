@@ -15,6 +15,7 @@ import torch
 from tagseg.config import config_to_yaml
 from tagseg.errors import TagsegError
 from tagseg.inference.segment import segmentation_probs
+from tagseg.methods.families import FAMILIES
 from tagseg.segment.config import SegInferenceConfig, SegmentExperimentConfig, segment_config_from_yaml
 from tagseg.segment.models import SegmentationNet, build_segmenter
 from tagseg.engine.checkpoint import model_classes, read_model_file
@@ -40,7 +41,8 @@ def load_segmenter(path: str | Path, device: torch.device | str = "cpu"
     weights, meta = read_model_file(path)
     fmt = meta.get("format")
     if fmt != MODEL_FORMAT:
-        hint = " (a patch-classifier model: use it with `tagseg pseudo`)" if fmt == "tagseg.patch_classifier/1" else ""
+        family = next((f.name for f in FAMILIES.values() if f.format == fmt), None)
+        hint = f" (a tag classifier of model.family={family}: use it with `tagseg pseudo`)" if family else ""
         raise TagsegError(f"{path} is not a tagseg segmentation model (format={fmt!r}){hint}")
     try:
         cfg = segment_config_from_yaml(meta["config"], source=f"{path} (metadata 'config')")

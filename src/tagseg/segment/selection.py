@@ -13,10 +13,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-import torch
 from torch import nn
 
 from tagseg.data.build import build_index
+from tagseg.engine.selection import evaluating, scheduled
 from tagseg.metrics.predict_and_score import predict_and_score
 from tagseg.metrics.scorer import Scorer
 from tagseg.segment.config import SegInferenceConfig, SegmentExperimentConfig
@@ -41,23 +41,16 @@ class TrainMaskAgreement:
                             f"{len(self.index)} images of {cfg.data.train_split!r} (not the scored "
                             f"{cfg.data.val_split!r}), every {self.every} epoch(s) and the last")
 
-    @torch.no_grad()
     def __call__(self, core: nn.Module, epoch: int) -> Optional[float]:
-        if not ((epoch + 1) % self.every == 0 or epoch + 1 == self.epochs):
+        if not scheduled(epoch, self.every, self.epochs):
             return None
-        modes = [m.training for m in core.modules()]
-        core.eval()
-        device = next(core.parameters()).device
         k = self.index.num_classes
         scorer = Scorer(k, self.index.class_names, contour=False, per_image=False)
-        try:
-            masks = dict(zip((r.id for r in self.index.records), self.masks))
+        masks = dict(zip((r.id for r in self.index.records), self.masks))
+        with evaluating(core) as device:
             predict_and_score(self.index.records,
                               lambda rec, gt: predict_mask(core, read_image(rec.image_path), SINGLE_SCALE, device),
                               scorer, k, gt_path=lambda rec: masks[rec.id])
-        finally:
-            for m, mode in zip(core.modules(), modes):
-                m.training = mode
         return float(scorer.summary()["miou"])
 
 
