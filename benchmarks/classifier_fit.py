@@ -21,10 +21,12 @@ Variants (overrides on top of the shipped ``cam_voc`` at the benchmark's budget)
     prior0          cam.class_prior=zero (learnt logit offset starting at 0; never enters the CAMs)
     prior           cam.class_prior=tags (the same, starting at the log-odds of the training tags)
     frozen+prior    both
-    sgd             the official CAM recipe (jiwoon-ahn/irn step/train_cam.py): SGD, lr 0.1 with the
-                    head at 10×, weight decay 1e-4, momentum 1e-4 (the official optimizer passes its
-                    weight decay as SGD's momentum), poly decay (power 0.9) per step, BatchNorm fixed,
-                    every layer trained from the first step
+    sgd-irn         the CAM recipe of jiwoon-ahn/irn (step/train_cam.py, misc/torchutils.py): SGD,
+                    lr 0.1 with the head at 10×, weight decay 1e-4, momentum 1e-4 (its optimizer passes
+                    the weight decay as SGD's momentum), poly decay (power 0.9) per step, BatchNorm
+                    fixed, every layer trained from the first step
+    sgd             the optimizer of the shipped ``cam_voc_official`` (the SEAM-based code of PPC and
+                    HFPL): the same with lr 0.01, weight decay 5e-4, momentum 5e-4
     sgd+prior       + cam.class_prior=tags
 
 Every run is cached as ``<work>/<variant>-seed<s>/fit.json`` (a half-trained run resumes from its
@@ -51,6 +53,7 @@ import torch.nn.functional as F
 from tagseg.config import load_config
 from tagseg.data.build import build_index
 from tagseg.data.views import image_to_tensor
+from tagseg.errors import TrainingError
 from tagseg.evaluation.miou import ConfusionMatrix
 from tagseg.evaluation.predict_and_score import predict_and_score
 from tagseg.inference.cam import normalised_cams
@@ -61,15 +64,17 @@ from tagseg.utils.io import read_image, write_json
 
 PRIOR = ["cam.class_prior=tags"]
 FROZEN = ["model.bn=frozen"]
-SGD = ["train.optimizer=sgd", "train.lr_schedule=poly", "train.lr=0.1", "train.head_lr_mult=10",
-       "train.weight_decay=1e-4", "train.momentum=1e-4", "train.poly_power=0.9", "train.warmup_epochs=0",
-       "model.bn=frozen"]
+SGD_POLY = ["train.optimizer=sgd", "train.lr_schedule=poly", "train.head_lr_mult=10", "train.poly_power=0.9",
+            "train.warmup_epochs=0", "model.bn=frozen"]
+SGD_IRN = [*SGD_POLY, "train.lr=0.1", "train.weight_decay=1e-4", "train.momentum=1e-4"]
+SGD = [*SGD_POLY, "train.lr=0.01", "train.weight_decay=5e-4", "train.momentum=5e-4"]
 VARIANTS: dict[str, list[str]] = {
     "cam": [],
     "frozen": FROZEN,
     "prior0": ["cam.class_prior=zero"],
     "prior": PRIOR,
     "frozen+prior": [*FROZEN, *PRIOR],
+    "sgd-irn": SGD_IRN,
     "sgd": SGD,
     "sgd+prior": [*SGD, *PRIOR],
 }
@@ -138,13 +143,20 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
         return json.loads(result.read_text())
     cfg = load_config("cam_voc", [*overrides(args), *VARIANTS[name], f"seed={seed}", f"name=fit-{name}"])
     t0 = time.time()
-    model_path = Trainer(cfg, run_dir, resume=True, show_progress=False).fit()
+    try:
+        model_path = Trainer(cfg, run_dir, resume=True, show_progress=False).fit()
+    except TrainingError as e:  # a diverged recipe is a result too: recorded, not scored
+        model_path, diverged = None, str(e).replace(str(run_dir), f"<{run_dir.name}>")
     train_s = time.time() - t0
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()]
-    val = score_val(model_path, args)
-    record = {"name": name, "seed": seed, "overrides": VARIANTS[name], "losses": [h["cls"] for h in history],
-              "final_loss": history[-1]["cls"], "train_seconds": round(train_s, 1),
-              "score_seconds": round(time.time() - t0 - train_s, 1), "val": val}
+    losses = [h["cls"] for h in history]
+    record = {"name": name, "seed": seed, "overrides": VARIANTS[name], "losses": losses,
+              "final_loss": losses[-1] if model_path is not None else None, "train_seconds": round(train_s, 1)}
+    if model_path is None:
+        record["diverged"] = diverged
+    else:
+        record["val"] = score_val(model_path, args)
+        record["score_seconds"] = round(time.time() - t0 - train_s, 1)
     write_json(result, record)
     return record
 
@@ -175,6 +187,12 @@ def table(records: dict[str, list[dict]]) -> str:
     lines = ["| variant | seeds | final-epoch loss | val tag mAP | val tag F1 | val mIoU (thr chosen on val) "
              "| thresholds | train s / run |", "|---|---|---|---|---|---|---|---|"]
     for name, recs in records.items():
+        failed = [r for r in recs if "diverged" in r or not math.isfinite(r["final_loss"]) or r["final_loss"] > 10]
+        if failed:
+            lines.append(f"| {name} | {len(recs)} | diverged in {len(failed)} of {len(recs)} seeds "
+                         f"(epoch losses {'; '.join(' '.join(f'{x:.3g}' for x in r['losses']) for r in recs)}) "
+                         f"| - | - | - | - | {statistics.mean(r['train_seconds'] for r in recs):.0f} |")
+            continue
         v = [r["val"] for r in recs]
         lines.append(
             f"| {name} | {len(recs)} | {fmt([r['final_loss'] for r in recs], 1.0, 3)} | {fmt([x['map'] for x in v])} "
@@ -212,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             rec = run_one(name, seed, args)
             records.setdefault(name, []).append(rec)
+            if "val" not in rec:
+                print(f"{name:<13} seed {seed}: loss {' '.join(f'{x:.3g}' for x in rec['losses'])}  "
+                      f"{rec['diverged']}", flush=True)
+                continue
             v = rec["val"]
             print(f"{name:<13} seed {seed}: loss {' '.join(f'{x:.3f}' for x in rec['losses'])}  mAP {100 * v['map']:.1f}"
                   f"  F1 {100 * v['f1']:.1f}  mIoU {100 * v['miou']:.1f} (thr {v['threshold']:g})"
