@@ -29,8 +29,9 @@ Variants (overrides on top of the shipped ``cam_voc`` at the benchmark's budget)
                     HFPL): the same with lr 0.01, weight decay 5e-4, momentum 5e-4
     sgd+prior       + cam.class_prior=tags
 
-Every run is cached as ``<work>/<variant>-seed<s>/fit.json`` (a half-trained run resumes from its
-checkpoint), so the benchmark resumes; ``--cached-only`` only tabulates.
+Every run is cached as ``<work>/<variant>-seed<s>/fit.json`` with its settings (a half-trained run
+resumes from its checkpoint), so the benchmark resumes; another setting needs another ``--work``
+(a cached run with other settings is refused); ``--cached-only`` only tabulates.
 
     python benchmarks/classifier_fit.py --voc ../shared/data/voc12-subset --threads 1
 """
@@ -136,11 +137,23 @@ def score_val(model_path: Path, args: argparse.Namespace) -> dict:
             "threshold": best, "miou": rows[best], **tag_scores(np.stack(probs), np.stack(targets))}
 
 
+SETTINGS = ("max_images", "val_images", "epochs", "unfreeze", "size", "infer_size", "batch")
+
+
+def settings(args: argparse.Namespace) -> dict:
+    """The settings a cached run must share with the invocation (the cache is keyed by variant and seed)."""
+    return {k: getattr(args, k) for k in SETTINGS}
+
+
 def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
     run_dir = args.work / f"{name}-seed{seed}"
     result = run_dir / "fit.json"
     if result.is_file():
-        return json.loads(result.read_text())
+        record = json.loads(result.read_text())
+        if record.get("settings", settings(args)) != settings(args):
+            raise SystemExit(f"{result} was run with {record['settings']}, not {settings(args)}: "
+                             "give each setting its own --work")
+        return record
     cfg = load_config("cam_voc", [*overrides(args), *VARIANTS[name], f"seed={seed}", f"name=fit-{name}"])
     t0 = time.time()
     try:
@@ -150,7 +163,7 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
     train_s = time.time() - t0
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()]
     losses = [h["cls"] for h in history]
-    record = {"name": name, "seed": seed, "overrides": VARIANTS[name], "losses": losses,
+    record = {"name": name, "seed": seed, "settings": settings(args), "overrides": VARIANTS[name], "losses": losses,
               "final_loss": losses[-1] if model_path is not None else None, "train_seconds": round(train_s, 1)}
     if model_path is None:
         record["diverged"] = diverged
