@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fixtures import make_voc
+from tagseg.config import CAMConfig
 from tagseg.data.build import build_index
 from tagseg.errors import ConfigError
 from tagseg.experiment import load_experiment
@@ -56,7 +57,8 @@ def test_tag_frequencies_by_hand():
 def test_the_prior_is_learnt_and_never_enters_the_cams():
     torch.manual_seed(0)
     net = build_cam_net(cam_config("cam.class_prior=zero"), 21).eval()
-    assert build_cam_net(cam_config(), 21).class_prior is None  # the default: the official bias-free head
+    assert CAMConfig().class_prior == "none"  # the key's default: the official bias-free head
+    assert build_cam_net(cam_config("cam.class_prior=none"), 21).class_prior is None
     assert net.class_prior is not None and net.class_prior.shape == (20,)
     assert any(p is net.class_prior for p in net.head_parameters())  # trained with the head
     images = toy_batch()["image"]
@@ -82,7 +84,7 @@ def test_prior_keys_are_checked():
     with pytest.raises(ConfigError, match="cam.class_prior"):
         load_experiment("tkpcl_voc", ["data.root=unused", *TINY, "method.et_crop_size=32", "cam.class_prior=tags"])
     with pytest.raises(ConfigError, match="no class prior"):
-        build_cam_net(cam_config(), 21).set_class_prior(torch.full((20,), 0.5))
+        build_cam_net(cam_config("cam.class_prior=none"), 21).set_class_prior(torch.full((20,), 0.5))
     with pytest.raises(ConfigError, match="frequencies in"):
         build_cam_net(cam_config("cam.class_prior=zero"), 21).set_class_prior(torch.zeros(20))
 
@@ -98,3 +100,13 @@ def test_tags_prior_starts_at_the_log_odds_and_is_saved(tmp_path):
     assert loaded_cfg.cam.class_prior == "tags"
     assert torch.allclose(model.class_prior, expected, atol=1e-6)  # lr ~0: still where it started
     assert float(expected.std()) > 0  # the fixture's classes differ in frequency, so this is no constant
+
+
+def test_shipped_cam_recipe_fixes_batchnorm_and_learns_a_prior():
+    """cam_voc and cam_coco: the recipe that fit and localised best (benchmarks/results/classifier_fit.md);
+    the official-code configs keep their own (no prior)."""
+    for name in ("cam_voc", "cam_coco"):
+        cfg = load_experiment(name, ["data.root=unused"])
+        assert (cfg.model.bn, cfg.cam.class_prior) == ("frozen", "tags"), name
+    for name in ("cam_voc_official", "cam_voc_rca_official"):
+        assert load_experiment(name, ["data.root=unused"]).cam.class_prior == "none", name
