@@ -30,6 +30,7 @@ from tagseg.errors import ConfigError
 PATCH_SIZE = 16
 DATASETS = ("voc", "coco", "folder", "synthetic")  # data.dataset: tagseg.data.build.build_index
 BN_MODES = ("frozen", "adapt", "train")  # model.bn: tagseg.engine.phases.apply_bn_mode
+CLASS_PRIORS = ("none", "zero", "tags")  # cam.class_prior
 CRF_BACKENDS = ("torch", "pydensecrf")  # tagseg.inference.crf.dense_crf's backends
 CRF_CHOICES = ("none", *CRF_BACKENDS)  # pseudo.crf, inference.crf, --crf: none = no CRF
 POOLINGS = ("avg", "max", "topk")  # method.pooling: tagseg.methods.pooling.pool_patch_scores
@@ -232,6 +233,10 @@ class CAMConfig:
     # ViT, or a CNN without that option, gives its plain stride-16 grid instead; 8 needs a dilatable CNN
     output_stride: int = 16
     inference_cam: str = "auto"  # auto (RCA on: aggregated head, else base) | base | aggregated
+    # a learnt per-class offset of the image logits (GAP of the CAMs + b), never added to the CAMs:
+    # none (the official code's bias-free head) | zero (b starts at 0) | tags (b starts at the log-odds
+    # of each class's frequency among the training tags). See docs/CHOICES.md.
+    class_prior: str = "none"
 
 
 # --- refinement stage (docs/METHODS.md §7): seeds -> refined pseudo-masks -------------------------
@@ -752,6 +757,10 @@ def validate_config(cfg: ExperimentConfig) -> None:
     if c.output_stride not in OUTPUT_STRIDES:
         raise ConfigError(f"cam.output_stride={c.output_stride}: choose 16 or 8")
     choose("cam.inference_cam", c.inference_cam, INFERENCE_CAMS)
+    choose("cam.class_prior", c.class_prior, CLASS_PRIORS)
+    if c.class_prior != "none" and cfg.model.family != "cam":
+        raise ConfigError(f"cam.class_prior={c.class_prior} is a CAM-family setting; model.family={cfg.model.family} "
+                          "has no such term: set cam.class_prior=none")
     s = cfg.seam
     if not 0.0 < s.view2_scale <= 1.0:
         raise ConfigError(f"seam.view2_scale={s.view2_scale}: must be in (0, 1]")

@@ -12,8 +12,10 @@ import math
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
+from tagseg.classify.selection import selection_hook
 from tagseg.config import ExperimentConfig, config_to_yaml, to_dict
 from tagseg.data.build import build_index
 from tagseg.data.views import TrainingViews
@@ -24,9 +26,9 @@ from tagseg.engine.schedule import PhaseSchedule, PolySchedule, Schedule, StepSc
 from tagseg.engine.task import SelectFn, Task, loop_options
 from tagseg.engine.threads import loader_workers
 from tagseg.experiment import validate_experiment
+from tagseg.methods.cam_objective import tag_frequencies
 from tagseg.methods.families import get_family
 from tagseg.runner import ManifestInfo
-from tagseg.classify.selection import selection_hook
 
 # The sections whose settings decide what training computes, compared when a run is resumed
 # (pseudo-mask settings, the device and the name are not among them).
@@ -95,7 +97,10 @@ def classifier_task(cfg: ExperimentConfig, select_epoch: Optional[SelectFn] = No
                                 equivariance=cfg.method.et_weight > 0, crop_prob=cfg.method.et_crop_prob,
                                 crop_size=cfg.method.et_crop_size, patch_size=family.patch_size,
                                 crop_corners=cfg.method.et_crop_corners, align_corners=cfg.method.et_align_corners)
-        core = family.build(cfg, index.num_classes).to(device)
+        core = family.build(cfg, index.num_classes)
+        if cfg.cam.class_prior == "tags" and getattr(core, "class_prior", None) is not None:
+            core.set_class_prior(tag_frequencies(np.stack([r.labels for r in index.records])))
+        core = core.to(device)
         t = cfg.train
         batch = per_process_batch(t.batch_size, info.world_size)
         optimizer, schedule = optimizer_and_schedule(core, cfg, math.ceil(len(dataset) / t.batch_size) * t.epochs)

@@ -1,6 +1,7 @@
 """The CAM family (METHODS.md §2): training objective with switchable add-ons, and CAM pseudo-masks.
 
-Loss: L = L_cls, the multi-label soft-margin loss of GAP(O) over the K−1 foreground classes, plus
+Loss: L = L_cls, the multi-label soft-margin loss of GAP(O) (+ the learnt class prior b with
+``cam.class_prior``, an offset of the image logits that never enters O) over the K−1 foreground classes, plus
 the terms of the enabled add-ons (:mod:`tagseg.addons`, METHODS.md §2-§4). The family offers them
 :data:`CAM_CAPABILITIES`: their extra views run with view 1 in one forward pass, their modules run
 on every view's encoder features (an add-on CAM head's maps become ``cams_aggregated``), and an
@@ -14,6 +15,7 @@ CRF, and the pseudo-mask is their argmax (ties go to the lower class index, i.e.
 
 from __future__ import annotations
 
+from typing import Optional
 
 import numpy as np
 import torch
@@ -39,10 +41,22 @@ CAM_CAPABILITIES = frozenset({SCORE_MAPS, FEATURES, CAM_LOGITS, SHARED_VIEWS, VI
                               WHOLE_CLASS_LOSS})
 
 
-def cam_classification_loss(cams: Tensor, labels: Tensor) -> Tensor:
+def cam_classification_loss(cams: Tensor, labels: Tensor, prior: Optional[Tensor] = None) -> Tensor:
     """Multi-label soft-margin loss of GAP(cams): cams (B, K−1, h, w) logits, labels (B, K) with
-    background at 0 -> mean over batch and the K−1 classes of BCE(t_c, sigmoid(mean_hw cams_c))."""
-    return F.multilabel_soft_margin_loss(cams.float().mean(dim=(2, 3)), labels[:, 1:].float())
+    background at 0 -> mean over batch and the K−1 classes of BCE(t_c, sigmoid(mean_hw cams_c + b_c)),
+    b the learnt class prior (K−1,) or 0 (``cam.class_prior=none``, the official code's head)."""
+    logits = cams.float().mean(dim=(2, 3))
+    if prior is not None:
+        logits = logits + prior.float()
+    return F.multilabel_soft_margin_loss(logits, labels[:, 1:].float())
+
+
+def tag_frequencies(labels: np.ndarray) -> Tensor:
+    """labels (N, K) multi-hot with background at 0 -> each foreground class's frequency (K−1,),
+    smoothed as (count + 0.5) / (N + 1) so that a class seen in no image or in every one stays
+    inside (0, 1) (its log-odds, the starting prior of ``cam.class_prior=tags``, stay finite)."""
+    fg = np.asarray(labels, dtype=np.float64)[:, 1:] > 0.5
+    return torch.as_tensor((fg.sum(axis=0) + 0.5) / (fg.shape[0] + 1), dtype=torch.float32)
 
 
 def cam_family_loss(model: nn.Module, core: CAMNet, batch: dict, cfg: ExperimentConfig, epoch: int = 0
@@ -60,7 +74,7 @@ def cam_family_loss(model: nn.Module, core: CAMNet, batch: dict, cfg: Experiment
     else:
         out, view_outputs = model(images), []
     cams = out.cams.float()
-    parts: dict[str, Tensor] = {"cls": cam_classification_loss(cams, labels)}
+    parts: dict[str, Tensor] = {"cls": cam_classification_loss(cams, labels, core.class_prior)}
     total = parts["cls"]
     if enabled_addons(cfg):
         ctx = LossContext(model=model, core=core, batch=batch, epoch=epoch, maps=cams, features=out.features,
@@ -77,7 +91,7 @@ def build_cam_net(cfg: ExperimentConfig, num_classes: int) -> CAMNet:
     m = cfg.model
     encoder = PatchEncoder(m.encoder, weights=m.weights, pretrained=m.pretrained, image_size=cfg.data.image_size,
                            output_stride=cfg.cam.output_stride, cnn_features=m.cnn_features)
-    net = CAMNet(encoder, num_classes)
+    net = CAMNet(encoder, num_classes, class_prior=cfg.cam.class_prior != "none")
     attach_addons(cfg, net, BuildContext(num_classes=num_classes, feature_dim=encoder.out_channels,
                                          last_epoch=cfg.train.epochs - 1, seed=cfg.seed,
                                          capabilities=CAM_CAPABILITIES))

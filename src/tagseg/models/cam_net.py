@@ -1,7 +1,9 @@
 """The CAM network (METHODS.md §2), with slots for the modules add-ons attach.
 
 encoder (B, D, h, w) at stride 16 (or 8, dilated) -> 1×1 conv without bias -> K−1 foreground
-class activation maps O (B, K−1, h, w). GAP of O gives the image logits.
+class activation maps O (B, K−1, h, w). GAP of O gives the image logits; with ``class_prior`` a
+learnt per-class offset b (K−1,) is added to them (``image_logits``), never to O, so the maps
+pseudo-masks are made from stay the bias-free head's.
 
 Add-ons (``tagseg.addons``) put their modules in the network's container ``addons`` (an
 ``nn.ModuleDict`` keyed by add-on name, :mod:`tagseg.models.addon_slots`) so they are trained from
@@ -16,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
 from torch import Tensor, nn
 
 from tagseg.config import INFERENCE_CAMS
@@ -46,9 +49,12 @@ class CAMNet(nn.Module):
 
     num_classes: K including background (the head has K−1 outputs). inference_cam: 'base' (O) or
     'aggregated' (the maps of an add-on module flagged ``cam_head``): the maps pseudo-masks are made from.
+    class_prior: also learn a per-class logit offset ``class_prior`` (K−1,), starting at 0, that
+    shifts the image logits only (see :meth:`image_logits`).
     """
 
-    def __init__(self, encoder: PatchEncoder, num_classes: int, inference_cam: str = "base") -> None:
+    def __init__(self, encoder: PatchEncoder, num_classes: int, inference_cam: str = "base",
+                 class_prior: bool = False) -> None:
         super().__init__()
         if num_classes < 2:
             raise ConfigError(f"the CAM network needs K >= 2 classes (background + 1), got {num_classes}")
@@ -58,6 +64,8 @@ class CAMNet(nn.Module):
         self.num_classes = num_classes
         self.classifier = nn.Conv2d(encoder.out_channels, num_classes - 1, kernel_size=1, bias=False)
         self.addons = addon_container()
+        self.class_prior: Optional[nn.Parameter]
+        self.register_parameter("class_prior", nn.Parameter(torch.zeros(num_classes - 1)) if class_prior else None)
         self.inference_cam = inference_cam
 
     def aux_cam_head(self) -> Optional[str]:
@@ -92,6 +100,21 @@ class CAMNet(nn.Module):
             raise ConfigError("inference_cam='aggregated' needs an add-on CAM head (a module in net.addons flagged cam_head)")
         out = self._one_view(images)
         return out.cams_aggregated if self.inference_cam == "aggregated" else out.cams
+
+    def image_logits(self, cams: Tensor) -> Tensor:
+        """cams (B, K−1, h, w) -> image logits (B, K−1): their GAP, plus ``class_prior`` when learnt."""
+        logits = cams.float().mean(dim=(2, 3))
+        return logits if self.class_prior is None else logits + self.class_prior.float()
+
+    def set_class_prior(self, frequencies: Tensor) -> None:
+        """Start the learnt prior at the log-odds of each class's frequency (K−1,) in (0, 1)."""
+        if self.class_prior is None:
+            raise ConfigError("this CAM network has no class prior (cam.class_prior=none)")
+        if frequencies.shape != self.class_prior.shape or not bool(((frequencies > 0) & (frequencies < 1)).all()):
+            raise ConfigError(f"class prior: need {tuple(self.class_prior.shape)} frequencies in (0, 1), "
+                              f"got shape {tuple(frequencies.shape)}")
+        with torch.no_grad():
+            self.class_prior.copy_(torch.logit(frequencies.to(self.class_prior)))
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Everything but the encoder (trained from the first epoch)."""
