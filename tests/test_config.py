@@ -84,3 +84,17 @@ def test_experiment_checks_the_family_and_round_trips():
     assert experiment_from_yaml(config_to_yaml(cfg)) == cfg
     # the plain loader does not need the registries, so it leaves the family to load_experiment
     assert load_config("tkpcl_voc", ["model.family=nope"]).model.family == "nope"
+
+
+def test_both_run_schemas_share_one_base():
+    import dataclasses
+
+    from tagseg.config import ExperimentConfig, RunConfig
+    from tagseg.segment.config import SegmentExperimentConfig, load_segment_config
+
+    shared = [f.name for f in dataclasses.fields(RunConfig)]
+    assert shared == ["name", "seed", "device", "data"]
+    for schema in (ExperimentConfig, SegmentExperimentConfig):
+        assert issubclass(schema, RunConfig)
+        assert [f.name for f in dataclasses.fields(schema)][:4] == shared
+    assert load_config("tkpcl_voc").name != "segment" and load_segment_config("segment_demo").name == "segment_demo"

@@ -365,11 +365,20 @@ class SEAMConfig:
 
 
 @dataclass
-class ExperimentConfig:
+class RunConfig:
+    """The part every stage's run configuration shares (top-level YAML keys name, seed, device and
+    the data section); each stage's schema extends it with its own sections."""
+
     name: str = "experiment"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     data: DataConfig = field(default_factory=DataConfig)
+
+
+@dataclass
+class ExperimentConfig(RunConfig):
+    """The tag classifier's run (classify, pseudo, refine, evaluate)."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
