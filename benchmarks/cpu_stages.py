@@ -95,7 +95,8 @@ def train_items(root: Path, n: int = 20) -> float:
     index = build_index(cfg.data, cfg.data.train_split)
     views = TrainingViews(index, cfg.data.image_size, cfg.train.augment, seed=0, equivariance=True,
                           crop_prob=cfg.method.et_crop_prob, crop_size=cfg.method.et_crop_size,
-                          crop_corners=cfg.method.et_crop_corners, align_corners=cfg.method.et_align_corners)
+                          crop_corners=cfg.method.et_crop_corners, align_corners=cfg.method.et_align_corners,
+                          patch_size=get_family(cfg.model.family).patch_size)
     t0 = time.perf_counter()
     for i in range(len(views)):
         views[i]

@@ -32,6 +32,7 @@ from tagseg.methods.objective import patch_classifier_loss
 from tagseg.models.encoder import PatchEncoder
 from tagseg.inference.loading import load_trained_model
 from tagseg.pseudo.generate import generate_pseudo_masks
+from tagseg.runner import RunOptions
 from tagseg.engine.checkpoint import list_checkpoints
 from tagseg.classify.trainer import Trainer
 
@@ -397,7 +398,8 @@ def _train_pseudo_eval(cfg, run: Path) -> tuple[dict, dict]:
     Trainer(cfg, run, show_progress=False).fit()
     model, _, info = load_trained_model(run / "model.safetensors")
     index = build_index(cfg.data, "train")
-    stats = generate_pseudo_masks(model, index, run / "pseudo", cfg.pseudo, family=info["family"], progress=False)
+    stats = generate_pseudo_masks(model, index, run / "pseudo", cfg.pseudo, RunOptions(progress=False),
+                                  family=info["family"])
     assert stats.written == len(index) == 4
     summary = evaluate_folder(run / "pseudo" / "masks", index, progress=False)
     history = json.loads((run / "history.jsonl").read_text().splitlines()[-1])
@@ -477,7 +479,7 @@ def test_background_sweep(voc, cam_run, tmp_path, capsys):
     for row in result["results"]:
         cfg.pseudo.bg_threshold = row["threshold"]
         out_dir = tmp_path / f"pseudo_{row['threshold']}"
-        generate_pseudo_masks(model, index, out_dir, cfg.pseudo, family="cam", progress=False)
+        generate_pseudo_masks(model, index, out_dir, cfg.pseudo, RunOptions(progress=False), family="cam")
         summary = evaluate_folder(out_dir / "masks", index, progress=False)
         assert summary["miou"] == pytest.approx(row["miou"], abs=1e-12)
         assert summary["contour_f"] == pytest.approx(row["contour_f"], abs=1e-12)

@@ -111,13 +111,13 @@ def test_empty_dataset_is_rejected(tmp_path):
     (tmp_path / "labels.csv").write_text("image,labels\n")
     idx = read_folder(tmp_path)
     with pytest.raises(DataError, match="no images"):
-        TrainingViews(idx, 64, AugmentConfig())
+        TrainingViews(idx, 64, AugmentConfig(), patch_size=16)
 
 
 def test_training_views_are_deterministic_and_well_formed(tmp_path):
     make_voc(tmp_path)
     idx = read_voc(tmp_path, "train")
-    ds = TrainingViews(idx, 64, AugmentConfig(), seed=3, equivariance=True, crop_prob=1.0, crop_size=32)
+    ds = TrainingViews(idx, 64, AugmentConfig(), patch_size=16, seed=3, equivariance=True, crop_prob=1.0, crop_size=32)
     a, b = ds[1], ds[1]
     assert torch_equal(a["image"], b["image"]) and torch_equal(a["view_b"], b["view_b"])
     assert a["image"].shape == (3, 64, 64) and a["view_b"].shape == (3, 32, 32)

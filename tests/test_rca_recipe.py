@@ -92,7 +92,8 @@ def test_two_sgd_steps_at_the_official_learning_rates(tmp_path, addon):
     make_voc(root, n=2)
     cfg = rca(*addon, root=root)
     index = build_index(cfg.data, cfg.data.train_split)
-    views = TrainingViews(index, cfg.data.image_size, cfg.train.augment, seed=cfg.seed)
+    views = TrainingViews(index, cfg.data.image_size, cfg.train.augment, seed=cfg.seed,
+                          patch_size=get_family(cfg.model.family).patch_size)
     batch = default_collate([views[0], views[1]])
     family = get_family(cfg.model.family)
     torch.manual_seed(0)

@@ -85,6 +85,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
     from tagseg.config import load_config
     from tagseg.pseudo.generate import generate_pseudo_masks
+    from tagseg.runner import RunOptions
     from tagseg.inference.loading import load_patch_classifier
     from tagseg.classify.trainer import Trainer
 
@@ -98,7 +99,7 @@ def tiny_run(tmp_path_factory) -> Path:
     index = build_index(cfg.data, "train")
     pseudo = run / "pseudo" / "train"
     with torch.no_grad():
-        generate_pseudo_masks(model, index, pseudo, cfg.pseudo, progress=False)
+        generate_pseudo_masks(model, index, pseudo, cfg.pseudo, RunOptions(progress=False))
     summary = evaluate_folder(pseudo / "masks", index, progress=False)
     for key in ("contour", "contour_f", "j_and_f"):  # an eval.json without boundary scores
         summary.pop(key, None)

@@ -17,6 +17,7 @@ from tagseg.data.records import DatasetIndex
 from tagseg.experiment import load_experiment
 from tagseg.inference.loading import load_trained_model
 from tagseg.pseudo.generate import generate_pseudo_masks, pseudo_layout, process_record
+from tagseg.runner import RunOptions
 from tagseg.classify.trainer import Trainer
 
 TINY_VOC = [
@@ -64,9 +65,9 @@ def plain_loop(model, index: DatasetIndex, out: Path, cfg, family: str) -> None:
 def _compare(model_path: Path, index: DatasetIndex, cfg, tmp_path: Path, workers: int) -> dict[str, str]:
     model, _, info = load_trained_model(model_path)
     family = info["family"]
-    kw = dict(family=family, progress=False, workers=workers, model_path=model_path, threads=1)
+    options = RunOptions(progress=False, workers=workers, threads=1)
     plain_loop(model, index, tmp_path / "old", cfg, family)
-    stats = generate_pseudo_masks(model, index, tmp_path / "new", cfg, **kw)
+    stats = generate_pseudo_masks(model, index, tmp_path / "new", cfg, options, family=family, model_path=model_path)
     old, new = digests(tmp_path / "old"), digests(tmp_path / "new")
     assert len(old) == len(index) * 3 and stats.written == len(index)
     assert new == old

@@ -23,6 +23,7 @@ from tagseg.methods.seam_objective import build_seam_net, seam_family_loss, seam
 from tagseg.models.encoder import PatchEncoder
 from tagseg.models.seam_net import SEAMNet, pcm_feature_indices
 from tagseg.pseudo.generate import generate_pseudo_masks
+from tagseg.runner import RunOptions
 from tagseg.classify.trainer import Trainer
 
 from test_cam_family import TINY, toy_batch
@@ -134,8 +135,8 @@ def test_seam_train_pseudo_eval_sharded(voc, tmp_path):
     index = build_index(cfg.data, "train")
     written = 0
     for shard in ((0, 2), (1, 2)):
-        stats = generate_pseudo_masks(model, index, run / "pseudo", cfg.pseudo, family="seam", shard=shard,
-                                      progress=False)
+        stats = generate_pseudo_masks(model, index, run / "pseudo", cfg.pseudo,
+                                      RunOptions(shard=shard, progress=False), family="seam")
         written += stats.written
     assert written == len(index) == 4
     summary = evaluate_folder(run / "pseudo" / "masks", index, progress=False)

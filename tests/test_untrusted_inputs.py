@@ -116,6 +116,7 @@ def test_labels_file_with_bom_crlf_duplicates_unknown_and_traversal(tmp_path):
 def test_traversal_id_leaves_everything_outside_the_output_folder_untouched(tmp_path):
     """Even a record that bypassed the readers cannot make the pseudo-mask writer leave ``out``."""
     from tagseg.pseudo.generate import generate_pseudo_masks
+    from tagseg.runner import RunOptions
 
     make_folder(tmp_path / "data", n=1)
     sentinel = tmp_path / "sentinel.png"
@@ -127,7 +128,7 @@ def test_traversal_id_leaves_everything_outside_the_output_folder_untouched(tmp_
     for bad in ["../../sentinel", "../../../escape", str(tmp_path / "sentinel")]:
         index = DatasetIndex(("background", "apple", "pear"), [ImageRecord(bad, image, labels)])
         with pytest.raises(DataError, match="outside the output folder"):
-            generate_pseudo_masks(None, index, out, PseudoConfig(), progress=False)
+            generate_pseudo_masks(None, index, out, PseudoConfig(), RunOptions(progress=False))
     assert tree(tmp_path) == before
     for bad in ["../sentinel.png", str(sentinel)]:
         with pytest.raises(DataError, match="outside the output folder"):

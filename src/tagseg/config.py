@@ -370,11 +370,20 @@ class SEAMConfig:
 
 
 @dataclass
-class ExperimentConfig:
+class RunConfig:
+    """The part every stage's run configuration shares (top-level YAML keys name, seed, device and
+    the data section); each stage's schema extends it with its own sections."""
+
     name: str = "experiment"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     data: DataConfig = field(default_factory=DataConfig)
+
+
+@dataclass
+class ExperimentConfig(RunConfig):
+    """The tag classifier's run (classify, pseudo, refine, evaluate)."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -697,15 +706,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
         if getattr(m, key) < 0:
             raise ConfigError(f"method.{key}={getattr(m, key)}: must be >= 0")
     choose("data.dataset", d.dataset, DATASETS)
-    if d.image_size % PATCH_SIZE:
-        raise ConfigError(f"data.image_size={d.image_size}: must be a multiple of {PATCH_SIZE} (the patch size)")
+    # sizes against the patch size are the family's: tagseg.experiment.validate_experiment
     if m.et_weight > 0:
-        if d.image_size % 32:
-            raise ConfigError(f"data.image_size={d.image_size}: L_ET needs a multiple of 32 "
-                              "(view B is S/2 and must stay on the patch grid)")
-        if m.et_crop_size % PATCH_SIZE or not PATCH_SIZE <= m.et_crop_size <= d.image_size:
-            raise ConfigError(f"method.et_crop_size={m.et_crop_size}: must be a multiple of {PATCH_SIZE} "
-                              f"between {PATCH_SIZE} and data.image_size={d.image_size}")
         choose("method.et_crop_corners", m.et_crop_corners, ET_CROP_CORNERS)
         if not 0.0 <= m.et_crop_prob <= 1.0:
             raise ConfigError(f"method.et_crop_prob={m.et_crop_prob}: must be in [0, 1]")
@@ -744,8 +746,6 @@ def validate_config(cfg: ExperimentConfig) -> None:
     check_speed_options(t.precision, t.amp, "train")
     check_speed_options(cfg.pseudo.precision, True, "pseudo")
     validate_refine(cfg.refine)
-    if cfg.pseudo.image_size % PATCH_SIZE:
-        raise ConfigError(f"pseudo.image_size={cfg.pseudo.image_size}: must be a multiple of {PATCH_SIZE}")
     choose("pseudo.crf", cfg.pseudo.crf, CRF_CHOICES)
     if cfg.pseudo.crf_preset not in ("patch", "cam", "segmentation"):
         raise ConfigError(f"pseudo.crf_preset={cfg.pseudo.crf_preset!r}: choose patch, cam or segmentation")

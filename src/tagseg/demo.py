@@ -14,6 +14,7 @@ from tagseg.metrics.baselines import chance_baselines
 from tagseg.evaluate.folder import evaluate_folder
 from tagseg.metrics.miou import format_table
 from tagseg.pseudo.generate import generate_pseudo_masks
+from tagseg.runner import RunOptions
 from tagseg.inference.loading import load_patch_classifier
 from tagseg.engine.checkpoint import list_checkpoints
 from tagseg.engine.distributed import DistInfo, resolve_device
@@ -48,9 +49,9 @@ def run_demo(out: Path, overrides: Sequence[str] = (), threads: Optional[int] = 
     index = build_index(cfg.data, cfg.data.pseudo_split)
     pred_dir = out / "pseudo" / cfg.data.pseudo_split
     with torch.no_grad():
-        generate_pseudo_masks(model, index, pred_dir, cfg.pseudo, device, progress=progress, overwrite=True,
-                              manifest={"run": out, "split": cfg.data.pseudo_split, "config": cfg,
-                                        "input": cfg.data.root})
+        options = RunOptions(progress=progress, overwrite=True, manifest={
+            "run": out, "split": cfg.data.pseudo_split, "config": cfg, "input": cfg.data.root})
+        generate_pseudo_masks(model, index, pred_dir, cfg.pseudo, options, device=device)
     print("[4/4] scoring")
     summary = evaluate_folder(pred_dir / "masks", index, progress=progress)
     baselines = chance_baselines(index, seed=cfg.seed)

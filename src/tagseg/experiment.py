@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from tagseg.addons.registry import check_capabilities, resolve_addons
+from tagseg.addons.registry import check_capabilities, registered_addons, resolve_addons
 from tagseg.config import ExperimentConfig, check_verb_overrides, config_from_yaml, load_config, validate_config
 from tagseg.errors import ConfigError, TagsegError
 from tagseg.methods.families import FAMILIES, get_family
@@ -26,12 +26,29 @@ def validate_experiment(cfg: ExperimentConfig) -> ExperimentConfig:
     resolve_addons(cfg)
     check_capabilities(cfg, family.name, family.capabilities,
                        {name: f.capabilities for name, f in FAMILIES.items()})
-    for key, size in (("data.image_size", cfg.data.image_size), ("pseudo.image_size", cfg.pseudo.image_size)):
-        if size % family.patch_size:
-            raise ConfigError(f"{key}={size}: must be a multiple of {family.patch_size} "
-                              f"(the patch size of model.family={family.name!r})")
+    check_patch_sizes(cfg, family.patch_size, family.name)
     family.validate(cfg)
     return cfg
+
+
+def check_patch_sizes(cfg: ExperimentConfig, patch: int, family: str) -> None:
+    """Every size in px that must sit on the patch grid of ``family`` (patch size ``patch`` px):
+    the training and inference inputs, L_ET's crop and views, add-on sizes (ConfigError naming the key)."""
+    of = f"(the patch size of model.family={family!r})"
+    sizes = [("data.image_size", cfg.data.image_size), ("pseudo.image_size", cfg.pseudo.image_size)]
+    sizes += [(a.key(name), getattr(cfg.addons[a.name], name))
+              for a in registered_addons().values() for name in a.patch_sized]
+    for key, size in sizes:
+        if size % patch:
+            raise ConfigError(f"{key}={size}: must be a multiple of {patch} {of}")
+    d, m = cfg.data, cfg.method
+    if m.et_weight > 0:
+        if d.image_size % (2 * patch):
+            raise ConfigError(f"data.image_size={d.image_size}: L_ET needs a multiple of {2 * patch} "
+                              f"(view B is S/2 and must stay on the patch grid) {of}")
+        if m.et_crop_size % patch or not patch <= m.et_crop_size <= d.image_size:
+            raise ConfigError(f"method.et_crop_size={m.et_crop_size}: must be a multiple of {patch} "
+                              f"between {patch} and data.image_size={d.image_size} {of}")
 
 
 def load_experiment(name_or_path: str | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:

@@ -66,7 +66,7 @@ class PPCConfig:
 
     enabled: bool = False
     proj_dim: int = 128
-    view2_size: int = 128  # px; multiple of 16
+    view2_size: int = 128  # px; multiple of the family's patch size
     bg_score: float = 0.2  # constant background score of PPC's pseudo labels (CAM family)
     top_k: int = 32  # K_p: pixels per prototype
     temperature: float = 0.1
@@ -86,8 +86,9 @@ class PPCConfig:
     def __post_init__(self) -> None:
         if self.proj_dim <= 0:
             raise ConfigError(f"addons.ppc.proj_dim={self.proj_dim}: must be > 0")
-        if self.view2_size < 16 or self.view2_size % 16:
-            raise ConfigError(f"addons.ppc.view2_size={self.view2_size}: must be a positive multiple of 16")
+        if self.view2_size <= 0:  # a multiple of the family's patch size: tagseg.experiment
+            raise ConfigError(f"addons.ppc.view2_size={self.view2_size}: must be a positive multiple of "
+                              "the patch size")
         if not 0.0 <= self.bg_score <= 1.0:
             raise ConfigError(f"addons.ppc.bg_score={self.bg_score}: must be in [0, 1]")
         if self.top_k <= 0:
@@ -660,4 +661,4 @@ def _loss_terms(ctx: LossContext, s: PPCConfig) -> tuple[dict[str, Tensor], Tens
 
 
 ADDON = register_addon(Addon(name="ppc", settings=PPCConfig, requires={"enabled": frozenset({FEATURES, SCORE_MAPS})},
-                             attach=_attach, views=_views, loss_terms=_loss_terms))
+                             attach=_attach, views=_views, loss_terms=_loss_terms, patch_sized=("view2_size",)))

@@ -179,6 +179,7 @@ class Addon:
     loss_terms: Callable[[LossContext, Any], tuple[dict[str, Tensor], Optional[Tensor]]] = _no_terms
     hints: Mapping[str, str] = field(default_factory=dict)
     cam_head: bool = False  # on a family with AUX_CAM_HEAD its module gives a second set of CAMs
+    patch_sized: tuple[str, ...] = ()  # settings in px that must be multiples of the family's patch size
 
     def __post_init__(self) -> None:
         for switch, needs in self.requires.items():

@@ -9,7 +9,6 @@ resume, logging and DDP.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -19,12 +18,12 @@ from tagseg.classify.selection import selection_hook
 from tagseg.config import ExperimentConfig, config_to_yaml, to_dict
 from tagseg.data.build import build_index
 from tagseg.data.views import TrainingViews
-from tagseg.engine import loop
 from tagseg.engine.distributed import DistInfo, per_process_batch
 from tagseg.engine.phases import is_batchnorm
 from tagseg.engine.schedule import PhaseSchedule, PolySchedule, Schedule, StepSchedule
 from tagseg.engine.task import SelectFn, Task, loop_options
 from tagseg.engine.threads import loader_workers
+from tagseg.engine.trainer import StageTrainer
 from tagseg.experiment import validate_experiment
 from tagseg.methods.cam_objective import tag_frequencies
 from tagseg.methods.families import get_family
@@ -119,26 +118,20 @@ def classifier_task(cfg: ExperimentConfig, select_epoch: Optional[SelectFn] = No
     return build
 
 
-class Trainer:
-    """Train ``cfg`` into ``run_dir`` (config.yaml, checkpoints/, tb/, history.jsonl, model.safetensors).
+class Trainer(StageTrainer):
+    """The tag classifier's trainer (:class:`tagseg.engine.trainer.StageTrainer`): checks the
+    family and add-ons, then trains :func:`classifier_task`; default hook: :func:`selection_hook`."""
 
-    select_epoch: optional best-epoch hook (core, 0-based epoch) -> score; default: the last epoch.
-    """
-
-    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
-                 show_progress: bool = True, select_epoch: Optional[SelectFn] = None) -> None:
-        self.cfg = cfg
-        self.run_dir = Path(run_dir)
-        self.resume = resume
-        self.show_progress = show_progress
-        self.select_epoch = select_epoch
-
-    def fit(self, stop_after_epoch: Optional[int] = None) -> Path:
-        """Train until ``train.epochs`` (or stop after ``stop_after_epoch`` finished epochs, for
-        splitting a run); return the path of the final model (or of the last checkpoint)."""
+    def checked_config(self) -> ExperimentConfig:
         cfg = validate_experiment(self.cfg)  # the family, the add-on sections (typed here) and the rest
         cfg.data.num_workers = loader_workers(cfg.data.num_workers)
-        select = self.select_epoch if self.select_epoch is not None else selection_hook(cfg)
-        return loop.fit(classifier_task(cfg, select), self.run_dir, seed=cfg.seed, device=cfg.device,
-                        resume=self.resume, show_progress=self.show_progress, stop_after_epoch=stop_after_epoch,
-                        threads=(cfg.train.cpu_threads, cfg.data.num_workers))
+        return cfg
+
+    def default_selection(self, cfg: ExperimentConfig) -> Optional[SelectFn]:
+        return selection_hook(cfg)
+
+    def task(self, cfg: ExperimentConfig, select: Optional[SelectFn]) -> Callable:
+        return classifier_task(cfg, select)
+
+    def threads(self, cfg: ExperimentConfig) -> tuple[int, int]:
+        return cfg.train.cpu_threads, cfg.data.num_workers

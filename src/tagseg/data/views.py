@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
 
-from tagseg.config import ET_CROP_CORNERS, PATCH_SIZE, AugmentConfig
+from tagseg.config import ET_CROP_CORNERS, AugmentConfig
 from tagseg.data.records import DatasetIndex
 from tagseg.data.geometry import apply_flips, view_b_image
 from tagseg.utils.io import read_image
@@ -91,10 +91,11 @@ def random_flips(aug: AugmentConfig, rng: np.random.Generator) -> list[float]:
 class TrainingViews(Dataset):
     """Items: image (3,S,S) view A, labels (K,), geom_a (7,); with ET also view_b (3,S/2,S/2), geom_b (7,)."""
 
-    def __init__(self, index: DatasetIndex, image_size: int, augment: AugmentConfig, seed: int = 0,
-                 equivariance: bool = False, crop_prob: float = 0.3, crop_size: int = 128,
-                 patch_size: int = PATCH_SIZE, crop_corners: str = "official", align_corners: bool = True) -> None:
-        """crop_corners / align_corners: ``method.et_crop_corners`` / ``method.et_align_corners``."""
+    def __init__(self, index: DatasetIndex, image_size: int, augment: AugmentConfig, *, patch_size: int,
+                 seed: int = 0, equivariance: bool = False, crop_prob: float = 0.3, crop_size: int = 128,
+                 crop_corners: str = "official", align_corners: bool = True) -> None:
+        """patch_size: px, the model family's (``Family.patch_size``); crop_corners / align_corners:
+        ``method.et_crop_corners`` / ``method.et_align_corners``."""
         if crop_corners not in CROP_CORNERS:
             raise ValueError(f"crop corners {crop_corners!r}: choose one of {CROP_CORNERS}")
         self.index = index.require_nonempty()

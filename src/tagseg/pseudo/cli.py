@@ -35,6 +35,7 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
     from tagseg.experiment import load_run_experiment
     from tagseg.inference.loading import load_trained_model
     from tagseg.pseudo.generate import generate_pseudo_masks
+    from tagseg.runner import RunOptions
     from tagseg.runner.launch import resolve_shard
     from tagseg.utils.cost import print_cost_note
     from tagseg.utils.runtime import apply_threads, device_overrides, inference_processes
@@ -54,11 +55,10 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
     apply_threads(threads)
     model, _, info = load_trained_model(run / "model.safetensors", device)
     with torch.no_grad():  # the runner holds the folder's (shard's) lock
-        stats = generate_pseudo_masks(model, index, out, cfg.pseudo, device, shard=args.shard,
-                                      overwrite=args.overwrite, family=info["family"], workers=workers,
-                                      model_path=run / "model.safetensors", threads=threads,
-                                      manifest={"run": run, "split": split, "config": cfg,
-                                                "input": cfg.data.root})
+        options = RunOptions(shard=args.shard, overwrite=args.overwrite, workers=workers, threads=threads,
+                             manifest={"run": run, "split": split, "config": cfg, "input": cfg.data.root})
+        stats = generate_pseudo_masks(model, index, out, cfg.pseudo, options, device=device, family=info["family"],
+                                      model_path=run / "model.safetensors")
     rate = f", {stats.written / stats.seconds:.2f} img/s" if stats.written and stats.seconds > 0 else ""
     print(f"pseudo-masks: {stats.written} written, {stats.skipped} already done, "
           f"{stats.seconds:.1f}s{rate} ({workers} process{'es' if workers > 1 else ''} × {threads} "

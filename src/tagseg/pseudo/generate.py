@@ -24,7 +24,7 @@ from tagseg.data.records import DatasetIndex, ImageRecord
 from tagseg.errors import ConfigError
 from tagseg.inference.pseudo import merged_probabilities
 from tagseg.inference.refine import refine_with_crf as crf_refine
-from tagseg.runner import ManifestInfo, OutputLayout, RunStats, WorkerStep, run_per_image
+from tagseg.runner import ManifestInfo, OutputLayout, RunOptions, RunStats, WorkerStep, run_per_image
 from tagseg.utils.io import atomic_path, read_image, save_mask_png
 
 def refine_with_crf(image: np.ndarray, probs: torch.Tensor, cfg: PseudoConfig,
@@ -80,32 +80,29 @@ def _worker_step(model_path: str, root: str, cfg: PseudoConfig, palette: list[in
 
 
 def generate_pseudo_masks(model: nn.Module, index: DatasetIndex, out_dir: str | Path, cfg: PseudoConfig,
-                          device: torch.device | str = "cpu", shard: tuple[int, int] = (0, 1),
-                          overwrite: bool = False, progress: bool = True, family: str = "patch",
-                          workers: int = 1, model_path: Optional[Path] = None,
-                          threads: Optional[int] = None, lock: bool = True,
-                          manifest: Optional[dict[str, Any]] = None) -> RunStats:
-    """Write pseudo-masks for the images of ``index`` (this shard) into ``out_dir``.
+                          options: RunOptions = RunOptions(), *, device: torch.device | str = "cpu",
+                          family: str = "patch", model_path: Optional[Path] = None) -> RunStats:
+    """Write pseudo-masks for the images of ``index`` (the shard ``options.shard``) into ``out_dir``.
 
-    workers > 1 runs that many CPU processes, each loading the model from ``model_path`` and
-    running ``threads`` intra-op threads (default: the machine's cores divided by ``workers``).
-    lock: hold the folder's (shard's) lock while writing; False when the caller holds it.
-    manifest: extra facts for ``manifest.json`` (``run``, ``split``, ``config``, ``input``).
+    options: the per-image runner's options (shard, resume or overwrite, workers, threads, lock,
+    progress, the manifest's extra facts). family: the model's family name; options.workers > 1
+    runs that many CPU processes, each loading the model from ``model_path`` and running
+    ``options.threads`` intra-op threads (default: the machine's cores divided by the workers).
     """
     from tagseg.utils.runtime import default_threads
 
     out_dir = Path(out_dir)
     records = index.require_nonempty().records
     worker_step = None
-    if workers > 1:
+    run = options.runner_kwargs()
+    if options.workers > 1:
         if model_path is None:
             raise ConfigError("parallel pseudo-mask generation needs the model file (model_path)")
         if torch.device(device).type != "cpu":
             raise ConfigError("--workers runs CPU processes; on a GPU split the set with --shard instead")
         worker_step = WorkerStep(_worker_step, (str(model_path), str(out_dir), cfg, index.palette, family))
-        threads = threads or default_threads(workers)
-    info = ManifestInfo(stage="pseudo", settings=cfg, extra={"family": family}, **(manifest or {}))
+        run["threads"] = options.threads or default_threads(options.workers)
+    info = ManifestInfo(stage="pseudo", settings=cfg, extra={"family": family}, **(options.manifest or {}))
     step = pseudo_step(model, out_dir, cfg, index.palette, device, family)
-    return run_per_image(records, step, pseudo_layout(out_dir, cfg), shard=shard, overwrite=overwrite,
-                         progress=progress, desc="pseudo-masks", workers=workers, worker_step=worker_step,
-                         threads=threads, lock=lock, manifest=info)
+    return run_per_image(records, step, pseudo_layout(out_dir, cfg), desc="pseudo-masks", worker_step=worker_step,
+                         manifest=info, **run)

@@ -36,6 +36,29 @@ class RunStats:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (record id, reason), keep_going only
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a stage's caller wants one per-image run carried out (see :func:`run_per_image`): shard
+    (i, n); overwrite (redo finished records instead of resuming); progress bar; workers (CPU
+    processes) with ``threads`` intra-op threads each (None: the stage's default); lock (False only
+    when the caller already holds the folder's lock); manifest: extra facts for ``manifest.json``
+    (``run``, ``split``, ``config``, ``input``)."""
+
+    shard: tuple[int, int] = (0, 1)
+    overwrite: bool = False
+    progress: bool = True
+    workers: int = 1
+    threads: Optional[int] = None
+    lock: bool = True
+    manifest: Optional[dict[str, Any]] = None
+
+    def runner_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`run_per_image` these options set (not the manifest,
+        which the stage turns into its :class:`ManifestInfo`)."""
+        return dict(shard=self.shard, overwrite=self.overwrite, progress=self.progress, workers=self.workers,
+                    threads=self.threads, lock=self.lock)
+
+
 def shard_of(records: Sequence[Any], shard: tuple[int, int]) -> list[Any]:
     """The records shard i of n takes: every n-th from i (DataError for a bad shard)."""
     i, n = shard

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from tagseg.config import CRF_CHOICES, OUTPUT_STRIDES, SELECT_MODES, DataConfig, check_speed_options, choose, config_from_yaml, load_config
+from tagseg.config import CRF_CHOICES, OUTPUT_STRIDES, SELECT_MODES, RunConfig, check_speed_options, choose, config_from_yaml, load_config
 from tagseg.errors import ConfigError
 
 HEADS = ("deeplabv2", "deeplabv3plus")
@@ -111,11 +111,10 @@ class SegInferenceConfig:
 
 
 @dataclass
-class SegmentExperimentConfig:
+class SegmentExperimentConfig(RunConfig):
+    """The segmentation stage's run: the shared part (:class:`tagseg.config.RunConfig`) and its own sections."""
+
     name: str = "segment"
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    data: DataConfig = field(default_factory=DataConfig)
     segment: SegmentSourceConfig = field(default_factory=SegmentSourceConfig)
     model: SegModelConfig = field(default_factory=SegModelConfig)
     train: SegTrainConfig = field(default_factory=SegTrainConfig)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -20,10 +19,10 @@ from torch import nn
 from tagseg.config import config_to_yaml, to_dict
 from tagseg.data.build import build_index
 from tagseg.data.classes import IGNORE_INDEX
-from tagseg.engine import loop
 from tagseg.engine.distributed import DistInfo, per_process_batch
 from tagseg.engine.schedule import PolySchedule
 from tagseg.engine.task import SelectFn, Task, loop_options
+from tagseg.engine.trainer import StageTrainer
 from tagseg.segment.config import SegmentExperimentConfig, SegTrainConfig
 from tagseg.segment.data import SegmentationTrainSet, choose_mask_folder, resolve_mask_paths
 from tagseg.segment.inference import model_metadata
@@ -115,24 +114,12 @@ def segmentation_task(cfg: SegmentExperimentConfig, select_epoch: Optional[Selec
     return build
 
 
-class SegmentationTrainer:
-    """Train ``cfg`` into ``run_dir`` (config.yaml, checkpoints/, tb/, history.jsonl, model.safetensors).
+class SegmentationTrainer(StageTrainer):
+    """The segmentation network's trainer (:class:`tagseg.engine.trainer.StageTrainer`): trains
+    :func:`segmentation_task`; default hook: :func:`segmentation_selection_hook`."""
 
-    select_epoch: optional best-epoch hook (core, 0-based epoch) -> score; default: the last epoch.
-    """
+    def default_selection(self, cfg: SegmentExperimentConfig) -> Optional[SelectFn]:
+        return segmentation_selection_hook(cfg)
 
-    def __init__(self, cfg: SegmentExperimentConfig, run_dir: str | Path, resume: bool = False,
-                 show_progress: bool = True, select_epoch: Optional[SelectFn] = None) -> None:
-        self.cfg = cfg
-        self.run_dir = Path(run_dir)
-        self.resume = resume
-        self.show_progress = show_progress
-        self.select_epoch = select_epoch
-
-    def fit(self, stop_after_epoch: Optional[int] = None) -> Path:
-        """Train until ``train.epochs`` (or stop after ``stop_after_epoch`` finished epochs);
-        return the path of the final model (or of the last checkpoint)."""
-        select = self.select_epoch if self.select_epoch is not None else segmentation_selection_hook(self.cfg)
-        return loop.fit(segmentation_task(self.cfg, select), self.run_dir, seed=self.cfg.seed,
-                        device=self.cfg.device, resume=self.resume, show_progress=self.show_progress,
-                        stop_after_epoch=stop_after_epoch)
+    def task(self, cfg: SegmentExperimentConfig, select: Optional[SelectFn]) -> Callable:
+        return segmentation_task(cfg, select)
