@@ -9,7 +9,9 @@ For one cached CAM run of ``benchmarks/refine_voc.py`` (``<work>/cam-seed<s>``) 
    class-boundary cells against the other cells (plus the ranking AUC of the two);
 3. the walk: how many grid cells change label, and the mIoU of the masks (several walk background
    thresholds) with the learned boundary, with an oracle boundary (ground-truth class edges), with
-   no boundary at all, and without any walk (the seeds through the same grid and upsampling).
+   no boundary at all, and without any walk (the seeds through the same grid and upsampling); and
+   the ceiling of any boundary-guided propagation of these seeds: each seed averaged over each
+   ground-truth class region ("region").
 
 The IRN head is trained (labels + branch, ``refine_voc.py``'s settings) into ``--head-dir`` unless
 its model file is there. Results go to a JSON file and a short text table.
@@ -66,6 +68,17 @@ def edges_on_grid(edge: np.ndarray, grid: tuple[int, int], stride: int) -> torch
     t = torch.from_numpy(edge.astype(np.float32))[None, None]
     t = F.pad(t, [0, grid[1] * stride - edge.shape[1], 0, grid[0] * stride - edge.shape[0]])
     return F.max_pool2d(t, stride)[0, 0]
+
+
+def region_average(scores: np.ndarray, gt: np.ndarray) -> torch.Tensor:
+    """(C, H, W): each class's seed averaged over every ground-truth class region (255 its own region),
+    what a walk that stopped exactly at the true class boundaries and mixed each region completely
+    would give: the ceiling of boundary-guided propagation for these seeds."""
+    out = np.empty_like(scores)
+    for c in np.unique(gt):
+        region = gt == c
+        out[:, region] = scores[:, region].mean(1, keepdims=True)
+    return torch.from_numpy(out)
 
 
 def auc(pos: np.ndarray, neg: np.ndarray) -> float:
@@ -134,7 +147,7 @@ def main(argv=None) -> int:
 
     lab = {"gt_fg": 0, "gt_bg": 0, "fg": 0, "bg": 0, "unsure": 0, "fg_right": 0, "bg_right": 0, "n": 0}
     b_on, b_off, b_all = [], [], []
-    variants = ("seed", "none", "learned", "learned_noflip", "oracle", "zero")
+    variants = ("seed", "region", "none", "learned", "learned_noflip", "oracle", "zero")
     cms = {(v, t): ConfusionMatrix(k) for v in variants for t in WALK_BG}
     changed = {v: [] for v in variants}
     t0 = time.time()
@@ -181,6 +194,7 @@ def main(argv=None) -> int:
         }
         up = {name: upsample_walk(v, (h, w)) for name, v in walked.items()}
         up["seed"] = torch.from_numpy(seeds.scores)
+        up["region"] = region_average(seeds.scores, gt)
         base = {t: walk_labels(up["none"], seeds.keys, t) for t in WALK_BG}
         for name, u in up.items():
             for t in WALK_BG:

@@ -225,3 +225,23 @@ def test_psa_walk_of_several_alphas_equals_one_walk_per_alpha():
         keys = np.array([0, 1, 7, 15])
         expected = keys[torch.cat([bg1, fg1]).argmax(0).numpy()]
         np.testing.assert_array_equal(psa_mask(net, image, seeds, cfg, "cpu"), expected)
+
+
+def test_walk_with_an_oracle_boundary_recovers_a_blurred_object():
+    """A square object whose seed is a blur of it (the best threshold of the seed alone: IoU < 0.85);
+    walked inside a one-cell ring of boundary just outside it, the object's cells share one score
+    and the background another, so a wide range of background thresholds gives the object exactly."""
+    from scipy.ndimage import binary_dilation, gaussian_filter
+    inner = np.zeros((32, 32), bool)
+    inner[8:24, 10:26] = True
+    seed = gaussian_filter(inner.astype(np.float32), 5)
+    x = torch.from_numpy(seed / seed.max())[None]
+    ring = torch.from_numpy((binary_dilation(inner) & ~inner).astype(np.float32))
+    walked = propagate_to_boundary(x, ring, 5, 10, 8)
+
+    def iou(labels):
+        pred = labels.numpy() > 0
+        return (pred & inner).sum() / (pred | inner).sum()
+    assert max(iou(walk_labels(x, [5], t)) for t in np.arange(0.05, 1.0, 0.05)) < 0.85
+    for t in (0.3, 0.5, 0.7):
+        assert iou(walk_labels(walked, [5], t)) == 1.0
