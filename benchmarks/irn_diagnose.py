@@ -82,7 +82,7 @@ def region_average(scores: np.ndarray, gt: np.ndarray) -> torch.Tensor:
 
 
 def auc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """P(a positive scores above a negative), ties half (Mann-Whitney)."""
+    """P(a positive scores above a negative), ties half (Mann-Whitney); callers subsample large sets."""
     if not len(pos) or not len(neg):
         return float("nan")
     allv = np.concatenate([pos, neg])
@@ -147,6 +147,7 @@ def main(argv=None) -> int:
 
     lab = {"gt_fg": 0, "gt_bg": 0, "fg": 0, "bg": 0, "unsure": 0, "fg_right": 0, "bg_right": 0, "n": 0}
     b_on, b_off, b_all = [], [], []
+    top_fg, top_bg = [], []
     variants = ("seed", "region", "none", "learned", "learned_noflip", "oracle", "zero")
     cms = {(v, t): ConfusionMatrix(k) for v in variants for t in WALK_BG}
     changed = {v: [] for v in variants}
@@ -160,6 +161,9 @@ def main(argv=None) -> int:
             continue
         h, w = gt.shape
         valid = gt != IGNORE
+        top = seeds.scores.max(0)
+        top_fg.append(top[valid & (gt > 0)])
+        top_bg.append(top[gt == 0])
         # 1. labels (as the head's training labels: the run's settings)
         labels = irn_seed_labels(image, seeds.scores, seeds.keys, c.fg_thres, c.bg_thres, backend=cfg.refine.crf,
                                  gt_prob=c.label_gt_prob)
@@ -204,6 +208,7 @@ def main(argv=None) -> int:
                     changed[name].append(float((pred != base[t]).float().mean()))
     seconds = round(time.time() - t0, 1)
     b_on, b_off, b_all = np.concatenate(b_on), np.concatenate(b_off), np.concatenate(b_all)
+    top_fg, top_bg = np.concatenate(top_fg), np.concatenate(top_bg)
     res = {
         "images": len(index.records), "split": args.split, "seed_bg": args.bg, "overrides": args.set,
         "head_seconds": head_seconds, "diagnose_seconds": seconds,
@@ -211,6 +216,8 @@ def main(argv=None) -> int:
                    "bg": lab["bg"] / lab["n"], "unsure": lab["unsure"] / lab["n"],
                    "fg_precision": lab["fg_right"] / max(lab["fg"], 1),
                    "bg_precision": lab["bg_right"] / max(lab["bg"], 1)},
+        "seeds": {"top_mean_on_gt_fg": float(top_fg.mean()), "top_mean_on_gt_bg": float(top_bg.mean()),
+                  "auc_fg_over_bg": auc(top_fg[::7], top_bg[::7])},
         "boundary": {"mean": float(b_all.mean()), "std": float(b_all.std()),
                      "quantiles_5_50_95": [float(q) for q in np.quantile(b_all, [0.05, 0.5, 0.95])],
                      "mean_on_gt_edges": float(b_on.mean()), "mean_elsewhere": float(b_off.mean()),
@@ -280,6 +287,8 @@ def report(res: dict) -> str:
     lines = [f"{res['images']} {res['split']} images, seed bg {res['seed_bg']}, overrides {res['overrides']}",
              f"labels: fg {lab['fg']:.3f} bg {lab['bg']:.3f} unsure {lab['unsure']:.3f} | gt fg {lab['gt_fg']:.3f} "
              f"bg {lab['gt_bg']:.3f} | precision fg {lab['fg_precision']:.3f} bg {lab['bg_precision']:.3f}",
+             f"seeds: top score on gt fg {res['seeds']['top_mean_on_gt_fg']:.3f} on gt bg "
+             f"{res['seeds']['top_mean_on_gt_bg']:.3f} auc {res['seeds']['auc_fg_over_bg']:.3f}",
              f"boundary: mean {bd['mean']:.3f} std {bd['std']:.3f} q5/50/95 "
              f"{'/'.join(f'{q:.3f}' for q in bd['quantiles_5_50_95'])} | on gt edges {bd['mean_on_gt_edges']:.3f} "
              f"elsewhere {bd['mean_elsewhere']:.3f} (edge cells {bd['gt_edge_fraction']:.3f}) auc {bd['auc']:.3f}",
