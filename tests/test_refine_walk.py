@@ -152,3 +152,96 @@ def test_par_seed_labels_two_thresholds():
     assert (out[30:66, 30:66] == 12).all()
     assert (out[:6, :6] == 0).all()
     assert set(np.unique(out).tolist()) <= {0, 12, 255}
+
+
+class _FakeBoundaryNet:
+    """Stands in for a trained BoundaryNet: a fixed boundary map on the stride-4 grid."""
+
+    def __init__(self, boundary: torch.Tensor) -> None:
+        self.boundary = boundary
+
+    def boundary_probs(self, image: torch.Tensor, flip: bool = True) -> torch.Tensor:
+        return self.boundary
+
+
+class _FakeAffinityNet:
+    """Stands in for a trained AffinityNet: fixed affinity features on the stride-8 grid."""
+
+    def __init__(self, feats: torch.Tensor) -> None:
+        self.feats = feats
+
+    def affinity_features(self, image: torch.Tensor) -> torch.Tensor:
+        return self.feats
+
+
+def _seeds(h: int, w: int, keys, seed: int = 0):
+    from tagseg.refine.seeds import Seeds
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.rand(len(keys), h, w, generator=g).numpy()
+    return Seeds(scores, np.asarray(keys, dtype=np.int64), torch.zeros(21, h, w))
+
+
+def test_irn_mask_is_the_thresholded_walk_of_irn_walk():
+    import torch.nn.functional as F
+
+    from tagseg.config import RefineConfig
+    from tagseg.refine.stage import irn_mask, irn_walk
+    h, w = 37, 50
+    image = np.zeros((h, w, 3), np.uint8)
+    seeds = _seeds(h, w, [3, 12])
+    boundary = torch.rand(10, 13, generator=torch.Generator().manual_seed(1))
+    cfg = RefineConfig()
+    cfg.irn.exp_times = 3
+    net = _FakeBoundaryNet(boundary)
+    up = irn_walk(net, image, seeds, cfg, "cpu")
+    # the plain pipeline: seeds averaged onto the grid, damped and walked, upsampled to the image
+    x = F.adaptive_avg_pool2d(torch.from_numpy(seeds.scores)[None], (10, 13))[0]
+    ref = propagate_to_boundary(x, boundary, 5, cfg.irn.beta, 3)
+    ref = F.interpolate(ref[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(up, ref)
+    for thres in (0.25, 0.6):
+        cfg.irn.bg_thres_walk = thres
+        np.testing.assert_array_equal(irn_mask(net, image, seeds, cfg, "cpu"),
+                                      walk_labels(up, seeds.keys, thres).numpy().astype(np.uint8))
+
+
+def test_psa_walk_of_several_alphas_equals_one_walk_per_alpha():
+    from tagseg.config import RefineConfig
+    from tagseg.refine.stage import psa_mask, psa_walk
+    h, w = 41, 44
+    image = np.zeros((h, w, 3), np.uint8)
+    seeds = _seeds(h, w, [1, 7, 15], seed=2)
+    feats = torch.rand(1, 8, 6, 6, generator=torch.Generator().manual_seed(3))
+    net = _FakeAffinityNet(feats)
+    cfg = RefineConfig()
+    cfg.psa.logt = 3
+    bgs, fg = psa_walk(net, image, seeds, cfg, "cpu", [4.0, 16.0])
+    assert bgs.shape == (2, h, w) and fg.shape == (3, h, w)
+    for i, alpha in enumerate((4.0, 16.0)):
+        bg1, fg1 = psa_walk(net, image, seeds, cfg, "cpu", [alpha])
+        torch.testing.assert_close(bgs[i:i + 1], bg1, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fg, fg1, rtol=1e-5, atol=1e-6)
+        cfg.psa.walk_alpha = alpha
+        keys = np.array([0, 1, 7, 15])
+        expected = keys[torch.cat([bg1, fg1]).argmax(0).numpy()]
+        np.testing.assert_array_equal(psa_mask(net, image, seeds, cfg, "cpu"), expected)
+
+
+def test_walk_with_an_oracle_boundary_recovers_a_blurred_object():
+    """A square object whose seed is a blur of it (the best threshold of the seed alone: IoU < 0.85);
+    walked inside a one-cell ring of boundary just outside it, the object's cells share one score
+    and the background another, so a wide range of background thresholds gives the object exactly."""
+    from scipy.ndimage import binary_dilation, gaussian_filter
+    inner = np.zeros((32, 32), bool)
+    inner[8:24, 10:26] = True
+    seed = gaussian_filter(inner.astype(np.float32), 5)
+    x = torch.from_numpy(seed / seed.max())[None]
+    ring = torch.from_numpy((binary_dilation(inner) & ~inner).astype(np.float32))
+    walked = propagate_to_boundary(x, ring, 5, 10, 8)
+
+    def iou(labels):
+        pred = labels.numpy() > 0
+        return (pred & inner).sum() / (pred | inner).sum()
+    assert max(iou(walk_labels(x, [5], t)) for t in np.arange(0.05, 1.0, 0.05)) < 0.85
+    for t in (0.3, 0.5, 0.7):
+        assert iou(walk_labels(walked, [5], t)) == 1.0

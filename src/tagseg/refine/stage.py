@@ -16,7 +16,7 @@ unsure), and ``manifest.json``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -65,44 +65,66 @@ def par_masks(image: np.ndarray, seeds: Seeds, cfg: RefineConfig) -> tuple[np.nd
     return mask, confident
 
 
-def _grid_scores(scores: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+def grid_scores(scores: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+    """Scores (C, H, W) averaged onto the walk's grid (h, w): (C, h, w)."""
     t = torch.from_numpy(scores)[None]
     return F.adaptive_avg_pool2d(t, grid)[0] if t.shape[1] else t.new_zeros((0,) + grid)
+
+
+def upsample_walk(walked: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Walked scores (C, h, w) back to the image (C, H, W), bilinear."""
+    return F.interpolate(walked[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+@torch.no_grad()
+def irn_walk(net: nn.Module, image: np.ndarray, seeds: Seeds, cfg: RefineConfig, device) -> torch.Tensor:
+    """IRN's walked scores (C, H, W) of the image's classes at image size, before the background
+    threshold: boundary map of the trained branch (flip-averaged) on the stride grid, seeds averaged
+    onto it and damped by (1 - boundary), the sparse walk, bilinear upsampling."""
+    c = cfg.irn
+    h, w = image.shape[:2]
+    boundary = net.boundary_probs(image_to_tensor(image).to(device), flip=c.flip).cpu()  # (h4, w4)
+    x = grid_scores(seeds.scores, tuple(boundary.shape))
+    return upsample_walk(propagate_to_boundary(x, boundary, c.radius, c.beta, c.exp_times), (h, w))
 
 
 @torch.no_grad()
 def irn_mask(net: nn.Module, image: np.ndarray, seeds: Seeds, cfg: RefineConfig, device) -> np.ndarray:
     """IRN's semantic mask of one image with a trained :class:`~tagseg.refine.train.BoundaryNet`."""
-    c = cfg.irn
-    h, w = image.shape[:2]
     if not len(seeds.keys):
-        return np.zeros((h, w), np.uint8)
-    boundary = net.boundary_probs(image_to_tensor(image).to(device), flip=c.flip).cpu()  # (h4, w4)
-    grid = tuple(boundary.shape)
-    x = _grid_scores(seeds.scores, grid)
-    walked = propagate_to_boundary(x, boundary, c.radius, c.beta, c.exp_times)
-    up = F.interpolate(walked[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-    return walk_labels(up, seeds.keys, c.bg_thres_walk).numpy().astype(np.uint8)
+        return np.zeros(image.shape[:2], np.uint8)
+    up = irn_walk(net, image, seeds, cfg, device)
+    return walk_labels(up, seeds.keys, cfg.irn.bg_thres_walk).numpy().astype(np.uint8)
 
 
 @torch.no_grad()
-def psa_mask(net: nn.Module, image: np.ndarray, seeds: Seeds, cfg: RefineConfig, device) -> np.ndarray:
-    """AffinityNet's mask of one image with a trained :class:`~tagseg.refine.train.AffinityNet`."""
+def psa_walk(net: nn.Module, image: np.ndarray, seeds: Seeds, cfg: RefineConfig, device,
+             walk_alphas: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """AffinityNet's walked scores at image size: (A, H, W) PSA backgrounds (1 - max)^α, one per
+    α of ``walk_alphas``, and (C, H, W) the image's classes. The walk is linear in its input, so
+    every α's background walks in the same pass as the classes and equals a walk of its own."""
     s = resolve_psa(cfg.psa)
     h, w = image.shape[:2]
-    if not len(seeds.keys):
-        return np.zeros((h, w), np.uint8)
     feats = net.affinity_features(image_to_tensor(image).to(device)).cpu()    # (1, C, gh, gw)
     grid = tuple(feats.shape[-2:])
     src, dst, _ = pairs_in_grid(grid[0], grid[1], s.radius)
     src_t, dst_t = torch.from_numpy(src), torch.from_numpy(dst)
     aff = feature_affinity(feats, src_t, dst_t)[0]
-    bg = np.power(1.0 - seeds.scores.max(0, keepdims=True), s.walk_alpha).astype(np.float32)
-    x = _grid_scores(np.concatenate([bg, seeds.scores]), grid)
-    walked = random_walk(x, src_t, dst_t, aff, s.beta, s.logt)
-    up = F.interpolate(walked[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    top = 1.0 - seeds.scores.max(0, keepdims=True)
+    bgs = [np.power(top, a).astype(np.float32) for a in walk_alphas]
+    x = grid_scores(np.concatenate([*bgs, seeds.scores]), grid)
+    up = upsample_walk(random_walk(x, src_t, dst_t, aff, s.beta, s.logt), (h, w))
+    return up[:len(bgs)], up[len(bgs):]
+
+
+@torch.no_grad()
+def psa_mask(net: nn.Module, image: np.ndarray, seeds: Seeds, cfg: RefineConfig, device) -> np.ndarray:
+    """AffinityNet's mask of one image with a trained :class:`~tagseg.refine.train.AffinityNet`."""
+    if not len(seeds.keys):
+        return np.zeros(image.shape[:2], np.uint8)
+    bg, fg = psa_walk(net, image, seeds, cfg, device, [resolve_psa(cfg.psa).walk_alpha])
     all_keys = torch.from_numpy(np.concatenate([[0], seeds.keys]))
-    return all_keys[up.argmax(0)].numpy().astype(np.uint8)
+    return all_keys[torch.cat([bg, fg]).argmax(0)].numpy().astype(np.uint8)
 
 
 def refine_step(model: nn.Module, cfg: ExperimentConfig, method: str, family: str, palette: list[int],

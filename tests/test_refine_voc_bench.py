@@ -1,0 +1,63 @@
+"""benchmarks/refine_voc.py's walk-setting sweep (one walk per image, every value scored from it)
+against the refine stage run once per value and scored from its mask files."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shutil
+
+import pytest
+
+from conftest import REPO_ROOT
+from fixtures import make_voc
+
+TINY = ["model.encoder=test_resnet", "model.weights=null", "model.pretrained=false", "data.image_size=64", "pseudo.image_size=64",
+        "train.epochs=1", "train.warmup_epochs=0", "train.unfreeze_blocks=1", "train.batch_size=2",
+        "refine.irn.crop_size=32", "refine.irn.batch_size=2", "refine.irn.epochs=1", "refine.irn.train_radius=3",
+        "refine.psa.crop_size=64", "refine.psa.batch_size=2", "refine.psa.epochs=1", "refine.psa.radius=3",
+        "refine.crf=torch", "pseudo.crf=none", "refine.irn.exp_times=3", "refine.psa.logt=3"]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("refine_voc", REPO_ROOT / "benchmarks" / "refine_voc.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from tagseg.inference.loading import load_trained_model
+    from tagseg.classify.trainer import Trainer
+    bench = _script()
+    data = tmp_path_factory.mktemp("vocbench") / "voc"
+    make_voc(data, n=4)
+    lists = data / "ImageSets" / "Segmentation"
+    for split in ("train_aug", "val"):
+        shutil.copy(lists / "train.txt", lists / f"{split}.txt")
+    args = argparse.Namespace(voc=str(data), threads=1, size=64, epochs=1, irn_crop=32, psa_crop=64, head_epochs=1,
+                              head_batch=2, family="cam", irn_labels=None)
+    cfg = bench.cam_config(args, 0, 4, TINY)
+    run = tmp_path_factory.mktemp("benchrun") / "run"
+    Trainer(cfg, run, show_progress=False).fit()
+    model, _, info = load_trained_model(run / "model.safetensors")
+    return bench, args, run, model, info["family"]
+
+
+@pytest.mark.parametrize("method,key,grid", [("irn", "refine.irn.bg_thres_walk", (0.15, 0.5, 0.85)),
+                                             ("psa", "refine.psa.walk_alpha", (4.0, 16.0))])
+def test_walk_setting_sweep_equals_one_refine_run_per_value(tiny_run, method, key, grid):
+    from tagseg.data.build import build_index
+    from tagseg.refine.run import refine_run, train_refine_net
+    bench, args, run, model, family = tiny_run
+    cfg = bench.cam_config(args, 0, 4, TINY)
+    train_refine_net(model, cfg, run, method, family, "cpu", progress=False)
+    choice = bench.choose_walk_setting(model, cfg, run, method, family, key, grid)
+    assert choice["key"] == key and set(choice["scores"]) == {str(v) for v in grid}
+    for value in grid:
+        vcfg = bench.cam_config(args, 0, 4, [*TINY, f"{key}={value}"])
+        _, masks = refine_run(model, vcfg, run, method, family, "val", progress=False, out=run / "check" / str(value))
+        expected = bench.score(masks, build_index(vcfg.data, "val"))["miou"]
+        assert choice["scores"][str(value)] == pytest.approx(expected, abs=1e-9)
+    assert choice["scores"][str(choice["best"])] == max(choice["scores"].values())
