@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tagseg.config import load_config
+from tagseg.config import load_config, resolve_psa
 from tagseg.data.build import build_index
 from tagseg.evaluation.predict_and_score import predict_and_score
 from tagseg.data.views import image_to_tensor
@@ -256,7 +256,7 @@ def psa_walk_sweep(run_dir: Path, model_path: Path, args: argparse.Namespace) ->
     the first ``--psa-sweep-images`` val images, with this run's head (trained here if missing);
     the best setting (ties to the earlier one in the grid)."""
     from tagseg.refine.seeds import seeds_of
-    from tagseg.refine.stage import psa_mask
+    from tagseg.refine.stage import psa_affinity, psa_walk_mask
     from tagseg.refine.train import load_refine_net
 
     model, cfg, info = load_trained_model(model_path)
@@ -271,23 +271,18 @@ def psa_walk_sweep(run_dir: Path, model_path: Path, args: argparse.Namespace) ->
     index = build_index(cfg.data, "val")
     grid = [(a, PSA_WALK_BETA, t) for a in PSA_WALK_ALPHAS for t in PSA_WALK_LOGTS]
     accs = {g: Scorer(index.num_classes, index.class_names, contour=False, per_image=False) for g in grid}
-
-    class _Features:  # the head's features of one image, computed once for every walk setting
-        def __init__(self, feats: torch.Tensor) -> None:
-            self.feats = feats
-
-        def affinity_features(self, image: torch.Tensor) -> torch.Tensor:
-            return self.feats
+    settings_grid = []
+    for a, b, t in grid:
+        cfg.refine.psa.walk_alpha, cfg.refine.psa.beta, cfg.refine.psa.logt = a, b, t
+        settings_grid.append(resolve_psa(cfg.refine.psa))
 
     def predict(rec, gt: np.ndarray) -> dict:
         image = read_image(rec.image_path)
         seeds = seeds_of(model, image, rec.labels, cfg.pseudo, info["family"])
-        cached = _Features(net.affinity_features(image_to_tensor(image)))
-        out = {}
-        for g in grid:
-            cfg.refine.psa.walk_alpha, cfg.refine.psa.beta, cfg.refine.psa.logt = g
-            out[g] = psa_mask(cached, image, seeds, cfg.refine, "cpu")
-        return out
+        if not len(seeds.keys):
+            return {g: np.zeros(image.shape[:2], np.uint8) for g in grid}
+        aff, aff_grid = psa_affinity(net, image, settings_grid[0].radius, "cpu")  # once for every walk
+        return {g: psa_walk_mask(aff, aff_grid, seeds, sg, image.shape[:2]) for g, sg in zip(grid, settings_grid)}
 
     with torch.no_grad():
         predict_and_score(index.records, predict, accs, index.num_classes)

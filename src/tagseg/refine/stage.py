@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tagseg.config import ExperimentConfig, RefineConfig, resolve_psa
+from tagseg.config import ExperimentConfig, PSAConfig, RefineConfig, resolve_psa
 from tagseg.data.records import DatasetIndex, ImageRecord
 from tagseg.data.views import image_to_tensor
 from tagseg.errors import ConfigError
-from tagseg.refine.heads import encoder_pyramid, feature_affinity
-from tagseg.refine.pairs import pairs_in_grid
+from tagseg.refine.heads import encoder_pyramid, grid_feature_affinity
+from tagseg.refine.pairs import pairs_in_grid, search_offsets
 from tagseg.refine.par import par, par_kernel, par_seed_labels
 from tagseg.refine.random_walk import propagate_to_boundary, random_walk, walk_labels
 from tagseg.refine.seeds import Seeds, seeds_of
@@ -86,23 +86,37 @@ def irn_mask(net: nn.Module, image: np.ndarray, seeds: Seeds, cfg: RefineConfig,
 
 
 @torch.no_grad()
+def psa_affinity(net: nn.Module, image: np.ndarray, radius: int, device) -> tuple[torch.Tensor, tuple[int, int]]:
+    """AffinityNet's affinities of one image: (N,) over the pairs of :func:`pairs_in_grid` within
+    ``radius`` on the head's grid, and that grid (gh, gw)."""
+    feats = net.affinity_features(image_to_tensor(image).to(device)).cpu()    # (1, C, gh, gw)
+    return grid_feature_affinity(feats, search_offsets(radius))[0], tuple(feats.shape[-2:])
+
+
+@torch.no_grad()
+def psa_walk_mask(aff: torch.Tensor, grid: tuple[int, int], seeds: Seeds, s: PSAConfig, size: tuple[int, int]
+                  ) -> np.ndarray:
+    """The walk of :func:`psa_mask` from affinities already computed (:func:`psa_affinity`), with the
+    resolved settings ``s`` (walk_alpha, beta, logt, radius); uint8 (H, W) = ``size``."""
+    src, dst, _ = pairs_in_grid(grid[0], grid[1], s.radius)
+    src_t, dst_t = torch.from_numpy(src), torch.from_numpy(dst)
+    bg = np.power(1.0 - seeds.scores.max(0, keepdims=True), s.walk_alpha).astype(np.float32)
+    x = _grid_scores(np.concatenate([bg, seeds.scores]), grid)
+    walked = random_walk(x, src_t, dst_t, aff, s.beta, s.logt)
+    up = F.interpolate(walked[None], size=size, mode="bilinear", align_corners=False)[0]
+    all_keys = torch.from_numpy(np.concatenate([[0], seeds.keys]))
+    return all_keys[up.argmax(0)].numpy().astype(np.uint8)
+
+
+@torch.no_grad()
 def psa_mask(net: nn.Module, image: np.ndarray, seeds: Seeds, cfg: RefineConfig, device) -> np.ndarray:
     """AffinityNet's mask of one image with a trained :class:`~tagseg.refine.train.AffinityNet`."""
     s = resolve_psa(cfg.psa)
     h, w = image.shape[:2]
     if not len(seeds.keys):
         return np.zeros((h, w), np.uint8)
-    feats = net.affinity_features(image_to_tensor(image).to(device)).cpu()    # (1, C, gh, gw)
-    grid = tuple(feats.shape[-2:])
-    src, dst, _ = pairs_in_grid(grid[0], grid[1], s.radius)
-    src_t, dst_t = torch.from_numpy(src), torch.from_numpy(dst)
-    aff = feature_affinity(feats, src_t, dst_t)[0]
-    bg = np.power(1.0 - seeds.scores.max(0, keepdims=True), s.walk_alpha).astype(np.float32)
-    x = _grid_scores(np.concatenate([bg, seeds.scores]), grid)
-    walked = random_walk(x, src_t, dst_t, aff, s.beta, s.logt)
-    up = F.interpolate(walked[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-    all_keys = torch.from_numpy(np.concatenate([[0], seeds.keys]))
-    return all_keys[up.argmax(0)].numpy().astype(np.uint8)
+    aff, grid = psa_affinity(net, image, s.radius, device)
+    return psa_walk_mask(aff, grid, seeds, s, (h, w))
 
 
 def refine_step(model: nn.Module, cfg: ExperimentConfig, method: str, family: str, palette: list[int],
