@@ -94,7 +94,7 @@ BG_DEFAULT = 0.25
 # wide enough that no variant's val choice sits at an end (SEAM's revised maps prefer 0.5-0.6)
 BG_SWEEP = tuple(round(0.05 * i, 2) for i in range(2, 17))  # 0.1, 0.15, ..., 0.8
 # AffinityNet's walk settings swept on val (--psa-sweep): background exponent x 2^logt steps, beta 8
-PSA_WALK_ALPHAS = (1.0, 2.0, 4.0, 6.0, 8.0, 16.0, 24.0, 32.0)
+PSA_WALK_ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0, 6.0, 8.0, 16.0)
 PSA_WALK_LOGTS = (4, 6, 8)
 PSA_WALK_BETA = 8.0
 
@@ -229,6 +229,11 @@ def refine_and_score(run_dir: Path, model_path: Path, args: argparse.Namespace) 
         _configure_psa(cfg, settings)
         _, entry["head_seconds"] = psa_head(model, cfg, run_dir, info["family"], settings)
         entry["settings"] = settings
+        walk = {k: settings[k] for k in ("walk_alpha", "beta", "logt")}
+        walk_file = run_dir / "refine" / "psa" / "train_aug" / "walk.json"  # masks already there are reused
+        if walk_file.parent.is_dir() and (not walk_file.is_file() or json.loads(walk_file.read_text()) != walk):
+            raise SystemExit(f"{walk_file.parent} holds masks of another walk than {walk}; use another --work")
+        write_json(walk_file, walk)
     t1 = time.time()
     _, masks = refine_run(model, cfg, run_dir, args.refine, info["family"], "train_aug", progress=False)
     entry["mask_seconds"] = round(time.time() - t1, 1)
@@ -429,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"({100 * b['val_miou']:.1f})")
             if "bg_sweep" in rec["metrics"]:
                 s = rec["metrics"]["bg_sweep"]
-                extra = f"  best-bg({s['best_threshold']:g}, GT-chosen) mIoU={100 * s['best_miou']:.1f}"
+                extra += f"  best-bg({s['best_threshold']:g}, GT-chosen) mIoU={100 * s['best_miou']:.1f}"
             print(f"{name:<12} seed {seed}: mIoU={100 * m['miou']:.1f} F={100 * (m['contour_f'] or 0):.1f} "
                   f"J&F={100 * (m['j_and_f'] or 0):.1f}{extra}  ({rec['train_seconds']}s train, "
                   f"{rec['score_seconds']}s score)", flush=True)

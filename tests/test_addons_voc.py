@@ -101,6 +101,9 @@ def test_seam_rows_pipeline_sweeps_refines_and_rescores(voc_root, tmp_path):
     # another head schedule on the same cache is refused instead of mixing settings
     with pytest.raises(SystemExit):
         bench.main([*base, "--refine", "psa", *head[:-2], "--psa-batch", "4", *walk])
+    with pytest.raises(SystemExit):  # nor are masks of another walk reused
+        bench.main([*base, "--refine", "psa", *head, "--psa-walk", str(b["walk_alpha"] + 1), str(b["beta"]),
+                    str(b["logt"])])
     # a rescore keeps the refined entry and sweeps every threshold
     assert bench.main([*base, "--rescore"]) == 0
     rec = json.loads((work / "seam-seed0" / "addons.json").read_text())
