@@ -32,9 +32,9 @@ reported, labelled as chosen on the ground truth. Every run's metrics are cached
     python benchmarks/addons_voc.py $A --variants cam seam seam+ppc seam+isl seam+fsl --refine par
     # AffinityNet (SEAM-family preset) on a reduced head schedule: the walk chosen on val with one
     # run's head, then the same head schedule and walk for every run
-    H="--psa-images 50 --psa-crop 192 --psa-epochs 2"
+    H="--psa-images 50 --psa-crop 192 --psa-epochs 3"
     python benchmarks/addons_voc.py $A --variants seam --seeds 0 --psa-sweep $H
-    python benchmarks/addons_voc.py $A --variants cam seam seam+ppc seam+isl seam+fsl --refine psa $H --psa-walk 4 8 6
+    python benchmarks/addons_voc.py $A --variants cam seam seam+ppc seam+isl seam+fsl --refine psa $H --psa-walk 0.5 8 4
     # the seed masks scored again after a change of the threshold sweep (refined scores kept)
     python benchmarks/addons_voc.py $A --variants cam seam seam+ppc seam+isl seam+fsl --rescore
     # a quick trial of the whole pipeline
@@ -227,7 +227,8 @@ def refine_and_score(run_dir: Path, model_path: Path, args: argparse.Namespace) 
     if args.refine == "psa":
         settings = psa_settings(args)
         _configure_psa(cfg, settings)
-        _, entry["head_seconds"] = psa_head(model, cfg, run_dir, info["family"], settings)
+        _, head_seconds = psa_head(model, cfg, run_dir, info["family"], settings)
+        entry["head_seconds"] = round(head_seconds, 1)
         entry["settings"] = settings
         walk = {k: settings[k] for k in ("walk_alpha", "beta", "logt")}
         walk_file = run_dir / "refine" / "psa" / "train_aug" / "walk.json"  # masks already there are reused
