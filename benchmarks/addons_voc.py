@@ -27,9 +27,16 @@ reported, labelled as chosen on the ground truth. Every run's metrics are cached
 --work, so an interrupted benchmark resumes (a half-trained run resumes from its checkpoint).
 
     python benchmarks/addons_voc.py --voc ../shared/data/voc12-subset
-    # SEAM rows with the background threshold chosen on 100 val images and PSA-refined masks
-    python benchmarks/addons_voc.py --voc ../shared/data/voc12-subset --variants cam seam seam+ppc seam+isl \\
-        seam+fsl --val-images 100 --refine psa
+    # SEAM rows: background threshold also chosen on 50 val images, PAR-refined masks
+    A="--voc ../shared/data/voc12-subset --work runs/addons_voc_seam --max-images 200 --epochs 2 --val-images 50"
+    python benchmarks/addons_voc.py $A --variants cam seam seam+ppc seam+isl seam+fsl --refine par
+    # AffinityNet (SEAM-family preset) on a reduced head schedule: the walk chosen on val with one
+    # run's head, then the same head schedule and walk for every run
+    H="--psa-images 50 --psa-crop 192 --psa-epochs 3"
+    python benchmarks/addons_voc.py $A --variants seam --seeds 0 --psa-sweep $H
+    python benchmarks/addons_voc.py $A --variants cam seam seam+ppc seam+isl seam+fsl --refine psa $H --psa-walk 0.5 8 4
+    # the seed masks scored again after a change of the threshold sweep (refined scores kept)
+    python benchmarks/addons_voc.py $A --variants cam seam seam+ppc seam+isl seam+fsl --rescore
     # a quick trial of the whole pipeline
     python benchmarks/addons_voc.py --voc ../shared/data/voc12-subset --max-images 8 --seeds 0 \\
         --epochs 1 --size 64 --infer-size 64 --batch 4 --variants cam cam+rca tkpcl+isl --work /tmp/addons_trial
@@ -38,6 +45,7 @@ reported, labelled as chosen on the ground truth. Every run's metrics are cached
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -48,7 +56,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tagseg.config import load_config
+from tagseg.config import load_config, resolve_psa
 from tagseg.data.build import build_index
 from tagseg.metrics.predict_and_score import predict_and_score
 from tagseg.data.views import image_to_tensor
@@ -83,7 +91,12 @@ LABELS = {
     "seam+fsl": "SEAM + FSL",
 }
 BG_DEFAULT = 0.25
-BG_SWEEP = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
+# wide enough that no variant's val choice sits at an end (SEAM's revised maps prefer 0.5-0.6)
+BG_SWEEP = tuple(round(0.05 * i, 2) for i in range(2, 17))  # 0.1, 0.15, ..., 0.8
+# AffinityNet's walk settings swept on val (--psa-sweep): background exponent x 2^logt steps, beta 8
+PSA_WALK_ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0, 6.0, 8.0, 16.0)
+PSA_WALK_LOGTS = (4, 6, 8)
+PSA_WALK_BETA = 8.0
 
 
 def base_overrides(args: argparse.Namespace) -> list[str]:
@@ -110,7 +123,7 @@ def family_overrides(config: str, args: argparse.Namespace, name: str = "") -> l
 def score_run(model_path: Path, args: argparse.Namespace) -> dict:
     """Pseudo-mask scores on the training images (and the CAM background sweep)."""
     model, cfg, info = load_trained_model(model_path)
-    cfg.data.max_images = args.max_images
+    cfg.data.root, cfg.data.max_images = str(args.voc), args.max_images  # the run's root may be relative
     index = build_index(cfg.data, "train_aug")
     k = index.num_classes
     main = Scorer(k, index.class_names, per_image=False)
@@ -157,22 +170,134 @@ def val_threshold(model, cfg, args: argparse.Namespace, train_sweep: dict) -> di
             "train_aug_miou": train_sweep[best].summary()["miou"]}
 
 
+def psa_settings(args: argparse.Namespace) -> dict:
+    """The AffinityNet settings of this invocation: the SEAM-family preset with the head schedule and
+    walk given on the command line (keys left None keep the preset's)."""
+    return {"preset": "seam", "images": args.psa_images or args.max_images, "crop_size": args.psa_crop,
+            "epochs": args.psa_epochs, "batch_size": args.psa_batch,
+            "walk_alpha": args.psa_walk[0] if args.psa_walk else None,
+            "beta": args.psa_walk[1] if args.psa_walk else None,
+            "logt": int(args.psa_walk[2]) if args.psa_walk else None}
+
+
+def _configure_psa(cfg, settings: dict) -> None:
+    p = cfg.refine.psa
+    p.preset, p.crop_size, p.epochs, p.batch_size = (settings["preset"], settings["crop_size"], settings["epochs"],
+                                                     settings["batch_size"])
+    p.walk_alpha, p.beta, p.logt = settings["walk_alpha"], settings["beta"], settings["logt"]
+
+
+HEAD_KEYS = ("preset", "images", "crop_size", "epochs", "batch_size")
+
+
+def psa_head(model, cfg, run_dir: Path, family: str, settings: dict) -> tuple[Path, float]:
+    """The run's AffinityNet head (labels of the first ``images`` train_aug images, then training),
+    trained unless ``<run>/refine/psa`` already holds one with the same head settings; returns its
+    model file and the seconds spent here."""
+    from tagseg.refine.run import refine_dir, train_refine_net
+
+    head = {k: settings[k] for k in HEAD_KEYS}
+    out = refine_dir(run_dir, "psa")
+    recorded = out / "head.json"
+    if (out / "model.safetensors").is_file():
+        if not recorded.is_file() or json.loads(recorded.read_text()) != head:
+            raise SystemExit(f"{out} holds an AffinityNet head trained with other settings than {head}; "
+                             f"use another --work")
+        return out / "model.safetensors", 0.0
+    t0 = time.time()
+    train_cfg = copy.deepcopy(cfg)
+    train_cfg.data.max_images = settings["images"]
+    path = train_refine_net(model, train_cfg, run_dir, "psa", family, "cpu", resume=True, progress=False)
+    write_json(recorded, head)
+    return path, time.time() - t0
+
+
 def refine_and_score(run_dir: Path, model_path: Path, args: argparse.Namespace) -> dict | None:
     """CAM-family runs: the refine stage's masks of the same train_aug images (``--refine``; PSA with
-    the SEAM preset, the AffinityNet settings of SEAM and PPC), scored against the ground truth."""
+    the SEAM-family preset and this invocation's head schedule and walk), scored against the ground
+    truth. Records the settings and the seconds spent."""
     from tagseg.refine.run import refine_run
 
     model, cfg, info = load_trained_model(model_path)
     if not get_family(info["family"]).cam_maps:
         return None
-    cfg.data.max_images = args.max_images
-    cfg.refine.psa.preset = "seam"
+    cfg.data.root, cfg.data.max_images = str(args.voc), args.max_images
+    t0 = time.time()
+    entry: dict = {"method": args.refine}
+    if args.refine == "psa":
+        settings = psa_settings(args)
+        _configure_psa(cfg, settings)
+        _, head_seconds = psa_head(model, cfg, run_dir, info["family"], settings)
+        entry["head_seconds"] = round(head_seconds, 1)
+        entry["settings"] = settings
+        walk = {k: settings[k] for k in ("walk_alpha", "beta", "logt")}
+        walk_file = run_dir / "refine" / "psa" / "train_aug" / "walk.json"  # masks already there are reused
+        if walk_file.parent.is_dir() and (not walk_file.is_file() or json.loads(walk_file.read_text()) != walk):
+            raise SystemExit(f"{walk_file.parent} holds masks of another walk than {walk}; use another --work")
+        write_json(walk_file, walk)
+    t1 = time.time()
     _, masks = refine_run(model, cfg, run_dir, args.refine, info["family"], "train_aug", progress=False)
+    entry["mask_seconds"] = round(time.time() - t1, 1)
+    entry["seconds"] = round(time.time() - t0, 1)
     index = build_index(cfg.data, "train_aug")
     acc = Scorer(index.num_classes, index.class_names, per_image=False)
     predict_and_score(index.records, lambda rec, gt: read_mask(masks / f"{rec.id}.png", index.num_classes), acc,
                       index.num_classes)
-    return {"method": args.refine, "train_aug": acc.brief()}
+    entry["train_aug"] = acc.brief()
+    return entry
+
+
+def refined_entries(metrics: dict) -> dict[str, dict]:
+    """method -> refined-mask record of one run (records written before several methods were kept
+    have one, under ``refined``)."""
+    out = dict(metrics.get("refined_by") or {})
+    legacy = metrics.get("refined")
+    if legacy and legacy["method"] not in out:
+        out[legacy["method"]] = legacy
+    return out
+
+
+def psa_walk_sweep(run_dir: Path, model_path: Path, args: argparse.Namespace) -> dict:
+    """val mIoU of AffinityNet's walk over PSA_WALK_ALPHAS x PSA_WALK_LOGTS (beta PSA_WALK_BETA) on
+    the first ``--psa-sweep-images`` val images, with this run's head (trained here if missing);
+    the best setting (ties to the earlier one in the grid)."""
+    from tagseg.refine.seeds import seeds_of
+    from tagseg.refine.stage import psa_affinity, psa_walk_mask
+    from tagseg.refine.train import load_refine_net
+
+    model, cfg, info = load_trained_model(model_path)
+    cfg.data.root = str(args.voc)
+    settings = psa_settings(args)
+    _configure_psa(cfg, settings)
+    t0 = time.time()
+    head_path, head_seconds = psa_head(model, cfg, run_dir, info["family"], settings)
+    net = load_refine_net(model, cfg, head_path, "psa", "cpu")
+    model.eval()
+    cfg.data.max_images = args.psa_sweep_images
+    index = build_index(cfg.data, "val")
+    grid = [(a, PSA_WALK_BETA, t) for a in PSA_WALK_ALPHAS for t in PSA_WALK_LOGTS]
+    accs = {g: Scorer(index.num_classes, index.class_names, contour=False, per_image=False) for g in grid}
+    settings_grid = []
+    for a, b, t in grid:
+        cfg.refine.psa.walk_alpha, cfg.refine.psa.beta, cfg.refine.psa.logt = a, b, t
+        settings_grid.append(resolve_psa(cfg.refine.psa))
+
+    def predict(rec, gt: np.ndarray) -> dict:
+        image = read_image(rec.image_path)
+        seeds = seeds_of(model, image, rec.labels, cfg.pseudo, info["family"])
+        if not len(seeds.keys):
+            return {g: np.zeros(image.shape[:2], np.uint8) for g in grid}
+        aff, aff_grid = psa_affinity(net, image, settings_grid[0].radius, "cpu")  # once for every walk
+        return {g: psa_walk_mask(aff, aff_grid, seeds, sg, image.shape[:2]) for g, sg in zip(grid, settings_grid)}
+
+    with torch.no_grad():
+        predict_and_score(index.records, predict, accs, index.num_classes)
+    rows = {g: accs[g].summary()["miou"] for g in grid}
+    best = max(grid, key=lambda g: (rows[g], -grid.index(g)))
+    return {"val_images": len(index), "head": {k: settings[k] for k in HEAD_KEYS}, "head_seconds": round(head_seconds, 1),
+            "seconds": round(time.time() - t0, 1),
+            "miou": {f"alpha={a:g} beta={b:g} logt={t}": v for (a, b, t), v in rows.items()},
+            "best": {"walk_alpha": best[0], "beta": best[1], "logt": best[2], "val_miou": rows[best]}}
 
 
 def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
@@ -181,10 +306,27 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
     result_path = run_dir / "addons.json"
     if result_path.is_file():
         record = json.loads(result_path.read_text())
-        if args.refine != "none" and not args.cached_only and not record["metrics"].get("refined"):
-            # a run cached before --refine was asked: refine it now (never under --cached-only)
-            record["metrics"]["refined"] = refine_and_score(run_dir, run_dir / "model.safetensors", args)
+        if args.cached_only:
+            return record
+        model_path = run_dir / "model.safetensors"
+        if args.rescore:  # the seed masks scored again (e.g. with a wider threshold sweep); refined kept
+            t0 = time.time()
+            kept = {k: v for k, v in record["metrics"].items() if k in ("refined", "refined_by")}
+            record["metrics"] = {**score_run(model_path, args), **kept}
+            record["rescore_seconds"] = round(time.time() - t0, 1)
             write_json(result_path, record)
+        if args.psa_sweep:
+            record["psa_sweep"] = psa_walk_sweep(run_dir, model_path, args)
+            write_json(result_path, record)
+        elif args.refine != "none":
+            done = refined_entries(record["metrics"]).get(args.refine)
+            if done and args.refine == "psa" and done.get("settings") != psa_settings(args):
+                raise SystemExit(f"{run_dir}: its AffinityNet masks were made with {done.get('settings')}, "
+                                 f"not {psa_settings(args)}; use another --work")
+            if not done:  # a run cached before --refine was asked: refine it now
+                entry = refine_and_score(run_dir, model_path, args)
+                record["metrics"].setdefault("refined_by", {})[args.refine] = entry
+                write_json(result_path, record)
         return record
     config, overrides = VARIANTS[name]
     cfg = load_config(config, [*base_overrides(args), *family_overrides(config, args, name), *overrides,
@@ -193,8 +335,8 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
     model_path = Trainer(cfg, run_dir, resume=True, show_progress=False).fit()
     t_train = time.time() - t0
     metrics = score_run(model_path, args)
-    if args.refine != "none":
-        metrics["refined"] = refine_and_score(run_dir, model_path, args)
+    if args.refine != "none" and not args.psa_sweep:
+        metrics["refined_by"] = {args.refine: refine_and_score(run_dir, model_path, args)}
     record = {"name": name, "seed": seed, "config": config, "overrides": overrides,
               "train_seconds": round(t_train, 1), "score_seconds": round(time.time() - t0 - t_train, 1),
               "metrics": metrics}
@@ -212,22 +354,27 @@ def fmt(values: list[float | None]) -> str:
 
 
 def table(rows: list[tuple[str, list[dict]]]) -> str:
+    methods = [m for m in ("par", "psa", "irn") if any(m in refined_entries(r["metrics"]) for _, rs in rows for r in rs)]
+    names = {"par": "PAR", "psa": "AffinityNet", "irn": "IRN"}
     head = ("| variant | seeds | mIoU | contour F | J&F | mIoU, best bg threshold (chosen on the GT) "
-            "| mIoU, bg threshold chosen on val | refined mask mIoU |\n"
-            "|---|---|---|---|---|---|---|---|")
+            "| mIoU, bg threshold chosen on val |" + "".join(f" {names[m]}-refined mIoU |" for m in methods) + "\n"
+            "|---|---|---|---|---|---|---|" + "---|" * len(methods))
     lines = [head]
     for label, recs in rows:
         m = [r["metrics"]["train_aug"] for r in recs]
         sweep = [r["metrics"].get("bg_sweep") for r in recs]
         best = "-" if sweep[0] is None else fmt([s["best_miou"] for s in sweep]) + " (thr " + ", ".join(
             f"{s['best_threshold']:g}" for s in sweep) + ")"
-        ref = [r["metrics"].get("refined") for r in recs]
-        refined = "-" if any(v is None for v in ref) else fmt([v["train_aug"]["miou"] for v in ref]) + f" ({ref[0]['method']})"
+        refined = ""
+        for method in methods:
+            ref = [refined_entries(r["metrics"]).get(method) for r in recs]
+            done = [v["train_aug"]["miou"] for v in ref if v]
+            refined += " - |" if not done else f" {fmt(done)}{'' if len(done) == len(recs) else f' ({len(done)} seeds)'} |"
         val = [r["metrics"].get("val_choice") for r in recs]
         on_val = "-" if any(v is None for v in val) else fmt([v["train_aug_miou"] for v in val]) + " (thr " + ", ".join(
             f"{v['threshold']:g}" for v in val) + ")"
         lines.append(f"| {label} | {len(recs)} | {fmt([x['miou'] for x in m])} | {fmt([x['contour_f'] for x in m])} "
-                     f"| {fmt([x['j_and_f'] for x in m])} | {best} | {on_val} | {refined} |")
+                     f"| {fmt([x['j_and_f'] for x in m])} | {best} | {on_val} |{refined}")
     return "\n".join(lines)
 
 
@@ -252,6 +399,18 @@ def main(argv: list[str] | None = None) -> int:
                         "(0 = off) and report train_aug mIoU at it")
     p.add_argument("--refine", choices=("none", "psa", "irn", "par"), default="none",
                    help="CAM/SEAM runs: also refine the masks of the same images (tagseg refine) and score them")
+    p.add_argument("--psa-images", type=int, default=0,
+                   help="--refine psa: train the head on the first N train_aug images (0 = --max-images)")
+    p.add_argument("--psa-crop", type=int, default=448, help="--refine psa: the head's training crop (px)")
+    p.add_argument("--psa-epochs", type=int, default=8, help="--refine psa: the head's epochs")
+    p.add_argument("--psa-batch", type=int, default=8, help="--refine psa: the head's batch size")
+    p.add_argument("--psa-walk", type=float, nargs=3, metavar=("ALPHA", "BETA", "LOGT"),
+                   help="--refine psa: the walk's background exponent, beta and log2 steps (default: the preset's)")
+    p.add_argument("--psa-sweep", action="store_true",
+                   help="instead of refining: sweep the AffinityNet walk settings on val (head trained if missing)")
+    p.add_argument("--psa-sweep-images", type=int, default=50, help="--psa-sweep: first N val images")
+    p.add_argument("--rescore", action="store_true",
+                   help="cached runs: score their seed masks again (threshold sweeps included), keep refined scores")
     p.add_argument("--cached-only", action="store_true",
                    help="train nothing: tabulate the runs already scored under --work (missing ones are listed)")
     args = p.parse_args(argv)
@@ -268,9 +427,15 @@ def main(argv: list[str] | None = None) -> int:
             records.setdefault(name, []).append(rec)
             m = rec["metrics"]["train_aug"]
             extra = ""
+            for method, entry in refined_entries(rec["metrics"]).items():
+                extra += f"  {method}={100 * entry['train_aug']['miou']:.1f}"
+            if "psa_sweep" in rec:
+                b = rec["psa_sweep"]["best"]
+                extra += (f"  walk on val: alpha {b['walk_alpha']:g} beta {b['beta']:g} logt {b['logt']} "
+                          f"({100 * b['val_miou']:.1f})")
             if "bg_sweep" in rec["metrics"]:
                 s = rec["metrics"]["bg_sweep"]
-                extra = f"  best-bg({s['best_threshold']:g}, GT-chosen) mIoU={100 * s['best_miou']:.1f}"
+                extra += f"  best-bg({s['best_threshold']:g}, GT-chosen) mIoU={100 * s['best_miou']:.1f}"
             print(f"{name:<12} seed {seed}: mIoU={100 * m['miou']:.1f} F={100 * (m['contour_f'] or 0):.1f} "
                   f"J&F={100 * (m['j_and_f'] or 0):.1f}{extra}  ({rec['train_seconds']}s train, "
                   f"{rec['score_seconds']}s score)", flush=True)

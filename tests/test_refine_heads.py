@@ -1,5 +1,6 @@
 """The refinement heads on a small random-init timm encoder."""
 
+import pytest
 import torch
 
 from tagseg.models.encoder import PatchEncoder
@@ -54,3 +55,16 @@ def test_path_affinity_matches_the_walk_affinity():
         for j in range(pi.dst.shape[1]):
             assert abs(lookup[(int(pi.src[j]), int(pi.dst[k, j]))] - float(train[k, j])) < 1e-7
     assert len(lookup) == len(pairs_in_grid(8, 12, 3)[0])
+
+
+@pytest.mark.parametrize("shape,radius", [((2, 7, 9, 11), 5), ((1, 3, 4, 13), 5), ((1, 5, 6, 6), 3), ((1, 2, 1, 3), 5)])
+def test_grid_feature_affinity_equals_the_gathered_pairs(shape, radius):
+    from tagseg.refine.heads import grid_feature_affinity
+    from tagseg.refine.pairs import pairs_in_grid, search_offsets
+
+    f = torch.randn(*shape, generator=torch.Generator().manual_seed(radius + shape[-1]))
+    src, dst, _ = pairs_in_grid(shape[2], shape[3], radius)
+    ref = feature_affinity(f, torch.from_numpy(src), torch.from_numpy(dst))
+    fast = grid_feature_affinity(f, search_offsets(radius))
+    assert fast.shape == ref.shape == (shape[0], len(src))
+    assert torch.allclose(fast, ref, atol=1e-6, rtol=1e-5)

@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tagseg.config import TRAINED_REFINE_METHODS, ExperimentConfig, RefineConfig, resolve_psa
+from tagseg.config import TRAINED_REFINE_METHODS, ExperimentConfig, PSAConfig, RefineConfig, resolve_psa
 from tagseg.data.records import DatasetIndex, ImageRecord
 from tagseg.data.views import image_to_tensor
 from tagseg.errors import ConfigError
-from tagseg.refine.heads import feature_affinity
-from tagseg.refine.pairs import pairs_in_grid
+from tagseg.refine.heads import grid_feature_affinity
+from tagseg.refine.pairs import pairs_in_grid, search_offsets
 from tagseg.refine.par import par, par_kernel, par_seed_labels
 from tagseg.refine.random_walk import propagate_to_boundary, random_walk, walk_labels
 from tagseg.refine.seeds import Seeds, seeds_of
@@ -98,33 +98,57 @@ def irn_mask(net: nn.Module, image: np.ndarray, seeds: Seeds, cfg: RefineConfig,
 
 
 @torch.no_grad()
-def psa_walk(net: nn.Module, image: np.ndarray, seeds: Seeds, cfg: RefineConfig, device,
-             walk_alphas: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """AffinityNet's walked scores at image size: (A, H, W) PSA backgrounds (1 - max)^α, one per
-    α of ``walk_alphas``, and (C, H, W) the image's classes. The walk is linear in its input, so
-    every α's background walks in the same pass as the classes and equals a walk of its own."""
-    s = resolve_psa(cfg.psa)
-    h, w = image.shape[:2]
+def psa_affinity(net: nn.Module, image: np.ndarray, radius: int, device) -> tuple[torch.Tensor, tuple[int, int]]:
+    """AffinityNet's affinities of one image: (N,) over the pairs of :func:`pairs_in_grid` within
+    ``radius`` on the head's grid, and that grid (gh, gw)."""
     feats = net.affinity_features(image_to_tensor(image).to(device)).cpu()    # (1, C, gh, gw)
-    grid = tuple(feats.shape[-2:])
+    return grid_feature_affinity(feats, search_offsets(radius))[0], tuple(feats.shape[-2:])
+
+
+def psa_walk_from_affinity(aff: torch.Tensor, grid: tuple[int, int], seeds: Seeds, s: PSAConfig,
+                           walk_alphas: Sequence[float], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """AffinityNet's walked scores at ``size`` (H, W) from affinities already computed
+    (:func:`psa_affinity`) with the resolved settings ``s``: (A, H, W) PSA backgrounds (1 - max)^α,
+    one per α of ``walk_alphas``, and (C, H, W) the image's classes. The walk is linear in its
+    input, so every α's background walks in the same pass as the classes and equals a walk of its own."""
     src, dst, _ = pairs_in_grid(grid[0], grid[1], s.radius)
     src_t, dst_t = torch.from_numpy(src), torch.from_numpy(dst)
-    aff = feature_affinity(feats, src_t, dst_t)[0]
     top = 1.0 - seeds.scores.max(0, keepdims=True)
     bgs = [np.power(top, a).astype(np.float32) for a in walk_alphas]
     x = grid_scores(np.concatenate([*bgs, seeds.scores]), grid)
-    up = upsample_walk(random_walk(x, src_t, dst_t, aff, s.beta, s.logt), (h, w))
+    up = upsample_walk(random_walk(x, src_t, dst_t, aff, s.beta, s.logt), size)
     return up[:len(bgs)], up[len(bgs):]
+
+
+@torch.no_grad()
+def psa_walk(net: nn.Module, image: np.ndarray, seeds: Seeds, cfg: RefineConfig, device,
+             walk_alphas: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """AffinityNet's walked scores of one image (:func:`psa_walk_from_affinity`) for each α of
+    ``walk_alphas``: backgrounds (A, H, W) and classes (C, H, W)."""
+    s = resolve_psa(cfg.psa)
+    aff, grid = psa_affinity(net, image, s.radius, device)
+    return psa_walk_from_affinity(aff, grid, seeds, s, walk_alphas, image.shape[:2])
+
+
+@torch.no_grad()
+def psa_walk_mask(aff: torch.Tensor, grid: tuple[int, int], seeds: Seeds, s: PSAConfig, size: tuple[int, int]
+                  ) -> np.ndarray:
+    """The mask of :func:`psa_mask` from affinities already computed (:func:`psa_affinity`), with the
+    resolved settings ``s`` (walk_alpha, beta, logt, radius); uint8 (H, W) = ``size``."""
+    bg, fg = psa_walk_from_affinity(aff, grid, seeds, s, [s.walk_alpha], size)
+    all_keys = torch.from_numpy(np.concatenate([[0], seeds.keys]))
+    return all_keys[torch.cat([bg, fg]).argmax(0)].numpy().astype(np.uint8)
 
 
 @torch.no_grad()
 def psa_mask(net: nn.Module, image: np.ndarray, seeds: Seeds, cfg: RefineConfig, device) -> np.ndarray:
     """AffinityNet's mask of one image with a trained :class:`~tagseg.refine.train.AffinityNet`."""
+    s = resolve_psa(cfg.psa)
+    h, w = image.shape[:2]
     if not len(seeds.keys):
-        return np.zeros(image.shape[:2], np.uint8)
-    bg, fg = psa_walk(net, image, seeds, cfg, device, [resolve_psa(cfg.psa).walk_alpha])
-    all_keys = torch.from_numpy(np.concatenate([[0], seeds.keys]))
-    return all_keys[torch.cat([bg, fg]).argmax(0)].numpy().astype(np.uint8)
+        return np.zeros((h, w), np.uint8)
+    aff, grid = psa_affinity(net, image, s.radius, device)
+    return psa_walk_mask(aff, grid, seeds, s, (h, w))
 
 
 def refine_step(model: nn.Module, cfg: ExperimentConfig, method: str, family: str, palette: list[int],
