@@ -69,6 +69,10 @@ from tagseg.methods.families import get_family
 from tagseg.classify.trainer import Trainer
 from tagseg.utils.io import read_image, read_mask, write_json
 
+# The CAM recipe every cached row was measured with: cam_voc before it shipped fixed BatchNorm
+# statistics and a learnt class prior (benchmarks/results/classifier_fit.md). SEAM has no prior term.
+RECIPE = ["model.bn=adapt", "cam.class_prior=none"]
+
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "cam": ("cam_voc", []),
     "cam+ppc": ("cam_voc", ["addons.ppc.enabled=true"]),
@@ -329,7 +333,7 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
                 write_json(result_path, record)
         return record
     config, overrides = VARIANTS[name]
-    cfg = load_config(config, [*base_overrides(args), *family_overrides(config, args, name), *overrides,
+    cfg = load_config(config, [*base_overrides(args), *RECIPE, *family_overrides(config, args, name), *overrides,
                                f"seed={seed}", f"name={name}"])
     t0 = time.time()
     model_path = Trainer(cfg, run_dir, resume=True, show_progress=False).fit()
