@@ -67,9 +67,11 @@ def cam_config(args, seed: int, split_images: int | None = None, extra=()):
     if family == "tkpcl":  # L_ET's crop a third of the training size, as benchmarks/addons_voc.py
         fam = [f"method.et_crop_size={max(16, args.size // 3 // 16 * 16)}"]
     else:
-        # the CAM recipe every cached row was measured with: cam_voc before it shipped fixed BatchNorm
-        # statistics and a learnt class prior (benchmarks/results/classifier_fit.md)
-        fam = ["pseudo.crf_preset=cam", "model.bn=adapt", "cam.class_prior=none"]
+        fam = ["pseudo.crf_preset=cam"]
+        if getattr(args, "cam_recipe", "pinned") == "pinned":
+            # the CAM recipe the cached rows were measured with: cam_voc before it shipped fixed
+            # BatchNorm statistics and a learnt class prior (benchmarks/results/classifier_fit.md)
+            fam += ["model.bn=adapt", "cam.class_prior=none"]
     over = [f"data.root={args.voc}", "data.dataset=voc", "data.train_split=train_aug", "data.pseudo_split=train_aug",
             "data.num_workers=0", f"train.cpu_threads={args.threads}", "model.weights=lite",
             "model.encoder=tf_efficientnet_lite0", f"data.image_size={args.size}", f"train.epochs={args.epochs}",
@@ -122,6 +124,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--family", choices=sorted(FAMILIES), default="cam",
                     help="cam: the CAM family (cam_voc); tkpcl: TKP-PCL (tkpcl_voc, class probabilities as seeds)")
+    ap.add_argument("--cam-recipe", choices=("pinned", "shipped"), default="pinned",
+                    help="CAM family: pinned = BatchNorm adapted, no class prior (the recipe of the cached rows); "
+                         "shipped = cam_voc as shipped (fixed BatchNorm + class prior); use its own --work")
     ap.add_argument("--irn-labels", default=None, metavar="FG:BG",
                     help="IRN's label thresholds refine.irn.fg_thres:bg_thres (default: the official 0.30:0.05)")
     ap.add_argument("--only", nargs="*", choices=STEPS, default=list(STEPS))

@@ -61,3 +61,13 @@ def test_walk_setting_sweep_equals_one_refine_run_per_value(tiny_run, method, ke
         expected = bench.score(masks, build_index(vcfg.data, "val"))["miou"]
         assert choice["scores"][str(value)] == pytest.approx(expected, abs=1e-9)
     assert choice["scores"][str(choice["best"])] == max(choice["scores"].values())
+
+
+def test_the_cam_recipe_is_pinned_unless_the_shipped_one_is_asked_for():
+    bench = _script()
+    base = dict(voc="unused", threads=1, size=64, epochs=1, irn_crop=32, psa_crop=64, head_epochs=1, head_batch=2,
+                family="cam", irn_labels=None)
+    pinned = bench.cam_config(argparse.Namespace(**base), 0)
+    shipped = bench.cam_config(argparse.Namespace(**base, cam_recipe="shipped"), 0)
+    assert (pinned.model.bn, pinned.cam.class_prior) == ("adapt", "none")  # the cached rows' recipe
+    assert (shipped.model.bn, shipped.cam.class_prior) == ("frozen", "tags")  # cam_voc as shipped
