@@ -193,3 +193,54 @@ def test_keep_going_lists_failed_records_and_counts_only_the_rest(tmp_path):
     assert read_manifest(tmp_path)["counts"]["on_disk"] == {"out": 4, "complete": 4}
     with pytest.raises(DataError, match="cannot read r0"):  # without keep_going the first error stops the run
         run_per_image(RECS, step, layout(tmp_path / "b"), progress=False)
+
+
+def test_resuming_with_other_settings_is_refused_and_loses_nothing(tmp_path):
+    first = ManifestInfo(stage="trial", settings={"walk": {"beta": 10, "exp_times": 8}}, split="train")
+    run_per_image(RECS[:3], write_value, layout(tmp_path), progress=False, manifest=first)
+    (tmp_path / "vals" / "r1.txt").write_text("kept\n")
+    other = ManifestInfo(stage="trial", settings={"walk": {"beta": 8, "exp_times": 8}}, split="train")
+    with pytest.raises(ConfigError, match=r"3 finished images made with other settings \(walk.beta: 10 -> 8\).*"
+                                          r"--overwrite"):
+        run_per_image(RECS, write_value, layout(tmp_path), progress=False, manifest=other)
+    assert sorted(p.name for p in (tmp_path / "vals").iterdir()) == ["r0.txt", "r1.txt", "r2.txt"]
+    assert (tmp_path / "vals" / "r1.txt").read_text() == "kept\n"
+    assert read_manifest(tmp_path)["settings"]["walk"]["beta"] == 10  # the folder still says what it holds
+    stats = run_per_image(RECS, write_value, layout(tmp_path), progress=False, manifest=other, overwrite=True)
+    assert stats.written == 7 and read_manifest(tmp_path)["settings"]["walk"]["beta"] == 8
+    assert run_per_image(RECS, write_value, layout(tmp_path), progress=False, manifest=other).skipped == 7
+
+
+def test_a_resume_may_change_how_it_runs_but_not_the_split(tmp_path):
+    first = ManifestInfo(stage="trial", settings={"device": "cpu", "data": {"num_workers": 0, "max_images": 3}},
+                         split="train")
+    run_per_image(RECS[:3], write_value, layout(tmp_path), progress=False, manifest=first)
+    moved = ManifestInfo(stage="trial", settings={"device": "cuda", "data": {"num_workers": 4, "max_images": 0}},
+                         split="train")
+    assert run_per_image(RECS, write_value, layout(tmp_path), progress=False, manifest=moved).written == 4
+    with pytest.raises(ConfigError, match=r"split: 'train' -> 'val'"):
+        run_per_image(RECS, write_value, layout(tmp_path), progress=False,
+                      manifest=ManifestInfo(stage="trial", settings=moved.settings, split="val"))
+
+
+def test_a_killed_run_leaves_the_settings_its_files_were_made_with(tmp_path):
+    def step(rec, paths):
+        write_value(rec, paths)
+        if rec.id == "r2":
+            raise KeyboardInterrupt
+
+    first = ManifestInfo(stage="trial", settings={"k": 1})
+    with pytest.raises(KeyboardInterrupt):
+        run_per_image(RECS, step, layout(tmp_path), progress=False, manifest=first)
+    doc = read_manifest(tmp_path)
+    assert doc["settings"] == {"k": 1} and doc["counts"] == {"finished": False}
+    with pytest.raises(ConfigError, match="k: 1 -> 2"):
+        run_per_image(RECS, write_value, layout(tmp_path), progress=False,
+                      manifest=ManifestInfo(stage="trial", settings={"k": 2}))
+    assert run_per_image(RECS, write_value, layout(tmp_path), progress=False, manifest=first).skipped == 3
+
+
+def test_a_folder_without_a_manifest_is_resumed_as_it_is(tmp_path):
+    run_per_image(RECS[:2], write_value, layout(tmp_path), progress=False)
+    stats = run_per_image(RECS, write_value, layout(tmp_path), progress=False, manifest=ManifestInfo("t", {"k": 1}))
+    assert (stats.written, stats.skipped) == (5, 2) and read_manifest(tmp_path)["counts"]["on_disk"]["complete"] == 7

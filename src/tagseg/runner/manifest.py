@@ -13,6 +13,13 @@ from tagseg.utils.io import write_json
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "tagseg-manifest/1"
+# keys that say how a run was carried out or which records it covers, not what a record's files hold:
+# a resume may change them (e.g. another device, more workers, all images after the first 100)
+RESUMABLE_KEYS = frozenset({"device", "num_workers", "workers", "threads", "cpu_threads", "progress", "root",
+                            "name", "log_every", "keep_checkpoints", "max_images", "train_split", "val_split",
+                            "pseudo_split"})
+# the parts of a manifest that must match for a resumed run to add to the outputs already there
+RESUME_FIELDS = ("stage", "split", "settings", "extra")
 
 
 def _plain(obj: Any) -> Any:
@@ -89,3 +96,30 @@ def read_manifest(root: str | Path) -> Optional[dict[str, Any]]:
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     return doc if isinstance(doc, dict) and doc.get("format") == MANIFEST_FORMAT else None
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as ``{"a.b.c": value}``, leaving out :data:`RESUMABLE_KEYS` at any depth."""
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            if k not in RESUMABLE_KEYS:
+                out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}
+
+
+def settings_differences(previous: Mapping[str, Any], info: ManifestInfo) -> list[str]:
+    """What differs between the manifest ``previous`` (as read from disk) and a run about to
+    write ``info`` into the same folder, as ``"key: old -> new"`` lines (empty: same settings);
+    a stage setting's key is its path within the settings (``walk.beta``).
+
+    Compares the stage, split, stage settings and extra facts (:data:`RESUME_FIELDS`), ignoring
+    the keys of :data:`RESUMABLE_KEYS` (device, workers, data root, image count, ...), which do
+    not change what a record's files hold.
+    """
+    new = json.loads(json.dumps(manifest_document(info, {}), default=str))
+    old = _flatten({f: previous.get(f) for f in RESUME_FIELDS})
+    now = _flatten({f: new.get(f) for f in RESUME_FIELDS})
+    return [f"{key.removeprefix('settings.')}: {old.get(key, '(absent)')!r} -> {now.get(key, '(absent)')!r}"
+            for key in sorted(set(old) | set(now)) if old.get(key, "(absent)") != now.get(key, "(absent)")]

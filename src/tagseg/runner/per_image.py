@@ -2,7 +2,8 @@
 
 It owns what every per-image stage needs: sharding (``i/n``; ``auto`` is resolved by the caller
 from the launcher), the run-folder lock, removal of temporary files a killed earlier run left,
-resume (records whose files all exist are skipped), a serial loop or a pool of worker processes
+resume (records whose files all exist are skipped, and only when the folder's ``manifest.json``
+was written with the same settings), a serial loop or a pool of worker processes
 that die with their parent, the progress bar, a check that the output folder is still there
 before every record and that every reported result is on disk afterwards, and
 ``manifest.json``.
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from tagseg.errors import ConfigError, DataError, OutputError
 from tagseg.runner.layout import OutputLayout
-from tagseg.runner.manifest import ManifestInfo, write_manifest
+from tagseg.runner.manifest import ManifestInfo, read_manifest, settings_differences, write_manifest
 from tagseg.runner.pool import Step, WorkerStep, check_root, run_pool, run_step
 from tagseg.utils.io import remove_stale_temp_files
 from tagseg.utils.runlock import run_lock
@@ -82,7 +83,9 @@ def run_per_image(records: Sequence[Any], step: Optional[Step], layout: OutputLa
     processes, each building its step from ``worker_step`` and running ``threads`` intra-op
     threads; lock: hold ``layout.root``'s lock (this shard's when n > 1) for the run — pass
     False only when the caller already holds it; manifest: write ``<root>/manifest.json`` with
-    these facts and the counts of the whole set's files on disk at the end; keep_going:
+    these facts and the counts of the whole set's files on disk at the end (at the start it holds
+    the facts and ``{"finished": False}``); resuming into a folder whose manifest names other
+    settings is refused (ConfigError listing them) unless ``overwrite``; keep_going:
     exception types (e.g. DataError for an unreadable image) that fail only their record — it
     is listed in ``RunStats.failures`` (record order) and the run goes on.
 
@@ -111,6 +114,10 @@ def _run(records, mine, paths, step, layout, shard, overwrite, progress, desc, w
     remove_stale_temp_files([p for files in paths.values() for p in files.values()])
     todo = [r for r in mine if overwrite or not all(p.is_file() for p in paths[r.id].values())]
     stats = RunStats(skipped=len(mine) - len(todo))
+    if manifest is not None:
+        if stats.skipped:
+            _refuse_other_settings(layout.root, manifest, stats.skipped)
+        write_manifest(layout.root, manifest, {"finished": False})
     t0 = time.time()
     done = 0
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
@@ -143,6 +150,18 @@ def _run(records, mine, paths, step, layout, shard, overwrite, progress, desc, w
     if manifest is not None:
         write_manifest(layout.root, manifest, stats.counts)
     return stats
+
+
+def _refuse_other_settings(root, manifest: ManifestInfo, finished: int) -> None:
+    """ConfigError when ``root``'s manifest says its finished records were made with other settings
+    than ``manifest``'s (a folder without a readable manifest is resumed as it is)."""
+    previous = read_manifest(root)
+    diffs = [] if previous is None else settings_differences(previous, manifest)
+    if diffs:
+        shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+        raise ConfigError(f"{root} already holds {finished} finished images made with other settings ({shown}); "
+                          "resuming would mix the two. Redo every image with the command's --overwrite, or "
+                          "write to another folder")
 
 
 def _one(step: Step, record: Any, layout: OutputLayout, keep_going) -> tuple[int, list[tuple[str, str]]]:
