@@ -36,6 +36,10 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert main(["train", "--config", "tkpcl_voc", f"data.root={tmp_path / 'missing'}", "--out",
                  str(tmp_path / "r")]) == 2
     assert "not found" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # the data is read before the run folder is made
+    assert main(["segment", "train", "--config", "segment_voc_cpu", f"data.root={tmp_path / 'missing'}", "--out",
+                 str(tmp_path / "s")]) == 2
+    assert "not found" in capsys.readouterr().err and not (tmp_path / "s").exists()
     assert main(["pseudo", "--run", str(tmp_path)]) == 2
     assert "config.yaml" in capsys.readouterr().err
 
