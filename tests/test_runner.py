@@ -244,3 +244,13 @@ def test_a_folder_without_a_manifest_is_resumed_as_it_is(tmp_path):
     run_per_image(RECS[:2], write_value, layout(tmp_path), progress=False)
     stats = run_per_image(RECS, write_value, layout(tmp_path), progress=False, manifest=ManifestInfo("t", {"k": 1}))
     assert (stats.written, stats.skipped) == (5, 2) and read_manifest(tmp_path)["counts"]["on_disk"]["complete"] == 7
+
+
+def test_settings_added_to_tagseg_later_do_not_block_a_resume():
+    from tagseg.runner.manifest import settings_differences
+
+    old = {"stage": "refine", "split": "val", "settings": {"beta": 10}, "extra": {"family": "cam"}}
+    later = ManifestInfo(stage="refine", split="val", settings={"beta": 10, "new_key": 1}, extra={"family": "cam"})
+    assert settings_differences(old, later) == []
+    assert settings_differences(old, ManifestInfo("refine", {"beta": 8}, split="val", extra={"family": "cam"})) == [
+        "beta: 10 -> 8"]
