@@ -41,7 +41,7 @@ from tagseg.segment.evaluate import evaluate_segmenter
 from tagseg.segment.inference import load_segmenter
 from tagseg.segment.models import rates_for_crop
 from tagseg.segment.trainer import SegmentationTrainer
-from tagseg.engine.checkpoint import list_checkpoints
+from tagseg.engine.checkpoint import list_checkpoints, load_checkpoint
 from tagseg.utils.io import read_mask, write_json, write_text
 
 
@@ -50,7 +50,7 @@ def run_overrides(args: argparse.Namespace, masks_dir: str) -> list[str]:
         f"data.root={args.voc}", "data.dataset=voc", "data.train_split=train_aug", "data.val_split=val",
         f"data.max_images={args.train_images}", f"data.num_workers={args.workers}",
         f"segment.masks_dir={masks_dir}",
-        f"model.head={args.head}", "model.encoder=tf_efficientnet_lite0", "model.weights=lite",
+        f"model.head={args.head}", f"model.encoder={args.encoder}", "model.weights=lite",
         "model.pretrained=false", "model.output_stride=16",
         f"train.epochs={args.epochs}", f"train.batch_size={args.batch}", f"train.optimizer={args.optimizer}",
         f"train.lr={args.lr}", "train.head_lr_mult=10", "train.momentum=0.9", "train.weight_decay=1e-4",
@@ -60,6 +60,7 @@ def run_overrides(args: argparse.Namespace, masks_dir: str) -> list[str]:
         "inference.crf=none", f"device={args.device}",
         f"model.aspp_rates=[{','.join(str(r) for r in aspp_rates(args))}]",
         f"train.freeze_backbone_bn={str(args.freeze_bn).lower()}",
+        *args.set,
     ]
 
 
@@ -95,6 +96,32 @@ def run_one(name: str, masks_dir: str, args: argparse.Namespace) -> dict:
               "iou": dict(zip(summary["class_names"], summary["iou"])), "val_images": summary["images"]}
     write_json(record_path, record)
     return record
+
+
+def val_curve(name: str, args: argparse.Namespace) -> list[dict]:
+    """mIoU on val of every ``--curve-every``-th kept checkpoint of run ``name`` (scale 1, no flip).
+
+    A diagnostic of whether training had flattened, never a selection: the run's reported number
+    is its last epoch. Needs the checkpoints kept (``--set train.keep_checkpoints=0``); each
+    epoch's score is cached in ``<run>/val_curve.json``.
+    """
+    run_dir = args.work / name
+    cache_path = run_dir / "val_curve.json"
+    cache = {int(k): v for k, v in json.loads(cache_path.read_text()).items()} if cache_path.is_file() else {}
+    model, cfg, _ = load_segmenter(run_dir / "model.safetensors", _device(args))
+    cfg.data.max_images = args.val_images
+    index = build_index(cfg.data, "val")
+    inference = type(cfg.inference)(scales=[1.0], flip=False, crf="none")
+    for ckpt in list_checkpoints(run_dir):
+        epoch = int(ckpt.name.split("_")[-1])
+        if epoch in cache or (epoch % args.curve_every and epoch != cfg.train.epochs):
+            continue
+        load_checkpoint(ckpt, model)
+        summary = evaluate_segmenter(model.eval(), index, inference, _device(args), progress=args.progress)
+        cache[epoch] = {"miou": summary["miou"], "pixel_accuracy": summary["pixel_accuracy"]}
+        write_json(cache_path, {str(k): cache[k] for k in sorted(cache)})
+        print(f"{name} epoch {epoch}: val mIoU {pct(summary['miou'])} (scale 1, no flip)", flush=True)
+    return [{"epoch": k, **cache[k]} for k in sorted(cache)]
 
 
 def pseudo_mask_miou(folder: Path, index) -> dict:
@@ -135,7 +162,7 @@ def report_markdown(cmd: str, args: argparse.Namespace, pseudo_quality: dict, a:
         "## Settings", "",
         f"- data: VOC subset `train_aug` ({'all' if not args.train_images else f'first {args.train_images}'} images) "
         f"for training, `val` ({a['val_images']} images) for scoring; one run each, seed {args.seed}.",
-        f"- model: {args.head}, `tf_efficientnet_lite0` with ImageNet weights (`model.weights=lite`), output stride 16, "
+        f"- model: {args.head}, `{args.encoder}` with ImageNet weights (`model.weights=lite`), output stride 16, "
         f"ASPP rates {list(aspp_rates(args))}.",
         f"- training: {args.epochs} epochs, batch {args.batch}, {'SGD momentum 0.9' if args.optimizer == 'sgd' else 'AdamW'}, weight decay 1e-4, lr {args.lr} "
         f"(head ×10), poly 0.9, backbone BatchNorm {'fixed' if args.freeze_bn else 'training'}; random scale 0.5–1.5, {args.crop}-px crops, horizontal flip.",
@@ -166,6 +193,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, default=Path("benchmarks/results/segment_voc.md"))
     p.add_argument("--train-images", type=int, default=0, help="first N train_aug images (0 = all)")
     p.add_argument("--val-images", type=int, default=0, help="first N val images (0 = all)")
+    p.add_argument("--encoder", default="tf_efficientnet_lite0",
+                   help="tf_efficientnet_lite0/1/2 (the ImageNet weights packaged with tagseg[lite])")
     p.add_argument("--head", choices=("deeplabv2", "deeplabv3plus"), default="deeplabv3plus")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch", type=int, default=8)
@@ -186,6 +215,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.add_argument("--curve-every", type=int, default=0,
+                   help="after training, score every N-th kept checkpoint on val (a diagnostic curve; needs "
+                        "--set train.keep_checkpoints=0)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="further segment-config overrides, applied last (e.g. train.keep_checkpoints=0)")
     args = p.parse_args(argv)
     if args.pseudo is None and not args.gt_only:
         p.error("--pseudo is required unless --gt-only")
@@ -200,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         b = run_one("gt", "gt", args)
         print(f"(b) ground truth: val mIoU {pct(b['miou'])} on {b['val_images']} images "
               f"({b['train_seconds'] / 60:.1f} min training); record: {args.work / 'gt' / 'benchmark.json'}")
+        if args.curve_every:
+            val_curve("gt", args)
         return 0
     cfg = load_segment_config("segment_voc", run_overrides(args, str(args.pseudo)))
     train_index = build_index(cfg.data, "train_aug")
