@@ -14,7 +14,9 @@ TKP-PCL (``--family tkpcl``: `tkpcl_voc`, its class probabilities as seeds) is t
 
 Every step's result is a JSON file under the work folder; a later call reuses it (``--only`` picks
 steps). The table goes to ``--out``. ``--irn-labels FG:BG`` trains IRN on other label thresholds,
-kept apart under ``<work>/<family>-seed<s>/irn-labels<FG>_<BG>``.
+kept apart under ``<work>/<family>-seed<s>/irn-labels<FG>_<BG>``. ``--cam-model FILE`` refines the
+seeds of a network trained elsewhere (e.g. by benchmarks/classifier_fit.py) instead of training one:
+the file is copied into the work folder once and its sha256 recorded in ``bench/cam_model.json``.
 
 The budget of benchmarks/results/refine_voc.md::
 
@@ -27,7 +29,10 @@ The budget of benchmarks/results/refine_voc.md::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -91,6 +96,26 @@ def cam_config(args, seed: int, split_images: int | None = None, extra=()):
     return load_config(FAMILIES[family], [*over, *extra])
 
 
+def adopt_model(source: Path, work: Path) -> dict:
+    """Copy the trained network ``source`` into ``work`` (once, atomically) and record where it came
+    from; refuses a work folder that already holds another network."""
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    record_path = work / "bench" / "cam_model.json"
+    target = work / "model.safetensors"
+    if target.is_file():
+        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+        if record.get("sha256") != digest:
+            raise SystemExit(f"{work} already holds another network than {source}: use another --work")
+        return record
+    work.mkdir(parents=True, exist_ok=True)
+    tmp = work / ".model.safetensors.tmp"
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+    record = {"source": str(source), "sha256": digest}
+    write_json(record_path, record)
+    return record
+
+
 def cached(path: Path, fn):
     if path.is_file():
         return json.loads(path.read_text())
@@ -129,12 +154,16 @@ def main(argv=None) -> int:
                          "shipped = cam_voc as shipped (fixed BatchNorm + class prior); use its own --work")
     ap.add_argument("--irn-labels", default=None, metavar="FG:BG",
                     help="IRN's label thresholds refine.irn.fg_thres:bg_thres (default: the official 0.30:0.05)")
+    ap.add_argument("--cam-model", type=Path, default=None,
+                    help="refine the seeds of this trained network (a model.safetensors) instead of training one")
     ap.add_argument("--only", nargs="*", choices=STEPS, default=list(STEPS))
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     work = args.work / f"{args.family}-seed{args.seed}"
     cfg = cam_config(args, args.seed, args.train_images)
+    if args.cam_model is not None:
+        print(f"network: {adopt_model(args.cam_model, work)}", flush=True)
     if not (work / "model.safetensors").is_file():
         Trainer(cfg, work, resume=(work / "checkpoints").is_dir(), show_progress=False).fit()
     model, _, info = load_trained_model(work / "model.safetensors")
