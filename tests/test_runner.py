@@ -252,5 +252,7 @@ def test_settings_added_to_tagseg_later_do_not_block_a_resume():
     old = {"stage": "refine", "split": "val", "settings": {"beta": 10}, "extra": {"family": "cam"}}
     later = ManifestInfo(stage="refine", split="val", settings={"beta": 10, "new_key": 1}, extra={"family": "cam"})
     assert settings_differences(old, later) == []
+    assert settings_differences(old, ManifestInfo("refine")) == []  # a caller that states nothing
+    assert settings_differences({**old, "split": None}, later) == []
     assert settings_differences(old, ManifestInfo("refine", {"beta": 8}, split="val", extra={"family": "cam"})) == [
         "beta: 10 -> 8"]

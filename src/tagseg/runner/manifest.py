@@ -117,10 +117,11 @@ def settings_differences(previous: Mapping[str, Any], info: ManifestInfo) -> lis
     Compares the stage, split, stage settings and extra facts (:data:`RESUME_FIELDS`), ignoring
     the keys of :data:`RESUMABLE_KEYS` (device, workers, data root, image count, ...), which do
     not change what a record's files hold, and keys only one side has (a setting added to tagseg
-    after the folder was made, or since removed), so a finished folder stays readable across versions.
+    after the folder was made, or since removed; a field a caller left unstated, None), so a
+    finished folder stays readable across versions and callers.
     """
     new = json.loads(json.dumps(manifest_document(info, {}), default=str))
-    old = _flatten({f: previous.get(f) for f in RESUME_FIELDS})
-    now = _flatten({f: new.get(f) for f in RESUME_FIELDS})
+    old = _flatten({f: previous[f] for f in RESUME_FIELDS if previous.get(f) is not None})
+    now = _flatten({f: new[f] for f in RESUME_FIELDS if new.get(f) is not None})
     return [f"{key.removeprefix('settings.')}: {old[key]!r} -> {now[key]!r}"
             for key in sorted(set(old) & set(now)) if old[key] != now[key]]
