@@ -107,12 +107,11 @@ def adopt_model(source: Path, work: Path) -> dict:
         if record.get("sha256") != digest:
             raise SystemExit(f"{work} already holds another network than {source}: use another --work")
         return record
-    work.mkdir(parents=True, exist_ok=True)
+    record = {"source": str(source), "sha256": digest}
+    write_json(record_path, record)  # first: a copy interrupted after it is redone by the next call
     tmp = work / ".model.safetensors.tmp"
     shutil.copyfile(source, tmp)
     os.replace(tmp, target)
-    record = {"source": str(source), "sha256": digest}
-    write_json(record_path, record)
     return record
 
 
