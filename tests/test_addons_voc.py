@@ -3,19 +3,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-from conftest import REPO_ROOT
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("addons_voc", REPO_ROOT / "benchmarks" / "addons_voc.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark
 
 
 def _scores(miou: float) -> dict:
@@ -23,7 +15,7 @@ def _scores(miou: float) -> dict:
 
 
 def test_bg_sweep_reaches_past_seams_choice_and_keeps_the_default():
-    bench = _script()
+    bench = load_benchmark("addons_voc")
     assert bench.BG_DEFAULT in bench.BG_SWEEP
     assert list(bench.BG_SWEEP) == sorted(bench.BG_SWEEP)
     # every SEAM run chose 0.5, the old upper end: the sweep must go past it
@@ -31,7 +23,7 @@ def test_bg_sweep_reaches_past_seams_choice_and_keeps_the_default():
 
 
 def test_refined_entries_reads_old_and_new_records():
-    bench = _script()
+    bench = load_benchmark("addons_voc")
     par = {"method": "par", "train_aug": _scores(0.13)}
     psa = {"method": "psa", "train_aug": _scores(0.15)}
     assert bench.refined_entries({"refined": par}) == {"par": par}
@@ -42,7 +34,7 @@ def test_refined_entries_reads_old_and_new_records():
 
 
 def test_table_has_one_column_per_refine_method_and_counts_missing_seeds():
-    bench = _script()
+    bench = load_benchmark("addons_voc")
 
     def rec(miou: float, refined: dict) -> dict:
         return {"metrics": {"train_aug": _scores(miou), **refined}}
@@ -60,7 +52,7 @@ def test_table_has_one_column_per_refine_method_and_counts_missing_seeds():
 
 
 def test_psa_settings_come_from_the_command_line():
-    bench = _script()
+    bench = load_benchmark("addons_voc")
     args = bench.argparse.Namespace(max_images=200, psa_images=0, psa_crop=192, psa_epochs=2, psa_batch=8,
                                     psa_walk=[4.0, 8.0, 6.0])
     s = bench.psa_settings(args)
@@ -73,7 +65,7 @@ def test_psa_settings_come_from_the_command_line():
 
 @pytest.mark.slow
 def test_seam_rows_pipeline_sweeps_refines_and_rescores(voc_root, tmp_path):
-    bench = _script()
+    bench = load_benchmark("addons_voc")
     work = tmp_path / "addons"
     base = ["--voc", str(voc_root), "--work", str(work), "--max-images", "4", "--seeds", "0", "--epochs", "1",
             "--size", "64", "--infer-size", "64", "--batch", "4", "--workers", "0", "--val-images", "2",

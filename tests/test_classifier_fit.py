@@ -3,24 +3,16 @@ background threshold chosen on val images disjoint from the scored ones."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("classifier_fit", REPO_ROOT / "benchmarks" / "classifier_fit.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark
 
 
 def test_average_precision_by_hand():
-    fit = _script()
+    fit = load_benchmark("classifier_fit")
     # positives ranked 1st and 3rd: precisions 1/1 and 2/3
     ap = fit.average_precision(np.array([0.9, 0.8, 0.7, 0.6]), np.array([True, False, True, False]))
     assert ap == pytest.approx((1 + 2 / 3) / 2)
@@ -28,7 +20,7 @@ def test_average_precision_by_hand():
 
 
 def test_tag_scores_by_hand():
-    fit = _script()
+    fit = load_benchmark("classifier_fit")
     probs = np.array([[0.9, 0.2, 0.4], [0.6, 0.7, 0.1]])
     targets = np.array([[True, False, False], [False, True, False]])
     got = fit.tag_scores(probs, targets)
@@ -37,7 +29,7 @@ def test_tag_scores_by_hand():
 
 
 def test_a_cached_run_with_other_settings_is_refused(tmp_path):
-    fit = _script()
+    fit = load_benchmark("classifier_fit")
     args = fit.argparse.Namespace(work=tmp_path, max_images=200, val_images=100, epochs=3, unfreeze=2, size=160,
                                   infer_size=256, batch=16)
     (tmp_path / "cam-seed0").mkdir()
@@ -50,7 +42,7 @@ def test_a_cached_run_with_other_settings_is_refused(tmp_path):
 
 
 def test_the_disjoint_protocol_chooses_on_other_val_images_than_it_scores():
-    fit = _script()
+    fit = load_benchmark("classifier_fit")
     choose, scored = fit.val_split(300, 100, 100, "disjoint")
     assert list(scored) == list(range(100)) and list(choose) == list(range(100, 200))
     assert not set(choose) & set(scored)
@@ -60,7 +52,7 @@ def test_the_disjoint_protocol_chooses_on_other_val_images_than_it_scores():
 
 
 def test_choose_threshold_takes_the_best_and_ties_to_the_lower():
-    fit = _script()
+    fit = load_benchmark("classifier_fit")
     assert fit.choose_threshold({0.3: 0.2, 0.4: 0.25, 0.5: 0.1}) == 0.4
     assert fit.choose_threshold({0.3: 0.25, 0.4: 0.25, 0.5: 0.1}) == 0.3
 
@@ -81,7 +73,7 @@ def fit_record(name):
 def test_score_val_scores_at_the_threshold_chosen_on_the_disjoint_images(tmp_path, monkeypatch):
     """The chooser images and the scored images reach the sweep separately and never overlap; the
     score is the scored images' mIoU at the chooser's best threshold, not at their own best."""
-    fit = _script()
+    fit = load_benchmark("classifier_fit")
     cfg = fit.argparse.Namespace(data=fit.argparse.Namespace(max_images=100))
     monkeypatch.setattr(fit, "load_trained_model", lambda path: (None, cfg, None))
     monkeypatch.setattr(fit, "build_index", lambda data, split: _Index(300))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -10,19 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import load_benchmark
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("gpu_repro", REPO / "benchmarks" / "gpu_repro.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_repro"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_shrink_keeps_masks_aligned_and_labels(voc_root, tmp_path):
-    repro = load_script()
+    repro = load_benchmark("gpu_repro")
     out = tmp_path / "small"
     size = repro.shrink(voc_root, out, side=120, max_images=3)
     assert size > 0
@@ -43,7 +36,7 @@ def test_shrink_keeps_masks_aligned_and_labels(voc_root, tmp_path):
 
 @pytest.mark.slow
 def test_tiny_pipeline_writes_the_results_table(voc_root, tmp_path):
-    repro = load_script()
+    repro = load_benchmark("gpu_repro")
     data = tmp_path / "small"
     repro.shrink(voc_root, data, side=96, max_images=4)
     text = repro.run(data, tmp_path / "work", "cpu", tiny=True)

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-from conftest import REPO_ROOT
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("reference_voc", REPO_ROOT / "benchmarks" / "reference_voc.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark
 
 
 def test_inference_setting_strings():
-    ref = _script()
+    ref = load_benchmark("reference_voc")
     args = ref.argparse.Namespace(ms_scales=[0.5, 1.0])
     single, multi = ref.inference_setting("320", args), ref.inference_setting("448ms", args)
     assert (single.image_size, single.scales, single.flip) == (320, [1.0], False)
@@ -27,7 +19,7 @@ def test_inference_setting_strings():
 
 @pytest.mark.slow
 def test_reference_runs_choose_on_val_and_score_train_aug(voc_root, tmp_path):
-    ref = _script()
+    ref = load_benchmark("reference_voc")
     work = tmp_path / "ref"
     argv = ["--voc", str(voc_root), "--work", str(work), "--max-images", "4", "--cam-size", "64", "--size", "64",
             "--epochs", "2", "--warmup", "1", "--cam-epochs", "2", "--select-images", "2", "--seeds", "0", "1",

@@ -4,12 +4,11 @@ against the refine stage run once per value and scored from its mask files."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import load_benchmark
 from fixtures import make_voc
 
 TINY = ["model.encoder=test_resnet", "model.weights=null", "model.pretrained=false", "data.image_size=64", "pseudo.image_size=64",
@@ -19,18 +18,11 @@ TINY = ["model.encoder=test_resnet", "model.weights=null", "model.pretrained=fal
         "refine.crf=torch", "pseudo.crf=none", "refine.irn.exp_times=3", "refine.psa.logt=3"]
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("refine_voc", REPO_ROOT / "benchmarks" / "refine_voc.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from tagseg.inference.loading import load_trained_model
     from tagseg.classify.trainer import Trainer
-    bench = _script()
+    bench = load_benchmark("refine_voc")
     data = tmp_path_factory.mktemp("vocbench") / "voc"
     make_voc(data, n=4)
     lists = data / "ImageSets" / "Segmentation"
@@ -64,7 +56,7 @@ def test_walk_setting_sweep_equals_one_refine_run_per_value(tiny_run, method, ke
 
 
 def test_the_cam_recipe_is_pinned_unless_the_shipped_one_is_asked_for():
-    bench = _script()
+    bench = load_benchmark("refine_voc")
     base = dict(voc="unused", threads=1, size=64, epochs=1, irn_crop=32, psa_crop=64, head_epochs=1, head_batch=2,
                 family="cam", irn_labels=None)
     pinned = bench.cam_config(argparse.Namespace(**base), 0)

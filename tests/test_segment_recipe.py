@@ -7,17 +7,12 @@ inference on whole images. These tests catch that."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+from conftest import load_benchmark
 from tagseg.segment.config import load_segment_config
 from tagseg.segment.models import build_segmenter, default_rates, rates_for_crop, unreached_rates
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def dilated_taps_without_gradient(net: torch.nn.Module, crop: int) -> list[str]:
@@ -65,10 +60,7 @@ def test_dead_taps_are_found_where_the_rates_overreach():
 
 @pytest.mark.parametrize("crop", ["160", "321"])
 def test_the_voc_benchmark_recipe_trains_every_tap(crop):
-    spec = importlib.util.spec_from_file_location("segment_voc_bench", REPO / "benchmarks" / "segment_voc.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["segment_voc_bench"] = bench
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("segment_voc")
     args = bench.parse_args(["--gt-only", "--crop", crop])
     over = bench.run_overrides(args, "gt")
     cfg = load_segment_config("segment_voc", over)
