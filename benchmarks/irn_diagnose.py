@@ -43,6 +43,7 @@ from tagseg.refine.labels import IGNORE, irn_seed_labels  # noqa: E402
 from tagseg.refine.run import train_refine_net  # noqa: E402
 from tagseg.refine.stage import grid_scores, upsample_walk  # noqa: E402
 from tagseg.refine.random_walk import propagate_to_boundary, walk_labels  # noqa: E402
+from tagseg.refine.seeds import seeds_of  # noqa: E402
 from tagseg.refine.train import load_refine_net  # noqa: E402
 from tagseg.utils.io import read_image, read_mask, write_json  # noqa: E402
 
@@ -96,6 +97,33 @@ def auc(pos: np.ndarray, neg: np.ndarray) -> float:
     return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
+def new_label_counts() -> dict[str, int]:
+    return dict.fromkeys(("gt_fg", "gt_bg", "fg", "bg", "unsure", "fg_right", "bg_right", "n"), 0)
+
+
+def count_labels(acc: dict[str, int], labels: np.ndarray, gt: np.ndarray) -> None:
+    """Add one image's relation labels (0 bg, class, IGNORE unsure) against its ground truth to ``acc``."""
+    valid = gt != IGNORE
+    fg, bg = valid & (labels > 0) & (labels != IGNORE), valid & (labels == 0)
+    acc["n"] += int(valid.sum())
+    acc["gt_fg"] += int((valid & (gt > 0)).sum())
+    acc["gt_bg"] += int((gt == 0).sum())
+    acc["fg"] += int(fg.sum())
+    acc["bg"] += int(bg.sum())
+    acc["unsure"] += int((valid & (labels == IGNORE)).sum())
+    acc["fg_right"] += int((fg & (labels == gt)).sum())
+    acc["bg_right"] += int((bg & (gt == 0)).sum())
+
+
+def label_fractions(acc: dict[str, int]) -> dict[str, float]:
+    """Shares of the scored pixels labelled fg / bg / unsure (and fg / bg in the ground truth), and
+    the labels' fg and bg precision."""
+    n = max(acc["n"], 1)
+    return {"gt_fg": acc["gt_fg"] / n, "gt_bg": acc["gt_bg"] / n, "fg": acc["fg"] / n, "bg": acc["bg"] / n,
+            "unsure": acc["unsure"] / n, "fg_precision": acc["fg_right"] / max(acc["fg"], 1),
+            "bg_precision": acc["bg_right"] / max(acc["bg"], 1)}
+
+
 def miou(cm: ConfusionMatrix) -> float:
     return float(np.nanmean(iou_from_matrix(cm.matrix)))
 
@@ -145,7 +173,7 @@ def main(argv=None) -> int:
     index = build_index(cfg.data, args.split)
     k = index.num_classes
 
-    lab = {"gt_fg": 0, "gt_bg": 0, "fg": 0, "bg": 0, "unsure": 0, "fg_right": 0, "bg_right": 0, "n": 0}
+    lab = new_label_counts()
     b_on, b_off, b_all = [], [], []
     top_fg, top_bg = [], []
     variants = ("seed", "region", "none", "learned", "learned_noflip", "oracle", "zero")
@@ -155,7 +183,6 @@ def main(argv=None) -> int:
     for rec in index.records:
         image = read_image(rec.image_path)
         gt = read_mask(rec.mask_path, k)
-        from tagseg.refine.seeds import seeds_of
         seeds = seeds_of(model, image, rec.labels, cfg.pseudo, family)
         if not len(seeds.keys):
             continue
@@ -167,15 +194,7 @@ def main(argv=None) -> int:
         # 1. labels (as the head's training labels: the run's settings)
         labels = irn_seed_labels(image, seeds.scores, seeds.keys, c.fg_thres, c.bg_thres, backend=cfg.refine.crf,
                                  gt_prob=c.label_gt_prob)
-        lab["gt_fg"] += int((valid & (gt > 0)).sum())
-        lab["gt_bg"] += int((gt == 0).sum())
-        lab["n"] += int(valid.sum())
-        fg, bg = valid & (labels > 0) & (labels != IGNORE), valid & (labels == 0)
-        lab["fg"] += int(fg.sum())
-        lab["bg"] += int(bg.sum())
-        lab["unsure"] += int((valid & (labels == IGNORE)).sum())
-        lab["fg_right"] += int((fg & (labels == gt)).sum())
-        lab["bg_right"] += int((bg & (gt == 0)).sum())
+        count_labels(lab, labels, gt)
         # 2. boundary
         tensor = image_to_tensor(image)
         boundary = net.boundary_probs(tensor, flip=True)
@@ -212,10 +231,7 @@ def main(argv=None) -> int:
     res = {
         "images": len(index.records), "split": args.split, "seed_bg": args.bg, "overrides": args.set,
         "head_seconds": head_seconds, "diagnose_seconds": seconds,
-        "labels": {"gt_fg": lab["gt_fg"] / lab["n"], "gt_bg": lab["gt_bg"] / lab["n"], "fg": lab["fg"] / lab["n"],
-                   "bg": lab["bg"] / lab["n"], "unsure": lab["unsure"] / lab["n"],
-                   "fg_precision": lab["fg_right"] / max(lab["fg"], 1),
-                   "bg_precision": lab["bg_right"] / max(lab["bg"], 1)},
+        "labels": label_fractions(lab),
         "seeds": {"top_mean_on_gt_fg": float(top_fg.mean()), "top_mean_on_gt_bg": float(top_bg.mean()),
                   "auc_fg_over_bg": auc(top_fg[::7], top_bg[::7])},
         "boundary": {"mean": float(b_all.mean()), "std": float(b_all.std()),
@@ -232,9 +248,7 @@ def main(argv=None) -> int:
 
 def label_stats(index, model, family, cfg, pairs) -> dict:
     """Relation-label fractions and precisions of each (fg_thres, bg_thres) pair on ``index``."""
-    from tagseg.refine.seeds import seeds_of
-    acc = {p: {"fg": 0, "bg": 0, "unsure": 0, "fg_right": 0, "bg_right": 0, "n": 0, "gt_fg": 0, "gt_bg": 0}
-           for p in pairs}
+    acc = {p: new_label_counts() for p in pairs}
     k = index.num_classes
     for rec in index.records:
         image = read_image(rec.image_path)
@@ -242,28 +256,11 @@ def label_stats(index, model, family, cfg, pairs) -> dict:
         seeds = seeds_of(model, image, rec.labels, cfg.pseudo, family)
         if not len(seeds.keys):
             continue
-        valid = gt != IGNORE
         for p in pairs:
             labels = irn_seed_labels(image, seeds.scores, seeds.keys, p[0], p[1], backend=cfg.refine.crf,
                                      gt_prob=cfg.refine.irn.label_gt_prob)
-            a = acc[p]
-            fg, bg = valid & (labels > 0) & (labels != IGNORE), valid & (labels == 0)
-            a["n"] += int(valid.sum())
-            a["gt_fg"] += int((valid & (gt > 0)).sum())
-            a["gt_bg"] += int((gt == 0).sum())
-            a["fg"] += int(fg.sum())
-            a["bg"] += int(bg.sum())
-            a["unsure"] += int((valid & (labels == IGNORE)).sum())
-            a["fg_right"] += int((fg & (labels == gt)).sum())
-            a["bg_right"] += int((bg & (gt == 0)).sum())
-    out = {}
-    for p, a in acc.items():
-        n = max(a["n"], 1)
-        out[f"{p[0]}:{p[1]}"] = {"fg": a["fg"] / n, "bg": a["bg"] / n, "unsure": a["unsure"] / n,
-                                 "gt_fg": a["gt_fg"] / n, "gt_bg": a["gt_bg"] / n,
-                                 "fg_precision": a["fg_right"] / max(a["fg"], 1),
-                                 "bg_precision": a["bg_right"] / max(a["bg"], 1)}
-    return out
+            count_labels(acc[p], labels, gt)
+    return {f"{p[0]}:{p[1]}": label_fractions(a) for p, a in acc.items()}
 
 
 def label_sweep(args) -> int:
