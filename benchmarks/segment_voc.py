@@ -24,6 +24,7 @@ A quick check of the script itself (not a result): add ``--train-images 10 --val
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -111,7 +112,7 @@ def val_curve(name: str, args: argparse.Namespace) -> list[dict]:
     model, cfg, _ = load_segmenter(run_dir / "model.safetensors", _device(args))
     cfg.data.max_images = args.val_images
     index = build_index(cfg.data, "val")
-    inference = type(cfg.inference)(scales=[1.0], flip=False, crf="none")
+    inference = dataclasses.replace(cfg.inference, scales=[1.0], flip=False, crf="none")
     for ckpt in list_checkpoints(run_dir):
         epoch = int(ckpt.name.split("_")[-1])
         if epoch in cache or (epoch % args.curve_every and epoch != cfg.train.epochs):
