@@ -76,7 +76,7 @@ def test_par_masks_stay_within_the_image_tags(cam_run):
 
 
 @pytest.mark.parametrize("method", ["irn", "psa"])
-def test_trained_walk_methods_end_to_end(cam_run, method):
+def test_trained_walk_methods_end_to_end(cam_run, method, capsys):
     assert main(["refine", "--run", str(cam_run), "--method", method, "--threads", "1", *SMALL_HEADS]) == 0
     base = cam_run / "refine" / method
     assert (base / "model.safetensors").is_file() and (base / "history.jsonl").is_file()
@@ -86,6 +86,19 @@ def test_trained_walk_methods_end_to_end(cam_run, method):
     assert len(masks) == 4 and all(m.shape == (48, 64) and m.max() < 21 for m in masks.values())
     # a second call reuses the trained network and the masks
     assert main(["refine", "--run", str(cam_run), "--method", method, "--threads", "1", *SMALL_HEADS]) == 0
+    # the walk's settings may change (into another folder) with the head reused ...
+    walk = "refine.irn.beta=8" if method == "irn" else "refine.psa.logt=4"
+    assert main(["refine", "--run", str(cam_run), "--method", method, "--threads", "1", "--out",
+                 str(cam_run / f"walk-{method}"), *SMALL_HEADS, walk]) == 0
+    assert len(_masks(cam_run / f"walk-{method}" / "masks")) == 4
+    # ... but a head trained with other settings is refused, naming the key, and nothing is written
+    capsys.readouterr()
+    other = cam_run / f"other-{method}"
+    assert main(["refine", "--run", str(cam_run), "--method", method, "--threads", "1", "--out", str(other),
+                 *SMALL_HEADS, f"refine.{method}.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert f"refine.{method}.epochs: 1 -> 2" in err and "trained with other settings" in err
+    assert not other.exists()
 
 
 def test_par_on_a_patch_family_run(tmp_path):

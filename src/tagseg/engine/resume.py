@@ -25,24 +25,40 @@ def _under(key: str, prefixes: Sequence[str]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
+def config_differences(saved: dict, current: dict, may_change: Sequence[str] = (),
+                       matter: Sequence[str] = ()) -> list[str]:
+    """The dotted keys whose values differ between two nested config dicts, sorted.
+
+    matter: the keys (or section prefixes) whose values decide the result (empty: every key);
+    may_change: keys (or prefixes) among them that are allowed to differ. Only keys both configs
+    have are compared: a file written before a key existed is read with that key at its default
+    (a new key's default keeps the earlier behaviour), and a key the code no longer has cannot
+    be compared.
+    """
+    a, b = _flatten(saved), _flatten(current)
+    return sorted(k for k in set(a) & set(b) if a[k] != b[k]
+                  and (not matter or _under(k, matter)) and not _under(k, may_change))
+
+
+def describe_differences(saved: dict, current: dict, keys: Sequence[str], limit: int = 6) -> str:
+    """``"key: old -> new, ..."`` for the first ``limit`` of ``keys`` (from config_differences)."""
+    a, b = _flatten(saved), _flatten(current)
+    detail = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:limit])
+    return detail + (", ..." if len(keys) > limit else "")
+
+
 def check_resumable(saved: dict, current: dict, where: Path, may_change: Sequence[str] = (),
                     matter: Sequence[str] = ()) -> None:
     """Refuse to resume a checkpoint written under another configuration (naming the keys).
 
-    saved / current: the configs as nested dicts; matter: the keys (or section prefixes) whose
-    values decide the result, the task's declared list (empty: every key); may_change: keys (or
-    prefixes) among them that may still differ between an interrupted run and its resumption.
-    Only keys both configs have are compared: a run written before a key existed resumes with
-    that key at its default (a new key's default keeps the earlier behaviour), and a key the code
-    no longer has cannot be compared.
+    saved / current: the configs as nested dicts; matter: the task's declared keys (empty: every
+    key); may_change: keys that may still differ between an interrupted run and its resumption
+    (see config_differences).
     """
-    a, b = _flatten(saved), _flatten(current)
-    differ = sorted(k for k in set(a) & set(b) if a[k] != b[k]
-                    and (not matter or _under(k, matter)) and not _under(k, may_change))
+    differ = config_differences(saved, current, may_change, matter)
     if differ:
-        detail = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in differ[:6])
-        raise TrainingError(f"cannot resume {where}: it was written with another configuration ({detail}"
-                            f"{', ...' if len(differ) > 6 else ''}); use another --out or the same settings")
+        raise TrainingError(f"cannot resume {where}: it was written with another configuration "
+                            f"({describe_differences(saved, current, differ)}); use another --out or the same settings")
 
 
 def truncate_history(path: Path, epochs_done: int) -> None:

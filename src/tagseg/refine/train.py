@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Optional
@@ -25,6 +26,7 @@ from tagseg.config import ExperimentConfig, config_to_yaml, resolve_psa, to_dict
 from tagseg.data.records import DatasetIndex, ImageRecord
 from tagseg.data.views import image_to_tensor
 from tagseg.engine.distributed import DistInfo
+from tagseg.engine.resume import config_differences, describe_differences
 from tagseg.engine.schedule import PolySchedule
 from tagseg.engine.task import Task
 from tagseg.errors import ConfigError, DataError
@@ -115,14 +117,44 @@ class AffinityNet(_FrozenEncoderNet):
         return self(image[None])
 
 
+# config keys a trained head does not depend on: they may differ when an interrupted head training
+# resumes and when a trained head is reused (the walk's settings, the images refined, the machine)
+HEAD_INDEPENDENT = ("train", "pseudo", "data.num_workers", "data.max_images", "data.pseudo_split",
+                    "data.val_split", "data.root", "device", "refine.method", "refine.par", "refine.irn.radius",
+                    "refine.irn.beta", "refine.irn.exp_times", "refine.irn.bg_thres_walk", "refine.irn.flip",
+                    "refine.psa.walk_alpha", "refine.psa.beta", "refine.psa.logt")
+
+
+def check_head_settings(meta: dict, cfg: ExperimentConfig, path: Path) -> None:
+    """Refuse a trained head whose training settings differ from ``cfg``'s (naming the keys).
+
+    A head written before its file recorded the config (no ``config`` in ``meta``) is not checked.
+    """
+    try:
+        saved = json.loads(meta.get("config", "null"))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: the head's recorded config is not JSON ({exc})") from exc
+    if not isinstance(saved, dict):
+        return
+    current = to_dict(cfg)
+    differ = config_differences(saved, current, may_change=HEAD_INDEPENDENT)
+    if differ:
+        raise ConfigError(
+            f"the head in {path} was trained with other settings ({describe_differences(saved, current, differ)}); "
+            f"restore them, or delete {Path(path).parent} to train the head again with these")
+
+
 def load_refine_net(model: nn.Module, cfg: ExperimentConfig, path: Path, method: str, device) -> nn.Module:
-    """The trained head of ``method`` (with a copy of the run's encoder ``model.encoder``) from ``path``."""
+    """The trained head of ``method`` (with a copy of the run's encoder ``model.encoder``) from ``path``.
+
+    Raises ConfigError when the head was trained with other head settings than ``cfg``'s."""
     import copy
 
     from tagseg.engine.checkpoint import read_model_file
 
+    tensors, meta = read_model_file(Path(path))
+    check_head_settings(meta, cfg, Path(path))
     net = build_refine_net(method, copy.deepcopy(model.encoder), cfg)
-    tensors, _ = read_model_file(Path(path))
     net.load_state_dict(tensors, strict=True)
     return net.to(device).eval()
 
@@ -270,14 +302,11 @@ def refine_task(cfg: ExperimentConfig, method: str, encoder_builder, index: Data
         per_process = max(1, batch // info.world_size)
         total = math.ceil(len(dataset) / (per_process * info.world_size)) * epochs
         meta = {"format": f"tagseg-refine-{method}", "method": method,
-                "settings": to_dict(cfg.refine.irn if method == "irn" else c)}
+                "settings": to_dict(cfg.refine.irn if method == "irn" else c), "config": to_dict(cfg)}
         return Task(model=core, dataset=dataset, loss=_loss_fn(method, path_indices, src, dst), optimizer=optimizer,
                     schedule=PolySchedule(lr, total, 0.9), metadata=lambda: meta, config=to_dict(cfg),
                     config_yaml=config_to_yaml(cfg), epochs=epochs, batch_size=per_process,
                     num_workers=cfg.data.num_workers, seed=cfg.seed,
-                    resume_may_change=("train", "pseudo", "data.num_workers", "device", "refine.method",
-                                       "refine.par", "refine.irn.radius", "refine.irn.beta",
-                                       "refine.irn.exp_times", "refine.irn.bg_thres_walk", "refine.irn.flip",
-                                       "refine.psa.walk_alpha", "refine.psa.beta", "refine.psa.logt"),
+                    resume_may_change=HEAD_INDEPENDENT,
                     total_name="loss", precision="fp32")
     return build
