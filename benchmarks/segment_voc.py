@@ -211,6 +211,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="keep the backbone's BatchNorm statistics and affine parameters fixed (default: off, "
                         "they train)")
     p.add_argument("--gt-only", action="store_true", help="train and score only (b), on the ground truth")
+    p.add_argument("--name", default="pseudo",
+                   help="run (a)'s folder under --work (one per mask set; (b) is always 'gt', shared)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
@@ -244,8 +246,10 @@ def main(argv: list[str] | None = None) -> int:
         else args.pseudo
     pseudo_quality = pseudo_mask_miou(pseudo_dir, train_index)
     print(f"pseudo-masks on {len(train_index)} train_aug images: mIoU {pct(pseudo_quality['miou'])}", flush=True)
-    a = run_one("pseudo", str(args.pseudo), args)
+    a = run_one(args.name, str(args.pseudo), args)
     print(f"(a) pseudo-masks: val mIoU {pct(a['miou'])} ({a['train_seconds'] / 60:.1f} min training)", flush=True)
+    if args.curve_every:
+        val_curve(args.name, args)
     b = run_one("gt", "gt", args)
     print(f"(b) ground truth: val mIoU {pct(b['miou'])} ({b['train_seconds'] / 60:.1f} min training)", flush=True)
     seconds = time.time() - t0
