@@ -115,12 +115,19 @@ def adopt_model(source: Path, work: Path) -> dict:
     return record
 
 
-def cached(path: Path, fn):
+def cached(path: Path, fn, images: int):
+    """``fn()``'s result, computed once into ``path``; ``images`` (--images) is recorded with it and a
+    cached result of another ``--images`` is refused (files from before the record are trusted)."""
     if path.is_file():
-        return json.loads(path.read_text())
+        result = json.loads(path.read_text())
+        if result.get("images_per_split", images) != images:
+            raise SystemExit(f"{path} was computed with --images {result['images_per_split']}, not {images}: "
+                             "use another --work")
+        return result
     t0 = time.time()
     result = fn()
     result["seconds"] = round(time.time() - t0, 1)
+    result["images_per_split"] = images
     write_json(path, result)
     return result
 
@@ -177,7 +184,7 @@ def main(argv=None) -> int:
     if cam_maps:
         sweep = cached(work / "bench" / "seed_bg_sweep_val.json", lambda: {
             "best": sweep_background_thresholds(model, val_index, val_cfg.pseudo, BG, progress=False,
-                                                contour=False)["best"]})
+                                                contour=False)["best"]}, args.images)
         bg = sweep["best"]["threshold"]
         print(f"seed background threshold (val): {bg}", flush=True)
     bg_over = [f"pseudo.bg_threshold={bg}"] if bg is not None else []
@@ -189,14 +196,14 @@ def main(argv=None) -> int:
             def seed_and_crf():
                 generate_pseudo_masks(model, index, out, scfg.pseudo, RunOptions(progress=False), family=family)
                 return {"seed": score(out / "masks", index), "crf": score(out / "crf" / "masks", index)}
-            res[f"seed-{split}"] = cached(work / "bench" / f"seed_crf_{split}.json", seed_and_crf)
+            res[f"seed-{split}"] = cached(work / "bench" / f"seed_crf_{split}.json", seed_and_crf, args.images)
             print(split, res[f"seed-{split}"], flush=True)
         if "par" in args.only:
             def par_run():
                 _, masks = refine_run(model, scfg, work, "par", family, split, progress=False,
                                       out=work / "bench" / "par" / split)
                 return score(masks, index)
-            res[f"par-{split}"] = cached(work / "bench" / f"par_{split}.json", par_run)
+            res[f"par-{split}"] = cached(work / "bench" / f"par_{split}.json", par_run, args.images)
             print(split, "par", res[f"par-{split}"], flush=True)
 
     # 3. IRN / PSA: heads trained on the first --head-images train_aug images; the walk's background
@@ -214,7 +221,7 @@ def main(argv=None) -> int:
             write_json(work / "bench" / f"{method}{tag}_head_seconds.json", {"seconds": round(time.time() - t0, 1)})
         vcfg = cam_config(args, args.seed, args.images, bg_over)
         choice = cached(work / "bench" / f"{method}{tag}_choice_val.json",
-                        lambda: choose_walk_setting(model, vcfg, hrun, method, family, key, grid))
+                        lambda: choose_walk_setting(model, vcfg, hrun, method, family, key, grid), args.images)
         res[f"{method}-choice"] = choice
         res[f"{method}-val"] = {"miou": max(choice["scores"].values())}
 
@@ -223,7 +230,7 @@ def main(argv=None) -> int:
             _, masks = refine_run(model, tcfg, hrun, method, family, "train_aug", progress=False,
                                   out=work / "bench" / f"{method}{tag}" / "train_aug")
             return score(masks, build_index(tcfg.data, "train_aug"))
-        res[f"{method}-train_aug"] = cached(work / "bench" / f"{method}{tag}_train_aug.json", train_split)
+        res[f"{method}-train_aug"] = cached(work / "bench" / f"{method}{tag}_train_aug.json", train_split, args.images)
         print(method, res[f"{method}-val"], res[f"{method}-train_aug"], flush=True)
 
     write_json(work / "bench" / "summary.json", res)

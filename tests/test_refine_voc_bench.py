@@ -63,3 +63,14 @@ def test_the_cam_recipe_is_pinned_unless_the_shipped_one_is_asked_for():
     shipped = bench.cam_config(argparse.Namespace(**base, cam_recipe="shipped"), 0)
     assert (pinned.model.bn, pinned.cam.class_prior) == ("adapt", "none")  # the cached rows' recipe
     assert (shipped.model.bn, shipped.cam.class_prior) == ("frozen", "tags")  # cam_voc as shipped
+
+
+def test_a_cached_result_of_another_image_count_is_refused(tmp_path):
+    bench = load_benchmark("refine_voc")
+    path = tmp_path / "bench" / "par_val.json"
+    calls = []
+    first = bench.cached(path, lambda: calls.append(1) or {"miou": 0.3}, 50)
+    again = bench.cached(path, lambda: calls.append(1) or {"miou": 0.9}, 50)
+    assert calls == [1] and first["miou"] == again["miou"] == 0.3 and again["images_per_split"] == 50
+    with pytest.raises(SystemExit, match="--images 50, not 1000"):
+        bench.cached(path, lambda: {"miou": 0.1}, 1000)
