@@ -30,6 +30,7 @@ from tagseg.engine.checkpoint import (
     state_tensors, write_safetensors,
 )
 from tagseg.engine.resume import check_resumable, truncate_history
+from tagseg.engine.sampling import EpochWeightedSampler
 from tagseg.engine.task import Task
 from tagseg.engine.threads import cpu_threads
 from tagseg.errors import TrainingError
@@ -108,7 +109,11 @@ def make_loader(task: Task, info: D.DistInfo, device: torch.device) -> tuple[Dat
     """The run's one DataLoader (workers persist over epochs when there are any; pinned memory
     on CUDA) and its sampler, whose ``set_epoch`` selects the epoch's order and augmentations."""
     dataset = task.dataset
-    if info.enabled:
+    if task.sample_weights is not None:
+        if len(task.sample_weights) != len(dataset):
+            raise ValueError(f"{len(task.sample_weights)} sampling weights for {len(dataset)} items")
+        base = EpochWeightedSampler(task.sample_weights, task.seed, len(dataset), info.rank, info.world_size)
+    elif info.enabled:
         base = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                   seed=task.seed, drop_last=False)
     else:

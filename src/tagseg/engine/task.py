@@ -59,6 +59,9 @@ class Task:
     total_name: str = "total"  # name of the total loss in logs and history
     persistent_workers: bool = True  # keep data-loader workers over epochs (when num_workers > 0)
     select_epoch: Optional[SelectFn] = None
+    # per-item sampling weights (len(dataset),): each epoch draws len(dataset) items with replacement,
+    # P(i) proportional to the weight (tagseg.engine.sampling); None = every item once, shuffled
+    sample_weights: Optional[Sequence[float]] = None
 
 
 LOOP_OPTIONS = ("amp", "precision", "compile", "channels_last", "grad_clip", "log_every", "keep_checkpoints")

@@ -16,6 +16,7 @@ from tagseg.errors import ConfigError
 
 HEADS = ("deeplabv2", "deeplabv3plus")
 OPTIMIZERS = ("sgd", "adamw")
+SAMPLINGS = ("uniform", "repeat_factor")
 GT_MASKS = "gt"  # segment.masks_dir value that trains on the dataset's ground-truth masks
 
 
@@ -85,6 +86,11 @@ class SegTrainConfig:
     select: str = "last"
     select_every: int = 1
     select_images: int = 100
+    # which images an epoch draws: uniform (each once, shuffled) | repeat_factor (as many draws,
+    # with replacement, images holding rare classes more often: LVIS repeat factors from the image
+    # tags, r = max(1, sqrt(repeat_threshold / fraction of images with the class)); tagseg.engine.sampling)
+    sampling: str = "uniform"
+    repeat_threshold: float = 0.1
 
 
 @dataclass
@@ -150,6 +156,10 @@ def validate_segment_config(cfg: SegmentExperimentConfig) -> None:
     check_speed_options(t.precision, t.amp, "train")
     if t.optimizer not in OPTIMIZERS:
         raise ConfigError(f"train.optimizer={t.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    if t.sampling not in SAMPLINGS:
+        raise ConfigError(f"train.sampling={t.sampling!r}: choose one of {', '.join(SAMPLINGS)}")
+    if not 0 < t.repeat_threshold <= 1:
+        raise ConfigError(f"train.repeat_threshold={t.repeat_threshold}: must be in (0, 1]")
     if not t.lr > 0 or not t.head_lr_mult > 0:
         raise ConfigError(f"train.lr={t.lr}, train.head_lr_mult={t.head_lr_mult}: must be > 0")
     if t.poly_power < 0:

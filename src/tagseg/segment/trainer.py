@@ -12,6 +12,7 @@ import math
 import sys
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,6 +21,7 @@ from tagseg.config import config_to_yaml, to_dict
 from tagseg.data.build import build_index
 from tagseg.data.classes import IGNORE_INDEX
 from tagseg.engine.distributed import DistInfo, per_process_batch
+from tagseg.engine.sampling import repeat_factors
 from tagseg.engine.schedule import PolySchedule
 from tagseg.engine.task import SelectFn, Task, loop_options
 from tagseg.engine.trainer import StageTrainer
@@ -99,6 +101,12 @@ def segmentation_task(cfg: SegmentExperimentConfig, select_epoch: Optional[Selec
         optimizer = build_optimizer(core, tcfg)
         batch = per_process_batch(tcfg.batch_size, info.world_size)  # train.batch_size is the global batch
         total_steps = math.ceil(len(dataset) / (batch * info.world_size)) * tcfg.epochs
+        weights = None
+        if tcfg.sampling == "repeat_factor":
+            weights = repeat_factors(np.stack([rec.labels for rec in index.records]), tcfg.repeat_threshold)
+            if info.is_main:
+                print(f"repeat-factor sampling (threshold {tcfg.repeat_threshold}): {int((weights > 1).sum())} of "
+                      f"{len(weights)} images oversampled, factors 1-{weights.max():.2f}")
         return Task(model=core, dataset=dataset, loss=lambda *a: _loss(*a), optimizer=optimizer,
                     schedule=PolySchedule(tcfg.lr, total_steps, tcfg.poly_power, frozen_bn),
                     metadata=lambda: {**model_metadata(cfg, index.class_names, index.palette),
@@ -109,6 +117,7 @@ def segmentation_task(cfg: SegmentExperimentConfig, select_epoch: Optional[Selec
                     manifest=ManifestInfo(stage="segment", config=cfg, split=cfg.data.train_split,
                                           input=cfg.segment.masks_dir,
                                           settings={"segment": cfg.segment, "model": cfg.model, "train": tcfg}),
+                    sample_weights=None if weights is None else weights.tolist(),
                     **loop_options(tcfg))
 
     return build
