@@ -91,6 +91,10 @@ def test_trained_walk_methods_end_to_end(cam_run, method, capsys):
     assert main(["refine", "--run", str(cam_run), "--method", method, "--threads", "1", "--out",
                  str(cam_run / f"walk-{method}"), *SMALL_HEADS, walk]) == 0
     assert len(_masks(cam_run / f"walk-{method}" / "masks")) == 4
+    # ... and so may the images refined
+    assert main(["refine", "--run", str(cam_run), "--method", method, "--threads", "1", "--out",
+                 str(cam_run / f"two-{method}"), *SMALL_HEADS, "data.max_images=2"]) == 0
+    assert len(_masks(cam_run / f"two-{method}" / "masks")) == 2
     # ... but a head trained with other settings is refused, naming the key, and nothing is written
     capsys.readouterr()
     other = cam_run / f"other-{method}"

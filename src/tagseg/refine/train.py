@@ -117,12 +117,13 @@ class AffinityNet(_FrozenEncoderNet):
         return self(image[None])
 
 
-# config keys a trained head does not depend on: they may differ when an interrupted head training
-# resumes and when a trained head is reused (the walk's settings, the images refined, the machine)
-HEAD_INDEPENDENT = ("train", "pseudo", "data.num_workers", "data.max_images", "data.pseudo_split",
-                    "data.val_split", "data.root", "device", "refine.method", "refine.par", "refine.irn.radius",
-                    "refine.irn.beta", "refine.irn.exp_times", "refine.irn.bg_thres_walk", "refine.irn.flip",
-                    "refine.psa.walk_alpha", "refine.psa.beta", "refine.psa.logt")
+# config keys a head's training does not depend on (the walk's settings, the machine): they may
+# differ when an interrupted head training resumes
+HEAD_INDEPENDENT = ("train", "pseudo", "data.num_workers", "device", "refine.method", "refine.par",
+                    "refine.irn.radius", "refine.irn.beta", "refine.irn.exp_times", "refine.irn.bg_thres_walk",
+                    "refine.irn.flip", "refine.psa.walk_alpha", "refine.psa.beta", "refine.psa.logt")
+# ... and, once the head is trained, the images a later call refines (which split, how many, where)
+REUSE_MAY_CHANGE = (*HEAD_INDEPENDENT, "data.max_images", "data.pseudo_split", "data.val_split", "data.root")
 
 
 def check_head_settings(meta: dict, cfg: ExperimentConfig, path: Path) -> None:
@@ -137,7 +138,7 @@ def check_head_settings(meta: dict, cfg: ExperimentConfig, path: Path) -> None:
     if not isinstance(saved, dict):
         return
     current = to_dict(cfg)
-    differ = config_differences(saved, current, may_change=HEAD_INDEPENDENT)
+    differ = config_differences(saved, current, may_change=REUSE_MAY_CHANGE)
     if differ:
         raise ConfigError(
             f"the head in {path} was trained with other settings ({describe_differences(saved, current, differ)}); "
