@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from tagseg.errors import TrainingError
 from tagseg.utils.io import write_text
@@ -26,8 +26,8 @@ def _under(key: str, prefixes: Sequence[str]) -> bool:
 
 
 def config_differences(saved: dict, current: dict, may_change: Sequence[str] = (),
-                       matter: Sequence[str] = ()) -> list[str]:
-    """The dotted keys whose values differ between two nested config dicts, sorted.
+                       matter: Sequence[str] = ()) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (saved value, current value)}`` for the keys whose values differ, in key order.
 
     matter: the keys (or section prefixes) whose values decide the result (empty: every key);
     may_change: keys (or prefixes) among them that are allowed to differ. Only keys both configs
@@ -36,15 +36,14 @@ def config_differences(saved: dict, current: dict, may_change: Sequence[str] = (
     be compared.
     """
     a, b = _flatten(saved), _flatten(current)
-    return sorted(k for k in set(a) & set(b) if a[k] != b[k]
-                  and (not matter or _under(k, matter)) and not _under(k, may_change))
+    return {k: (a[k], b[k]) for k in sorted(set(a) & set(b)) if a[k] != b[k]
+            and (not matter or _under(k, matter)) and not _under(k, may_change)}
 
 
-def describe_differences(saved: dict, current: dict, keys: Sequence[str], limit: int = 6) -> str:
-    """``"key: old -> new, ..."`` for the first ``limit`` of ``keys`` (from config_differences)."""
-    a, b = _flatten(saved), _flatten(current)
-    detail = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:limit])
-    return detail + (", ..." if len(keys) > limit else "")
+def describe_differences(differ: dict[str, tuple[Any, Any]], limit: int = 6) -> str:
+    """``"key: old -> new, ..."`` for the first ``limit`` entries of :func:`config_differences`."""
+    detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in list(differ.items())[:limit])
+    return detail + (", ..." if len(differ) > limit else "")
 
 
 def check_resumable(saved: dict, current: dict, where: Path, may_change: Sequence[str] = (),
@@ -58,7 +57,7 @@ def check_resumable(saved: dict, current: dict, where: Path, may_change: Sequenc
     differ = config_differences(saved, current, may_change, matter)
     if differ:
         raise TrainingError(f"cannot resume {where}: it was written with another configuration "
-                            f"({describe_differences(saved, current, differ)}); use another --out or the same settings")
+                            f"({describe_differences(differ)}); use another --out or the same settings")
 
 
 def truncate_history(path: Path, epochs_done: int) -> None:

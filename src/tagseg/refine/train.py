@@ -137,11 +137,10 @@ def check_head_settings(meta: dict, cfg: ExperimentConfig, path: Path) -> None:
         raise ConfigError(f"{path}: the head's recorded config is not JSON ({exc})") from exc
     if not isinstance(saved, dict):
         return
-    current = to_dict(cfg)
-    differ = config_differences(saved, current, may_change=REUSE_MAY_CHANGE)
+    differ = config_differences(saved, to_dict(cfg), may_change=REUSE_MAY_CHANGE)
     if differ:
         raise ConfigError(
-            f"the head in {path} was trained with other settings ({describe_differences(saved, current, differ)}); "
+            f"the head in {path} was trained with other settings ({describe_differences(differ)}); "
             f"restore them, or delete {Path(path).parent} to train the head again with these")
 
 
