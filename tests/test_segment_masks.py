@@ -5,8 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from fixtures import make_voc
 from tagseg.engine.distributed import DistInfo
@@ -81,3 +83,44 @@ def test_refined_masks_come_first(tmp_path):
     assert choose_mask_folder(str(par)) == (str(par), "refined-par")               # named directly
     # another split's refined masks are not used
     assert choose_mask_folder(str(run / "pseudo" / "val")) == (str(run / "pseudo" / "val"), "plain")
+
+
+def test_confident_labels_are_chosen_only_when_asked(tmp_path):
+    run = tmp_path / "run"
+    plain = run / "pseudo" / "train" / "masks"
+    plain.mkdir(parents=True)
+    (run / "refine" / "irn" / "train" / "masks").mkdir(parents=True)
+    with pytest.raises(DataError, match="no confident labels"):  # only PAR writes them
+        choose_mask_folder(str(plain), "confident")
+    par = run / "refine" / "par" / "train"
+    (par / "masks").mkdir(parents=True)
+    (par / "confident").mkdir()
+    assert choose_mask_folder(str(plain), "confident") == (str(par / "confident"), "refined-par-confident")
+    assert choose_mask_folder(str(plain.parent), "confident") == (str(par / "confident"), "refined-par-confident")
+    assert choose_mask_folder(str(plain))[1] == "refined-irn"  # auto keeps full label maps
+    assert choose_mask_folder(str(par / "confident")) == (str(par / "confident"), "refined-par-confident")
+    assert choose_mask_folder(str(run / "pseudo" / "val"), "auto")[1] == "plain"  # another split: nothing
+
+
+def test_training_on_confident_labels_leaves_unsure_pixels_out(tmp_path):
+    """A run on PAR's confident labels trains on them (255 = unsure never enters the loss) and records so."""
+    voc = tmp_path / "voc"
+    ids = make_voc(voc, n=2)
+    run = tmp_path / "run"
+    (run / "pseudo" / "train" / "masks").mkdir(parents=True)
+    confident = run / "refine" / "par" / "train" / "confident"
+    confident.mkdir(parents=True)
+    (confident.parent / "masks").mkdir()
+    for i in ids:
+        gt = np.array(Image.open(voc / "SegmentationClassAug" / f"{i}.png"))
+        unsure = gt.copy()
+        unsure[: gt.shape[0] // 2] = 255  # the top half unsure
+        Image.fromarray(unsure).save(confident / f"{i}.png")
+        Image.fromarray(gt).save(confident.parent / "masks" / f"{i}.png")
+    cfg = load_segment_config("segment_demo", [f"data.root={voc}", *TINY,
+                                               f"segment.masks_dir={run / 'pseudo' / 'train' / 'masks'}",
+                                               "segment.mask_kind=confident"])
+    task = segmentation_task(cfg)(DistInfo(), torch.device("cpu"))
+    assert task.metadata()["training_masks_kind"] == "refined-par-confident"
+    image, mask = task.dataset.load_pair(0)
+    assert (mask[: mask.shape[0] // 2] == 255).all() and (mask != 255).any()

@@ -18,6 +18,7 @@ HEADS = ("deeplabv2", "deeplabv3plus")
 OPTIMIZERS = ("sgd", "adamw")
 SAMPLINGS = ("uniform", "repeat_factor")
 GT_MASKS = "gt"  # segment.masks_dir value that trains on the dataset's ground-truth masks
+MASK_KINDS = ("auto", "refine", "crf", "confident", "plain")  # segment.mask_kind
 
 
 @dataclass
@@ -31,7 +32,8 @@ class SegmentSourceConfig:
     masks_dir: str = ""
     # auto: the best masks of masks_dir's run and split that exist: refined by `tagseg refine`
     # (<run>/refine/<irn|psa|par>/<split>/masks), else CRF-refined (<pseudo>/crf/masks), else the plain
-    # ones | refine / crf: that kind, error when absent | plain: masks_dir as given
+    # ones | refine / crf: that kind, error when absent | confident: PAR's two-threshold labels
+    # (<run>/refine/par/<split>/confident; 255 where unsure, left out of the loss) | plain: masks_dir as given
     mask_kind: str = "auto"
 
 
@@ -177,8 +179,8 @@ def validate_segment_config(cfg: SegmentExperimentConfig) -> None:
     choose("train.select", t.select, SELECT_MODES)
     if t.select_every < 1 or t.select_images < 1:
         raise ConfigError(f"train.select_every={t.select_every}, train.select_images={t.select_images}: must be >= 1")
-    if cfg.segment.mask_kind not in ("auto", "refine", "crf", "plain"):
-        raise ConfigError(f"segment.mask_kind={cfg.segment.mask_kind!r}: choose auto, refine, crf or plain")
+    if cfg.segment.mask_kind not in MASK_KINDS:
+        raise ConfigError(f"segment.mask_kind={cfg.segment.mask_kind!r}: choose one of {', '.join(MASK_KINDS)}")
     validate_inference(cfg.inference)
 
 

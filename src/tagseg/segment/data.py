@@ -26,40 +26,53 @@ from tagseg.utils.io import read_image, read_mask
 
 
 REFINED_ORDER = REFINE_METHODS  # best first: the published mask quality of each method
+CONFIDENT = "confident"  # PAR's two-threshold labels beside its masks: 255 where the thresholds disagree
 
 
-def refined_mask_folder(pseudo_root: Path) -> Optional[tuple[Path, str]]:
+def refined_mask_folder(pseudo_root: Path, files: str = "masks") -> Optional[tuple[Path, str]]:
     """The refined masks of the same run and split as a ``tagseg pseudo`` output folder
-    ``<run>/pseudo/<split>``: ``<run>/refine/<method>/<split>/masks``, best method first."""
+    ``<run>/pseudo/<split>``: ``<run>/refine/<method>/<split>/<files>``, best method first
+    (``files``: ``masks``, or ``confident`` for the labels only PAR writes)."""
     run, split = pseudo_root.parent.parent, pseudo_root.name
     if pseudo_root.parent.name != "pseudo":
         return None
     for method in REFINED_ORDER:
-        folder = run / "refine" / method / split / "masks"
+        folder = run / "refine" / method / split / files
         if folder.is_dir():
             return folder, method
     return None
 
 
 def choose_mask_folder(masks_dir: str, kind: str = "auto") -> tuple[str, str]:
-    """Which pseudo-masks to train on: (folder, 'refined-<method>' | 'crf' | 'plain' | 'gt').
+    """Which pseudo-masks to train on: (folder, 'refined-<method>' | 'refined-<method>-confident' |
+    'crf' | 'plain' | 'gt').
 
     ``masks_dir`` is a ``tagseg pseudo`` output folder, its ``masks/`` folder, or ``gt``. With
     ``kind`` ``auto`` the best masks of the same run and split that exist are used: refined by
     ``tagseg refine`` (IRN, then PSA, then PAR), then CRF-refined (``<pseudo>/crf/masks``), then
-    the plain ones; ``refine`` / ``crf`` insist on that kind; ``plain`` keeps ``masks_dir``.
+    the plain ones; ``refine`` / ``crf`` insist on that kind; ``confident`` takes PAR's
+    two-threshold labels (``<run>/refine/par/<split>/confident``, 255 = unsure, left out of the
+    loss); ``plain`` keeps ``masks_dir``. A refined ``masks`` or ``confident`` folder named
+    directly is used as it is.
     """
     if masks_dir == GT_MASKS or not masks_dir:
         return masks_dir, "gt" if masks_dir == GT_MASKS else "plain"
     folder = Path(masks_dir)
     if folder.name == "masks" and folder.parent.name == "crf":
         return masks_dir, "crf"  # already the refined ones
-    if folder.name == "masks" and folder.parent.parent.parent.name == "refine":
-        return masks_dir, f"refined-{folder.parent.parent.name}"
+    if folder.name in ("masks", CONFIDENT) and folder.parent.parent.parent.name == "refine":
+        suffix = "-confident" if folder.name == CONFIDENT else ""
+        return masks_dir, f"refined-{folder.parent.parent.name}{suffix}"
     root = folder.parent if folder.name == "masks" else folder
     refined = root / "crf" / "masks"
     if kind == "plain":
         return masks_dir, "plain"
+    if kind == CONFIDENT:
+        found = refined_mask_folder(root, CONFIDENT)
+        if found is None:
+            raise DataError(f"segment.mask_kind=confident, but no confident labels of {root} exist (make them "
+                            "with `tagseg refine --run RUN --method par`, which writes confident/ beside masks/)")
+        return str(found[0]), f"refined-{found[1]}-confident"
     if kind in ("auto", "refine"):
         found = refined_mask_folder(root)
         if found is not None:
