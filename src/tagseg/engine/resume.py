@@ -8,17 +8,7 @@ from typing import Any, Sequence
 
 from tagseg.errors import TrainingError
 from tagseg.utils.io import write_text
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
+from tagseg.utils.nested import changed_values, flatten
 
 
 def _under(key: str, prefixes: Sequence[str]) -> bool:
@@ -35,9 +25,8 @@ def config_differences(saved: dict, current: dict, may_change: Sequence[str] = (
     (a new key's default keeps the earlier behaviour), and a key the code no longer has cannot
     be compared.
     """
-    a, b = _flatten(saved), _flatten(current)
-    return {k: (a[k], b[k]) for k in sorted(set(a) & set(b)) if a[k] != b[k]
-            and (not matter or _under(k, matter)) and not _under(k, may_change)}
+    return {k: v for k, v in changed_values(flatten(saved), flatten(current)).items()
+            if (not matter or _under(k, matter)) and not _under(k, may_change)}
 
 
 def describe_differences(differ: dict[str, tuple[Any, Any]], limit: int = 6) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from tagseg.utils.io import write_json
+from tagseg.utils.nested import changed_values, flatten
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "tagseg-manifest/1"
@@ -98,17 +99,6 @@ def read_manifest(root: str | Path) -> Optional[dict[str, Any]]:
     return doc if isinstance(doc, dict) and doc.get("format") == MANIFEST_FORMAT else None
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as ``{"a.b.c": value}``, leaving out :data:`RESUMABLE_KEYS` at any depth."""
-    if isinstance(obj, dict):
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            if k not in RESUMABLE_KEYS:
-                out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: obj}
-
-
 def settings_differences(previous: Mapping[str, Any], info: ManifestInfo) -> list[str]:
     """What differs between the manifest ``previous`` (as read from disk) and a run about to
     write ``info`` into the same folder, as ``"key: old -> new"`` lines (empty: same settings);
@@ -121,7 +111,6 @@ def settings_differences(previous: Mapping[str, Any], info: ManifestInfo) -> lis
     finished folder stays readable across versions and callers.
     """
     new = json.loads(json.dumps(manifest_document(info, {}), default=str))
-    old = _flatten({f: previous[f] for f in RESUME_FIELDS if previous.get(f) is not None})
-    now = _flatten({f: new[f] for f in RESUME_FIELDS if new.get(f) is not None})
-    return [f"{key.removeprefix('settings.')}: {old[key]!r} -> {now[key]!r}"
-            for key in sorted(set(old) & set(now)) if old[key] != now[key]]
+    old = flatten({f: previous[f] for f in RESUME_FIELDS if previous.get(f) is not None}, RESUMABLE_KEYS)
+    now = flatten({f: new[f] for f in RESUME_FIELDS if new.get(f) is not None}, RESUMABLE_KEYS)
+    return [f"{key.removeprefix('settings.')}: {a!r} -> {b!r}" for key, (a, b) in changed_values(old, now).items()]
