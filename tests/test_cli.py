@@ -93,12 +93,23 @@ def test_pseudo_with_crf_and_workers_then_eval_several_runs(tmp_path, capsys):
                 == read_mask(tmp_path / "single" / "crf" / "masks" / p.name, 21)).all()
     capsys.readouterr()
     raw, crf = run / "pseudo" / "train" / "masks", run / "pseudo" / "train" / "crf" / "masks"
-    assert main(["eval", "--pred", str(raw), str(crf), "--run", str(run), "--out", str(tmp_path / "runs.json")]) == 0
+    # two kinds of masks: side by side, never averaged
+    assert main(["eval", "--pred", str(raw), str(crf), "--run", str(run), "--out", str(tmp_path / "kinds.json")]) == 0
     out = capsys.readouterr().out
-    assert "contour F" in out and "J&F" in out and "over 2 runs" in out
+    assert "contour F" in out and "J&F" in out and "mean ± std" not in out
+    kinds = json.loads((tmp_path / "kinds.json").read_text())
+    assert "metrics" not in kinds and kinds["runs"] == [str(raw), str(crf)]
+    assert len(kinds["per_run"]) == 2 and all(0 <= r["miou"] <= 1 for r in kinds["per_run"])
+    # folders declared seeds of one setting: their mean ± std as well
+    assert main(["eval", "--pred", str(raw), str(crf), "--run", str(run), "--seeds",
+                 "--out", str(tmp_path / "runs.json")]) == 0
+    out = capsys.readouterr().out
+    assert "mean ± std" in out and "over 2 runs" in out
     runs = json.loads((tmp_path / "runs.json").read_text())
     assert set(runs["metrics"]) >= {"miou", "contour_f", "j_and_f"}
-    assert len(runs["metrics"]["miou"]["values"]) == 2
+    assert runs["metrics"]["miou"]["values"] == [r["miou"] for r in kinds["per_run"]]
+    assert main(["eval", "--pred", str(raw), "--run", str(run), "--seeds"]) == 2
+    assert "--seeds averages several" in capsys.readouterr().err
 
 
 def test_train_refuses_a_folder_with_checkpoints_unless_resuming(tmp_path, capsys):

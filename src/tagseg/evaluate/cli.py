@@ -13,8 +13,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", parents=[common()],
                               help="score predicted masks against ground truth (mIoU, contour F, J&F)")
     p.add_argument("--pred", nargs="+", default=[], metavar="DIR",
-                   help="folder(s) of <id>.png masks; several folders (e.g. one per seed) are scored "
-                        "separately and averaged (mean ± std)")
+                   help="folder(s) of <id>.png masks; several folders are scored separately and shown side "
+                        "by side (e.g. seed, CRF and refined masks of one run)")
+    p.add_argument("--seeds", action="store_true",
+                   help="the --pred folders are seeds of one setting: add their mean ± std")
     p.add_argument("--sweep-bg", metavar="T1,T2,...",
                    help="CAM family: score these background thresholds from the run's model (needs --run); "
                         "the best is reported as chosen on the ground truth")
@@ -40,7 +42,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tagseg.config import check_verb_overrides
     from tagseg.data.build import build_index
     from tagseg.errors import TagsegError
-    from tagseg.evaluate.folder import evaluate_folder, merge_eval_files, summarize_runs
+    from tagseg.evaluate.folder import compare_runs, evaluate_folder, format_runs, merge_eval_files, summarize_runs
     from tagseg.experiment import load_experiment, load_run_experiment
     from tagseg.metrics.miou import format_table
     from tagseg.metrics.shards import shard_file_name
@@ -90,6 +92,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.pred:
         raise TagsegError("give at least one folder of predicted masks with --pred (or --sweep-bg with --run)")
     index = build_index(cfg.data, split)
+    if args.seeds and len(args.pred) < 2:
+        raise TagsegError("--seeds averages several --pred folders; give two or more")
     if shard[1] > 1 and len(args.pred) > 1:
         raise TagsegError("--shard scores one prediction folder at a time")
     summaries = []
@@ -102,9 +106,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path(args.pred[0]).resolve().parent / shard_file_name(shard)
         write_json(out, summaries[0])
     else:
-        runs = summarize_runs(summaries, args.pred)
-        print(f"{'over ' + str(len(summaries)) + ' runs':<16}" + "   ".join(
-            f"{name} {100 * m['mean']:.1f} ± {100 * m['std']:.1f}" for name, m in runs["metrics"].items()))
+        runs = (summarize_runs if args.seeds else compare_runs)(summaries, args.pred)
+        print(format_runs(runs))
         out = Path(args.out) if args.out else Path("eval_runs.json")
         write_json(out, runs)
     print(f"metrics -> {out}")

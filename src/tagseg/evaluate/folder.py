@@ -68,13 +68,40 @@ def _summary(scorer: Scorer, dataset) -> dict:
     return summary
 
 
+RUN_METRICS = {"miou": "mIoU", "contour_f": "contour F", "j_and_f": "J&F", "pixel_accuracy": "pixel acc."}
+
+
+def compare_runs(summaries: list[dict], names: list[str]) -> dict:
+    """Several folders side by side: ``{"runs": names, "per_run": [{metric: value}]}`` with the
+    metrics of :data:`RUN_METRICS` (None where a summary has no such value)."""
+    return {"runs": list(map(str, names)),
+            "per_run": [{key: s.get(key) for key in RUN_METRICS} for s in summaries]}
+
+
 def summarize_runs(summaries: list[dict], names: list[str]) -> dict:
-    """Mean ± sample std of mIoU, pixel accuracy, contour F and J&F over several runs (seeds)."""
+    """:func:`compare_runs` plus the mean ± sample std of each metric over the runs, for folders
+    that are seeds of one setting (averaging different kinds of masks means nothing)."""
     metrics = {}
-    for key in ("miou", "contour_f", "j_and_f", "pixel_accuracy"):
+    for key in RUN_METRICS:
         values = [s[key] for s in summaries if s.get(key) is not None]
         if values:
             metrics[key] = {"mean": statistics.mean(values),
                             "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
-    return {"runs": list(map(str, names)), "metrics": metrics,
+    return {**compare_runs(summaries, names), "metrics": metrics,
             "std_convention": "sample standard deviation (n-1) over runs"}
+
+
+def format_runs(runs: dict) -> str:
+    """The folders of :func:`compare_runs` / :func:`summarize_runs` as a table, one row each (%),
+    with a mean ± std row when the runs were summarised as seeds."""
+    width = max(len(n) for n in runs["runs"])
+    lines = [f"{'folder':<{width}}" + "".join(f"{label:>12}" for label in RUN_METRICS.values())]
+    for name, row in zip(runs["runs"], runs["per_run"]):
+        lines.append(f"{name:<{width}}" + "".join("{:>12}".format("-" if row[k] is None else f"{100 * row[k]:.1f}")
+                                                 for k in RUN_METRICS))
+    if "metrics" in runs:
+        m = runs["metrics"]
+        lines.append(f"{'mean ± std':<{width}}" + "".join(
+            "{:>12}".format(f"{100 * m[k]['mean']:.1f} ± {100 * m[k]['std']:.1f}" if k in m else "-")
+            for k in RUN_METRICS) + f"   (over {len(runs['runs'])} runs; sample std)")
+    return "\n".join(lines)
