@@ -279,7 +279,12 @@ def table(res: dict, args, bg: float) -> str:
             ("PAR", "par-train_aug", "par-val", None),
             ("PSA (AffinityNet)", "psa-train_aug", "psa-val", None),
             ("IRN", "irn-train_aug", "irn-val", None)]
-    lines = [f"| mask | train_aug (first {args.images}) | val (first {args.images}) |", "|---|---|---|"]
+    def images(split: str) -> str:  # what the cells scored: --images caps a split, it does not fill it
+        entries = [r for key, r in res.items() if key.endswith(split) and isinstance(r, dict)]
+        entries += [v for r in entries for v in r.values() if isinstance(v, dict)]  # seed / crf inside seed-<split>
+        n = {r.get("images") for r in entries} - {None}
+        return f"{max(n)} images" if n else f"first {args.images}"
+    lines = [f"| mask | train_aug ({images('-train_aug')}) | val ({images('-val')}) |", "|---|---|---|"]
     for name, tr, va, sub in rows:
         lines.append(f"| {name} | {cell(tr, sub)} | {cell(va, sub)} |")
     return "\n".join(lines) + f"\n\nseed background threshold (val): {bg}\n"

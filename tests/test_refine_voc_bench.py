@@ -74,3 +74,13 @@ def test_a_cached_result_of_another_image_count_is_refused(tmp_path):
     assert calls == [1] and first["miou"] == again["miou"] == 0.3 and again["images_per_split"] == 50
     with pytest.raises(SystemExit, match="--images 50, not 1000"):
         bench.cached(path, lambda: {"miou": 0.1}, 1000)
+
+
+def test_the_table_header_says_how_many_images_each_split_scored():
+    """--images caps a split; the header reports what the cells scored, not the cap."""
+    bench = load_benchmark("refine_voc")
+    res = {"seed-train_aug": {"seed": {"miou": 0.2, "images": 1000}, "crf": {"miou": 0.1, "images": 1000}},
+           "seed-val": {"seed": {"miou": 0.3, "images": 300}, "crf": {"miou": 0.3, "images": 300}}}
+    header = bench.table(res, argparse.Namespace(images=5000), 0.45).splitlines()[0]
+    assert header == "| mask | train_aug (1000 images) | val (300 images) |"
+    assert "(first 5000)" in bench.table({}, argparse.Namespace(images=5000), 0.45)  # nothing scored yet
