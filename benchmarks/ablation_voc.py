@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -41,6 +40,9 @@ from tagseg.methods.label_merge import label_merge
 from tagseg.inference.loading import load_patch_classifier
 from tagseg.classify.trainer import Trainer
 from tagseg.utils.io import read_image, save_mask_png, write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/seed_stats.py
+from seed_stats import mean_std  # noqa: E402
 
 VARIANTS: dict[str, list[str]] = {
     "avg": ["method.pooling=avg", "method.pce_weight=0", "method.et_weight=1"],
@@ -127,14 +129,6 @@ def run_one(name: str, overrides: list[str], seed: int, args: argparse.Namespace
     write_json(result_path, record)
     return record
 
-
-def fmt(values: list[float]) -> str:
-    vals = [100 * v for v in values]
-    if len(vals) == 1:
-        return f"{vals[0]:.1f}"
-    return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}"
-
-
 COLUMNS = ("train_aug/plain", "train_aug/flip", "val/plain", "val/flip")
 
 
@@ -142,7 +136,7 @@ def table(rows: list[tuple[str, list[dict]]]) -> str:
     head = "| variant | runs | train_aug | train_aug + flip | val | val + flip |\n|---|---|---|---|---|---|"
     lines = [head]
     for label, recs in rows:
-        cells = [fmt([r["metrics"][c]["miou"] for r in recs]) for c in COLUMNS]
+        cells = [mean_std([r["metrics"][c]["miou"] for r in recs]) for c in COLUMNS]
         lines.append(f"| {label} | {len(recs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

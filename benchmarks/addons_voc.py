@@ -48,7 +48,6 @@ import argparse
 import copy
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -68,6 +67,9 @@ from tagseg.methods.cam_objective import cam_pseudo_mask
 from tagseg.methods.families import get_family
 from tagseg.classify.trainer import Trainer
 from tagseg.utils.io import read_image, read_mask, write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/seed_stats.py
+from seed_stats import mean_std  # noqa: E402
 
 # The CAM recipe every cached row was measured with: cam_voc before it shipped fixed BatchNorm
 # statistics and a learnt class prior (benchmarks/results/classifier_fit.md). SEAM has no prior term.
@@ -348,15 +350,6 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict:
     return record
 
 
-def fmt(values: list[float | None]) -> str:
-    vals = [100 * v for v in values if v is not None]
-    if not vals:
-        return "-"
-    if len(vals) == 1:
-        return f"{vals[0]:.1f}"
-    return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}"
-
-
 def table(rows: list[tuple[str, list[dict]]]) -> str:
     methods = [m for m in ("par", "psa", "irn") if any(m in refined_entries(r["metrics"]) for _, rs in rows for r in rs)]
     names = {"par": "PAR", "psa": "AffinityNet", "irn": "IRN"}
@@ -367,18 +360,18 @@ def table(rows: list[tuple[str, list[dict]]]) -> str:
     for label, recs in rows:
         m = [r["metrics"]["train_aug"] for r in recs]
         sweep = [r["metrics"].get("bg_sweep") for r in recs]
-        best = "-" if sweep[0] is None else fmt([s["best_miou"] for s in sweep]) + " (thr " + ", ".join(
+        best = "-" if sweep[0] is None else mean_std([s["best_miou"] for s in sweep]) + " (thr " + ", ".join(
             f"{s['best_threshold']:g}" for s in sweep) + ")"
         refined = ""
         for method in methods:
             ref = [refined_entries(r["metrics"]).get(method) for r in recs]
             done = [v["train_aug"]["miou"] for v in ref if v]
-            refined += " - |" if not done else f" {fmt(done)}{'' if len(done) == len(recs) else f' ({len(done)} seeds)'} |"
+            refined += " - |" if not done else f" {mean_std(done)}{'' if len(done) == len(recs) else f' ({len(done)} seeds)'} |"
         val = [r["metrics"].get("val_choice") for r in recs]
-        on_val = "-" if any(v is None for v in val) else fmt([v["train_aug_miou"] for v in val]) + " (thr " + ", ".join(
+        on_val = "-" if any(v is None for v in val) else mean_std([v["train_aug_miou"] for v in val]) + " (thr " + ", ".join(
             f"{v['threshold']:g}" for v in val) + ")"
-        lines.append(f"| {label} | {len(recs)} | {fmt([x['miou'] for x in m])} | {fmt([x['contour_f'] for x in m])} "
-                     f"| {fmt([x['j_and_f'] for x in m])} | {best} | {on_val} |{refined}")
+        lines.append(f"| {label} | {len(recs)} | {mean_std([x['miou'] for x in m])} | {mean_std([x['contour_f'] for x in m])} "
+                     f"| {mean_std([x['j_and_f'] for x in m])} | {best} | {on_val} |{refined}")
     return "\n".join(lines)
 
 

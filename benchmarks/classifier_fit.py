@@ -69,6 +69,9 @@ from tagseg.methods.cam_objective import cam_pseudo_mask, tag_frequencies
 from tagseg.classify.trainer import Trainer
 from tagseg.utils.io import read_image, write_json
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/seed_stats.py
+from seed_stats import mean_std  # noqa: E402
+
 PRIOR = ["cam.class_prior=tags"]
 FROZEN = ["model.bn=frozen"]
 SGD_POLY = ["train.optimizer=sgd", "train.lr_schedule=poly", "train.head_lr_mult=10", "train.poly_power=0.9",
@@ -257,13 +260,6 @@ def prior_only_loss(args: argparse.Namespace) -> float:
     return float(F.binary_cross_entropy(p.expand_as(t), t))
 
 
-def fmt(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
-    vals = [scale * v for v in values]
-    if len(vals) == 1:
-        return f"{vals[0]:.{digits}f}"
-    return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
-
-
 def thresholds(vals: list[dict]) -> str:
     return ", ".join(f"{x['threshold']:g}" for x in vals)
 
@@ -280,9 +276,9 @@ def table(records: dict[str, list[dict]]) -> str:
             continue
         v = [r["val"] for r in recs]
         lines.append(
-            f"| {name} | {len(recs)} | {fmt([r['final_loss'] for r in recs], 1.0, 3)} | {fmt([x['map'] for x in v])} "
-            f"| {fmt([x['f1'] for x in v])} | {fmt([x['miou'] for x in v])} "
-            f"| {thresholds(v)} | {fmt([x['miou_thr_chosen_on_scored'] for x in v])} "
+            f"| {name} | {len(recs)} | {mean_std([r['final_loss'] for r in recs], 1.0, 3)} | {mean_std([x['map'] for x in v])} "
+            f"| {mean_std([x['f1'] for x in v])} | {mean_std([x['miou'] for x in v])} "
+            f"| {thresholds(v)} | {mean_std([x['miou_thr_chosen_on_scored'] for x in v])} "
             f"| {statistics.mean(r['train_seconds'] for r in recs):.0f} |")
     return "\n".join(lines)
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -50,6 +49,9 @@ from tagseg.inference.crf.params import get_preset
 from tagseg.inference.loading import load_trained_model
 from tagseg.classify.trainer import Trainer
 from tagseg.utils.io import read_image, write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/seed_stats.py
+from seed_stats import mean_std  # noqa: E402
 
 PATCH_VARIANTS: dict[str, list[str]] = {
     "avg": ["method.pooling=avg", "method.pce_weight=0", "method.et_weight=1"],
@@ -206,15 +208,6 @@ def val_only(name: str, args: argparse.Namespace, bn: str, seed: int, infer: str
     return max(rec["val"]["miou"].values()), rec
 
 
-def fmt(values: list[float]) -> str:
-    vals = [100 * v for v in values if v is not None]
-    if not vals:
-        return "–"
-    if len(vals) == 1:
-        return f"{vals[0]:.1f}"
-    return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--voc", type=Path, default=Path("../shared/data/voc12-subset"))
@@ -314,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         crf = [r.get("crf", {}).get("train_aug", {}).get("miou") for r in recs]
         crf_plain = [r.get("crf", {}).get("train_aug", {}).get("plain_same_images") for r in recs]
         vcrf = [r.get("crf", {}).get("val", {}).get("miou") for r in recs]
-        lines.append(f"| {LABELS[name]} | {len(recs)} | {fmt(tr)} | {fmt([r['val_chosen'] for r in recs])} | "
-                     f"{fmt(crf)} | {fmt(crf_plain)} | {fmt(vcrf)} |")
+        lines.append(f"| {LABELS[name]} | {len(recs)} | {mean_std(tr)} | {mean_std([r['val_chosen'] for r in recs])} | "
+                     f"{mean_std(crf)} | {mean_std(crf_plain)} | {mean_std(vcrf)} |")
     table = "\n".join(lines)
     print(table)
     cmd = "python benchmarks/reference_voc.py " + " ".join(sys.argv[1:] if argv is None else argv)
