@@ -35,15 +35,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # benchmarks/cli_steps.py
+from cli_steps import Steps  # noqa: E402
+
 SPLITS = ("train_aug", "val")
 
 
@@ -123,26 +124,7 @@ def segment_overrides(data: Path, masks: str, s: dict, device: str) -> list[str]
             "inference.scales=[1.0]", "inference.flip=true", "inference.crf=none"]
 
 
-class Steps:
-    """Runs ``python -m tagseg ...`` steps, skipping those whose output exists; records wall times."""
-
-    def __init__(self) -> None:
-        self.times: dict[str, float] = {}
-
-    def __call__(self, name: str, done: Path, *args: str) -> None:
-        if done.exists():
-            self.times[name] = 0.0
-            return
-        t0 = time.time()
-        env = {**__import__("os").environ, "PYTHONPATH": str(REPO / "src")}
-        proc = subprocess.run([sys.executable, "-m", "tagseg", *args], env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"step {name} failed: tagseg {' '.join(args)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        self.times[name] = time.time() - t0
-        print(f"{name}: {self.times[name]:.0f} s", flush=True)
-
-
-def refine_step(step: "Steps", family: str, run: Path, method: str) -> Path:
+def refine_step(step: Steps, family: str, run: Path, method: str) -> Path:
     """``tagseg refine`` on train_aug and its score; returns the refined masks' folder."""
     out = run / "refine" / method / "train_aug"
     step(f"{family} refine {method}", out / "masks", "refine", "--run", str(run), "--method", method,
@@ -189,9 +171,7 @@ def run(data: Path, work: Path, device: str, tiny: bool) -> str:
     lines += [f"| {f} | {a:.1f} | {b:.1f} | {r:.1f} | {d:.1f} | {d / ceiling if ceiling else float('nan'):.2f} |"
               for f, a, b, r, d in rows]
     lines += [f"| ground truth (ceiling) | – | – | – | {ceiling:.1f} | 1.00 |", "",
-              f"Settings: {json.dumps(s)}; device {device}; data {data}.", "", "| step | wall s |", "|---|---:|"]
-    lines += [f"| {k} | {v:.0f} |" for k, v in step.times.items()]
-    lines += ["", f"Total: {sum(step.times.values()) / 60:.1f} min (0 s = reused from an earlier call)."]
+              f"Settings: {json.dumps(s)}; device {device}; data {data}.", "", *step.table()]
     text = "\n".join(lines) + "\n"
     (work / "results.md").write_text(text)
     return text

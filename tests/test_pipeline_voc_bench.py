@@ -1,0 +1,48 @@
+"""benchmarks/pipeline_voc.py: the whole command-line pipeline on a tiny VOC folder (CPU), its
+resumption, and the table it writes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from conftest import load_benchmark
+from fixtures import make_voc
+
+TINY_TRAIN = ["model.encoder=test_resnet", "model.weights=null", "data.image_size=64", "train.epochs=1",
+              "train.warmup_epochs=1", "train.batch_size=2", "data.num_workers=0"]
+TINY_SEG = ["model.encoder=test_resnet", "model.weights=null", "model.aspp_channels=16", "model.low_level_channels=8",
+            "model.aspp_rates=[1,2,3]", "augment.crop_size=32", "train.batch_size=2", "train.epochs=1",
+            "data.num_workers=0"]
+
+
+@pytest.mark.slow
+def test_tiny_cam_pipeline_writes_its_table_and_resumes(tmp_path):
+    bench = load_benchmark("pipeline_voc")
+    voc = tmp_path / "voc"
+    make_voc(voc, n=4)
+    lists = voc / "ImageSets" / "Segmentation"
+    for split in ("train_aug", "val"):
+        shutil.copy(lists / "train.txt", lists / f"{split}.txt")
+    argv = ["--voc", str(voc), "--family", "cam", "--work", str(tmp_path / "work"), "--crf", "torch",
+            "--threads", "1", "--workers", "0", "--per-image-workers", "1", "--choose-images", "2",
+            "--train-set", *TINY_TRAIN, "--pseudo-set", "pseudo.image_size=64", "--segment-set", *TINY_SEG]
+    assert bench.main(argv) == 0
+    out = tmp_path / "work" / "cam-seed0"
+    result = json.loads((out / "results.json").read_text())
+    for split in ("train_aug", "val"):
+        assert set(result[split]) == {"seed", "crf", "par"}
+        assert all(0 <= v <= 100 for v in result[split].values())
+    assert result["bg_threshold"] in {float(t) for t in bench.BG_SWEEP.split(",")}
+    assert 0 <= result["deeplab"] <= 100 and 0 <= result["ceiling"] <= 100
+    assert (tmp_path / "work" / "ceiling" / "model.safetensors").is_file()  # shared by families and seeds
+    text = (out / "results.md").read_text()
+    assert "| PAR-refined |" in text and "of the ceiling" in text
+    # a second call reuses every finished step: only the per-image stages run again (and skip their images)
+    assert bench.main(argv) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again["train_aug"] == result["train_aug"] and again["deeplab"] == result["deeplab"]
+    reused = [k for k, v in again["seconds"].items() if v == 0.0]
+    assert {"train", "background sweep (val)", "eval val", "eval train_aug"} <= set(reused)
