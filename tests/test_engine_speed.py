@@ -14,7 +14,7 @@ from fixtures import make_voc
 from tagseg.config import load_config
 from tagseg.engine import loop
 from tagseg.engine import precision as P
-from tagseg.engine.checkpoint import list_checkpoints, load_latest_checkpoint
+from tagseg.engine.checkpoint import load_latest_checkpoint
 from tagseg.engine.distributed import DistInfo
 from tagseg.errors import ConfigError
 from tagseg.segment.config import load_segment_config

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -17,7 +16,7 @@ import pytest
 from runner_steps import Rec, build_write_value, write_value
 from tagseg.errors import ConfigError, DataError, OutputError
 from tagseg.runner import ManifestInfo, OutputLayout, WorkerStep, read_manifest, run_per_image, shard_of
-from tagseg.utils.runlock import RunLockedError, run_lock
+from tagseg.utils.runlock import run_lock
 
 RECS = [Rec(f"r{i}", i) for i in range(7)]
 
