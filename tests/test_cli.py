@@ -100,6 +100,7 @@ def test_pseudo_with_crf_and_workers_then_eval_several_runs(tmp_path, capsys):
     kinds = json.loads((tmp_path / "kinds.json").read_text())
     assert "metrics" not in kinds and kinds["runs"] == [str(raw), str(crf)]
     assert len(kinds["per_run"]) == 2 and all(0 <= r["miou"] <= 1 for r in kinds["per_run"])
+    assert all(len(r["iou"]) == len(kinds["class_names"]) == 21 for r in kinds["per_run"])  # per class, per folder
     # folders declared seeds of one setting: their mean ± std as well
     assert main(["eval", "--pred", str(raw), str(crf), "--run", str(run), "--seeds",
                  "--out", str(tmp_path / "runs.json")]) == 0

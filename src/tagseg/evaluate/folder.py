@@ -72,10 +72,12 @@ RUN_METRICS = {"miou": "mIoU", "contour_f": "contour F", "j_and_f": "J&F", "pixe
 
 
 def compare_runs(summaries: list[dict], names: list[str]) -> dict:
-    """Several folders side by side: ``{"runs": names, "per_run": [{metric: value}]}`` with the
-    metrics of :data:`RUN_METRICS` (None where a summary has no such value)."""
-    return {"runs": list(map(str, names)),
-            "per_run": [{key: s.get(key) for key in RUN_METRICS} for s in summaries]}
+    """Several folders side by side: ``{"runs": names, "class_names": [...], "per_run": [{metric:
+    value, "iou": per-class IoU (None: class absent), "miou_classes": [...]}]}`` with the metrics of
+    :data:`RUN_METRICS` (None where a summary has no such value)."""
+    return {"runs": list(map(str, names)), "class_names": summaries[0].get("class_names"),
+            "per_run": [{**{key: s.get(key) for key in RUN_METRICS}, "iou": s.get("iou"),
+                         "miou_classes": s.get("miou_classes")} for s in summaries]}
 
 
 def summarize_runs(summaries: list[dict], names: list[str]) -> dict:
