@@ -39,6 +39,6 @@ class Steps:
         print(f"{name}: {self.times[name]:.0f} s", flush=True)
 
     def table(self) -> list[str]:
-        """Markdown rows of the wall times (0 s: reused from an earlier call)."""
+        """Markdown rows of the wall times (0 s: reused, its time unknown to this call)."""
         return ["| step | wall s |", "|---|---:|", *(f"| {k} | {v:.0f} |" for k, v in self.times.items()),
                 "", f"Total: {sum(self.times.values()) / 60:.1f} min (0 s = reused from an earlier call)."]

@@ -130,6 +130,13 @@ def run_pipeline(args: argparse.Namespace) -> dict:
 
 
 def finish(out: Path, result: dict, step: Steps) -> dict:
+    """Write results.json / results.md; a step reused from an earlier call keeps that call's time."""
+    earlier = {}
+    if (out / "results.json").is_file():
+        earlier = json.loads((out / "results.json").read_text()).get("seconds", {})
+    for name, seconds in step.times.items():
+        if seconds == 0.0 and earlier.get(name):
+            step.times[name] = earlier[name]
     result["seconds"] = {k: round(v, 1) for k, v in step.times.items()}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "results.md").write_text(table(result) + "\n\n" + "\n".join(step.table()) + "\n")
