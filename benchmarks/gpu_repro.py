@@ -173,7 +173,10 @@ def run(data: Path, work: Path, device: str, tiny: bool) -> str:
     lines += [f"| ground truth (ceiling) | – | – | – | {ceiling:.1f} | 1.00 |", "",
               f"Settings: {json.dumps(s)}; device {device}; data {data}.", "", *step.table()]
     text = "\n".join(lines) + "\n"
-    (work / "results.md").write_text(text)
+    sys.path.insert(0, str(REPO / "src"))
+    from tagseg.utils.io import write_text
+
+    write_text(work / "results.md", text)
     return text
 
 

@@ -32,7 +32,10 @@ from pathlib import Path
 from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/cli_steps.py
-from cli_steps import Steps  # noqa: E402
+from cli_steps import REPO, Steps  # noqa: E402
+
+sys.path.insert(0, str(REPO / "src"))  # the steps run this checkout's tagseg; its file helpers too
+from tagseg.utils.io import write_json, write_text  # noqa: E402
 
 SPLITS = ("val", "train_aug")  # val first: the CAM threshold is chosen there
 BG_SWEEP = "0.05,0.1,0.15,0.2,0.25,0.3,0.35,0.4,0.45,0.5,0.6"
@@ -115,8 +118,9 @@ def run_pipeline(args: argparse.Namespace) -> dict:
         result[split] = dict(zip(("seed", "crf", "par"), (by_folder[str(f)] for f in folders)))
     if args.until == "refine":
         return finish(out, result, step)
-    masks = out / "refine" / "par" / "train_aug" / ("confident" if args.masks == "confident" else "masks")
-    seg = out / ("seg-confident" if args.masks == "confident" else "seg")
+    confident = args.masks == "confident"
+    masks = out / "refine" / "par" / "train_aug" / ("confident" if confident else "masks")
+    seg = out / ("seg-confident" if confident else "seg")
     ceiling = args.ceiling.resolve() if args.ceiling else work / "ceiling"
     for name, folder, target in (("DeepLab on refined", seg, str(masks)), ("DeepLab on ground truth", ceiling, "gt")):
         step(f"{name}: train", folder / "model.safetensors", "segment", "train", "--config", "segment_voc_cpu",
@@ -138,8 +142,8 @@ def finish(out: Path, result: dict, step: Steps) -> dict:
         if seconds == 0.0 and earlier.get(name):
             step.times[name] = earlier[name]
     result["seconds"] = {k: round(v, 1) for k, v in step.times.items()}
-    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "results.md").write_text(table(result) + "\n\n" + "\n".join(step.table()) + "\n")
+    write_json(out / "results.json", result)
+    write_text(out / "results.md", table(result) + "\n\n" + "\n".join(step.table()) + "\n")
     return result
 
 

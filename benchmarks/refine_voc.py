@@ -279,6 +279,7 @@ def table(res: dict, args, bg: float) -> str:
             ("PAR", "par-train_aug", "par-val", None),
             ("PSA (AffinityNet)", "psa-train_aug", "psa-val", None),
             ("IRN", "irn-train_aug", "irn-val", None)]
+
     def images(split: str) -> str:  # what the cells scored: --images caps a split, it does not fill it
         entries = [r for key, r in res.items() if key.endswith(split) and isinstance(r, dict)]
         entries += [v for r in entries for v in r.values() if isinstance(v, dict)]  # seed / crf inside seed-<split>
