@@ -171,6 +171,40 @@ def test_eval_takes_overrides_after_its_folders(tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
 
 
+def test_eval_classes_reports_the_named_classes_miou(tmp_path, capsys):
+    import numpy as np
+
+    from PIL import Image
+
+    run, pred = _scored_run(tmp_path, n=4)
+    first = sorted(pred.glob("*.png"))[0]
+    with Image.open(first) as im:
+        Image.fromarray(np.zeros((im.height, im.width), np.uint8)).save(first)  # one image: all background
+    assert main(["eval", "--run", str(run), "--pred", str(pred), "--out", str(tmp_path / "all.json")]) == 0
+    summary = json.loads((tmp_path / "all.json").read_text())
+    names = summary["class_names"]
+    imperfect = [n for n, v in zip(names, summary["iou"]) if v is not None and v < 1]
+    assert imperfect  # the edited image lowered some class
+    pick = [names[0], imperfect[-1]]
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run), "--pred", str(pred), "--classes", ",".join(pick),
+                 "--out", str(tmp_path / "sub.json")]) == 0
+    assert "subset mIoU" in capsys.readouterr().out
+    sub = json.loads((tmp_path / "sub.json").read_text())["subset"]
+    by_name = dict(zip(names, summary["iou"]))
+    assert sub["miou"] == pytest.approx(np.mean([by_name[n] for n in pick])) and sub["miou"] < 1
+    # side by side: a subset column
+    assert main(["eval", "--run", str(run), "--pred", str(pred), str(pred), "--classes", pick[1],
+                 "--out", str(tmp_path / "runs.json")]) == 0
+    assert "subset mIoU" in capsys.readouterr().out
+    runs = json.loads((tmp_path / "runs.json").read_text())
+    assert [r["subset_miou"] for r in runs["per_run"]] == [pytest.approx(by_name[pick[1]])] * 2
+    # a misspelt class is refused before anything is scored, naming the valid ones
+    assert main(["eval", "--run", str(run), "--pred", str(pred), "--classes", f"{names[0]},kitten"]) == 2
+    err = capsys.readouterr().err
+    assert "kitten" in err and names[1] in err
+
+
 def test_split_overrides_keeps_existing_paths(tmp_path):
     from tagseg.cli import split_overrides
 

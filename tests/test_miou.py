@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tagseg.errors import DataError
-from tagseg.metrics.miou import ConfusionMatrix
+from tagseg.metrics.miou import ConfusionMatrix, format_table, subset_miou
 
 
 def test_miou_hand_example():
@@ -19,6 +19,23 @@ def test_miou_hand_example():
     assert s["miou_classes"] == ["bg", "a", "b"]
     assert s["pixel_accuracy"] == pytest.approx(3 / 5)
     assert s["pixels"] == 5
+
+
+def test_subset_miou_averages_only_the_named_present_classes():
+    gt = np.array([[0, 0, 1], [1, 1, 255]], dtype=np.uint8)
+    pred = np.array([[0, 1, 1], [1, 2, 0]], dtype=np.uint8)
+    cm = ConfusionMatrix(4)
+    cm.update(pred, gt)
+    s = cm.summary(["bg", "a", "b", "c"])  # IoU 0.5, 0.5, 0.0, absent (hand example above)
+    sub = subset_miou(s, ["a", "b", "c"])
+    assert sub["miou"] == pytest.approx(0.25)  # (0.5 + 0.0) / 2: c is absent, not a zero
+    assert sub["present"] == ["a", "b"] and sub["classes"] == ["a", "b", "c"]
+    assert subset_miou(s, ["bg"])["miou"] == 0.5
+    assert np.isnan(subset_miou(s, ["c"])["miou"])
+    s["subset"] = sub
+    assert "subset mIoU" in format_table(s) and "2 of the 3 named classes present: a, b" in format_table(s)
+    with pytest.raises(ValueError, match="unknown classes \\['cat'\\]"):
+        subset_miou(s, ["a", "cat"])
 
 
 def test_confusion_accumulates_and_penalises_abstention():

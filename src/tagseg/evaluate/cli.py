@@ -17,6 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "by side (e.g. seed, CRF and refined masks of one run)")
     p.add_argument("--seeds", action="store_true",
                    help="the --pred folders are seeds of one setting: add their mean ± std")
+    p.add_argument("--classes", metavar="NAME,NAME,...",
+                   help="also report the mIoU over these classes (e.g. the well-represented ones: "
+                        "background,cat,dog,person); names as in the dataset's class list")
     p.add_argument("--sweep-bg", metavar="T1,T2,...",
                    help="CAM family: score these background thresholds from the run's model (needs --run); "
                         "the best is reported as chosen on the ground truth")
@@ -54,6 +57,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.pred or args.run or args.config or args.sweep_bg:
             raise TagsegError("--merge takes only the shards' eval.json files (and --out)")
         summary = merge_eval_files(args.merge)
+        if args.classes:
+            summary["subset"] = _subset(summary, args.classes)
         print(format_table(summary, title=f"{len(args.merge)} shards of {summary['dataset']} "
                                           f"({summary['images']} images)") + "\n")
         out = Path(args.out) if args.out else Path(args.merge[0]).resolve().parent / "eval.json"
@@ -78,6 +83,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     split = args.split or cfg.data.pseudo_split
     if args.sweep_bg:
         from tagseg.evaluate.bg_sweep import sweep_bg_cli
+
+        if args.classes:
+            raise TagsegError("--classes applies to scored folders, not to --sweep-bg (which picks on all classes)")
         from tagseg.utils.cost import print_cost_note
 
         if not args.run:
@@ -96,9 +104,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise TagsegError("--seeds averages several --pred folders; give two or more")
     if shard[1] > 1 and len(args.pred) > 1:
         raise TagsegError("--shard scores one prediction folder at a time")
+    if args.classes:
+        _subset({"class_names": index.class_names, "iou": [None] * index.num_classes}, args.classes)  # names first
     summaries = []
     for pred in args.pred:
         summary = evaluate_folder(pred, index, shard=shard)
+        if args.classes:
+            summary["subset"] = _subset(summary, args.classes)
         summaries.append(summary)
         part = f"shard {shard[0]}/{shard[1]}: " if shard[1] > 1 else ""
         print(format_table(summary, title=f"{pred} vs {index.name} ({part}{summary['images']} images)") + "\n")
@@ -112,3 +124,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         write_json(out, runs)
     print(f"metrics -> {out}")
     return 0
+
+
+def _subset(summary: dict, classes: str) -> dict:
+    """``--classes a,b,c`` scored on a summary (TagsegError naming the valid classes on a typo)."""
+    from tagseg.errors import TagsegError
+    from tagseg.metrics.miou import subset_miou
+
+    names = [n.strip() for n in classes.split(",") if n.strip()]
+    if not names:
+        raise TagsegError("--classes: give class names separated by commas")
+    try:
+        return subset_miou(summary, names)
+    except ValueError as e:
+        raise TagsegError(f"--classes: {e}") from None

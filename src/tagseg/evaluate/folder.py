@@ -68,7 +68,14 @@ def _summary(scorer: Scorer, dataset) -> dict:
     return summary
 
 
-RUN_METRICS = {"miou": "mIoU", "contour_f": "contour F", "j_and_f": "J&F", "pixel_accuracy": "pixel acc."}
+RUN_METRICS = {"miou": "mIoU", "contour_f": "contour F", "j_and_f": "J&F", "pixel_accuracy": "pixel acc.",
+               "subset_miou": "subset mIoU"}  # subset: only with ``tagseg eval --classes``
+
+
+def _metric(summary: dict, key: str):
+    if key == "subset_miou":
+        return (summary.get("subset") or {}).get("miou")
+    return summary.get(key)
 
 
 def compare_runs(summaries: list[dict], names: list[str]) -> dict:
@@ -76,7 +83,7 @@ def compare_runs(summaries: list[dict], names: list[str]) -> dict:
     value, "iou": per-class IoU (None: class absent), "miou_classes": [...]}]}`` with the metrics of
     :data:`RUN_METRICS` (None where a summary has no such value)."""
     return {"runs": list(map(str, names)), "class_names": summaries[0].get("class_names"),
-            "per_run": [{**{key: s.get(key) for key in RUN_METRICS}, "iou": s.get("iou"),
+            "per_run": [{**{key: _metric(s, key) for key in RUN_METRICS}, "iou": s.get("iou"),
                          "miou_classes": s.get("miou_classes")} for s in summaries]}
 
 
@@ -85,7 +92,7 @@ def summarize_runs(summaries: list[dict], names: list[str]) -> dict:
     that are seeds of one setting (averaging different kinds of masks means nothing)."""
     metrics = {}
     for key in RUN_METRICS:
-        values = [s[key] for s in summaries if s.get(key) is not None]
+        values = [_metric(s, key) for s in summaries if _metric(s, key) is not None]
         if values:
             metrics[key] = {"mean": statistics.mean(values),
                             "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
@@ -95,15 +102,17 @@ def summarize_runs(summaries: list[dict], names: list[str]) -> dict:
 
 def format_runs(runs: dict) -> str:
     """The folders of :func:`compare_runs` / :func:`summarize_runs` as a table, one row each (%),
-    with a mean ± std row when the runs were summarised as seeds."""
+    with a mean ± std row when the runs were summarised as seeds (the subset column only when
+    some folder has one)."""
     width = max(len(n) for n in runs["runs"])
-    lines = [f"{'folder':<{width}}" + "".join(f"{label:>12}" for label in RUN_METRICS.values())]
+    keys = [k for k in RUN_METRICS if k != "subset_miou" or any(r.get(k) is not None for r in runs["per_run"])]
+    lines = [f"{'folder':<{width}}" + "".join(f"{RUN_METRICS[k]:>12}" for k in keys)]
     for name, row in zip(runs["runs"], runs["per_run"]):
-        lines.append(f"{name:<{width}}" + "".join("{:>12}".format("-" if row[k] is None else f"{100 * row[k]:.1f}")
-                                                 for k in RUN_METRICS))
+        lines.append(f"{name:<{width}}" + "".join("{:>12}".format("-" if row.get(k) is None else f"{100 * row[k]:.1f}")
+                                                 for k in keys))
     if "metrics" in runs:
         m = runs["metrics"]
         lines.append(f"{'mean ± std':<{width}}" + "".join(
             "{:>12}".format(f"{100 * m[k]['mean']:.1f} ± {100 * m[k]['std']:.1f}" if k in m else "-")
-            for k in RUN_METRICS) + f"   (over {len(runs['runs'])} runs; sample std)")
+            for k in keys) + f"   (over {len(runs['runs'])} runs; sample std)")
     return "\n".join(lines)

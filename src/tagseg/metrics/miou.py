@@ -79,6 +79,19 @@ def summarize(matrix: np.ndarray, class_names: Sequence[str]) -> dict:
     }
 
 
+def subset_miou(summary: dict, names: Sequence[str]) -> dict:
+    """mIoU over the named classes of a :func:`summarize` result: ``{"classes": names, "miou":
+    mean IoU of those present (NaN when none is), "present": [...]}``. Names must be classes of the
+    summary (ValueError otherwise), so a typo cannot silently shrink the average."""
+    unknown = [n for n in names if n not in summary["class_names"]]
+    if unknown:
+        raise ValueError(f"unknown classes {unknown}; the classes are {summary['class_names']}")
+    by_name = dict(zip(summary["class_names"], summary["iou"]))
+    present = [n for n in names if by_name[n] is not None]
+    miou = float(np.mean([by_name[n] for n in present])) if present else float("nan")
+    return {"classes": list(names), "miou": miou, "present": present}
+
+
 def format_table(summary: dict, title: str = "") -> str:
     """A plain-text per-class IoU table."""
     lines = [title] if title else []
@@ -92,4 +105,8 @@ def format_table(summary: dict, title: str = "") -> str:
         lines.append(f"{'contour F':<16}{100 * summary['contour_f']:>8.1f}   (boundary F-measure, mean over "
                      f"foreground classes that occur)")
         lines.append(f"{'J&F':<16}{100 * summary['j_and_f']:>8.1f}   ((mIoU + contour F) / 2)")
+    if summary.get("subset"):
+        sub = summary["subset"]
+        lines.append(f"{'subset mIoU':<16}{100 * sub['miou']:>8.1f}   ({len(sub['present'])} of the "
+                     f"{len(sub['classes'])} named classes present: {', '.join(sub['present'])})")
     return "\n".join(lines)
