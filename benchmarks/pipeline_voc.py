@@ -20,7 +20,8 @@ Outputs under ``<work>/<name>/`` (``--name``, default ``<family>-seed<s>``): ``r
 ``--run``), ``pseudo/<split>/``, ``refine/par/<split>/``, ``eval_<split>.json``, ``seg/`` (or
 ``seg-confident/``), ``results.md`` and ``results.json``. Finished steps are skipped and the
 per-image stages resume, so an interrupted call continues where it stopped; ``--until`` stops after
-a step (e.g. ``refine``: the pseudo-mask rows without the 90-minute DeepLab runs).
+a step (``refine``: the pseudo-mask rows without the 90-minute DeepLab runs; ``seed``: the seed row
+alone, no CRF or refinement, scored into ``eval_<split>_seed.json``, e.g. for the pooling ordering).
 """
 
 from __future__ import annotations
@@ -39,19 +40,21 @@ from tagseg.utils.io import write_json, write_text  # noqa: E402
 
 SPLITS = ("val", "train_aug")  # val first: the CAM threshold is chosen there
 BG_SWEEP = "0.05,0.1,0.15,0.2,0.25,0.3,0.35,0.4,0.45,0.5,0.6"
-STAGES = ("train", "refine", "segment")
+STAGES = ("train", "seed", "refine", "segment")
 
 # The families' CPU recipes (EfficientNet-Lite0 with the packaged ImageNet weights):
 # - cam: cam_voc as shipped (fixed BatchNorm, learnt class prior), 160 px, 3 epochs (1 warm-up with the
-#   backbone frozen, 2 fine-tuning the last 2 block groups), batch 16; pseudo-masks at 256 px, one scale
-#   (benchmarks/results/classifier_fit.md, the 1,000-image networks).
+#   backbone frozen, 2 fine-tuning the last 2 block groups), batch 16; pseudo-masks at 256 px, one scale,
+#   no flip (benchmarks/results/classifier_fit.md, the 1,000-image networks; cam_voc's own pseudo
+#   settings are the papers' 4 scales + flip, 8 forwards per image).
 # - tkpcl: top-K + PCE + L_ET, the 320 px recipe of reference_voc.md (20 x 20 patch grid): 2 epochs
-#   (1 warm-up, 1 fine-tuning the last 3 block groups), batch 8, L_ET crops 96 px; pseudo-masks at 320 px.
+#   (1 warm-up, 1 fine-tuning the last 3 block groups), batch 8, L_ET crops 96 px; pseudo-masks at 320 px,
+#   one scale (tkpcl_voc's default).
 RECIPES: dict[str, dict] = {
-    "cam": {"config": "cam_voc", "pseudo_size": 256,
+    "cam": {"config": "cam_voc", "pseudo": ["pseudo.image_size=256", "pseudo.scales=[1.0]", "pseudo.flip=false"],
             "train": ["data.image_size=160", "train.epochs=3", "train.warmup_epochs=1", "train.warmup_lr=1e-3",
                       "train.lr=1e-4", "train.unfreeze_blocks=2", "train.batch_size=16"]},
-    "tkpcl": {"config": "tkpcl_voc", "pseudo_size": 320,
+    "tkpcl": {"config": "tkpcl_voc", "pseudo": ["pseudo.image_size=320"],
               "train": ["model.cnn_grid=dilated", "model.cnn_features=last_block", "data.image_size=320",
                         "train.epochs=2", "train.warmup_epochs=1", "train.unfreeze_blocks=3",
                         "method.et_crop_size=96", "train.batch_size=8"]},
@@ -96,7 +99,7 @@ def run_pipeline(args: argparse.Namespace) -> dict:
     result: dict = {"family": args.family, "seed": args.seed, "run": str(run), "voc": str(voc)}
     if args.until == "train":
         return finish(out, result, step)
-    pseudo = [f"data.root={voc}", f"pseudo.image_size={recipe['pseudo_size']}", *args.pseudo_set]
+    pseudo = [f"data.root={voc}", *recipe["pseudo"], *args.pseudo_set]
     if args.family == "cam":
         sweep = out / "bg_sweep_val.json"
         step("background sweep (val)", sweep, "eval", "--run", str(run), "--split", "val", "--sweep-bg", BG_SWEEP,
@@ -104,19 +107,22 @@ def run_pipeline(args: argparse.Namespace) -> dict:
         result["bg_threshold"] = chosen_background(sweep)
         pseudo.append(f"pseudo.bg_threshold={result['bg_threshold']}")
     per_image = ["--workers", str(args.per_image_workers), "--threads", "1"]
+    seed_only = args.until == "seed"  # the seed row alone: no CRF, no refinement
     for split in SPLITS:
         seed_dir, par_dir = out / "pseudo" / split, out / "refine" / "par" / split
         step(f"pseudo {split}", None, "pseudo", "--run", str(run), "--split", split, "--out", str(seed_dir),
-             "--crf", args.crf, *per_image, *pseudo)
-        step(f"refine par {split}", None, "refine", "--run", str(run), "--method", "par", "--split", split,
-             "--out", str(par_dir), *per_image, *pseudo)
-        scores = out / f"eval_{split}.json"
-        folders = [seed_dir / "masks", seed_dir / "crf" / "masks", par_dir / "masks"]
-        step(f"eval {split}", scores, "eval", "--run", str(run), "--split", split, "--pred", *map(str, folders),
-             "--out", str(scores), *threads, f"data.root={voc}")
+             "--crf", "none" if seed_only else args.crf, *per_image, *pseudo)
+        folders = {"seed": seed_dir / "masks"}
+        if not seed_only:
+            step(f"refine par {split}", None, "refine", "--run", str(run), "--method", "par", "--split", split,
+                 "--out", str(par_dir), *per_image, *pseudo)
+            folders.update(crf=seed_dir / "crf" / "masks", par=par_dir / "masks")
+        scores = out / f"eval_{split}{'_seed' if seed_only else ''}.json"
+        step(f"eval {split}", scores, "eval", "--run", str(run), "--split", split,
+             "--pred", *map(str, folders.values()), "--out", str(scores), *threads, f"data.root={voc}")
         by_folder = miou_of(scores)
-        result[split] = dict(zip(("seed", "crf", "par"), (by_folder[str(f)] for f in folders)))
-    if args.until == "refine":
+        result[split] = {key: by_folder[str(f)] if len(folders) > 1 else by_folder[""] for key, f in folders.items()}
+    if args.until in ("seed", "refine"):
         return finish(out, result, step)
     confident = args.masks == "confident"
     masks = out / "refine" / "par" / "train_aug" / ("confident" if confident else "masks")
@@ -149,7 +155,7 @@ def finish(out: Path, result: dict, step: Steps) -> dict:
 
 def table(r: dict) -> str:
     def cell(split: str, key: str) -> str:
-        return f"{r[split][key]:.1f}" if split in r else "-"
+        return f"{r[split][key]:.1f}" if key in r.get(split, {}) else "-"
     bg = f", background {r['bg_threshold']:g} (chosen on val)" if "bg_threshold" in r else ""
     lines = [f"{r['family']} seed {r['seed']}{bg}; run {r['run']}", "",
              "| step | train_aug | val |", "|---|---:|---:|"]

@@ -48,3 +48,22 @@ def test_tiny_cam_pipeline_writes_its_table_and_resumes(tmp_path):
     assert (out / "run" / "model.safetensors").stat().st_mtime_ns == first_model_time  # not trained again
     # reused steps keep the first call's wall time
     assert again["seconds"]["train"] == result["seconds"]["train"] > 0
+    # --until seed from the same network: the seed row alone (no CRF, no refinement), the same scores
+    assert bench.main([*argv, "--run", str(out / "run"), "--name", "seed-only", "--until", "seed"]) == 0
+    only_dir = tmp_path / "work" / "seed-only"
+    only = json.loads((only_dir / "results.json").read_text())
+    assert {split: only[split] for split in ("train_aug", "val")} == {
+        split: {"seed": result[split]["seed"]} for split in ("train_aug", "val")}
+    assert not (only_dir / "refine").exists() and not (only_dir / "pseudo" / "val" / "crf").exists()
+    assert "| + dense CRF | - | - |" in (only_dir / "results.md").read_text()
+
+
+def test_cam_recipe_scores_one_scale_without_flip():
+    """The CAM network's pseudo-masks are scored as classifier_fit chose (256 px, one scale, no
+    flip), not with cam_voc's paper settings (4 scales + flip: 8 forwards per image)."""
+    from tagseg.config import load_config
+
+    bench = load_benchmark("pipeline_voc")
+    cfg = load_config("cam_voc", bench.RECIPES["cam"]["pseudo"])
+    assert (cfg.pseudo.image_size, cfg.pseudo.scales, cfg.pseudo.flip) == (256, [1.0], False)
+    assert load_config("cam_voc").pseudo.scales != [1.0]  # the override is needed
