@@ -7,7 +7,7 @@ the refined masks -> val mIoU, and the same DeepLab on the ground truth (the cei
 Every step is a ``tagseg`` command (printed with its wall time):
 
 1. ``tagseg train``: the family's CPU recipe (:data:`RECIPES`), or ``--run`` names a trained run.
-2. CAM family only: ``tagseg eval --sweep-bg`` on the first ``--choose-images`` val images picks the
+2. CAM and SEAM only: ``tagseg eval --sweep-bg`` on the first ``--choose-images`` val images picks the
    background threshold (never on the images scored for the table's ``train_aug`` column).
 3. ``tagseg pseudo`` (+ dense CRF) and ``tagseg refine --method par`` on val and train_aug, each
    split's three mask folders scored by one ``tagseg eval``.
@@ -50,10 +50,15 @@ STAGES = ("train", "seed", "refine", "segment")
 # - tkpcl: top-K + PCE + L_ET, the 320 px recipe of reference_voc.md (20 x 20 patch grid): 2 epochs
 #   (1 warm-up, 1 fine-tuning the last 3 block groups), batch 8, L_ET crops 96 px; pseudo-masks at 320 px,
 #   one scale (tkpcl_voc's default).
+# - seam: SEAM (model.family=seam: two views, PCM, ER + ECR) on the cam recipe, as addons_voc.py places it;
+#   SEAM has no class-prior term (cam.class_prior=none), so only the fixed BatchNorm of cam_voc remains.
+CAM_TRAIN = ["data.image_size=160", "train.epochs=3", "train.warmup_epochs=1", "train.warmup_lr=1e-3",
+             "train.lr=1e-4", "train.unfreeze_blocks=2", "train.batch_size=16"]
+CAM_PSEUDO = ["pseudo.image_size=256", "pseudo.scales=[1.0]", "pseudo.flip=false"]
 RECIPES: dict[str, dict] = {
-    "cam": {"config": "cam_voc", "pseudo": ["pseudo.image_size=256", "pseudo.scales=[1.0]", "pseudo.flip=false"],
-            "train": ["data.image_size=160", "train.epochs=3", "train.warmup_epochs=1", "train.warmup_lr=1e-3",
-                      "train.lr=1e-4", "train.unfreeze_blocks=2", "train.batch_size=16"]},
+    "cam": {"config": "cam_voc", "pseudo": CAM_PSEUDO, "train": CAM_TRAIN, "bg_sweep": True},
+    "seam": {"config": "cam_voc", "pseudo": CAM_PSEUDO, "bg_sweep": True,
+             "train": [*CAM_TRAIN, "model.family=seam", "cam.class_prior=none"]},
     "tkpcl": {"config": "tkpcl_voc", "pseudo": ["pseudo.image_size=320"],
               "train": ["model.cnn_grid=dilated", "model.cnn_features=last_block", "data.image_size=320",
                         "train.epochs=2", "train.warmup_epochs=1", "train.unfreeze_blocks=3",
@@ -100,7 +105,7 @@ def run_pipeline(args: argparse.Namespace) -> dict:
     if args.until == "train":
         return finish(out, result, step)
     pseudo = [f"data.root={voc}", *recipe["pseudo"], *args.pseudo_set]
-    if args.family == "cam":
+    if recipe.get("bg_sweep"):
         sweep = out / "bg_sweep_val.json"
         step("background sweep (val)", sweep, "eval", "--run", str(run), "--split", "val", "--sweep-bg", BG_SWEEP,
              "--out", str(sweep), *threads, *pseudo, f"data.max_images={args.choose_images}")
@@ -180,7 +185,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--ceiling", type=Path, help="the ground-truth DeepLab's run folder (default <work>/ceiling)")
     p.add_argument("--masks", choices=("refined", "confident"), default="refined",
                    help="DeepLab's training masks: PAR's full label maps, or its confident labels (255 = unsure)")
-    p.add_argument("--choose-images", type=int, default=100, help="CAM: first N val images for the background sweep")
+    p.add_argument("--choose-images", type=int, default=100, help="CAM, SEAM: first N val images for the background sweep")
     p.add_argument("--crf", default="pydensecrf", choices=("pydensecrf", "torch"), help="dense CRF backend")
     p.add_argument("--until", choices=STAGES, default="segment", help="stop after this stage")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads of the training and scoring steps")

@@ -67,3 +67,17 @@ def test_cam_recipe_scores_one_scale_without_flip():
     cfg = load_config("cam_voc", bench.RECIPES["cam"]["pseudo"])
     assert (cfg.pseudo.image_size, cfg.pseudo.scales, cfg.pseudo.flip) == (256, [1.0], False)
     assert load_config("cam_voc").pseudo.scales != [1.0]  # the override is needed
+
+
+@pytest.mark.parametrize("family", ["cam", "seam", "tkpcl"])
+def test_each_family_recipe_is_a_valid_experiment(family, tmp_path):
+    """Every recipe resolves under tagseg's validation (SEAM's must drop the CAM-only class prior)."""
+    from tagseg.config import load_config
+
+    bench = load_benchmark("pipeline_voc")
+    recipe = bench.RECIPES[family]
+    cfg = load_config(recipe["config"], [*bench.train_overrides(family, tmp_path, 0, 0), *recipe["pseudo"]])
+    assert bool(recipe.get("bg_sweep")) == (family != "tkpcl")  # the CAM families choose a background threshold
+    assert cfg.data.image_size == (320 if family == "tkpcl" else 160)
+    if family == "seam":
+        assert cfg.model.family == "seam" and cfg.cam.class_prior == "none"
