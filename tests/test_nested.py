@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tagseg.utils.nested import changed_values, flatten
+from tagseg.utils.nested import changed_values, describe_changes, flatten
 
 
 def test_flatten_dots_nested_keys_and_skips_at_any_depth():
@@ -18,3 +18,9 @@ def test_changed_values_compares_only_shared_keys_in_order():
     assert changed_values(old, new) == {"a": (2, 2.5), "z": (1, 3)}
     assert list(changed_values(old, new)) == ["a", "z"]
     assert changed_values(old, dict(old)) == {}
+
+
+def test_describe_changes_shows_reprs_and_cuts_at_the_limit():
+    changed = {"a": (2, 2.5), "b": ("x", "y"), "c": (None, 1)}
+    assert describe_changes(changed) == ["a: 2 -> 2.5", "b: 'x' -> 'y'", "c: None -> 1"]
+    assert describe_changes(changed, limit=1) == ["a: 2 -> 2.5"]

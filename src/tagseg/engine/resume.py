@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 from tagseg.errors import TrainingError
 from tagseg.utils.io import write_text
-from tagseg.utils.nested import changed_values, flatten
+from tagseg.utils.nested import changed_values, describe_changes, flatten
 
 
 def _under(key: str, prefixes: Sequence[str]) -> bool:
@@ -31,7 +31,7 @@ def config_differences(saved: dict, current: dict, may_change: Sequence[str] = (
 
 def describe_differences(differ: dict[str, tuple[Any, Any]], limit: int = 6) -> str:
     """``"key: old -> new, ..."`` for the first ``limit`` entries of :func:`config_differences`."""
-    detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in list(differ.items())[:limit])
+    detail = ", ".join(describe_changes(differ, limit))
     return detail + (", ..." if len(differ) > limit else "")
 
 

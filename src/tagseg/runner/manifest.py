@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from tagseg.utils.io import write_json
-from tagseg.utils.nested import changed_values, flatten
+from tagseg.utils.nested import changed_values, describe_changes, flatten
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "tagseg-manifest/1"
@@ -113,4 +113,4 @@ def settings_differences(previous: Mapping[str, Any], info: ManifestInfo) -> lis
     new = json.loads(json.dumps(manifest_document(info, {}), default=str))
     old = flatten({f: previous[f] for f in RESUME_FIELDS if previous.get(f) is not None}, RESUMABLE_KEYS)
     now = flatten({f: new[f] for f in RESUME_FIELDS if new.get(f) is not None}, RESUMABLE_KEYS)
-    return [f"{key.removeprefix('settings.')}: {a!r} -> {b!r}" for key, (a, b) in changed_values(old, now).items()]
+    return describe_changes({key.removeprefix("settings."): change for key, change in changed_values(old, now).items()})

@@ -24,3 +24,9 @@ def changed_values(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, 
     differ, in key order. A key only one side has is not compared (a setting added or removed
     since ``old`` was written)."""
     return {k: (old[k], new[k]) for k in sorted(set(old) & set(new)) if old[k] != new[k]}
+
+
+def describe_changes(changed: Mapping[str, tuple[Any, Any]], limit: int | None = None) -> list[str]:
+    """``"key: old -> new"`` (values as ``repr``) for the first ``limit`` entries of
+    :func:`changed_values` (all when None)."""
+    return [f"{k}: {old!r} -> {new!r}" for k, (old, new) in list(changed.items())[:limit]]
