@@ -51,7 +51,8 @@ STAGES = ("train", "seed", "refine", "segment")
 #   (1 warm-up, 1 fine-tuning the last 3 block groups), batch 8, L_ET crops 96 px; pseudo-masks at 320 px,
 #   one scale (tkpcl_voc's default).
 # - seam: SEAM (model.family=seam: two views, PCM, ER + ECR) on the cam recipe, as addons_voc.py places it;
-#   SEAM has no class-prior term (cam.class_prior=none), so only the fixed BatchNorm of cam_voc remains.
+#   the official SEAM has no class-prior term (cam.class_prior=none), so only the fixed BatchNorm of cam_voc
+#   remains; --train-set cam.class_prior=tags adds tagseg's (docs/CHOICES.md).
 CAM_TRAIN = ["data.image_size=160", "train.epochs=3", "train.warmup_epochs=1", "train.warmup_lr=1e-3",
              "train.lr=1e-4", "train.unfreeze_blocks=2", "train.batch_size=16"]
 CAM_PSEUDO = ["pseudo.image_size=256", "pseudo.scales=[1.0]", "pseudo.flip=false"]

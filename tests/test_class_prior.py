@@ -1,4 +1,4 @@
-"""The CAM family's learnt class prior (``cam.class_prior``): an offset of the image logits only."""
+"""The CAM families' learnt class prior (``cam.class_prior``): an offset of the image logits only."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from tagseg.errors import ConfigError
 from tagseg.experiment import load_experiment
 from tagseg.inference.loading import load_trained_model
 from tagseg.methods.cam_objective import build_cam_net, cam_classification_loss, cam_family_loss, tag_frequencies
+from tagseg.methods.seam import seam_losses
+from tagseg.methods.seam_objective import build_seam_net, seam_family_loss
 from tagseg.classify.trainer import Trainer
 
 TINY = [
@@ -46,6 +48,43 @@ def test_loss_with_a_prior_by_hand():
     loss = cam_classification_loss(cams, labels, torch.tensor([math.log(3), -math.log(3)]))
     assert float(loss) == pytest.approx(-math.log(0.75), abs=1e-6)
     assert float(cam_classification_loss(cams, labels)) == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_seam_loss_adds_the_prior_to_both_views_classification_only():
+    # zero maps, prior (ln 3, −ln 3), tags (1, 0): each view's term is −ln 0.75 (by hand, as above)
+    g = torch.Generator().manual_seed(0)
+    cam1, rv1 = torch.zeros(1, 3, 4, 4), torch.rand(1, 3, 4, 4, generator=g)
+    cam2, rv2 = torch.zeros(1, 3, 2, 2), torch.rand(1, 3, 2, 2, generator=g)
+    labels = torch.tensor([[1.0, 1.0, 0.0]])
+    prior = torch.tensor([math.log(3), -math.log(3)])
+    with_prior = seam_losses(cam1, rv1, cam2, rv2, labels, prior=prior)
+    without = seam_losses(cam1, rv1, cam2, rv2, labels)
+    assert float(with_prior["cls1"]) == pytest.approx(-math.log(0.75), abs=1e-6)
+    assert float(with_prior["cls2"]) == pytest.approx(-math.log(0.75), abs=1e-6)
+    assert float(without["cls1"]) == pytest.approx(math.log(2), abs=1e-6)
+    for key in ("rvmin1", "rvmin2", "er", "ecr"):  # the maps' terms never see the prior
+        assert torch.equal(with_prior[key], without[key]), key
+
+
+def test_seam_learns_the_prior_through_its_loss_and_never_in_its_maps():
+    torch.manual_seed(0)
+    cfg = cam_config("model.family=seam", "cam.class_prior=zero")
+    net = build_seam_net(cfg, 21)
+    assert build_seam_net(cam_config("model.family=seam", "cam.class_prior=none"), 21).class_prior is None
+    assert load_experiment("seam_voc", ["data.root=unused"]).cam.class_prior == "none"  # the official recipe
+    assert net.class_prior is not None and any(p is net.class_prior for p in net.head_parameters())
+    images = toy_batch()["image"]
+    net.eval()
+    with torch.no_grad():
+        before = net.inference_maps(images)
+        net.class_prior.fill_(-2.0)
+        assert torch.equal(before, net.inference_maps(images))
+    net.train()
+    net.class_prior.data.zero_()
+    loss, parts = seam_family_loss(net, net, toy_batch(), cfg)
+    loss.backward()
+    assert net.class_prior.grad is not None
+    assert float(net.class_prior.grad[7]) < 0 < float(net.class_prior.grad[0])  # present up, absent down
 
 
 def test_tag_frequencies_by_hand():
@@ -89,15 +128,16 @@ def test_prior_keys_are_checked():
         build_cam_net(cam_config("cam.class_prior=zero"), 21).set_class_prior(torch.zeros(20))
 
 
-def test_tags_prior_starts_at_the_log_odds_and_is_saved(tmp_path):
+@pytest.mark.parametrize("family", ["cam", "seam"])
+def test_tags_prior_starts_at_the_log_odds_and_is_saved(tmp_path, family):
     root = tmp_path / "voc"
     make_voc(root, n=4)
-    cfg = cam_config("cam.class_prior=tags", "train.lr=1e-12", root=root)
+    cfg = cam_config("cam.class_prior=tags", "train.lr=1e-12", f"model.family={family}", root=root)
     index = build_index(cfg.data, "train")
     expected = torch.logit(tag_frequencies(np.stack([r.labels for r in index.records])))
     Trainer(cfg, tmp_path / "run", show_progress=False).fit()
     model, loaded_cfg, _ = load_trained_model(tmp_path / "run" / "model.safetensors")
-    assert loaded_cfg.cam.class_prior == "tags"
+    assert loaded_cfg.cam.class_prior == "tags" and loaded_cfg.model.family == family
     assert torch.allclose(model.class_prior, expected, atol=1e-6)  # lr ~0: still where it started
     assert float(expected.std()) > 0  # the fixture's classes differ in frequency, so this is no constant
 

@@ -235,7 +235,7 @@ class CAMConfig:
     inference_cam: str = "auto"  # auto (RCA on: aggregated head, else base) | base | aggregated
     # a learnt per-class offset of the image logits (GAP of the CAMs + b), never added to the CAMs:
     # none (the official code's bias-free head) | zero (b starts at 0) | tags (b starts at the log-odds
-    # of each class's frequency among the training tags). See docs/CHOICES.md.
+    # of each class's frequency among the training tags). CAM and SEAM families. See docs/CHOICES.md.
     class_prior: str = "none"
 
 
@@ -758,9 +758,9 @@ def validate_config(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"cam.output_stride={c.output_stride}: choose 16 or 8")
     choose("cam.inference_cam", c.inference_cam, INFERENCE_CAMS)
     choose("cam.class_prior", c.class_prior, CLASS_PRIORS)
-    if c.class_prior != "none" and cfg.model.family != "cam":
-        raise ConfigError(f"cam.class_prior={c.class_prior} is a CAM-family setting; model.family={cfg.model.family} "
-                          "has no such term: set cam.class_prior=none")
+    if c.class_prior != "none" and cfg.model.family not in ("cam", "seam"):
+        raise ConfigError(f"cam.class_prior={c.class_prior} is a setting of the CAM families (cam, seam); "
+                          f"model.family={cfg.model.family} has no such term: set cam.class_prior=none")
     s = cfg.seam
     if not 0.0 < s.view2_scale <= 1.0:
         raise ConfigError(f"seam.view2_scale={s.view2_scale}: must be in (0, 1]")

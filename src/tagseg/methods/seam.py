@@ -24,6 +24,8 @@ All weights are 1 in the official code.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -65,14 +67,22 @@ def _top_mean(t: Tensor, fraction: float) -> Tensor:
     return torch.topk(t.reshape(n, -1), k=k, dim=-1)[0].mean()
 
 
+def _image_logits(cams: Tensor, prior: Optional[Tensor]) -> Tensor:
+    """GAP of the foreground maps (B, K−1), plus the class prior when one is learnt."""
+    logits = cams[:, 1:].mean(dim=(2, 3))
+    return logits if prior is None else logits + prior.to(logits.dtype)
+
+
 def seam_losses(cam1: Tensor, cam_rv1: Tensor, cam2: Tensor, cam_rv2: Tensor, labels: Tensor,
-                ecr_fraction: float = ECR_FRACTION) -> dict[str, Tensor]:
+                ecr_fraction: float = ECR_FRACTION, prior: Optional[Tensor] = None) -> dict[str, Tensor]:
     """SEAM's loss parts for one batch (see the module docstring).
 
     cam1, cam_rv1: view 1's raw and PCM-revised maps (B, K, H1, W1); cam2, cam_rv2: view 2's
     (B, K, H2, W2); labels (B, K) 0/1 (channel 0, the background, is treated as present whatever
     it holds, as the official code prepends a 1). Returns 'cls1', 'cls2', 'rvmin1', 'rvmin2',
-    'er', 'ecr' and 'total' = (cls1 + cls2)/2 + (rvmin1 + rvmin2)/2 + er + ecr.
+    'er', 'ecr' and 'total' = (cls1 + cls2)/2 + (rvmin1 + rvmin2)/2 + er + ecr. prior: tagseg's
+    learnt class prior (K−1,) added to both views' image logits (``cam.class_prior``; the official
+    SEAM has none: None); it never enters the maps, so ER, ECR and rvmin do not see it.
     """
     if cam1.dim() != 4 or cam1.shape != cam_rv1.shape or cam2.shape != cam_rv2.shape:
         raise ValueError(f"SEAM maps must be (B, K, H, W) pairs per view, got {tuple(cam1.shape)}, "
@@ -83,8 +93,8 @@ def seam_losses(cam1: Tensor, cam_rv1: Tensor, cam2: Tensor, cam_rv2: Tensor, la
     size = tuple(cam2.shape[-2:])
     fg_labels = lab[:, 1:]
     parts: dict[str, Tensor] = {
-        "cls1": F.multilabel_soft_margin_loss(cam1[:, 1:].mean(dim=(2, 3)), fg_labels),
-        "cls2": F.multilabel_soft_margin_loss(cam2[:, 1:].mean(dim=(2, 3)), fg_labels),
+        "cls1": F.multilabel_soft_margin_loss(_image_logits(cam1, prior), fg_labels),
+        "cls2": F.multilabel_soft_margin_loss(_image_logits(cam2, prior), fg_labels),
         "rvmin1": adaptive_min_pooling_loss((cam_rv1 * mask)[:, 1:]),
         "rvmin2": adaptive_min_pooling_loss((cam_rv2 * mask)[:, 1:]),
     }

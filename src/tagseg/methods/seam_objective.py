@@ -15,7 +15,9 @@ One batch (YudeWang/SEAM ``train_SEAM.py`` lines 104-142):
   label maps, the encoder features of each view, and view 1's classification loss as the loss
   they may replace (SEAM then halves it with view 2's); their other terms are added with weight 1.
 
-Total: (L_cls1' + L_cls2)/2 + (L_rvmin1 + L_rvmin2)/2 + L_ER + L_ECR [+ the add-ons' terms].
+Total: (L_cls1' + L_cls2)/2 + (L_rvmin1 + L_rvmin2)/2 + L_ER + L_ECR [+ the add-ons' terms]. With
+``cam.class_prior`` (tagseg's, not the official SEAM's) both classification terms add the learnt
+class prior to their image logits, as the CAM family's does.
 SEAM's classification loss is the mean over its two views, so it does not offer the whole of it
 to add-ons (no WHOLE_CLASS_LOSS) nor an add-on CAM head: it infers from the PCM-revised maps.
 """
@@ -79,7 +81,7 @@ def seam_family_loss(model: nn.Module, core: SEAMNet, batch: dict, cfg: Experime
     size1, size2 = tuple(images.shape[-2:]), tuple(view2.shape[-2:])
     p = seam_losses(_full(out1.cams, size1, True), _full(out1.cams_revised, size1, False),
                     _full(out2.cams, size2, True), _full(out2.cams_revised, size2, False),
-                    labels, cfg.seam.ecr_fraction)
+                    labels, cfg.seam.ecr_fraction, prior=core.class_prior)
     cls1 = p["cls1"]
     parts: dict[str, Tensor] = {}
     extra = None
@@ -99,12 +101,13 @@ def seam_family_loss(model: nn.Module, core: SEAMNet, batch: dict, cfg: Experime
 
 
 def build_seam_net(cfg: ExperimentConfig, num_classes: int) -> SEAMNet:
-    """SEAM's network for ``cfg`` (model.encoder/weights, cam.output_stride, seam.head_dropout), with
-    the modules of its enabled add-ons in its container."""
+    """SEAM's network for ``cfg`` (model.encoder/weights, cam.output_stride, seam.head_dropout,
+    cam.class_prior), with the modules of its enabled add-ons in its container."""
     m = cfg.model
     encoder = PatchEncoder(m.encoder, weights=m.weights, pretrained=m.pretrained, image_size=cfg.data.image_size,
                            output_stride=cfg.cam.output_stride, cnn_features=m.cnn_features)
-    net = SEAMNet(encoder, num_classes, head_dropout=cfg.seam.head_dropout)
+    net = SEAMNet(encoder, num_classes, head_dropout=cfg.seam.head_dropout,
+                  class_prior=cfg.cam.class_prior != "none")
     attach_addons(cfg, net, BuildContext(num_classes=num_classes, feature_dim=encoder.out_channels,
                                          last_epoch=cfg.train.epochs - 1, seed=cfg.seed,
                                          capabilities=SEAM_CAPABILITIES))

@@ -94,10 +94,12 @@ class PCMHead(nn.Module):
 
 class SEAMNet(CAMNet):
     """CAMNet with SEAM's Dropout2d(0.5) before the head and the PCM; ``cams_revised`` in each
-    output (B, K, h, w, background first) and the revised foreground maps for inference."""
+    output (B, K, h, w, background first) and the revised foreground maps for inference.
+    ``class_prior``: CAMNet's learnt logit offset (tagseg's, off in the official SEAM)."""
 
-    def __init__(self, encoder: PatchEncoder, num_classes: int, head_dropout: float = 0.5) -> None:
-        super().__init__(encoder, num_classes)
+    def __init__(self, encoder: PatchEncoder, num_classes: int, head_dropout: float = 0.5,
+                 class_prior: bool = False) -> None:
+        super().__init__(encoder, num_classes, class_prior=class_prior)
         nn.init.xavier_uniform_(self.classifier.weight)
         self.head_dropout = nn.Dropout2d(head_dropout)
         self.pcm_indices = pcm_feature_indices(encoder)
