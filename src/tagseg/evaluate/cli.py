@@ -83,11 +83,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     split = args.split or cfg.data.pseudo_split
     if args.sweep_bg:
         from tagseg.evaluate.bg_sweep import sweep_bg_cli
+        from tagseg.utils.cost import print_cost_note
 
         if args.classes:
             raise TagsegError("--classes applies to scored folders, not to --sweep-bg (which picks on all classes)")
-        from tagseg.utils.cost import print_cost_note
-
         if not args.run:
             raise TagsegError("--sweep-bg needs --run (the CAMs come from the run's model)")
         print_cost_note("the background sweep", cfg)
