@@ -203,6 +203,9 @@ def test_eval_classes_reports_the_named_classes_miou(tmp_path, capsys):
     assert main(["eval", "--run", str(run), "--pred", str(pred), "--classes", f"{names[0]},kitten"]) == 2
     err = capsys.readouterr().err
     assert "kitten" in err and names[1] in err
+    # the background sweep picks on all classes: a subset there is refused, not ignored
+    assert main(["eval", "--run", str(run), "--sweep-bg", "0.3", "--classes", names[0]]) == 2
+    assert "--sweep-bg" in capsys.readouterr().err
 
 
 def test_split_overrides_keeps_existing_paths(tmp_path):
