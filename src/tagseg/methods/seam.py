@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tagseg.methods.cam_objective import cam_classification_loss
+
 MAX_NORM_EPS = 1e-5
 ECR_FRACTION = 0.2  # train_SEAM.py line 137: top 20 % of the K·h·w entries
 
@@ -67,12 +69,6 @@ def _top_mean(t: Tensor, fraction: float) -> Tensor:
     return torch.topk(t.reshape(n, -1), k=k, dim=-1)[0].mean()
 
 
-def _image_logits(cams: Tensor, prior: Optional[Tensor]) -> Tensor:
-    """GAP of the foreground maps (B, K−1), plus the class prior when one is learnt."""
-    logits = cams[:, 1:].mean(dim=(2, 3))
-    return logits if prior is None else logits + prior.to(logits.dtype)
-
-
 def seam_losses(cam1: Tensor, cam_rv1: Tensor, cam2: Tensor, cam_rv2: Tensor, labels: Tensor,
                 ecr_fraction: float = ECR_FRACTION, prior: Optional[Tensor] = None) -> dict[str, Tensor]:
     """SEAM's loss parts for one batch (see the module docstring).
@@ -91,10 +87,9 @@ def seam_losses(cam1: Tensor, cam_rv1: Tensor, cam2: Tensor, cam_rv2: Tensor, la
     lab[:, 0] = 1.0
     mask = lab[:, :, None, None]
     size = tuple(cam2.shape[-2:])
-    fg_labels = lab[:, 1:]
     parts: dict[str, Tensor] = {
-        "cls1": F.multilabel_soft_margin_loss(_image_logits(cam1, prior), fg_labels),
-        "cls2": F.multilabel_soft_margin_loss(_image_logits(cam2, prior), fg_labels),
+        "cls1": cam_classification_loss(cam1[:, 1:], lab, prior),  # CAM's soft-margin loss of GAP, each view
+        "cls2": cam_classification_loss(cam2[:, 1:], lab, prior),
         "rvmin1": adaptive_min_pooling_loss((cam_rv1 * mask)[:, 1:]),
         "rvmin2": adaptive_min_pooling_loss((cam_rv2 * mask)[:, 1:]),
     }
