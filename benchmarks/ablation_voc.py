@@ -42,13 +42,11 @@ from tagseg.classify.trainer import Trainer
 from tagseg.utils.io import read_image, save_mask_png, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/seed_stats.py
+from patch_variants import ORDERING  # noqa: E402
 from seed_stats import mean_std  # noqa: E402
 
 VARIANTS: dict[str, list[str]] = {
-    "avg": ["method.pooling=avg", "method.pce_weight=0", "method.et_weight=1"],
-    "max": ["method.pooling=max", "method.pce_weight=0", "method.et_weight=1"],
-    "topk": ["method.pooling=topk", "method.pce_weight=0", "method.et_weight=1"],
-    "topk+pce": ["method.pooling=topk", "method.pce_weight=0.01", "method.et_weight=1"],
+    **ORDERING,
     "topk+pce-et": ["method.pooling=topk", "method.pce_weight=0.01", "method.et_weight=0"],
 }
 LABELS = {

@@ -24,18 +24,10 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks
 import pipeline_voc  # noqa: E402
+from patch_variants import ORDERING as VARIANTS, ORDERING_LABELS as LABELS  # noqa: E402
 from seed_stats import mean_std  # noqa: E402
 
 from tagseg.utils.io import write_text  # noqa: E402  (pipeline_voc put this checkout's src first)
-
-VARIANTS: dict[str, list[str]] = {  # the same switches as reference_voc.py's PATCH_VARIANTS
-    "avg": ["method.pooling=avg", "method.pce_weight=0", "method.et_weight=1"],
-    "max": ["method.pooling=max", "method.pce_weight=0", "method.et_weight=1"],
-    "topk": ["method.pooling=topk", "method.pce_weight=0", "method.et_weight=1"],
-    "topk+pce": ["method.pooling=topk", "method.pce_weight=0.01", "method.et_weight=1"],
-}
-LABELS = {"avg": "avg pooling + L_ET", "max": "max pooling + L_ET (ViT-PCM)", "topk": "top-K + L_ET",
-          "topk+pce": "top-K + PCE + L_ET (TKP-PCL)"}
 
 
 def run_one(variant: str, seed: int, args: argparse.Namespace) -> None:

@@ -51,19 +51,15 @@ from tagseg.classify.trainer import Trainer
 from tagseg.utils.io import read_image, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/seed_stats.py
+from patch_variants import ORDERING, ORDERING_LABELS  # noqa: E402
 from seed_stats import mean_std  # noqa: E402
 
 PATCH_VARIANTS: dict[str, list[str]] = {
-    "avg": ["method.pooling=avg", "method.pce_weight=0", "method.et_weight=1"],
-    "max": ["method.pooling=max", "method.pce_weight=0", "method.et_weight=1"],
-    "topk": ["method.pooling=topk", "method.pce_weight=0", "method.et_weight=1"],
-    "topk+pce": ["method.pooling=topk", "method.pce_weight=0.01", "method.et_weight=1"],
+    **ORDERING,
     "topk+pce-sum": ["method.pooling=topk", "method.pce_weight=0.01", "method.et_weight=1",
                      "method.pce_reduction=class_sum"],
 }
-LABELS = {"cam": "CAM (GAP, soft-margin)", "avg": "avg pooling + L_ET", "max": "max pooling + L_ET (ViT-PCM)",
-          "topk": "top-K + L_ET", "topk+pce": "top-K + PCE + L_ET (TKP-PCL)",
-          "topk+pce-sum": "top-K + PCE (class_sum) + L_ET"}
+LABELS = {"cam": "CAM (GAP, soft-margin)", **ORDERING_LABELS, "topk+pce-sum": "top-K + PCE (class_sum) + L_ET"}
 BG_THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8)
 CRF_KEY = "crf"  # the accumulator of the CRF-refined masks among the per-threshold ones
 
