@@ -47,7 +47,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tagseg.errors import TagsegError
     from tagseg.evaluate.folder import compare_runs, evaluate_folder, format_runs, merge_eval_files, summarize_runs
     from tagseg.experiment import load_experiment, load_run_experiment
-    from tagseg.metrics.miou import format_table
+    from tagseg.metrics.miou import format_table, subset_miou
     from tagseg.metrics.shards import shard_file_name
     from tagseg.runner.launch import resolve_shard
     from tagseg.utils.io import write_json
@@ -58,7 +58,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise TagsegError("--merge takes only the shards' eval.json files (and --out)")
         summary = merge_eval_files(args.merge)
         if args.classes:
-            summary["subset"] = _subset(summary, args.classes)
+            summary["subset"] = subset_miou(summary, _class_names(args.classes, summary["class_names"]))
         print(format_table(summary, title=f"{len(args.merge)} shards of {summary['dataset']} "
                                           f"({summary['images']} images)") + "\n")
         out = Path(args.out) if args.out else Path(args.merge[0]).resolve().parent / "eval.json"
@@ -103,13 +103,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise TagsegError("--seeds averages several --pred folders; give two or more")
     if shard[1] > 1 and len(args.pred) > 1:
         raise TagsegError("--shard scores one prediction folder at a time")
-    if args.classes:
-        _subset({"class_names": index.class_names, "iou": [None] * index.num_classes}, args.classes)  # names first
+    subset = _class_names(args.classes, index.class_names) if args.classes else None  # before any scoring
     summaries = []
     for pred in args.pred:
         summary = evaluate_folder(pred, index, shard=shard)
-        if args.classes:
-            summary["subset"] = _subset(summary, args.classes)
+        if subset:
+            summary["subset"] = subset_miou(summary, subset)
         summaries.append(summary)
         part = f"shard {shard[0]}/{shard[1]}: " if shard[1] > 1 else ""
         print(format_table(summary, title=f"{pred} vs {index.name} ({part}{summary['images']} images)") + "\n")
@@ -125,15 +124,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _subset(summary: dict, classes: str) -> dict:
-    """``--classes a,b,c`` scored on a summary (TagsegError naming the valid classes on a typo)."""
+def _class_names(classes: str, class_names) -> list[str]:
+    """The names of ``--classes a,b,c``, each a class of the data (TagsegError listing them otherwise)."""
     from tagseg.errors import TagsegError
-    from tagseg.metrics.miou import subset_miou
+    from tagseg.metrics.miou import check_class_names
 
     names = [n.strip() for n in classes.split(",") if n.strip()]
     if not names:
         raise TagsegError("--classes: give class names separated by commas")
     try:
-        return subset_miou(summary, names)
+        check_class_names(names, class_names)
     except ValueError as e:
         raise TagsegError(f"--classes: {e}") from None
+    return names
