@@ -255,3 +255,61 @@ def test_settings_added_to_tagseg_later_do_not_block_a_resume():
     assert settings_differences({**old, "split": None}, later) == []
     assert settings_differences(old, ManifestInfo("refine", {"beta": 8}, split="val", extra={"family": "cam"})) == [
         "beta: 10 -> 8"]
+
+
+def test_finished_already_only_when_the_manifest_the_settings_and_every_file_agree(tmp_path):
+    from tagseg.runner import finished_already
+
+    info = ManifestInfo(stage="trial", settings={"k": 1}, split="val", models={"classifier": "a" * 64})
+    assert finished_already(RECS, layout(tmp_path), info) is None  # nothing there
+    run_per_image(RECS, write_value, layout(tmp_path), progress=False, manifest=info)
+    done = finished_already(RECS, layout(tmp_path), info)
+    assert done is not None and (done.written, done.skipped) == (0, 7) and done.counts["on_disk"]["complete"] == 7
+    before = (tmp_path / "manifest.json").read_bytes()
+    moved = ManifestInfo(stage="trial", settings={"k": 1, "workers": 4}, split="val", run="elsewhere",
+                         models={"classifier": "a" * 64})
+    assert finished_already(RECS, layout(tmp_path), moved) is not None  # how it runs does not matter
+    assert (tmp_path / "manifest.json").read_bytes() == before  # it only reads
+    assert finished_already(RECS, layout(tmp_path), ManifestInfo("trial", {"k": 2}, split="val")) is None
+    assert finished_already(RECS + [Rec("r7", 7)], layout(tmp_path), info) is None  # an image more
+    (tmp_path / "vals" / "r4.txt").unlink()
+    assert finished_already(RECS, layout(tmp_path), info) is None
+    assert finished_already(RECS, layout(tmp_path), info, shard=(1, 2)) is not None  # r1, r3, r5 are there
+    assert finished_already(RECS, layout(tmp_path), info, shard=(0, 2)) is None
+
+
+def test_finished_already_is_none_while_a_run_is_unfinished(tmp_path):
+    from tagseg.runner import finished_already
+    from tagseg.runner.manifest import write_manifest
+
+    info = ManifestInfo(stage="trial", settings={"k": 1})
+    run_per_image(RECS, write_value, layout(tmp_path), progress=False, manifest=info)
+    write_manifest(tmp_path, info, {"finished": False})  # what a running (or killed) run leaves
+    assert finished_already(RECS, layout(tmp_path), info) is None
+    (tmp_path / "manifest.json").unlink()  # a folder of an older version without a manifest: the runner decides
+    assert finished_already(RECS, layout(tmp_path), info) is None
+
+
+def test_outputs_of_another_model_are_never_resumed_into(tmp_path):
+    old = ManifestInfo(stage="trial", settings={"k": 1}, models={"classifier": "a" * 64})
+    run_per_image(RECS[:3], write_value, layout(tmp_path), progress=False, manifest=old)
+    retrained = ManifestInfo(stage="trial", settings={"k": 1}, models={"classifier": "b" * 64})
+    with pytest.raises(ConfigError, match=r"3 finished images made with other settings \(models.classifier: 'a+' -> "
+                                          r"'b+'\)"):
+        run_per_image(RECS, write_value, layout(tmp_path), progress=False, manifest=retrained)
+    assert len(list((tmp_path / "vals").iterdir())) == 3 and read_manifest(tmp_path)["models"] == {"classifier": "a" * 64}
+    # a folder written before models were recorded is resumed as it is
+    (tmp_path / "manifest.json").write_text((tmp_path / "manifest.json").read_text().replace('"models"', '"unused"'))
+    assert run_per_image(RECS, write_value, layout(tmp_path), progress=False, manifest=retrained).written == 4
+
+
+def test_file_sha256_is_the_sha256_of_the_bytes(tmp_path):
+    import hashlib
+
+    from tagseg.runner import file_sha256
+
+    data = bytes(range(256)) * 9000  # 2.3 MB: several chunks at either chunk size
+    (tmp_path / "f").write_bytes(data)
+    assert file_sha256(tmp_path / "f", chunk=1000) == hashlib.sha256(data).hexdigest() == file_sha256(tmp_path / "f")
+    (tmp_path / "e").write_bytes(b"")
+    assert file_sha256(tmp_path / "e") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"

@@ -17,9 +17,9 @@ checks the folder is still there and writes ``manifest.json``. See docs/ARCHITEC
 """
 
 from tagseg.runner.layout import OutputLayout
-from tagseg.runner.manifest import MANIFEST_NAME, ManifestInfo, config_hash, read_manifest, write_manifest
-from tagseg.runner.per_image import RunOptions, RunStats, run_per_image, shard_of
+from tagseg.runner.manifest import MANIFEST_NAME, ManifestInfo, config_hash, file_sha256, read_manifest, write_manifest
+from tagseg.runner.per_image import RunOptions, RunStats, finished_already, run_per_image, shard_of
 from tagseg.runner.pool import Step, WorkerStep
 
 __all__ = ["MANIFEST_NAME", "ManifestInfo", "OutputLayout", "RunOptions", "RunStats", "Step", "WorkerStep", "config_hash",
-           "read_manifest", "run_per_image", "shard_of", "write_manifest"]
+           "file_sha256", "finished_already", "read_manifest", "run_per_image", "shard_of", "write_manifest"]

@@ -20,7 +20,7 @@ RESUMABLE_KEYS = frozenset({"device", "num_workers", "workers", "threads", "cpu_
                             "name", "log_every", "keep_checkpoints", "max_images", "train_split", "val_split",
                             "pseudo_split"})
 # the parts of a manifest that must match for a resumed run to add to the outputs already there
-RESUME_FIELDS = ("stage", "split", "settings", "extra")
+RESUME_FIELDS = ("stage", "split", "settings", "extra", "models")
 
 
 def _plain(obj: Any) -> Any:
@@ -59,6 +59,16 @@ class ManifestInfo:
     split: Optional[str] = None
     input: Optional[str | Path] = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    models: Mapping[str, str] = field(default_factory=dict)
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 (hex) of a file's bytes, read in ``chunk``-byte pieces (the same as ``sha256sum``)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def tagseg_version() -> str:
@@ -79,6 +89,7 @@ def manifest_document(info: ManifestInfo, counts: Mapping[str, Any]) -> dict[str
         "settings": json.loads(json.dumps(_plain(info.settings), default=str)),
         "config_hash": None if info.config is None else config_hash(info.config),
         **({"extra": json.loads(json.dumps(dict(info.extra), default=str))} if info.extra else {}),
+        **({"models": {str(k): str(v) for k, v in info.models.items()}} if info.models else {}),
         "counts": dict(counts),
     }
 
@@ -104,7 +115,7 @@ def settings_differences(previous: Mapping[str, Any], info: ManifestInfo) -> lis
     write ``info`` into the same folder, as ``"key: old -> new"`` lines (empty: same settings);
     a stage setting's key is its path within the settings (``walk.beta``).
 
-    Compares the stage, split, stage settings and extra facts (:data:`RESUME_FIELDS`), ignoring
+    Compares the stage, split, stage settings, extra facts and model digests (:data:`RESUME_FIELDS`), ignoring
     the keys of :data:`RESUMABLE_KEYS` (device, workers, data root, image count, ...), which do
     not change what a record's files hold, and keys only one side has (a setting added to tagseg
     after the folder was made, or since removed; a field a caller left unstated, None), so a

@@ -3,7 +3,8 @@
 It owns what every per-image stage needs: sharding (``i/n``; ``auto`` is resolved by the caller
 from the launcher), the run-folder lock, removal of temporary files a killed earlier run left,
 resume (records whose files all exist are skipped, and only when the folder's ``manifest.json``
-was written with the same settings), a serial loop or a pool of worker processes
+was written with the same settings and models), a check a stage makes before loading its model
+(:func:`finished_already`: nothing left to do), a serial loop or a pool of worker processes
 that die with their parent, the progress bar, a check that the output folder is still there
 before every record and that every reported result is on disk afterwards, and
 ``manifest.json``.
@@ -106,6 +107,27 @@ def run_per_image(records: Sequence[Any], step: Optional[Step], layout: OutputLa
     layout.root.mkdir(parents=True, exist_ok=True)
     return _run(records, mine, paths, step, layout, shard, overwrite, progress, desc, workers, worker_step,
                 threads, manifest, keep_going)
+
+
+def finished_already(records: Sequence[Any], layout: OutputLayout, manifest: ManifestInfo,
+                     shard: tuple[int, int] = (0, 1)) -> Optional[RunStats]:
+    """The stats of a run that would have nothing to do, or None when it must run.
+
+    Nothing to do: ``layout.root``'s ``manifest.json`` says its last run finished (none is in
+    progress or was killed), made with the settings and models of ``manifest`` (as a resume
+    compares them), and every record of this shard has all its files. A stage calls this before
+    it loads its model, so that re-running a finished command costs a file check, not a model
+    load. Reads only: no lock, nothing written (the manifest keeps its counts).
+    """
+    previous = read_manifest(layout.root)
+    if previous is None or previous.get("counts", {}).get("finished") is False:
+        return None
+    if settings_differences(previous, manifest):
+        return None
+    mine = shard_of(records, shard)
+    if not all(p.is_file() for r in mine for p in layout.paths(r.id).values()):
+        return None
+    return RunStats(skipped=len(mine), counts=dict(previous.get("counts", {})))
 
 
 def _run(records, mine, paths, step, layout, shard, overwrite, progress, desc, workers, worker_step, threads,
