@@ -57,7 +57,7 @@ def test_train_pseudo_eval_on_real_voc(voc_root, tmp_path, capsys):
     masks = sorted((run / "pseudo" / "val" / "masks").glob("*.png"))
     assert len(masks) == 8
     assert main(["pseudo", "--run", str(run), "pseudo.flip=true", "pseudo.scales=[1.0,1.5]"]) == 0  # resumes
-    assert "0 written, 8 already done" in capsys.readouterr().out
+    assert "all 8 already done with these settings and this model" in capsys.readouterr().out
     assert main(["pseudo", "--run", str(run)]) == 2  # other settings: refused, naming them
     assert "other settings (flip: True -> False; scales: [1.0, 1.5] -> [1.0])" in capsys.readouterr().err
     assert main(["eval", "--pred", str(run / "pseudo" / "val" / "masks"), "--run", str(run)]) == 0

@@ -15,6 +15,7 @@ from tagseg.cli import main
 from tagseg.config import load_config
 from tagseg.experiment import load_experiment
 from tagseg.classify.trainer import Trainer
+from tagseg.runner import file_sha256
 
 TINY_VOC = [
     "data.dataset=voc", "data.train_split=train", "data.pseudo_split=train", "data.image_size=64",
@@ -57,9 +58,44 @@ def test_par_on_a_cam_run_writes_masks_manifest_and_resumes(cam_run, capsys):
         assert m.shape == (48, 64) and m.max() < 21
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stage"] == "refine" and manifest["counts"]["on_disk"]["complete"] == 4
+    assert manifest["models"] == {"classifier": file_sha256(cam_run / "model.safetensors")}
     capsys.readouterr()
     assert main(["refine", "--run", str(cam_run), "--method", "par", "--threads", "1"]) == 0
-    assert "0 written, 4 already done" in capsys.readouterr().out
+    assert "all 4 already done with these settings and models" in capsys.readouterr().out
+
+
+def test_a_finished_refine_folder_is_not_redone_and_loads_no_model(cam_run, capsys, monkeypatch):
+    import tagseg.inference.loading as loading
+
+    assert main(["refine", "--run", str(cam_run), "--method", "par", "--threads", "1"]) == 0
+    before = {p: p.stat().st_mtime_ns for p in (cam_run / "refine" / "par" / "train").rglob("*")}
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded for a finished folder")
+
+    monkeypatch.setattr(loading, "load_trained_model", no_load)
+    capsys.readouterr()
+    assert main(["refine", "--run", str(cam_run), "--method", "par", "--threads", "1"]) == 0
+    assert "all 4 already done" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in (cam_run / "refine" / "par" / "train").rglob("*")} == before
+    with pytest.raises(AssertionError, match="was loaded"):  # other settings go on to the model
+        main(["refine", "--run", str(cam_run), "--method", "par", "--threads", "1", "--out",
+              str(cam_run / "par-other"), "refine.par.num_iter=3"])
+
+
+def test_refined_masks_of_another_classifier_are_refused(cam_run, tmp_path, capsys):
+    assert main(["refine", "--run", str(cam_run), "--method", "par", "--threads", "1"]) == 0
+    cfg = load_config(str(cam_run / "config.yaml"), ["seed=6"])
+    other_run = tmp_path / "retrained"
+    Trainer(cfg, other_run, show_progress=False).fit()
+    folder = cam_run / "refine" / "par" / "train"
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    # the same settings, another network: its masks would be stale, so neither skipped nor mixed
+    assert main(["refine", "--run", str(other_run), "--method", "par", "--threads", "1", "--out", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "models.classifier: " in err and "--overwrite" in err
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
 
 
 def test_par_masks_stay_within_the_image_tags(cam_run):
@@ -103,6 +139,40 @@ def test_trained_walk_methods_end_to_end(cam_run, method, capsys):
     err = capsys.readouterr().err
     assert f"refine.{method}.epochs: 1 -> 2" in err and "trained with other settings" in err
     assert not other.exists()
+
+
+def test_a_head_trained_on_another_classifier_is_refused(cam_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(cam_run, run, ignore=shutil.ignore_patterns(".lock*"))
+    assert main(["refine", "--run", str(run), "--method", "irn", "--threads", "1", *SMALL_HEADS]) == 0
+    head = run / "refine" / "irn" / "model.safetensors"
+    from tagseg.engine.checkpoint import read_safetensors_metadata
+    assert read_safetensors_metadata(head)["classifier_sha256"] == file_sha256(run / "model.safetensors")
+    labels = json.loads((run / "refine" / "irn" / "labels" / "train" / "manifest.json").read_text())
+    assert labels["models"] == {"classifier": file_sha256(run / "model.safetensors")}
+    # the classifier trained again into the same run folder: its old head (and old masks) are stale
+    retrained = tmp_path / "retrained"
+    Trainer(load_config(str(cam_run / "config.yaml"), ["seed=7"]), retrained, show_progress=False).fit()
+    shutil.copyfile(retrained / "model.safetensors", run / "model.safetensors")
+    capsys.readouterr()
+    assert main(["refine", "--run", str(run), "--method", "irn", "--threads", "1", "--out", str(tmp_path / "new"),
+                 *SMALL_HEADS]) == 2
+    err = capsys.readouterr().err
+    assert "was trained on another classifier" in err and str(run / "refine" / "irn") in err
+    assert not (tmp_path / "new").exists()
+
+
+def test_check_head_classifier_by_hand(tmp_path):
+    from tagseg.errors import ConfigError
+    from tagseg.refine.train import check_head_classifier
+
+    check_head_classifier({"classifier_sha256": "a" * 64}, "a" * 64, tmp_path / "h")
+    check_head_classifier({}, "a" * 64, tmp_path / "h")  # a head of an earlier version: not checked
+    check_head_classifier({"classifier_sha256": "a" * 64}, None, tmp_path / "h")  # a caller that states none
+    with pytest.raises(ConfigError, match=r"sha256 aaaaaaaaaaaa… where the run's is now bbbbbbbbbbbb…"):
+        check_head_classifier({"classifier_sha256": "a" * 64}, "b" * 64, tmp_path / "h")
 
 
 def test_par_on_a_patch_family_run(tmp_path):

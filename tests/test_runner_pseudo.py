@@ -121,3 +121,36 @@ def test_training_leaves_a_manifest_in_its_run_folder(demo_run):
     assert manifest["counts"] == {"epochs": cfg.train.epochs, "model": "model.safetensors",
                                   "selected_epoch": cfg.train.epochs}
     assert manifest["input"] == str(cfg.data.root) and len(manifest["config_hash"]) == 64
+
+
+def test_a_finished_pseudo_folder_loads_no_model_and_another_models_is_refused(demo_run, tmp_path, capsys,
+                                                                                monkeypatch):
+    import tagseg.inference.loading as loading
+    from tagseg.cli import main
+    from tagseg.runner import file_sha256
+
+    cfg, run = demo_run
+    out = tmp_path / "p"
+    args = ["pseudo", "--run", str(run), "--out", str(out), "--threads", "1", "--workers", "1", "pseudo.crf=none"]
+    assert main(args) == 0
+    assert json.loads((out / "manifest.json").read_text())["models"] == {
+        "classifier": file_sha256(run / "model.safetensors")}
+    before = digests(out)
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded for a finished folder")
+
+    with monkeypatch.context() as m:
+        m.setattr(loading, "load_trained_model", no_load)
+        capsys.readouterr()
+        assert main(args) == 0
+        assert "all 8 already done with these settings and this model" in capsys.readouterr().out
+        with pytest.raises(AssertionError, match="was loaded"):  # --overwrite redoes them, loading the model
+            main([*args, "--overwrite"])
+    assert digests(out) == before
+    # the same settings from a network trained again: refused, nothing touched
+    other = tmp_path / "retrained"
+    Trainer(load_config(str(run / "config.yaml"), ["seed=9"]), other, show_progress=False).fit()
+    capsys.readouterr()
+    assert main(["pseudo", "--run", str(other), *args[3:]]) == 2
+    assert "models.classifier: " in capsys.readouterr().err and digests(out) == before

@@ -74,7 +74,7 @@ def test_par_refines_a_seam_run_by_shards_and_resumes(seam_run, capsys):
     assert manifest["stage"] == "refine" and manifest["counts"]["on_disk"]["complete"] == 4
     capsys.readouterr()
     assert main(["refine", "--run", str(seam_run), "--method", "par", "--threads", "1"]) == 0
-    assert "0 written, 4 already done" in capsys.readouterr().out
+    assert "all 4 already done with these settings and models" in capsys.readouterr().out
 
 
 def test_pseudo_on_a_seam_run_by_shards_and_resumes(seam_run, capsys):
@@ -85,7 +85,7 @@ def test_pseudo_on_a_seam_run_by_shards_and_resumes(seam_run, capsys):
     before = {p.name: p.stat().st_mtime_ns for p in (out / "masks").glob("*.png")}
     capsys.readouterr()
     assert main(["pseudo", "--run", str(seam_run), "--threads", "1"]) == 0
-    assert "0 written, 4 already done" in capsys.readouterr().out
+    assert "all 4 already done with these settings and this model" in capsys.readouterr().out
     assert {p.name: p.stat().st_mtime_ns for p in (out / "masks").glob("*.png")} == before
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stage"] == "pseudo" and manifest["extra"]["family"] == "seam"

@@ -85,27 +85,44 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: Op
             fh.write(memoryview(data)[start:])
 
 
+def _read_header_metadata(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file's JSON header (ValueError / OSError if unusable)."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        if size < 8 or n > min(size - 8, MAX_HEADER_BYTES):
+            raise ValueError(f"header length {n} does not fit the file size {size} (truncated file?)")
+        header = json.loads(fh.read(n))
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise ValueError("the metadata is not a string -> string map")
+    return dict(meta)
+
+
+def read_safetensors_metadata(path: Path) -> dict[str, str]:
+    """The metadata of a safetensors file without reading its tensors (the header only);
+    CheckpointReadError naming the file if it is missing or not a safetensors file."""
+    if not path.is_file():
+        raise CheckpointReadError(f"{path} not found")
+    try:
+        return _read_header_metadata(path)
+    except Exception as exc:  # any parser failure means the file is unusable
+        raise CheckpointReadError(f"cannot read {path}: {str(exc)[:300]}") from exc
+
+
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors file; CheckpointReadError naming the file if it is
     missing, truncated or not a safetensors file."""
     if not path.is_file():
         raise CheckpointReadError(f"{path} not found")
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            if size < 8 or n > min(size - 8, MAX_HEADER_BYTES):
-                raise ValueError(f"header length {n} does not fit the file size {size} (truncated file?)")
-            header = json.loads(fh.read(n))
-        if not isinstance(header, dict):
-            raise ValueError("the header is not a JSON object")
-        meta = header.get("__metadata__") or {}
-        if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
-            raise ValueError("the metadata is not a string -> string map")
+        meta = _read_header_metadata(path)
         tensors = load_file(str(path), device="cpu")
     except Exception as exc:  # any parser failure means the file is unusable
         raise CheckpointReadError(f"cannot read {path}: {str(exc)[:300]}") from exc
-    return tensors, dict(meta)
+    return tensors, meta
 
 
 # ----------------------------------------------------------------------------- state <-> JSON

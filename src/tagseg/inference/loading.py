@@ -9,7 +9,7 @@ import torch
 from tagseg.config import ExperimentConfig, config_from_yaml
 from tagseg.errors import TagsegError
 from tagseg.models.patch_classifier import PatchClassifierNet
-from tagseg.engine.checkpoint import model_classes, read_model_file
+from tagseg.engine.checkpoint import model_classes, read_model_file, read_safetensors_metadata
 
 
 def load_trained_model(path: str | Path, device: torch.device | str = "cpu"
@@ -33,6 +33,17 @@ def load_trained_model(path: str | Path, device: torch.device | str = "cpu"
     except RuntimeError as exc:
         raise TagsegError(f"{path}: weights do not match the model its metadata describes: {exc}") from exc
     return model.to(device).eval(), cfg, info
+
+
+def model_family(path: str | Path) -> str:
+    """The family name of a model file ('patch', 'cam', 'seam', ...) from its metadata alone, without
+    reading the weights; TagsegError naming the file if it is missing or not a tagseg model file."""
+    from tagseg.methods.families import family_for_format
+
+    path = Path(path)
+    if not path.is_file():
+        raise TagsegError(f"model file not found: {path}")
+    return family_for_format(read_safetensors_metadata(path).get("format")).name
 
 
 def load_patch_classifier(path: str | Path, device: torch.device | str = "cpu"

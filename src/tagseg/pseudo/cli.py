@@ -33,8 +33,8 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
     from tagseg.data.build import build_index
     from tagseg.engine.distributed import DistInfo, launch_device, resolve_device
     from tagseg.experiment import load_run_experiment
-    from tagseg.inference.loading import load_trained_model
-    from tagseg.pseudo.generate import generate_pseudo_masks
+    from tagseg.inference.loading import load_trained_model, model_family
+    from tagseg.pseudo.generate import finished_pseudo_masks, generate_pseudo_masks
     from tagseg.runner import RunOptions
     from tagseg.runner.launch import resolve_shard
     from tagseg.utils.cost import print_cost_note
@@ -53,12 +53,18 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
     index = build_index(cfg.data, split)
     threads, workers = inference_processes(device.type, len(index) // args.shard[1], args.workers, args.threads)
     apply_threads(threads)
-    model, _, info = load_trained_model(run / "model.safetensors", device)
+    model_file = run / "model.safetensors"
+    options = RunOptions(shard=args.shard, overwrite=args.overwrite, workers=workers, threads=threads,
+                         manifest={"run": run, "split": split, "config": cfg, "input": cfg.data.root})
+    done = finished_pseudo_masks(index, out, cfg.pseudo, options, model_family(model_file), model_file)
+    if done is not None:  # every mask is there, made by this model with these settings: no model load
+        print(f"pseudo-masks: all {done.skipped} already done with these settings and this model "
+              f"({out / 'manifest.json'}) -> {out / 'masks'}")
+        return 0
+    model, _, info = load_trained_model(model_file, device)
     with torch.no_grad():  # the runner holds the folder's (shard's) lock
-        options = RunOptions(shard=args.shard, overwrite=args.overwrite, workers=workers, threads=threads,
-                             manifest={"run": run, "split": split, "config": cfg, "input": cfg.data.root})
         stats = generate_pseudo_masks(model, index, out, cfg.pseudo, options, device=device, family=info["family"],
-                                      model_path=run / "model.safetensors")
+                                      model_path=model_file)
     rate = f", {stats.written / stats.seconds:.2f} img/s" if stats.written and stats.seconds > 0 else ""
     print(f"pseudo-masks: {stats.written} written, {stats.skipped} already done, "
           f"{stats.seconds:.1f}s{rate} ({workers} process{'es' if workers > 1 else ''} × {threads} "

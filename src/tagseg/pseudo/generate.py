@@ -24,7 +24,8 @@ from tagseg.data.records import DatasetIndex, ImageRecord
 from tagseg.errors import ConfigError
 from tagseg.inference.pseudo import merged_probabilities
 from tagseg.inference.refine import refine_with_crf as crf_refine
-from tagseg.runner import ManifestInfo, OutputLayout, RunOptions, RunStats, WorkerStep, run_per_image
+from tagseg.runner import (ManifestInfo, OutputLayout, RunOptions, RunStats, WorkerStep, file_sha256,
+                           finished_already, run_per_image)
 from tagseg.utils.io import atomic_path, read_image, save_mask_png
 
 def refine_with_crf(image: np.ndarray, probs: torch.Tensor, cfg: PseudoConfig,
@@ -79,6 +80,26 @@ def _worker_step(model_path: str, root: str, cfg: PseudoConfig, palette: list[in
     return pseudo_step(load_trained_model(model_path, "cpu")[0], Path(root), cfg, palette, "cpu", family)
 
 
+def pseudo_manifest(cfg: PseudoConfig, options: RunOptions, family: str,
+                    model_path: Optional[Path] = None) -> ManifestInfo:
+    """What ``manifest.json`` of a pseudo-mask folder records: the pseudo settings, the family, the
+    model file's sha256 (when the model came from one) and ``options.manifest``'s facts."""
+    models = {} if model_path is None else {"classifier": file_sha256(model_path)}
+    return ManifestInfo(stage="pseudo", settings=cfg, extra={"family": family}, models=models,
+                        **(options.manifest or {}))
+
+
+def finished_pseudo_masks(index: DatasetIndex, out_dir: str | Path, cfg: PseudoConfig, options: RunOptions,
+                          family: str, model_path: Path) -> Optional[RunStats]:
+    """The stats of a pseudo-mask run with nothing left to do in ``out_dir`` (every image of the
+    shard written by this model file with these settings), or None; checked before the model is
+    loaded (:func:`tagseg.runner.finished_already`). Always None with ``options.overwrite``."""
+    if options.overwrite:
+        return None
+    return finished_already(index.require_nonempty().records, pseudo_layout(out_dir, cfg),
+                            pseudo_manifest(cfg, options, family, model_path), options.shard)
+
+
 def generate_pseudo_masks(model: nn.Module, index: DatasetIndex, out_dir: str | Path, cfg: PseudoConfig,
                           options: RunOptions = RunOptions(), *, device: torch.device | str = "cpu",
                           family: str = "patch", model_path: Optional[Path] = None) -> RunStats:
@@ -88,6 +109,8 @@ def generate_pseudo_masks(model: nn.Module, index: DatasetIndex, out_dir: str | 
     progress, the manifest's extra facts). family: the model's family name; options.workers > 1
     runs that many CPU processes, each loading the model from ``model_path`` and running
     ``options.threads`` intra-op threads (default: the machine's cores divided by the workers).
+    model_path: the file ``model`` was loaded from; its sha256 goes into the manifest, so that
+    masks of another model are never resumed into (None: an in-memory model, not recorded).
     """
     from tagseg.utils.runtime import default_threads
 
@@ -102,7 +125,7 @@ def generate_pseudo_masks(model: nn.Module, index: DatasetIndex, out_dir: str | 
             raise ConfigError("--workers runs CPU processes; on a GPU split the set with --shard instead")
         worker_step = WorkerStep(_worker_step, (str(model_path), str(out_dir), cfg, index.palette, family))
         run["threads"] = options.threads or default_threads(options.workers)
-    info = ManifestInfo(stage="pseudo", settings=cfg, extra={"family": family}, **(options.manifest or {}))
+    info = pseudo_manifest(cfg, options, family, model_path)
     step = pseudo_step(model, out_dir, cfg, index.palette, device, family)
     return run_per_image(records, step, pseudo_layout(out_dir, cfg), desc="pseudo-masks", worker_step=worker_step,
                          manifest=info, **run)

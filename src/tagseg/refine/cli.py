@@ -35,8 +35,8 @@ def cmd_refine(args: argparse.Namespace) -> int:
     from tagseg.engine.distributed import DistInfo, launch_device, resolve_device
     from tagseg.errors import TagsegError
     from tagseg.experiment import load_run_experiment
-    from tagseg.inference.loading import load_trained_model
-    from tagseg.refine.run import refine_run
+    from tagseg.inference.loading import load_trained_model, model_family
+    from tagseg.refine.run import finished_refine, refine_run
     from tagseg.runner.launch import resolve_shard
     from tagseg.utils.runtime import apply_threads, device_overrides, inference_processes
 
@@ -53,10 +53,16 @@ def cmd_refine(args: argparse.Namespace) -> int:
     images = len(build_index(cfg.data, split))
     threads, workers = inference_processes(device.type, images // args.shard[1], args.workers, args.threads)
     apply_threads(threads)
+    out = Path(args.out) if args.out else None
+    done = None if args.overwrite else finished_refine(cfg, run, args.method, model_family(run / "model.safetensors"),
+                                                       split, args.shard, out)
+    if done is not None:  # every mask is there, made by these models with these settings: no model load
+        print(f"refine {args.method}: all {done[0].skipped} already done with these settings and models -> {done[1]}")
+        return 0
     model, _, info = load_trained_model(run / "model.safetensors", device)
     stats, masks = refine_run(model, cfg, run, args.method, info["family"], split, device, shard=args.shard,
                               overwrite=args.overwrite, resume=args.resume,
-                              out=Path(args.out) if args.out else None, workers=workers, threads=threads)
+                              out=out, workers=workers, threads=threads)
     print(f"refine {args.method}: {stats.written} written, {stats.skipped} already done, "
           f"{stats.seconds:.1f}s -> {masks}")
     return 0

@@ -32,7 +32,7 @@ from tagseg.refine.pairs import pairs_in_grid, search_offsets
 from tagseg.refine.par import par, par_kernel, par_seed_labels
 from tagseg.refine.random_walk import propagate_to_boundary, random_walk, walk_labels
 from tagseg.refine.seeds import Seeds, seeds_of
-from tagseg.runner import ManifestInfo, OutputLayout, RunStats, WorkerStep, run_per_image
+from tagseg.runner import ManifestInfo, OutputLayout, RunStats, WorkerStep, file_sha256, run_per_image
 from tagseg.utils.io import read_image, save_mask_png
 
 
@@ -181,6 +181,18 @@ def _worker_step(model_path: str, net_path: Optional[str], cfg: ExperimentConfig
     return refine_step(model, cfg, method, family, palette, Path(root), "cpu", net)
 
 
+def refine_manifest(cfg: ExperimentConfig, method: str, family: str, manifest: Optional[dict[str, Any]] = None,
+                    model_path: Optional[Path] = None, net_path: Optional[Path] = None) -> ManifestInfo:
+    """What ``manifest.json`` of a refined-mask folder records: the method's settings, the family,
+    the sha256 of the classifier's file and of the trained head's (irn / psa; each when given), and
+    ``manifest``'s facts (run, split, config, input)."""
+    settings = {"par": cfg.refine.par, "irn": cfg.refine.irn, "psa": resolve_psa(cfg.refine.psa)}
+    models = {role: file_sha256(path) for role, path in (("classifier", model_path), ("head", net_path))
+              if path is not None}
+    return ManifestInfo(stage="refine", settings=settings[method], extra={"family": family, "method": method},
+                        models=models, **(manifest or {}))
+
+
 def run_refine(model: nn.Module, index: DatasetIndex, out_dir: str | Path, cfg: ExperimentConfig, method: str,
                family: str, device="cpu", net: Optional[nn.Module] = None, shard: tuple[int, int] = (0, 1),
                overwrite: bool = False, progress: bool = True, manifest: Optional[dict[str, Any]] = None,
@@ -191,9 +203,7 @@ def run_refine(model: nn.Module, index: DatasetIndex, out_dir: str | Path, cfg: 
     workers > 1: that many CPU processes, each loading the run's model from ``model_path`` (and
     the trained head from ``net_path`` for irn / psa) and running ``threads`` threads."""
     out_dir = Path(out_dir)
-    settings = {"method": method, "par": cfg.refine.par, "irn": cfg.refine.irn, "psa": resolve_psa(cfg.refine.psa)}
-    info = ManifestInfo(stage="refine", settings=settings[method], extra={"family": family, "method": method},
-                        **(manifest or {}))
+    info = refine_manifest(cfg, method, family, manifest, model_path, net_path)
     worker_step = None
     if workers > 1:
         if model_path is None or (method != "par" and net_path is None):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
 import torch
@@ -144,16 +144,30 @@ def check_head_settings(meta: dict, cfg: ExperimentConfig, path: Path) -> None:
             f"restore them, or delete {Path(path).parent} to train the head again with these")
 
 
-def load_refine_net(model: nn.Module, cfg: ExperimentConfig, path: Path, method: str, device) -> nn.Module:
+def check_head_classifier(meta: dict, classifier_sha256: Optional[str], path: Path) -> None:
+    """Refuse a trained head whose labels and encoder came from another classifier file than the
+    run's (``classifier_sha256``): a network trained again into the run folder makes it stale. A head
+    written before its file recorded the classifier, or a caller that states none, is not checked."""
+    saved = meta.get("classifier_sha256")
+    if saved and classifier_sha256 and saved != classifier_sha256:
+        raise ConfigError(f"the head in {path} was trained on another classifier (model.safetensors sha256 "
+                          f"{saved[:12]}… where the run's is now {classifier_sha256[:12]}…); delete "
+                          f"{Path(path).parent} to train the head again on this one")
+
+
+def load_refine_net(model: nn.Module, cfg: ExperimentConfig, path: Path, method: str, device,
+                    classifier_sha256: Optional[str] = None) -> nn.Module:
     """The trained head of ``method`` (with a copy of the run's encoder ``model.encoder``) from ``path``.
 
-    Raises ConfigError when the head was trained with other head settings than ``cfg``'s."""
+    Raises ConfigError when the head was trained with other head settings than ``cfg``'s, or on
+    another classifier file than the one whose sha256 is ``classifier_sha256`` (when given)."""
     import copy
 
     from tagseg.engine.checkpoint import read_model_file
 
     tensors, meta = read_model_file(Path(path))
     check_head_settings(meta, cfg, Path(path))
+    check_head_classifier(meta, classifier_sha256, Path(path))
     net = build_refine_net(method, copy.deepcopy(model.encoder), cfg)
     net.load_state_dict(tensors, strict=True)
     return net.to(device).eval()
@@ -175,9 +189,12 @@ def labels_layout(out_dir: Path) -> OutputLayout:
 
 
 def make_seed_labels(model: nn.Module, index: DatasetIndex, out_dir: Path, cfg: ExperimentConfig, method: str,
-                     family: str, device="cpu", shard=(0, 1), progress: bool = True) -> RunStats:
+                     family: str, device="cpu", shard=(0, 1), progress: bool = True,
+                     models: Optional[Mapping[str, str]] = None) -> RunStats:
     """IRN's (two thresholds + label CRF) or PSA's (low/high α + CRF) confident labels of every
-    image of ``index``, as PNGs in ``out_dir`` (255 = unsure)."""
+    image of ``index``, as PNGs in ``out_dir`` (255 = unsure); ``models``: the model files' sha256
+    for the folder's manifest (``{"classifier": ...}``), so labels of another classifier are
+    never resumed into."""
     r = cfg.refine
     s = resolve_psa(r.psa)
 
@@ -195,7 +212,8 @@ def make_seed_labels(model: nn.Module, index: DatasetIndex, out_dir: Path, cfg: 
     settings = r.irn if method == "irn" else s
     return run_per_image(index.require_nonempty().records, step, labels_layout(out_dir), shard=shard,
                          progress=progress, desc=f"{method} labels",
-                         manifest=ManifestInfo(stage=f"refine-{method}-labels", settings=settings, config=cfg))
+                         manifest=ManifestInfo(stage=f"refine-{method}-labels", settings=settings, config=cfg,
+                                               models=dict(models or {})))
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -276,10 +294,13 @@ def _loss_fn(method: str, path_indices: Optional[list[torch.Tensor]], src, dst):
     return loss
 
 
-def refine_task(cfg: ExperimentConfig, method: str, encoder_builder, index: DatasetIndex, label_dir: Path):
+def refine_task(cfg: ExperimentConfig, method: str, encoder_builder, index: DatasetIndex, label_dir: Path,
+                classifier_sha256: Optional[str] = None):
     """The engine task training the ``method`` head on the labels in ``label_dir``.
 
-    encoder_builder: () -> the run's trained encoder (fresh copy; the task freezes it)."""
+    encoder_builder: () -> the run's trained encoder (fresh copy; the task freezes it);
+    classifier_sha256: the sha256 of the classifier's file, recorded in the head's metadata so that
+    a later call refuses the head once the classifier has been trained again."""
     if method == "irn":
         c = cfg.refine.irn
         crop, radius, batch, epochs, lr, wd = c.crop_size, c.train_radius, c.batch_size, c.epochs, c.lr, c.weight_decay
@@ -302,7 +323,8 @@ def refine_task(cfg: ExperimentConfig, method: str, encoder_builder, index: Data
         per_process = max(1, batch // info.world_size)
         total = math.ceil(len(dataset) / (per_process * info.world_size)) * epochs
         meta = {"format": f"tagseg-refine-{method}", "method": method,
-                "settings": to_dict(cfg.refine.irn if method == "irn" else c), "config": to_dict(cfg)}
+                "settings": to_dict(cfg.refine.irn if method == "irn" else c), "config": to_dict(cfg),
+                **({"classifier_sha256": classifier_sha256} if classifier_sha256 else {})}
         return Task(model=core, dataset=dataset, loss=_loss_fn(method, path_indices, src, dst), optimizer=optimizer,
                     schedule=PolySchedule(lr, total, 0.9), metadata=lambda: meta, config=to_dict(cfg),
                     config_yaml=config_to_yaml(cfg), epochs=epochs, batch_size=per_process,

@@ -131,7 +131,7 @@ def cmd_segment_eval(args: argparse.Namespace) -> int:
     from tagseg.segment.evaluate import check_class_names, evaluate_segmenter
     from tagseg.segment.inference import load_segmenter
     from tagseg.engine.distributed import DistInfo, launch_device, resolve_device
-    from tagseg.runner import ManifestInfo
+    from tagseg.runner import ManifestInfo, file_sha256
     from tagseg.runner.launch import resolve_shard
     from tagseg.metrics.shards import shard_file_name
     from tagseg.utils.io import write_json
@@ -152,7 +152,7 @@ def cmd_segment_eval(args: argparse.Namespace) -> int:
     check_class_names(info["class_names"], index.class_names, f"model {model_path}", f"dataset {index.name}")
     save_dir = run / "predictions" / split if args.save_masks else None
     manifest = ManifestInfo(stage="segment eval", settings=cfg.inference, config=cfg, run=run, split=split,
-                            input=cfg.data.root)
+                            input=cfg.data.root, models={"segmenter": file_sha256(model_path)})
     summary = evaluate_segmenter(model, index, cfg.inference, device, save_dir=save_dir, palette=info["palette"],
                                  shard=shard, manifest=manifest)
     summary["split"] = split

@@ -27,7 +27,7 @@ from PIL import Image
 from tagseg.data.classes import IGNORE_INDEX, VOC_CLASSES
 from tagseg.errors import ConfigError, DataError, TagsegError
 from tagseg.config import check_verb_overrides
-from tagseg.runner import ManifestInfo, OutputLayout, run_per_image
+from tagseg.runner import ManifestInfo, OutputLayout, file_sha256, run_per_image
 from tagseg.segment.config import SegInferenceConfig, validate_inference
 from tagseg.segment.evaluate import check_class_names
 from tagseg.segment.inference import load_segmenter, predict_mask
@@ -244,7 +244,8 @@ def run_predict(inputs: Sequence[str | Path], model_spec: str | Path, out_dir: s
     with torch.no_grad():
         report = predict_images(model, files, out, inference, info["palette"], dev, progress,
                                 manifest=ManifestInfo(stage="predict", settings=inference, config=cfg,
-                                                      run=model_path.parent, input=", ".join(map(str, inputs))),
+                                                      run=model_path.parent, input=", ".join(map(str, inputs)),
+                                                      models={"segmenter": file_sha256(model_path)}),
                                 lock=True)
     report.failures = problems + report.failures
     write_json(path_inside(out, "predictions.json"), {"model": str(model_path), "class_names": info["class_names"],
