@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
 
 from tagseg.config import ET_CROP_CORNERS, AugmentConfig
@@ -55,6 +54,10 @@ def resize_long_crop(x: torch.Tensor, lengths: tuple[int, int], size: int, rng: 
 
 def colour_jitter(x: torch.Tensor, aug: AugmentConfig, rng: np.random.Generator) -> torch.Tensor:
     """Brightness, contrast, saturation, hue jitter and random grayscale on (3, H, W) in [0, 1]."""
+    # imported here: torchvision's import costs about 2 s (torchvision.ops pulls in torch._dynamo),
+    # which every inference command (pseudo, refine, eval, predict) would pay for a training-only transform
+    import torchvision.transforms.v2.functional as TF
+
     if tuple(aug.brightness) != (1.0, 1.0):
         x = TF.adjust_brightness(x, float(rng.uniform(*aug.brightness)))
     x = TF.adjust_contrast(x, float(rng.uniform(*aug.contrast)))
