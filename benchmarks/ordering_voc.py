@@ -4,7 +4,8 @@ CPU recipe: Lite0 ImageNet, 320 px training = a 20 x 20 patch grid, 2 epochs; ps
 320 px, one scale, no CRF), differing only in pooling and PCE (L_ET on in all, as in the paper's
 rows). Prints the table: seed-mask mIoU on all train_aug and all val images, mean ± std over seeds,
 the final fine-tuning epoch's MCE and PCE's share of the loss (lambda * PCE / MCE, from the runs'
-history.jsonl).
+history.jsonl); then each step of the ordering as differences paired by seed (a seed moves every
+variant alike, so its effect cancels there).
 
     python benchmarks/ordering_voc.py --voc ../shared/data/voc12-subset --work runs/ordering20 --seeds 0 1 2
     python benchmarks/ordering_voc.py --work runs/ordering20 --seeds 0 1 2 --table-only   # what is cached
@@ -69,6 +70,32 @@ def table(work: Path, seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
+def paired_table(work: Path, seeds: list[int]) -> str:
+    """Each step of the ordering (max - avg, top-K - max, top-K + PCE - top-K) as per-seed differences
+    on the same seed, mean ± std over the seeds both variants finished, and how many seeds put it the
+    paper's way (> 0; top-K + PCE - top-K: >= 0). A seed moves every variant alike (same data order
+    and initialisation), so its effect cancels in the difference, which the per-variant spreads
+    of :func:`table` do not show."""
+    order = list(VARIANTS)
+    lines = ["| step of the ordering | seeds | train_aug difference | val difference | the paper's way (train_aug, val) |",
+             "|---|---|---|---|---|"]
+    for lower, upper in zip(order, order[1:]):
+        pairs = {s: (read_run(work / f"{lower}-seed{s}"), read_run(work / f"{upper}-seed{s}")) for s in seeds}
+        both = {s: (a, b) for s, (a, b) in pairs.items() if a is not None and b is not None}
+        label = f"{LABELS[upper]} − {LABELS[lower]}"
+        if not both:
+            lines.append(f"| {label} | 0 | - | - | - |")
+            continue
+        cells, ways = [], []
+        for split in ("train_aug", "val"):
+            diffs = [b[split] - a[split] for a, b in both.values()]
+            cells.append(f"{mean_std(diffs, scale=1)} ({', '.join(f'{d:+.1f}' for d in diffs)})")
+            ways.append(sum(d >= 0 if upper == "topk+pce" else d > 0 for d in diffs))
+        lines.append(f"| {label} | {len(both)} ({', '.join(map(str, both))}) | {cells[0]} | {cells[1]} | "
+                     f"{ways[0]} of {len(both)}, {ways[1]} of {len(both)} |")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--voc", type=Path, default=Path("../shared/data/voc12-subset"))
@@ -87,7 +114,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         for seed in args.seeds:
             for variant in args.variants:
                 run_one(variant, seed, args)
-    text = table(args.work, args.seeds)
+    text = table(args.work, args.seeds) + "\n\nPaired by seed (the upper variant minus the lower one, same seed):\n\n" \
+        + paired_table(args.work, args.seeds)
     write_text(args.work / "ordering.md", text + "\n")
     print(text)
     return 0
