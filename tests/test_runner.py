@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -285,6 +286,9 @@ def test_finished_already_is_none_while_a_run_is_unfinished(tmp_path):
     info = ManifestInfo(stage="trial", settings={"k": 1})
     run_per_image(RECS, write_value, layout(tmp_path), progress=False, manifest=info)
     write_manifest(tmp_path, info, {"finished": False})  # what a running (or killed) run leaves
+    assert finished_already(RECS, layout(tmp_path), info) is None
+    doc = read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({**doc, "counts": "damaged"}))
     assert finished_already(RECS, layout(tmp_path), info) is None
     (tmp_path / "manifest.json").unlink()  # a folder of an older version without a manifest: the runner decides
     assert finished_already(RECS, layout(tmp_path), info) is None

@@ -49,7 +49,6 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
                             DistInfo())
     split = args.split or cfg.data.pseudo_split
     out = Path(args.out or run / "pseudo" / split)
-    print_cost_note("pseudo", cfg)
     index = build_index(cfg.data, split)
     threads, workers = inference_processes(device.type, len(index) // args.shard[1], args.workers, args.threads)
     apply_threads(threads)
@@ -61,6 +60,7 @@ def cmd_pseudo(args: argparse.Namespace) -> int:
         print(f"pseudo-masks: all {done.skipped} already done with these settings and this model "
               f"({out / 'manifest.json'}) -> {out / 'masks'}")
         return 0
+    print_cost_note("pseudo", cfg)
     model, _, info = load_trained_model(model_file, device)
     with torch.no_grad():  # the runner holds the folder's (shard's) lock
         stats = generate_pseudo_masks(model, index, out, cfg.pseudo, options, device=device, family=info["family"],

@@ -120,14 +120,15 @@ def finished_already(records: Sequence[Any], layout: OutputLayout, manifest: Man
     load. Reads only: no lock, nothing written (the manifest keeps its counts).
     """
     previous = read_manifest(layout.root)
-    if previous is None or previous.get("counts", {}).get("finished") is False:
-        return None
+    counts = None if previous is None else previous.get("counts")
+    if not isinstance(counts, dict) or counts.get("finished") is False:
+        return None  # no manifest, one without counts (damaged), or a run in progress or killed
     if settings_differences(previous, manifest):
         return None
     mine = shard_of(records, shard)
     if not all(p.is_file() for r in mine for p in layout.paths(r.id).values()):
         return None
-    return RunStats(skipped=len(mine), counts=dict(previous.get("counts", {})))
+    return RunStats(skipped=len(mine), counts=dict(counts))
 
 
 def _run(records, mine, paths, step, layout, shard, overwrite, progress, desc, workers, worker_step, threads,
