@@ -127,13 +127,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _class_names(classes: str, class_names) -> list[str]:
     """The names of ``--classes a,b,c``, each a class of the data (TagsegError listing them otherwise)."""
     from tagseg.errors import TagsegError
-    from tagseg.metrics.miou import check_class_names
+    from tagseg.metrics.miou import check_known_classes
 
     names = [n.strip() for n in classes.split(",") if n.strip()]
     if not names:
         raise TagsegError("--classes: give class names separated by commas")
     try:
-        check_class_names(names, class_names)
+        check_known_classes(names, class_names)
     except ValueError as e:
         raise TagsegError(f"--classes: {e}") from None
     return names

@@ -79,7 +79,7 @@ def summarize(matrix: np.ndarray, class_names: Sequence[str]) -> dict:
     }
 
 
-def check_class_names(names: Sequence[str], class_names: Sequence[str]) -> None:
+def check_known_classes(names: Sequence[str], class_names: Sequence[str]) -> None:
     """ValueError naming the ``names`` that are not in ``class_names`` (and listing those)."""
     unknown = [n for n in names if n not in class_names]
     if unknown:
@@ -90,7 +90,7 @@ def subset_miou(summary: dict, names: Sequence[str]) -> dict:
     """mIoU over the named classes of a :func:`summarize` result: ``{"classes": names, "miou":
     mean IoU of those present (NaN when none is), "present": [...]}``. Names must be classes of the
     summary (ValueError otherwise), so a typo cannot silently shrink the average."""
-    check_class_names(names, summary["class_names"])
+    check_known_classes(names, summary["class_names"])
     by_name = dict(zip(summary["class_names"], summary["iou"]))
     present = [n for n in names if by_name[n] is not None]
     miou = float(np.mean([by_name[n] for n in present])) if present else float("nan")
